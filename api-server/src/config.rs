@@ -1,0 +1,346 @@
+//! Configuration: environment variables, each with a matching command-line flag.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use secrecy::SecretString;
+
+/// A configuration problem, reported as one line naming the variable.
+#[derive(Debug, thiserror::Error)]
+#[error("{var}: {message}")]
+pub struct ConfigError {
+    /// The environment variable (or flag) at fault.
+    pub var: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(var: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            var,
+            message: message.into(),
+        }
+    }
+}
+
+/// Where coffer-server runs: development generates missing keys, production refuses to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RunMode {
+    Development,
+    Production,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// coffer-server: the Coffer secrets manager API.
+#[derive(Debug, Parser)]
+#[command(name = "coffer-server", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub config: Config,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What to do; without a command, coffer-server serves the API.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Serve the API (the default).
+    Serve,
+    /// Apply the database migrations and exit.
+    Migrate,
+}
+
+/// Every setting of coffer-server. Each flag reads the environment variable of the same name.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Address and port to listen on.
+    #[arg(
+        long = "listen",
+        env = "COFFER_LISTEN",
+        value_name = "COFFER_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub listen: SocketAddr,
+
+    /// Directory for the embedded database and generated development keys.
+    #[arg(
+        long = "data-dir",
+        env = "COFFER_DATA_DIR",
+        value_name = "COFFER_DATA_DIR",
+        default_value = "./coffer-data"
+    )]
+    pub data_dir: PathBuf,
+
+    /// Database URL: `sqlite://…` or `postgres://…`. Default: a SQLite file in the data directory.
+    #[arg(
+        long = "database-url",
+        env = "COFFER_DATABASE_URL",
+        value_name = "COFFER_DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+
+    /// Largest number of pooled database connections.
+    #[arg(long = "database-max-connections", env = "COFFER_DATABASE_MAX_CONNECTIONS", value_name = "COFFER_DATABASE_MAX_CONNECTIONS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub database_max_connections: u32,
+
+    /// Key-encryption key, 32 bytes in base64. Generated into the data directory in development.
+    #[arg(
+        long = "master-key",
+        env = "COFFER_MASTER_KEY",
+        value_name = "COFFER_MASTER_KEY",
+        hide_env_values = true
+    )]
+    pub master_key: Option<SecretString>,
+
+    /// Secret that signs access tokens (at least 32 bytes). Generated into the data directory in development.
+    #[arg(
+        long = "jwt-secret",
+        env = "COFFER_JWT_SECRET",
+        value_name = "COFFER_JWT_SECRET",
+        hide_env_values = true
+    )]
+    pub jwt_secret: Option<SecretString>,
+
+    /// `development` or `production`: production refuses to start without explicit keys.
+    #[arg(
+        long = "env",
+        env = "COFFER_ENV",
+        value_name = "COFFER_ENV",
+        value_enum,
+        default_value = "development"
+    )]
+    pub mode: RunMode,
+
+    /// Log filter (tracing `EnvFilter` syntax).
+    #[arg(
+        long = "log",
+        env = "COFFER_LOG",
+        value_name = "COFFER_LOG",
+        default_value = "info"
+    )]
+    pub log: String,
+
+    /// Log line format.
+    #[arg(
+        long = "log-format",
+        env = "COFFER_LOG_FORMAT",
+        value_name = "COFFER_LOG_FORMAT",
+        value_enum,
+        default_value = "pretty"
+    )]
+    pub log_format: LogFormat,
+
+    /// PEM certificate chain: serve HTTPS directly.
+    #[arg(
+        long = "tls-cert",
+        env = "COFFER_TLS_CERT",
+        value_name = "COFFER_TLS_CERT",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for `COFFER_TLS_CERT`.
+    #[arg(
+        long = "tls-key",
+        env = "COFFER_TLS_KEY",
+        value_name = "COFFER_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// In production, allow plain HTTP on a non-loopback address (TLS terminated in front).
+    #[arg(long = "allow-plaintext", env = "COFFER_ALLOW_PLAINTEXT", value_name = "COFFER_ALLOW_PLAINTEXT", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_plaintext: bool,
+
+    /// Take the client address from the first `X-Forwarded-For` entry (behind a trusted proxy only).
+    #[arg(long = "trust-forwarded-for", env = "COFFER_TRUST_FORWARDED_FOR", value_name = "COFFER_TRUST_FORWARDED_FOR", default_value_t = false, action = clap::ArgAction::Set)]
+    pub trust_forwarded_for: bool,
+
+    /// Lifetime of an access token, in seconds.
+    #[arg(long = "access-token-ttl", env = "COFFER_ACCESS_TOKEN_TTL", value_name = "COFFER_ACCESS_TOKEN_TTL", default_value_t = 900, value_parser = clap::value_parser!(u64).range(30..=86_400))]
+    pub access_token_ttl_secs: u64,
+
+    /// Lifetime of a refresh token, in seconds.
+    #[arg(long = "refresh-token-ttl", env = "COFFER_REFRESH_TOKEN_TTL", value_name = "COFFER_REFRESH_TOKEN_TTL", default_value_t = 7 * 86_400, value_parser = clap::value_parser!(u64).range(60..=90 * 86_400))]
+    pub refresh_token_ttl_secs: u64,
+
+    /// Absolute lifetime of a session however often it is refreshed, in seconds.
+    #[arg(long = "session-max-lifetime", env = "COFFER_SESSION_MAX_LIFETIME", value_name = "COFFER_SESSION_MAX_LIFETIME", default_value_t = 30 * 86_400, value_parser = clap::value_parser!(u64).range(60..=365 * 86_400))]
+    pub session_max_lifetime_secs: u64,
+
+    /// How long a verified session may be trusted from memory before it is looked up again, in milliseconds.
+    #[arg(long = "session-cache-ttl-ms", env = "COFFER_SESSION_CACHE_TTL_MS", value_name = "COFFER_SESSION_CACHE_TTL_MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub session_cache_ttl_ms: u64,
+
+    /// Login attempts allowed per account and minute.
+    #[arg(long = "login-rate-per-account", env = "COFFER_LOGIN_RATE_PER_ACCOUNT", value_name = "COFFER_LOGIN_RATE_PER_ACCOUNT", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub login_rate_per_account: u32,
+
+    /// Login attempts allowed per client IP and minute.
+    #[arg(long = "login-rate-per-ip", env = "COFFER_LOGIN_RATE_PER_IP", value_name = "COFFER_LOGIN_RATE_PER_IP", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub login_rate_per_ip: u32,
+
+    /// Registrations allowed per client IP and minute.
+    #[arg(long = "register-rate-per-ip", env = "COFFER_REGISTER_RATE_PER_IP", value_name = "COFFER_REGISTER_RATE_PER_IP", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub register_rate_per_ip: u32,
+
+    /// Token refreshes allowed per client IP and minute (per session: a fifth of it, at least 5).
+    #[arg(long = "refresh-rate-per-ip", env = "COFFER_REFRESH_RATE_PER_IP", value_name = "COFFER_REFRESH_RATE_PER_IP", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
+    pub refresh_rate_per_ip: u32,
+
+    /// Password hashes computed at once; further logins queue. Default: the number of cores.
+    #[arg(long = "password-hash-concurrency", env = "COFFER_PASSWORD_HASH_CONCURRENCY", value_name = "COFFER_PASSWORD_HASH_CONCURRENCY", value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub password_hash_concurrency: Option<u32>,
+
+    /// argon2id memory cost in KiB (OWASP minimum: 19456).
+    #[arg(long = "argon2-memory-kib", env = "COFFER_ARGON2_MEMORY_KIB", value_name = "COFFER_ARGON2_MEMORY_KIB", default_value_t = 19_456, value_parser = clap::value_parser!(u32).range(19_456..=4_194_304))]
+    pub argon2_memory_kib: u32,
+
+    /// argon2id iterations (OWASP minimum with 19 MiB: 2).
+    #[arg(long = "argon2-iterations", env = "COFFER_ARGON2_ITERATIONS", value_name = "COFFER_ARGON2_ITERATIONS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(2..=64))]
+    pub argon2_iterations: u32,
+
+    /// Largest request body accepted, in bytes.
+    #[arg(long = "max-body-bytes", env = "COFFER_MAX_BODY_BYTES", value_name = "COFFER_MAX_BODY_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=64 * 1024 * 1024))]
+    pub max_body_bytes: u64,
+
+    /// Longest a request may take, in seconds.
+    #[arg(long = "request-timeout", env = "COFFER_REQUEST_TIMEOUT", value_name = "COFFER_REQUEST_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub request_timeout_secs: u64,
+}
+
+impl Config {
+    /// A configuration with every default, as if no variable were set.
+    pub fn defaults() -> Self {
+        Cli::parse_from(["coffer-server"]).config
+    }
+
+    /// Checks what the individual parsers cannot: combinations of settings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.mode == RunMode::Production {
+            if self.master_key.is_none() {
+                return Err(ConfigError::new(
+                    "COFFER_MASTER_KEY",
+                    "required when COFFER_ENV=production (32 random bytes, base64)",
+                ));
+            }
+            if self.jwt_secret.is_none() {
+                return Err(ConfigError::new(
+                    "COFFER_JWT_SECRET",
+                    "required when COFFER_ENV=production (at least 32 random bytes)",
+                ));
+            }
+            let tls = self.tls_cert.is_some();
+            if !tls && !self.listen.ip().is_loopback() && !self.allow_plaintext {
+                return Err(ConfigError::new(
+                    "COFFER_ALLOW_PLAINTEXT",
+                    format!(
+                        "refusing plain HTTP on non-loopback {} in production: set COFFER_TLS_CERT and COFFER_TLS_KEY, or COFFER_ALLOW_PLAINTEXT=true when TLS is terminated in front",
+                        self.listen
+                    ),
+                ));
+            }
+        }
+        if let Some(url) = &self.database_url {
+            if !(url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://"))
+            {
+                return Err(ConfigError::new(
+                    "COFFER_DATABASE_URL",
+                    "must start with sqlite:, postgres:// or postgresql://",
+                ));
+            }
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log)
+            .map_err(|e| ConfigError::new("COFFER_LOG", format!("invalid filter: {e}")))?;
+        Ok(())
+    }
+
+    pub fn access_token_ttl(&self) -> Duration {
+        Duration::from_secs(self.access_token_ttl_secs)
+    }
+
+    pub fn refresh_token_ttl(&self) -> Duration {
+        Duration::from_secs(self.refresh_token_ttl_secs)
+    }
+
+    pub fn session_max_lifetime(&self) -> Duration {
+        Duration::from_secs(self.session_max_lifetime_secs)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+
+    /// The database to use: the configured URL, or the SQLite file in the data directory.
+    pub fn effective_database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("coffer.db").display()
+            ),
+        }
+    }
+
+    pub fn is_production(&self) -> bool {
+        self.mode == RunMode::Production
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn production_without_a_master_key_names_the_variable() {
+        let mut c = Config::defaults();
+        c.mode = RunMode::Production;
+        let err = c.validate().unwrap_err();
+        assert_eq!(err.var, "COFFER_MASTER_KEY");
+    }
+
+    #[test]
+    fn production_plain_http_on_a_public_address_needs_explicit_consent() {
+        let mut c = Config::defaults();
+        c.mode = RunMode::Production;
+        c.master_key = Some(SecretString::from("x"));
+        c.jwt_secret = Some(SecretString::from("y"));
+        c.listen = "0.0.0.0:8080".parse().unwrap();
+        assert_eq!(c.validate().unwrap_err().var, "COFFER_ALLOW_PLAINTEXT");
+        c.allow_plaintext = true;
+        c.validate().unwrap();
+        c.allow_plaintext = false;
+        c.listen = "127.0.0.1:8080".parse().unwrap();
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn an_invalid_listen_address_is_reported_with_its_variable() {
+        let err = Cli::try_parse_from(["coffer-server", "--listen", "nowhere"]).unwrap_err();
+        assert!(err.to_string().contains("COFFER_LISTEN"), "{err}");
+    }
+
+    #[test]
+    fn weaker_than_owasp_argon2_parameters_are_refused() {
+        let err =
+            Cli::try_parse_from(["coffer-server", "--argon2-memory-kib", "1024"]).unwrap_err();
+        assert!(
+            err.to_string().contains("COFFER_ARGON2_MEMORY_KIB"),
+            "{err}"
+        );
+    }
+}

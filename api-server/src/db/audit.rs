@@ -1,0 +1,66 @@
+//! The `audit_events` table. Events never hold passwords, tokens or secret values.
+
+use sqlx::FromRow;
+use sqlx::any::AnyExecutor;
+
+use crate::ids::{AuditEventId, Timestamp, UserId};
+
+/// A stored audit event.
+#[derive(Debug, Clone, FromRow)]
+pub struct AuditRow {
+    pub id: AuditEventId,
+    pub occurred_at: Timestamp,
+    pub user_id: Option<UserId>,
+    pub actor_type: String,
+    pub actor_id: Option<String>,
+    pub action: String,
+    pub outcome: String,
+    pub target_type: Option<String>,
+    pub target_id: Option<String>,
+    pub client_ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub details: Option<String>,
+}
+
+pub async fn insert<'e>(ex: impl AnyExecutor<'e>, e: &AuditRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO audit_events (id, occurred_at, user_id, actor_type, actor_id, action, outcome, \
+                                   target_type, target_id, client_ip, user_agent, details) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+    )
+    .bind(e.id)
+    .bind(e.occurred_at)
+    .bind(e.user_id)
+    .bind(&e.actor_type)
+    .bind(&e.actor_id)
+    .bind(&e.action)
+    .bind(&e.outcome)
+    .bind(&e.target_type)
+    .bind(&e.target_id)
+    .bind(&e.client_ip)
+    .bind(&e.user_agent)
+    .bind(&e.details)
+    .execute(ex)
+    .await?;
+    Ok(())
+}
+
+/// A user's events, newest first, strictly older than `before` when given.
+pub async fn list_for_user<'e>(
+    ex: impl AnyExecutor<'e>,
+    user_id: UserId,
+    before: Option<AuditEventId>,
+    limit: i64,
+) -> Result<Vec<AuditRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, occurred_at, user_id, actor_type, actor_id, action, outcome, target_type, \
+                target_id, client_ip, user_agent, details \
+         FROM audit_events WHERE user_id = $1 AND ($2 IS NULL OR id < $2) \
+         ORDER BY id DESC LIMIT $3",
+    )
+    .bind(user_id)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(ex)
+    .await
+}

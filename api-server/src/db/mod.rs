@@ -1,0 +1,123 @@
+//! Storage: one code path over sqlx's `Any` driver for SQLite (embedded default) and PostgreSQL.
+//!
+//! Portable column types keep one set of queries: identifiers are UUIDv7 text (time-ordered, so
+//! they sort and paginate by creation), timestamps are BIGINT milliseconds since the Unix epoch
+//! (UTC), flags are nullable timestamps (`revoked_at`) rather than booleans. Every function takes
+//! the owning tenant (here: the user) so no query can reach another tenant's rows.
+
+pub mod api_keys;
+pub mod audit;
+pub mod sessions;
+pub mod users;
+
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::Migrator;
+use sqlx::{Any, AnyPool, ConnectOptions, Executor, Transaction};
+
+pub use crate::ids::Timestamp;
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// Which database server is behind the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The database: a connection pool and the backend it talks to.
+#[derive(Debug, Clone)]
+pub struct Db {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// A transaction; dropping it without `commit` rolls back.
+pub type Tx = Transaction<'static, Any>;
+
+impl Db {
+    /// Connects (creating a SQLite file if needed) without applying migrations.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, sqlx::Error> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        };
+        let options: AnyConnectOptions = url
+            .parse::<AnyConnectOptions>()?
+            .disable_statement_logging();
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .min_connections(if backend == Backend::Sqlite { 1 } else { 0 })
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL lets readers proceed during a write; the busy timeout makes
+                        // concurrent writers wait for the lock instead of failing at once.
+                        conn.execute(sqlx::raw_sql(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                        ))
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        Ok(Self { pool, backend })
+    }
+
+    fn migrator(&self) -> &'static Migrator {
+        match self.backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        }
+    }
+
+    /// Applies the embedded migrations of this backend.
+    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        self.migrator().run(&self.pool).await
+    }
+
+    /// True when the database answers and every embedded migration is applied.
+    pub async fn is_ready(&self) -> bool {
+        let expected = self.migrator().iter().map(|m| m.version).max();
+        let applied: Result<Option<i64>, _> =
+            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
+                .fetch_one(&self.pool)
+                .await;
+        matches!(applied, Ok(v) if v == expected)
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Starts a transaction that holds the write lock from its first statement, so two
+    /// concurrent read-then-write transactions cannot deadlock on SQLite's lock upgrade.
+    pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// True when `err` is a unique-constraint violation (to be answered with 409).
+pub fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+}

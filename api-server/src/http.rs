@@ -1,0 +1,329 @@
+//! HTTP plumbing shared by every route: middleware, the JSON and query extractors whose
+//! rejections use the API error shape, the client's address, and pagination.
+
+use std::net::SocketAddr;
+
+use axum::body::Body;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::error::{ApiError, ErrorBody, ErrorDetail, ErrorResponse, code_for_status};
+use crate::service::ClientMeta;
+use crate::state::AppState;
+
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Renders every error response in the standard shape with the request id, whether it came
+/// from a handler ([`ErrorBody`] extension) or from outside one (router, limits, panics).
+pub async fn error_envelope(req: Request, next: Next) -> Response {
+    let request_id = req
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let mut response = next.run(req).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let body = response
+        .extensions_mut()
+        .remove::<ErrorBody>()
+        .unwrap_or_else(|| {
+            let (code, message) = code_for_status(status);
+            ErrorBody {
+                code: code.into(),
+                message: message.into(),
+            }
+        });
+    let document = ErrorResponse {
+        error: ErrorDetail {
+            code: body.code.into_owned(),
+            message: body.message.into_owned(),
+            request_id,
+        },
+    };
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if status == StatusCode::UNAUTHORIZED {
+        parts
+            .headers
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    let bytes = serde_json::to_vec(&document).unwrap_or_default();
+    Response::from_parts(parts, Body::from(bytes))
+}
+
+/// `Json<T>` whose rejections are API errors: 400 malformed, 415 wrong content type,
+/// 413 too large, 422 missing or mistyped fields.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Json<T>(pub T);
+
+impl<T, S> FromRequest<S> for Json<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(json_rejection(&rejection)),
+        }
+    }
+}
+
+/// An optional JSON body: none when the request has no body and no content type.
+impl<T, S> axum::extract::OptionalFromRequest<S> for Json<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Option<Self>, Self::Rejection> {
+        if req.headers().contains_key(header::CONTENT_TYPE) {
+            return <Self as FromRequest<S>>::from_request(req, state)
+                .await
+                .map(Some);
+        }
+        let bytes = bytes::Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::bad_request("bad_request", e.body_text())
+            }
+        })?;
+        if bytes.is_empty() {
+            Ok(None)
+        } else {
+            Err(ApiError::UnsupportedMediaType)
+        }
+    }
+}
+
+impl<T: Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+fn json_rejection(rejection: &JsonRejection) -> ApiError {
+    match rejection {
+        JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
+        JsonRejection::JsonSyntaxError(_) => {
+            ApiError::bad_request("malformed_json", "the request body is not valid JSON")
+        }
+        JsonRejection::JsonDataError(e) => {
+            ApiError::validation("invalid_field", redact_values(&e.body_text()))
+        }
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+        other => ApiError::bad_request("bad_request", other.body_text()),
+    }
+}
+
+/// serde quotes offending values in its messages (`invalid type: string "…"`); a value may be
+/// a secret sent in the wrong field, so keep the field path and expectation, drop the value.
+fn redact_values(message: &str) -> String {
+    let message = message
+        .strip_prefix("Failed to deserialize the JSON body into the target type: ")
+        .unwrap_or(message);
+    for marker in ["invalid type: ", "invalid value: ", "invalid length "] {
+        if let Some(start) = message.find(marker) {
+            if let Some(expected) = message[start..].find(", expected") {
+                let kind = message[start + marker.len()..start + expected]
+                    .split([' ', '`', '"'])
+                    .next()
+                    .unwrap_or_default();
+                return format!(
+                    "{}{marker}{kind}{}",
+                    &message[..start],
+                    &message[start + expected..]
+                );
+            }
+        }
+    }
+    message.to_owned()
+}
+
+/// `Query<T>` with a 400 in the standard shape.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Query<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Query<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Self(q.0))
+            .map_err(|e: QueryRejection| {
+                ApiError::bad_request("invalid_query", redact_values(&e.body_text()))
+            })
+    }
+}
+
+impl FromRequestParts<AppState> for ClientMeta {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let forwarded = state
+            .config
+            .trust_forwarded_for
+            .then(|| parts.headers.get("x-forwarded-for"))
+            .flatten()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(|v| v.trim())
+            .and_then(|v| v.parse::<std::net::IpAddr>().ok());
+        // The extractor (not the bare extension) so that tests' `MockConnectInfo` is honoured.
+        let peer = ConnectInfo::<SocketAddr>::from_request_parts(parts, state)
+            .await
+            .ok()
+            .map(|c| c.0.ip());
+        let user_agent = parts
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.chars().take(256).collect());
+        Ok(Self {
+            ip: forwarded.or(peer).map(|ip| ip.to_string()),
+            user_agent,
+        })
+    }
+}
+
+/// `?limit=&cursor=` of every list endpoint.
+#[derive(Debug, Clone, Default, serde::Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    /// Items per page, 1 to 200 (default 50).
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+impl PageParams {
+    pub const DEFAULT_LIMIT: u32 = 50;
+    pub const MAX_LIMIT: u32 = 200;
+
+    pub fn limit(&self) -> Result<u32, ApiError> {
+        match self.limit {
+            None => Ok(Self::DEFAULT_LIMIT),
+            Some(n) if (1..=Self::MAX_LIMIT).contains(&n) => Ok(n),
+            Some(_) => Err(ApiError::bad_request(
+                "invalid_query",
+                format!("limit must be between 1 and {}", Self::MAX_LIMIT),
+            )),
+        }
+    }
+
+    /// The decoded cursor: the id after which the page starts.
+    pub fn cursor<T: std::str::FromStr>(&self) -> Result<Option<T>, ApiError> {
+        let Some(cursor) = &self.cursor else {
+            return Ok(None);
+        };
+        let invalid =
+            || ApiError::bad_request("invalid_cursor", "cursor is not one this server issued");
+        let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| invalid())?;
+        let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+        text.parse().map(Some).map_err(|_| invalid())
+    }
+}
+
+/// One page of a list.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+impl<T> Page<T> {
+    /// A page from `rows` fetched with `limit + 1`, so a further page is known to exist.
+    pub fn from_rows<R>(
+        mut rows: Vec<R>,
+        limit: u32,
+        key: impl Fn(&R) -> String,
+        map: impl FnMut(R) -> T,
+    ) -> Self {
+        let more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        let next_cursor = more
+            .then(|| rows.last().map(|r| URL_SAFE_NO_PAD.encode(key(r))))
+            .flatten();
+        Self {
+            items: rows.into_iter().map(map).collect(),
+            next_cursor,
+        }
+    }
+}
+
+/// A credential in a response body, shown to its owner this once. Serialises in clear;
+/// `Debug` is redacted so it cannot reach a log by accident.
+#[derive(Clone)]
+pub struct ShownOnce(pub secrecy::SecretString);
+
+impl std::fmt::Debug for ShownOnce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ShownOnce([redacted])")
+    }
+}
+
+impl Serialize for ShownOnce {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(secrecy::ExposeSecret::expose_secret(&self.0))
+    }
+}
+
+impl utoipa::PartialSchema for ShownOnce {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        <String as utoipa::PartialSchema>::schema()
+    }
+}
+
+impl ToSchema for ShownOnce {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serde_messages_lose_the_offending_value() {
+        let m = redact_values(
+            "password: invalid type: string \"hunter2-secret\", expected u32 at line 1 column 9",
+        );
+        assert!(!m.contains("hunter2"), "{m}");
+        assert!(m.contains("password") && m.contains("expected u32"), "{m}");
+        let m = redact_values(
+            "password: invalid type: integer `12345`, expected a string at line 1 column 5",
+        );
+        assert!(!m.contains("12345"), "{m}");
+        assert_eq!(
+            redact_values("missing field `email` at line 1 column 2"),
+            "missing field `email` at line 1 column 2"
+        );
+    }
+}

@@ -1,0 +1,218 @@
+//! coffer-server: the Coffer secrets manager's REST API.
+//!
+//! [`app`] builds the complete HTTP application (routes and middleware) over an [`AppState`];
+//! [`start`] turns a [`Config`] into a ready state (keys, database, migrations) and [`serve`]
+//! runs it until SIGTERM or SIGINT. `main.rs` only parses the configuration and calls these.
+
+pub mod auth;
+pub mod config;
+pub mod crypto;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod ids;
+pub mod routes;
+pub mod service;
+pub mod state;
+pub mod telemetry;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{StatusCode, header};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+pub use config::Config;
+pub use state::AppState;
+
+use crate::config::ConfigError;
+use crate::crypto::Keys;
+use crate::db::Db;
+use crate::error::ApiError;
+
+/// Why coffer-server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("cannot open the database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("cannot apply database migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("password hashing parameters: {0}")]
+    PasswordHashing(#[from] argon2::password_hash::Error),
+    #[error("server error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The whole HTTP application: routes, then (innermost first) body limit, timeout, panic
+/// recovery, the error envelope, request ids, tracing and sensitive-header masking.
+pub fn app(state: AppState) -> Router {
+    let body_limit = usize::try_from(state.config.max_body_bytes).unwrap_or(usize::MAX);
+    let timeout = state.config.request_timeout();
+    routes::router()
+        .fallback(|| async { ApiError::NotFound { what: "route" } })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(RequestBodyLimitLayer::new(body_limit))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            timeout,
+        ))
+        .layer(CatchPanicLayer::new())
+        .layer(axum::middleware::from_fn(http::error_envelope))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            header::AUTHORIZATION,
+            header::COOKIE,
+        ]))
+        .with_state(state)
+}
+
+/// One span per request: method, route template (never the raw path, which may hold tokens),
+/// request id. Bodies, queries and credentials are never recorded.
+fn request_span(req: &Request) -> tracing::Span {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str);
+    let request_id = req
+        .headers()
+        .get(http::REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    tracing::info_span!("request", method = %req.method(), route, request_id)
+}
+
+/// Validates the configuration, loads or generates keys, connects and migrates the database.
+pub async fn start(config: Config) -> Result<AppState, StartError> {
+    config.validate()?;
+    create_data_dir(&config)?;
+    let keys = Keys::load(&config)?;
+    let db = Db::connect(
+        &config.effective_database_url(),
+        config.database_max_connections,
+    )
+    .await?;
+    db.migrate().await?;
+    Ok(AppState::new(config, db, keys)?)
+}
+
+fn create_data_dir(config: &Config) -> Result<(), ConfigError> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let needed =
+        config.database_url.is_none() || config.master_key.is_none() || config.jwt_secret.is_none();
+    if needed && !config.data_dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&config.data_dir)
+            .map_err(|e| {
+                ConfigError::new(
+                    "COFFER_DATA_DIR",
+                    format!("{}: {e}", config.data_dir.display()),
+                )
+            })?;
+    }
+    Ok(())
+}
+
+/// Serves the API until SIGTERM/SIGINT, then finishes in-flight requests (up to 30 s).
+pub async fn serve(state: AppState) -> Result<(), StartError> {
+    let config = state.config.clone();
+    let pruner = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                every.tick().await;
+                state.limits.prune();
+            }
+        })
+    };
+    let service = app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let result = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .map_err(|e| {
+                    StartError::Tls(format!("{} / {}: {e}", cert.display(), key.display()))
+                })?;
+            let handle = axum_server::Handle::new();
+            let shutdown = handle.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                shutdown.graceful_shutdown(Some(Duration::from_secs(30)));
+            });
+            tracing::info!(listen = %config.listen, "coffer-server listening (HTTPS)");
+            axum_server::bind_rustls(config.listen, tls)
+                .handle(handle)
+                .serve(service)
+                .await
+                .map_err(StartError::Io)
+        }
+        _ => {
+            if config.is_production() && !config.listen.ip().is_loopback() {
+                tracing::warn!(listen = %config.listen, "serving plain HTTP on a non-loopback address: TLS must be terminated in front (COFFER_ALLOW_PLAINTEXT=true)");
+            }
+            let listener =
+                tokio::net::TcpListener::bind(config.listen)
+                    .await
+                    .map_err(|source| StartError::Listen {
+                        addr: config.listen,
+                        source,
+                    })?;
+            tracing::info!(listen = %listener.local_addr()?, "coffer-server listening (HTTP)");
+            axum::serve(listener, service)
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+                .map_err(StartError::Io)
+        }
+    };
+    pruner.abort();
+    state.db.close().await;
+    tracing::info!("coffer-server stopped");
+    result
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown requested; finishing in-flight requests");
+}

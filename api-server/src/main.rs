@@ -1,0 +1,33 @@
+//! coffer-server binary: parse the configuration, start, serve.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use coffer_server::config::{Cli, Command};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    coffer_server::telemetry::init(&cli.config);
+    let state = match coffer_server::start(cli.config).await {
+        Ok(state) => state,
+        Err(e) => {
+            eprintln!("coffer-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Migrate => {
+            tracing::info!("database migrations are applied");
+            Ok(())
+        }
+        Command::Serve => coffer_server::serve(state).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("coffer-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! `/api/v1/auth`: registration, login, token refresh, logout, the current user, password change.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::auth::Principal;
+use crate::db::users::UserRow;
+use crate::error::{ApiError, ErrorResponse};
+use crate::http::{Json, ShownOnce};
+use crate::ids::{Timestamp, UserId};
+use crate::service::{self, ClientMeta};
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(login))
+        .routes(routes!(refresh))
+        .routes(routes!(logout))
+        .routes(routes!(me))
+        .routes(routes!(change_password))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    #[schema(example = "ann@example.com")]
+    pub email: String,
+    /// 10 to 128 characters, not easily guessed.
+    #[schema(value_type = String, format = Password)]
+    pub password: SecretString,
+    #[schema(example = "Ann Example")]
+    pub name: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub email: String,
+    #[schema(value_type = String, format = Password)]
+    pub password: SecretString,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    #[schema(value_type = String)]
+    pub refresh_token: SecretString,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePasswordRequest {
+    #[schema(value_type = String, format = Password)]
+    pub current_password: SecretString,
+    #[schema(value_type = String, format = Password)]
+    pub new_password: SecretString,
+}
+
+/// A user account.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct User {
+    pub id: UserId,
+    pub email: String,
+    pub name: String,
+    pub created_at: Timestamp,
+}
+
+impl From<UserRow> for User {
+    fn from(u: UserRow) -> Self {
+        Self {
+            id: u.id,
+            email: u.email,
+            name: u.name,
+            created_at: u.created_at,
+        }
+    }
+}
+
+/// Tokens: the access token for `Authorization: Bearer`, the refresh token for `/auth/refresh`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenResponse {
+    pub access_token: ShownOnce,
+    pub refresh_token: ShownOnce,
+    #[schema(example = "Bearer")]
+    pub token_type: &'static str,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+}
+
+impl From<service::auth::IssuedTokens> for TokenResponse {
+    fn from(t: service::auth::IssuedTokens) -> Self {
+        Self {
+            access_token: ShownOnce(t.access_token),
+            refresh_token: ShownOnce(t.refresh_token),
+            token_type: "Bearer",
+            expires_in: t.expires_in.as_secs(),
+        }
+    }
+}
+
+/// The user and their tokens.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuthResponse {
+    pub user: User,
+    #[serde(flatten)]
+    pub tokens: TokenResponse,
+}
+
+impl From<service::auth::LoggedIn> for AuthResponse {
+    fn from(l: service::auth::LoggedIn) -> Self {
+        Self {
+            user: l.user.into(),
+            tokens: l.tokens.into(),
+        }
+    }
+}
+
+/// Create an account and log in.
+#[utoipa::path(
+    post, path = "/register", tag = "auth", request_body = RegisterRequest,
+    responses(
+        (status = 201, body = AuthResponse),
+        (status = 409, description = "email taken", body = ErrorResponse),
+        (status = 422, description = "invalid email, name or weak password", body = ErrorResponse),
+        (status = 429, body = ErrorResponse),
+    )
+)]
+pub async fn register(
+    State(state): State<AppState>,
+    meta: ClientMeta,
+    Json(req): Json<RegisterRequest>,
+) -> Result<(StatusCode, Json<AuthResponse>), ApiError> {
+    let done = service::auth::register(&state, &meta, &req.email, &req.password, &req.name).await?;
+    Ok((StatusCode::CREATED, Json(done.into())))
+}
+
+/// Log in with email and password.
+#[utoipa::path(
+    post, path = "/login", tag = "auth", request_body = LoginRequest,
+    responses((status = 200, body = AuthResponse), (status = 401, body = ErrorResponse), (status = 429, body = ErrorResponse))
+)]
+pub async fn login(
+    State(state): State<AppState>,
+    meta: ClientMeta,
+    Json(req): Json<LoginRequest>,
+) -> Result<Json<AuthResponse>, ApiError> {
+    Ok(Json(
+        service::auth::login(&state, &meta, &req.email, &req.password)
+            .await?
+            .into(),
+    ))
+}
+
+/// Trade a refresh token for new tokens. Each refresh token works once; presenting a used one
+/// ends its session.
+#[utoipa::path(
+    post, path = "/refresh", tag = "auth", request_body = RefreshRequest,
+    responses((status = 200, body = TokenResponse), (status = 401, body = ErrorResponse), (status = 429, body = ErrorResponse))
+)]
+pub async fn refresh(
+    State(state): State<AppState>,
+    meta: ClientMeta,
+    Json(req): Json<RefreshRequest>,
+) -> Result<Json<TokenResponse>, ApiError> {
+    let (_, tokens) = service::auth::refresh(&state, &meta, &req.refresh_token).await?;
+    Ok(Json(tokens.into()))
+}
+
+/// End the current session at once.
+#[utoipa::path(
+    post, path = "/logout", tag = "auth", security(("bearer" = [])),
+    responses((status = 204), (status = 401, body = ErrorResponse), (status = 403, body = ErrorResponse))
+)]
+pub async fn logout(
+    State(state): State<AppState>,
+    meta: ClientMeta,
+    principal: Principal,
+) -> Result<StatusCode, ApiError> {
+    service::auth::logout(&state, &meta, &principal).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The authenticated user.
+#[utoipa::path(
+    get, path = "/me", tag = "auth", security(("bearer" = [])),
+    responses((status = 200, body = User), (status = 401, body = ErrorResponse))
+)]
+pub async fn me(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<User>, ApiError> {
+    Ok(Json(service::auth::me(&state, &principal).await?.into()))
+}
+
+/// Change the password; every other session of the user ends.
+#[utoipa::path(
+    put, path = "/change-password", tag = "auth", security(("bearer" = [])), request_body = ChangePasswordRequest,
+    responses(
+        (status = 204),
+        (status = 401, body = ErrorResponse),
+        (status = 403, description = "wrong current password", body = ErrorResponse),
+        (status = 422, body = ErrorResponse),
+    )
+)]
+pub async fn change_password(
+    State(state): State<AppState>,
+    meta: ClientMeta,
+    principal: Principal,
+    Json(req): Json<ChangePasswordRequest>,
+) -> Result<StatusCode, ApiError> {
+    service::auth::change_password(
+        &state,
+        &meta,
+        &principal,
+        &req.current_password,
+        &req.new_password,
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,79 @@
+//! The API's routes, one module per resource, assembled with their OpenAPI description so the
+//! document and the router are built from the same declarations.
+
+pub mod api_keys;
+pub mod audit;
+pub mod auth;
+pub mod health;
+pub mod meta;
+
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{InfoBuilder, OpenApi as OpenApiDoc};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::state::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Coffer API", description = "Coffer secrets manager: REST API of coffer-server."),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "health", description = "Probes"),
+        (name = "meta", description = "About this API"),
+        (name = "auth", description = "Accounts and login sessions"),
+        (name = "api-keys", description = "Personal API keys"),
+        (name = "audit", description = "Audit trail"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, doc: &mut OpenApiDoc) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An access token (JWT) from /auth/login, or an API key `cfr_…`",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Every route, with its documentation.
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(health::router())
+        .nest("/api/v1", meta::router())
+        .nest("/api/v1/auth", auth::router())
+        .nest("/api/v1/api-keys", api_keys::router())
+        .nest("/api/v1/audit-events", audit::router())
+}
+
+/// The OpenAPI document of this server.
+pub fn openapi() -> Arc<OpenApiDoc> {
+    static DOC: OnceLock<Arc<OpenApiDoc>> = OnceLock::new();
+    DOC.get_or_init(|| {
+        let (_, mut doc) = api().split_for_parts();
+        doc.info = InfoBuilder::from(doc.info)
+            .version(env!("CARGO_PKG_VERSION"))
+            .build();
+        Arc::new(doc)
+    })
+    .clone()
+}
+
+/// The routes without middleware.
+pub fn router() -> Router<AppState> {
+    api().split_for_parts().0
+}

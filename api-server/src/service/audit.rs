@@ -1,0 +1,106 @@
+//! Audit events: who did what, from where, with what outcome. Never a password, token or value.
+
+use sqlx::any::AnyExecutor;
+
+use crate::auth::Principal;
+use crate::db;
+use crate::db::audit::AuditRow;
+use crate::ids::{AuditEventId, Timestamp, UserId};
+use crate::service::ClientMeta;
+
+/// The actions recorded.
+pub mod action {
+    pub const REGISTER: &str = "auth.register";
+    pub const LOGIN: &str = "auth.login";
+    pub const REFRESH: &str = "auth.refresh";
+    pub const REFRESH_REUSE_DETECTED: &str = "auth.refresh_reuse_detected";
+    pub const LOGOUT: &str = "auth.logout";
+    pub const PASSWORD_CHANGED: &str = "auth.password_changed";
+    pub const RATE_LIMITED: &str = "auth.rate_limited";
+    pub const API_KEY_CREATED: &str = "api_key.created";
+    pub const API_KEY_ROTATED: &str = "api_key.rotated";
+    pub const API_KEY_REVOKED: &str = "api_key.revoked";
+}
+
+/// Whether the action succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Failure,
+    Denied,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Failure => "failure",
+            Self::Denied => "denied",
+        }
+    }
+}
+
+/// An event being built; `record` stores it (inside the caller's transaction when given one).
+#[derive(Debug, Clone)]
+pub struct AuditEvent {
+    row: AuditRow,
+}
+
+impl AuditEvent {
+    pub fn new(action: &'static str, outcome: Outcome, meta: &ClientMeta) -> Self {
+        Self {
+            row: AuditRow {
+                id: AuditEventId::new(),
+                occurred_at: Timestamp::now(),
+                user_id: None,
+                actor_type: "anonymous".into(),
+                actor_id: None,
+                action: action.into(),
+                outcome: outcome.as_str().into(),
+                target_type: None,
+                target_id: None,
+                client_ip: meta.ip.clone(),
+                user_agent: meta.user_agent.clone(),
+                details: None,
+            },
+        }
+    }
+
+    /// The user the event belongs to (whose audit log shows it), acting themselves.
+    pub fn by_user(mut self, user: UserId) -> Self {
+        self.row.user_id = Some(user);
+        self.row.actor_type = "user".into();
+        self.row.actor_id = Some(user.to_string());
+        self
+    }
+
+    /// The user the event concerns, when nobody authenticated (a failed login).
+    pub fn about_user(mut self, user: Option<UserId>) -> Self {
+        self.row.user_id = user;
+        self
+    }
+
+    pub fn by(mut self, principal: &Principal) -> Self {
+        let (kind, id) = principal.actor();
+        self.row.user_id = Some(principal.user_id);
+        self.row.actor_type = kind.into();
+        self.row.actor_id = Some(id);
+        self
+    }
+
+    pub fn target(mut self, kind: &str, id: impl ToString) -> Self {
+        self.row.target_type = Some(kind.into());
+        self.row.target_id = Some(id.to_string());
+        self
+    }
+
+    /// Non-secret context (a reason, a limit's name).
+    pub fn details(mut self, details: serde_json::Value) -> Self {
+        self.row.details = Some(details.to_string());
+        self
+    }
+
+    pub async fn record<'e>(self, ex: impl AnyExecutor<'e>) -> Result<(), sqlx::Error> {
+        db::audit::insert(ex, &self.row).await
+    }
+}

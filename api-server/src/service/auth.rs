@@ -1,0 +1,452 @@
+//! Accounts and login sessions: register, login, refresh (with rotation and reuse detection),
+//! logout, password change.
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+
+use crate::auth::Principal;
+use crate::auth::password::check_password_policy;
+use crate::auth::rate_limit::Limit;
+use crate::auth::tokens::{self, REFRESH_TOKEN_PREFIX};
+use crate::db::sessions::RefreshTokenRow;
+use crate::db::users::UserRow;
+use crate::db::{self, Tx, is_unique_violation};
+use crate::error::{ApiError, ApiResult};
+use crate::ids::{SessionId, Timestamp, UserId};
+use crate::service::ClientMeta;
+use crate::service::audit::{AuditEvent, Outcome, action};
+use crate::state::AppState;
+
+/// Tokens handed out at login, registration and refresh.
+#[derive(Debug)]
+pub struct IssuedTokens {
+    pub access_token: SecretString,
+    pub refresh_token: SecretString,
+    pub expires_in: Duration,
+}
+
+/// The account and its fresh tokens.
+#[derive(Debug)]
+pub struct LoggedIn {
+    pub user: UserRow,
+    pub tokens: IssuedTokens,
+}
+
+/// Trimmed and lower-cased; refuses what cannot be an address.
+pub fn normalize_email(email: &str) -> ApiResult<String> {
+    let email = email.trim().to_lowercase();
+    let valid = email.len() <= 254
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && local.len() <= 64
+                && !domain.contains('@')
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !domain.contains("..")
+        });
+    if valid {
+        Ok(email)
+    } else {
+        Err(ApiError::validation(
+            "invalid_email",
+            "email is not a valid address",
+        ))
+    }
+}
+
+fn normalize_name(name: &str) -> ApiResult<String> {
+    let name = name.trim();
+    let chars = name.chars().count();
+    if chars == 0 || chars > 100 || name.chars().any(char::is_control) {
+        return Err(ApiError::validation(
+            "invalid_name",
+            "name must have 1 to 100 printable characters",
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+/// Counts a request against a limit; over it, the refusal is audited (once per key and
+/// window, so a flood does not become a flood of writes) and answered with 429.
+async fn rate_limit(
+    state: &AppState,
+    limit: Limit,
+    key: &str,
+    user: Option<UserId>,
+    meta: &ClientMeta,
+) -> ApiResult<()> {
+    let Err(retry_after) = state.limits.check(limit, key) else {
+        return Ok(());
+    };
+    let first_refusal = state.limits.first_refusal(limit, key);
+    if first_refusal {
+        AuditEvent::new(action::RATE_LIMITED, Outcome::Denied, meta)
+            .about_user(user)
+            .details(json!({ "limit": limit.as_str() }))
+            .record(state.db.pool())
+            .await?;
+    }
+    Err(ApiError::RateLimited { retry_after })
+}
+
+/// Opens a session for `user` inside `tx`: the session row, its first refresh token.
+async fn open_session(
+    state: &AppState,
+    tx: &mut Tx,
+    user: UserId,
+    meta: &ClientMeta,
+    now: Timestamp,
+) -> ApiResult<IssuedTokens> {
+    let session = SessionId::new();
+    let expires_at = now.plus(state.config.session_max_lifetime());
+    db::sessions::insert_session(
+        &mut **tx,
+        session,
+        user,
+        now,
+        expires_at,
+        meta.ip.as_deref(),
+        meta.user_agent.as_deref(),
+    )
+    .await?;
+    let refresh_token = tokens::generate(REFRESH_TOKEN_PREFIX);
+    let refresh_expires = now.plus(state.config.refresh_token_ttl()).min(expires_at);
+    db::sessions::insert_refresh_token(
+        &mut **tx,
+        session,
+        &tokens::hash(refresh_token.expose_secret()),
+        now,
+        refresh_expires,
+    )
+    .await?;
+    let access_token = state
+        .jwt
+        .issue(user, session, now)
+        .map_err(ApiError::internal)?;
+    Ok(IssuedTokens {
+        access_token,
+        refresh_token,
+        expires_in: state.jwt.ttl(),
+    })
+}
+
+pub async fn register(
+    state: &AppState,
+    meta: &ClientMeta,
+    email: &str,
+    password: &SecretString,
+    name: &str,
+) -> ApiResult<LoggedIn> {
+    rate_limit(state, Limit::RegisterPerIp, meta.ip_key(), None, meta).await?;
+    let email = normalize_email(email)?;
+    rate_limit(state, Limit::RegisterPerAccount, &email, None, meta).await?;
+    let name = normalize_name(name)?;
+    check_password_policy(password, &[&email, &name])?;
+    let taken = || ApiError::conflict("email_taken", "an account with this email already exists");
+    if db::users::by_email(state.db.pool(), &email)
+        .await?
+        .is_some()
+    {
+        return Err(taken());
+    }
+    let hash = state.passwords.hash(password).await?;
+
+    let now = Timestamp::now();
+    let user = UserRow {
+        id: UserId::new(),
+        email,
+        name,
+        password_hash: hash,
+        created_at: now,
+    };
+    let mut tx = state.db.begin().await?;
+    if let Err(e) = db::users::insert(
+        &mut *tx,
+        user.id,
+        &user.email,
+        &user.name,
+        &user.password_hash,
+        now,
+    )
+    .await
+    {
+        return Err(if is_unique_violation(&e) {
+            taken()
+        } else {
+            e.into()
+        });
+    }
+    let tokens = open_session(state, &mut tx, user.id, meta, now).await?;
+    AuditEvent::new(action::REGISTER, Outcome::Success, meta)
+        .by_user(user.id)
+        .record(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(LoggedIn { user, tokens })
+}
+
+pub async fn login(
+    state: &AppState,
+    meta: &ClientMeta,
+    email: &str,
+    password: &SecretString,
+) -> ApiResult<LoggedIn> {
+    let invalid = || ApiError::unauthorized("invalid_credentials", "invalid email or password");
+    rate_limit(state, Limit::LoginPerIp, meta.ip_key(), None, meta).await?;
+    // An unparseable email is an unknown account: same answer, same work.
+    let email = normalize_email(email).unwrap_or_default();
+    let user = if email.is_empty() {
+        None
+    } else {
+        db::users::by_email(state.db.pool(), &email).await?
+    };
+    rate_limit(
+        state,
+        Limit::LoginPerAccount,
+        &email,
+        user.as_ref().map(|u| u.id),
+        meta,
+    )
+    .await?;
+
+    let verified = state
+        .passwords
+        .verify(password, user.as_ref().map(|u| u.password_hash.as_str()))
+        .await?;
+    let user_id = user.as_ref().map(|u| u.id);
+    let Some(user) = user.filter(|_| verified.matches) else {
+        AuditEvent::new(action::LOGIN, Outcome::Failure, meta)
+            .about_user(user_id)
+            .details(json!({ "reason": "invalid_credentials" }))
+            .record(state.db.pool())
+            .await?;
+        return Err(invalid());
+    };
+
+    let now = Timestamp::now();
+    let new_hash = if verified.needs_rehash {
+        Some(state.passwords.hash(password).await?)
+    } else {
+        None
+    };
+    let mut tx = state.db.begin().await?;
+    if let Some(hash) = &new_hash {
+        db::users::set_password_hash(&mut *tx, user.id, hash, now).await?;
+    }
+    let tokens = open_session(state, &mut tx, user.id, meta, now).await?;
+    AuditEvent::new(action::LOGIN, Outcome::Success, meta)
+        .by_user(user.id)
+        .record(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(LoggedIn { user, tokens })
+}
+
+/// Ends a session whose already-used refresh token was presented again: someone else may hold
+/// the newer one, so the whole family goes.
+async fn refresh_reuse(state: &AppState, meta: &ClientMeta, token: &RefreshTokenRow) -> ApiError {
+    let now = Timestamp::now();
+    let result: Result<(), sqlx::Error> = async {
+        let mut tx = state.db.begin().await?;
+        db::sessions::revoke_session(&mut *tx, token.session_id, "refresh_token_reuse", now)
+            .await?;
+        AuditEvent::new(action::REFRESH_REUSE_DETECTED, Outcome::Denied, meta)
+            .about_user(Some(token.user_id))
+            .target("session", token.session_id)
+            .record(&mut *tx)
+            .await?;
+        tx.commit().await
+    }
+    .await;
+    state.sessions.invalidate(&token.session_id);
+    match result {
+        Ok(()) => ApiError::unauthorized(
+            "refresh_token_reused",
+            "this refresh token was already used; the session has been ended for safety",
+        ),
+        Err(e) => e.into(),
+    }
+}
+
+pub async fn refresh(
+    state: &AppState,
+    meta: &ClientMeta,
+    refresh_token: &SecretString,
+) -> ApiResult<(UserId, IssuedTokens)> {
+    let invalid =
+        || ApiError::unauthorized("invalid_token", "the refresh token is invalid or expired");
+    rate_limit(state, Limit::RefreshPerIp, meta.ip_key(), None, meta).await?;
+    let hash = tokens::hash(refresh_token.expose_secret());
+    let token = db::sessions::refresh_token_by_hash(state.db.pool(), &hash)
+        .await?
+        .ok_or_else(invalid)?;
+    let now = Timestamp::now();
+    if token.used_at.is_some() {
+        return Err(refresh_reuse(state, meta, &token).await);
+    }
+    if token.session_revoked_at.is_some()
+        || token.session_expires_at <= now
+        || token.expires_at <= now
+    {
+        return Err(invalid());
+    }
+    rate_limit(
+        state,
+        Limit::RefreshPerAccount,
+        &token.user_id.to_string(),
+        Some(token.user_id),
+        meta,
+    )
+    .await?;
+
+    let mut tx = state.db.begin().await?;
+    if !db::sessions::mark_refresh_token_used(&mut *tx, token.id, now).await? {
+        // Used concurrently by someone else between our read and this write.
+        drop(tx);
+        return Err(refresh_reuse(state, meta, &token).await);
+    }
+    let next = tokens::generate(REFRESH_TOKEN_PREFIX);
+    let expires = now
+        .plus(state.config.refresh_token_ttl())
+        .min(token.session_expires_at);
+    db::sessions::insert_refresh_token(
+        &mut *tx,
+        token.session_id,
+        &tokens::hash(next.expose_secret()),
+        now,
+        expires,
+    )
+    .await?;
+    AuditEvent::new(action::REFRESH, Outcome::Success, meta)
+        .by_user(token.user_id)
+        .target("session", token.session_id)
+        .record(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    let access_token = state
+        .jwt
+        .issue(token.user_id, token.session_id, now)
+        .map_err(ApiError::internal)?;
+    Ok((
+        token.user_id,
+        IssuedTokens {
+            access_token,
+            refresh_token: next,
+            expires_in: state.jwt.ttl(),
+        },
+    ))
+}
+
+pub async fn logout(state: &AppState, meta: &ClientMeta, principal: &Principal) -> ApiResult<()> {
+    let session = principal.require_session("logging out")?;
+    let now = Timestamp::now();
+    let mut tx = state.db.begin().await?;
+    db::sessions::revoke_session(&mut *tx, session, "logout", now).await?;
+    AuditEvent::new(action::LOGOUT, Outcome::Success, meta)
+        .by(principal)
+        .target("session", session)
+        .record(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    state.sessions.invalidate(&session);
+    Ok(())
+}
+
+pub async fn me(state: &AppState, principal: &Principal) -> ApiResult<UserRow> {
+    db::users::by_id(state.db.pool(), principal.user_id)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("invalid_token", "the account no longer exists"))
+}
+
+pub async fn change_password(
+    state: &AppState,
+    meta: &ClientMeta,
+    principal: &Principal,
+    current: &SecretString,
+    new: &SecretString,
+) -> ApiResult<()> {
+    let session = principal.require_session("changing the password")?;
+    let user = me(state, principal).await?;
+    rate_limit(
+        state,
+        Limit::LoginPerAccount,
+        &user.email,
+        Some(user.id),
+        meta,
+    )
+    .await?;
+    if !state
+        .passwords
+        .verify(current, Some(&user.password_hash))
+        .await?
+        .matches
+    {
+        AuditEvent::new(action::PASSWORD_CHANGED, Outcome::Failure, meta)
+            .by(principal)
+            .details(json!({ "reason": "wrong_current_password" }))
+            .record(state.db.pool())
+            .await?;
+        return Err(ApiError::forbidden(
+            "wrong_password",
+            "the current password is not correct",
+        ));
+    }
+    check_password_policy(new, &[&user.email, &user.name])?;
+    if new.expose_secret() == current.expose_secret() {
+        return Err(ApiError::validation(
+            "password_unchanged",
+            "the new password must differ from the current one",
+        ));
+    }
+    let hash = state.passwords.hash(new).await?;
+    let now = Timestamp::now();
+    let mut tx = state.db.begin().await?;
+    db::users::set_password_hash(&mut *tx, user.id, &hash, now).await?;
+    let ended = db::sessions::revoke_other_sessions(
+        &mut *tx,
+        user.id,
+        Some(session),
+        "password_changed",
+        now,
+    )
+    .await?;
+    AuditEvent::new(action::PASSWORD_CHANGED, Outcome::Success, meta)
+        .by(principal)
+        .details(json!({ "sessions_ended": ended.len() }))
+        .record(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    for id in &ended {
+        state.sessions.invalidate(id);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_trimmed_lowercased_and_checked() {
+        assert_eq!(
+            normalize_email("  Ann@Example.COM ").ok().as_deref(),
+            Some("ann@example.com")
+        );
+        for bad in [
+            "",
+            "ann",
+            "ann@",
+            "@example.com",
+            "ann@example",
+            "a b@example.com",
+            "ann@@example.com",
+            "ann@.com",
+        ] {
+            assert!(normalize_email(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! The domain layer: each operation checks what it must, owns its transaction and records its
+//! audit events. Routes call these; these never see HTTP types.
+
+pub mod api_keys;
+pub mod audit;
+pub mod auth;
+
+/// Where a request came from, for rate limits and audit events.
+#[derive(Debug, Clone, Default)]
+pub struct ClientMeta {
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+impl ClientMeta {
+    /// The key per-IP rate limits count against.
+    pub fn ip_key(&self) -> &str {
+        self.ip.as_deref().unwrap_or("unknown")
+    }
+}

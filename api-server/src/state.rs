@@ -1,0 +1,67 @@
+//! Shared application state.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::auth::jwt::JwtKeys;
+use crate::auth::password::PasswordHasher;
+use crate::auth::rate_limit::RateLimits;
+use crate::config::Config;
+use crate::crypto::Keys;
+use crate::db::Db;
+use crate::db::sessions::SessionRow;
+use crate::ids::SessionId;
+
+/// Everything a request handler may need; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState(Arc<Inner>);
+
+#[derive(Debug)]
+pub struct Inner {
+    pub config: Config,
+    pub db: Db,
+    pub keys: Keys,
+    pub jwt: JwtKeys,
+    pub passwords: PasswordHasher,
+    pub limits: RateLimits,
+    /// Active sessions recently confirmed in the database. Entries are removed at once when
+    /// this process ends a session; other replicas notice within the time to live.
+    pub sessions: moka::sync::Cache<SessionId, SessionRow>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// State over an already migrated database.
+    pub fn new(config: Config, db: Db, keys: Keys) -> Result<Self, argon2::password_hash::Error> {
+        let concurrency = config.password_hash_concurrency.map_or_else(
+            || std::thread::available_parallelism().map_or(2, usize::from),
+            |n| n as usize,
+        );
+        let passwords = PasswordHasher::new(
+            config.argon2_memory_kib,
+            config.argon2_iterations,
+            concurrency,
+        )?;
+        let jwt = JwtKeys::new(&keys.jwt_secret, config.access_token_ttl());
+        let limits = RateLimits::new(&config);
+        let sessions = moka::sync::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(Duration::from_millis(config.session_cache_ttl_ms))
+            .build();
+        Ok(Self(Arc::new(Inner {
+            config,
+            db,
+            keys,
+            jwt,
+            passwords,
+            limits,
+            sessions,
+        })))
+    }
+}
