@@ -1,0 +1,320 @@
+//! Test support: a coffer-server per test over its own database (a SQLite file, or a fresh
+//! PostgreSQL schema when `COFFER_TEST_DATABASE_URL` is set), driven through the real router.
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::connect_info::MockConnectInfo;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use coffer_server::config::Config;
+use coffer_server::{AppState, app};
+use http_body_util::BodyExt as _;
+use serde_json::{Value, json};
+use tower::ServiceExt as _;
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// Runs a test body once on SQLite and once on PostgreSQL, as `<name>::sqlite` and
+/// `<name>::postgres`. `|config| …` after the app name adjusts the configuration.
+macro_rules! db_test {
+    ($(#[$meta:meta])* async fn $name:ident($app:ident $(, |$cfg:ident| $tweak:expr)?) $body:block) => {
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[allow(unused_variables)]
+            fn tweak(config: &mut coffer_server::Config) {
+                $(let $cfg = config; $tweak;)?
+            }
+
+            #[tokio::test]
+            async fn sqlite() {
+                let $app = $crate::helpers::TestApp::sqlite(tweak).await;
+                $body
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                let Some($app) = $crate::helpers::TestApp::postgres(tweak).await else { return };
+                $body
+            }
+        }
+    };
+}
+pub(crate) use db_test;
+
+/// A coffer-server with its own database.
+pub struct TestApp {
+    pub router: Router,
+    pub state: AppState,
+    /// Kept for the test's duration: the data directory, and the PostgreSQL schema to drop.
+    _dir: tempfile::TempDir,
+    _schema: Option<PgSchema>,
+}
+
+impl TestApp {
+    fn config(dir: &tempfile::TempDir, database_url: String, tweak: fn(&mut Config)) -> Config {
+        let mut config = Config::defaults();
+        config.data_dir = dir.path().to_path_buf();
+        config.database_url = Some(database_url);
+        config.database_max_connections = 5;
+        config.password_hash_concurrency = Some(2);
+        config.register_rate_per_ip = 10_000;
+        config.login_rate_per_ip = 10_000;
+        config.refresh_rate_per_ip = 10_000;
+        config.login_rate_per_account = 1_000;
+        tweak(&mut config);
+        config
+    }
+
+    async fn start(config: Config, dir: tempfile::TempDir, schema: Option<PgSchema>) -> Self {
+        let state = coffer_server::start(config)
+            .await
+            .expect("coffer-server starts");
+        let router =
+            app(state.clone()).layer(MockConnectInfo(SocketAddr::from(([192, 0, 2, 10], 40_000))));
+        Self {
+            router,
+            state,
+            _dir: dir,
+            _schema: schema,
+        }
+    }
+
+    pub async fn sqlite(tweak: fn(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("coffer.db").display()
+        );
+        let config = Self::config(&dir, url, tweak);
+        Self::start(config, dir, None).await
+    }
+
+    /// `None` (and a message) when `COFFER_TEST_DATABASE_URL` is not set; in CI that fails.
+    pub async fn postgres(tweak: fn(&mut Config)) -> Option<Self> {
+        let admin_url = postgres_url()?;
+        let schema = PgSchema::create(&admin_url).await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = Self::config(&dir, schema.url.clone(), tweak);
+        Some(Self::start(config, dir, Some(schema)).await)
+    }
+
+    /// Sends a request through the whole application.
+    pub async fn send(&self, request: Request<Body>) -> TestResponse {
+        let response = self
+            .router
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("infallible");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes()
+            .to_vec();
+        TestResponse {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// A JSON request, authenticated with `token` when given.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> TestResponse {
+        let mut builder = Request::builder().method(method).uri(path);
+        if let Some(token) = token {
+            builder = builder.header("authorization", format!("Bearer {token}"));
+        }
+        let request = match body {
+            Some(body) => builder
+                .header("content-type", "application/json")
+                .body(Body::from(serde_json::to_vec(&body).expect("json"))),
+            None => builder.body(Body::empty()),
+        };
+        self.send(request.expect("request")).await
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> TestResponse {
+        self.call(Method::GET, path, token, None).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> TestResponse {
+        self.call(Method::POST, path, token, Some(body)).await
+    }
+
+    /// Registers `email` with [`PASSWORD`] and returns its session.
+    pub async fn register(&self, email: &str) -> Session {
+        let r = self
+            .post(
+                "/api/v1/auth/register",
+                None,
+                json!({ "email": email, "password": PASSWORD, "name": "Test User" }),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+        Session::from(&r.json())
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> TestResponse {
+        self.post(
+            "/api/v1/auth/login",
+            None,
+            json!({ "email": email, "password": password }),
+        )
+        .await
+    }
+
+    /// Creates an API key for `session` and returns its token.
+    pub async fn api_key(&self, session: &Session, body: Value) -> (String, String) {
+        let r = self
+            .post("/api/v1/api-keys", Some(&session.access), body)
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+        let v = r.json();
+        (
+            v["id"].as_str().expect("id").to_owned(),
+            v["token"].as_str().expect("token").to_owned(),
+        )
+    }
+}
+
+/// A logged-in user.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub user_id: String,
+    pub access: String,
+    pub refresh: String,
+}
+
+impl From<&Value> for Session {
+    fn from(v: &Value) -> Self {
+        Self {
+            user_id: v["user"]["id"].as_str().unwrap_or_default().to_owned(),
+            access: v["access_token"].as_str().expect("access_token").to_owned(),
+            refresh: v["refresh_token"]
+                .as_str()
+                .expect("refresh_token")
+                .to_owned(),
+        }
+    }
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct TestResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl TestResponse {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// Asserts the standard error shape, status and code; returns the message.
+    #[track_caller]
+    pub fn assert_error(&self, status: StatusCode, code: &str) -> String {
+        assert_eq!(self.status, status, "{}", self.text());
+        assert_eq!(
+            self.headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
+            Some("application/json"),
+            "{}",
+            self.text()
+        );
+        let v = self.json();
+        assert_eq!(v["error"]["code"], code, "{}", self.text());
+        let request_id = self
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .expect("x-request-id");
+        assert_eq!(v["error"]["request_id"], request_id);
+        v["error"]["message"].as_str().expect("message").to_owned()
+    }
+}
+
+fn postgres_url() -> Option<String> {
+    match std::env::var("COFFER_TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "COFFER_TEST_DATABASE_URL must be set in CI: the PostgreSQL tests may not be skipped"
+            );
+            eprintln!("skipping the PostgreSQL variant: COFFER_TEST_DATABASE_URL is not set");
+            None
+        }
+    }
+}
+
+/// A PostgreSQL schema of its own for one test, dropped afterwards.
+struct PgSchema {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl PgSchema {
+    async fn create(admin_url: &str) -> Self {
+        sqlx::any::install_default_drivers();
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(admin_url)
+            .await
+            .expect("connect to PostgreSQL");
+        sqlx::query(&format!("CREATE SCHEMA {name}"))
+            .execute(&mut conn)
+            .await
+            .expect("create schema");
+        let sep = if admin_url.contains('?') { '&' } else { '?' };
+        let url = format!("{admin_url}{sep}options=-c%20search_path%3D{name}");
+        Self {
+            admin_url: admin_url.to_owned(),
+            name,
+            url,
+        }
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let (url, name) = (self.admin_url.clone(), self.name.clone());
+        // Drop runs inside the test's runtime; a thread with its own runtime may block.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&url)
+                    .await
+                    .ok()?;
+                sqlx::query(&format!("DROP SCHEMA {name} CASCADE"))
+                    .execute(&mut conn)
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+    }
+}

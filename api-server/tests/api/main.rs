@@ -1,0 +1,13 @@
+//! HTTP tests of coffer-server through its real router and a real database, each on SQLite and
+//! on PostgreSQL (`COFFER_TEST_DATABASE_URL`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod helpers;
+
+mod api_keys;
+mod audit;
+mod auth;
+mod errors;
+mod health;
+mod openapi;
+mod sessions;
