@@ -139,6 +139,14 @@ fn create_data_dir(config: &Config) -> Result<(), ConfigError> {
 
 /// Serves the API until SIGTERM/SIGINT, then finishes in-flight requests (up to 30 s).
 pub async fn serve(state: AppState) -> Result<(), StartError> {
+    serve_until(state, shutdown_signal()).await
+}
+
+/// Serves the API until `shutdown` completes, then finishes in-flight requests (up to 30 s).
+pub async fn serve_until(
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
     let config = state.config.clone();
     let pruner = {
         let state = state.clone();
@@ -160,10 +168,11 @@ pub async fn serve(state: AppState) -> Result<(), StartError> {
                     StartError::Tls(format!("{} / {}: {e}", cert.display(), key.display()))
                 })?;
             let handle = axum_server::Handle::new();
-            let shutdown = handle.clone();
+            let stopper = handle.clone();
             tokio::spawn(async move {
-                shutdown_signal().await;
-                shutdown.graceful_shutdown(Some(Duration::from_secs(30)));
+                shutdown.await;
+                tracing::info!("shutdown requested; finishing in-flight requests");
+                stopper.graceful_shutdown(Some(Duration::from_secs(30)));
             });
             tracing::info!(listen = %config.listen, "coffer-server listening (HTTPS)");
             axum_server::bind_rustls(config.listen, tls)
@@ -185,7 +194,10 @@ pub async fn serve(state: AppState) -> Result<(), StartError> {
                     })?;
             tracing::info!(listen = %listener.local_addr()?, "coffer-server listening (HTTP)");
             axum::serve(listener, service)
-                .with_graceful_shutdown(shutdown_signal())
+                .with_graceful_shutdown(async move {
+                    shutdown.await;
+                    tracing::info!("shutdown requested; finishing in-flight requests");
+                })
                 .await
                 .map_err(StartError::Io)
         }
@@ -214,5 +226,4 @@ async fn shutdown_signal() {
         () = ctrl_c => {},
         () = term => {},
     }
-    tracing::info!("shutdown requested; finishing in-flight requests");
 }

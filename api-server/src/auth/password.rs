@@ -57,6 +57,12 @@ impl PasswordHasher {
         })
     }
 
+    /// At most `n` callers wait for a permit; more get 503 at once.
+    pub fn with_max_waiting(mut self, n: usize) -> Self {
+        self.max_waiting = n;
+        self
+    }
+
     /// Runs `work` on the blocking pool once a permit is free.
     async fn run<T: Send + 'static>(
         &self,
@@ -220,6 +226,31 @@ mod tests {
                 needs_rehash: true
             }
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flood_beyond_the_queue_is_turned_away_with_503_not_queued_without_bound() {
+        let hasher = PasswordHasher::new(19_456, 2, 1)
+            .unwrap()
+            .with_max_waiting(2);
+        let pw = SecretString::from("correct horse battery staple");
+        let hash = hasher.hash(&pw).await.unwrap();
+        let attempts = (0..12).map(|_| {
+            let (hasher, pw, hash) = (hasher.clone(), pw.clone(), hash.clone());
+            tokio::spawn(async move { hasher.verify(&pw, Some(&hash)).await })
+        });
+        let results = futures::future::join_all(attempts).await;
+        let busy = results
+            .iter()
+            .filter(|r| matches!(r, Ok(Err(ApiError::Unavailable { .. }))))
+            .count();
+        let verified = results
+            .iter()
+            .filter(|r| matches!(r, Ok(Ok(v)) if v.matches))
+            .count();
+        assert!(busy >= 1, "nobody was turned away");
+        assert!(verified >= 1, "nobody was served");
+        assert_eq!(busy + verified, 12);
     }
 
     #[test]
