@@ -38,7 +38,8 @@ log() { printf 'testenv: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
 
 is_built() {
-	[[ -f "$BIN_DIR/.complete" && -x "$BIN_DIR/kube-apiserver" && -x "$BIN_DIR/kube-controller-manager" && -x "$BIN_DIR/etcd" ]]
+	[[ -f "$BIN_DIR/.complete" && -x "$BIN_DIR/kube-apiserver" && -x "$BIN_DIR/kube-controller-manager" && -x "$BIN_DIR/etcd" ]] &&
+		command -v kubectl >/dev/null
 }
 
 missing_packages() {
@@ -46,6 +47,8 @@ missing_packages() {
 	for p in "${PACKAGES[@]}"; do
 		dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || echo "$p"
 	done
+	# the tests also drive kubectl; any recent one works, Debian's matches the server
+	command -v kubectl >/dev/null || echo kubernetes-client
 }
 
 # A deb-src entry for the mirror and suites of the existing deb entries, so that `apt-get source`
