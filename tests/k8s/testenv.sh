@@ -96,7 +96,10 @@ fetch_source() {
 			apt-get update -qq
 		fi
 		log "downloading the kubernetes $K8S_SOURCE_VERSION source package"
-		(cd "$dl" && apt-get source --download-only -qq "kubernetes=$K8S_SOURCE_VERSION" 2>&1 | grep -v 'unsandboxed' >&2 || true)
+		if ! (cd "$dl" && apt-get source --download-only -qq "kubernetes=$K8S_SOURCE_VERSION" 2>"$dl/apt.log"); then
+			cat "$dl/apt.log" >&2
+			die "apt-get source kubernetes=$K8S_SOURCE_VERSION failed"
+		fi
 		ls "$dl"/kubernetes_*.dsc >/dev/null 2>&1 || die "apt-get source kubernetes=$K8S_SOURCE_VERSION downloaded nothing"
 	fi
 }
@@ -287,12 +290,12 @@ cmd_start() {
 }
 
 cmd_stop() {
-	local c pid i
+	local c pid
 	for c in kube-controller-manager kube-apiserver etcd; do
 		if pid_alive "$c"; then
 			pid="$(cat "$RUN_DIR/$c.pid")"
 			kill "$pid"
-			for i in $(seq 50); do
+			for _ in $(seq 50); do
 				kill -0 "$pid" 2>/dev/null || break
 				sleep 0.1
 			done
@@ -314,7 +317,7 @@ start)
 	;;
 stop) cmd_stop ;;
 *)
-	sed -n '2,20s/^# \{0,1\}//p' "$0" >&2
+	sed -n '2,/^set -euo/{/^set -euo/d; s/^# \{0,1\}//; p}' "$0" >&2
 	exit 2
 	;;
 esac
