@@ -299,8 +299,10 @@ impl PgSchema {
 impl Drop for PgSchema {
     fn drop(&mut self) {
         let (url, name) = (self.admin_url.clone(), self.name.clone());
-        // Drop runs inside the test's runtime; a thread with its own runtime may block.
-        let _ = std::thread::spawn(move || {
+        // Not joined: the test's pooled connections (a rolled-back transaction's may still hold
+        // locks until its runtime flushes the rollback) go away when the test's runtime ends,
+        // and only then can the schema be dropped.
+        std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -314,7 +316,68 @@ impl Drop for PgSchema {
                     .await
                     .ok()
             })
-        })
-        .join();
+        });
+    }
+}
+
+impl TestApp {
+    pub async fn patch(&self, path: &str, token: Option<&str>, body: Value) -> TestResponse {
+        self.call(Method::PATCH, path, token, Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, token: Option<&str>, body: Value) -> TestResponse {
+        self.call(Method::PUT, path, token, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str, token: Option<&str>) -> TestResponse {
+        self.call(Method::DELETE, path, token, None).await
+    }
+
+    /// Creates organization `slug` owned by `owner`.
+    pub async fn org(&self, owner: &Session, slug: &str) {
+        let r = self
+            .post(
+                "/api/v1/orgs",
+                Some(&owner.access),
+                json!({ "name": slug.to_uppercase(), "slug": slug }),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    }
+
+    /// Creates `project` (with the default environments) in `org`.
+    pub async fn project(&self, by: &Session, org: &str, project: &str) {
+        let r = self
+            .post(
+                &format!("/api/v1/orgs/{org}/projects"),
+                Some(&by.access),
+                json!({ "name": project, "slug": project }),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    }
+
+    /// Registers `email` and makes them a member of `org` with `role` (by invitation).
+    pub async fn member(&self, owner: &Session, org: &str, email: &str, role: &str) -> Session {
+        let user = self.register(email).await;
+        let r = self
+            .post(
+                &format!("/api/v1/orgs/{org}/invitations"),
+                Some(&owner.access),
+                json!({ "email": email, "role": role }),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+        let token = r.json()["token"].as_str().unwrap().to_owned();
+        let r = self
+            .call(
+                Method::POST,
+                &format!("/api/v1/invitations/{token}/accept"),
+                Some(&user.access),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        user
     }
 }
