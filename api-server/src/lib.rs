@@ -5,6 +5,7 @@
 //! runs it until SIGTERM or SIGINT. `main.rs` only parses the configuration and calls these.
 
 pub mod auth;
+pub mod authz;
 pub mod config;
 pub mod crypto;
 pub mod db;
@@ -12,6 +13,7 @@ pub mod error;
 pub mod http;
 pub mod ids;
 pub mod routes;
+pub mod secrets;
 pub mod service;
 pub mod state;
 pub mod telemetry;
