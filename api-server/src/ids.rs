@@ -91,6 +91,16 @@ id_type! {
     ApiKeyId;
     /// An audit event.
     AuditEventId;
+    /// An organization (tenant).
+    OrgId;
+    /// An invitation to an organization.
+    InvitationId;
+    /// A team of an organization.
+    TeamId;
+    /// A project of an organization.
+    ProjectId;
+    /// An environment of a project.
+    EnvironmentId;
 }
 
 /// A point in time, UTC, stored as milliseconds since the Unix epoch and shown as RFC 3339.

@@ -20,13 +20,17 @@ pub struct AuditRow {
     pub client_ip: Option<String>,
     pub user_agent: Option<String>,
     pub details: Option<String>,
+    pub org_id: Option<String>,
+    pub project_id: Option<String>,
+    pub environment_id: Option<String>,
 }
 
 pub async fn insert<'e>(ex: impl AnyExecutor<'e>, e: &AuditRow) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO audit_events (id, occurred_at, user_id, actor_type, actor_id, action, outcome, \
-                                   target_type, target_id, client_ip, user_agent, details) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                                   target_type, target_id, client_ip, user_agent, details, \
+                                   org_id, project_id, environment_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
     )
     .bind(e.id)
     .bind(e.occurred_at)
@@ -40,6 +44,9 @@ pub async fn insert<'e>(ex: impl AnyExecutor<'e>, e: &AuditRow) -> Result<(), sq
     .bind(&e.client_ip)
     .bind(&e.user_agent)
     .bind(&e.details)
+    .bind(&e.org_id)
+    .bind(&e.project_id)
+    .bind(&e.environment_id)
     .execute(ex)
     .await?;
     Ok(())
@@ -54,12 +61,53 @@ pub async fn list_for_user<'e>(
 ) -> Result<Vec<AuditRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, occurred_at, user_id, actor_type, actor_id, action, outcome, target_type, \
-                target_id, client_ip, user_agent, details \
+                target_id, client_ip, user_agent, details, org_id, project_id, environment_id \
          FROM audit_events WHERE user_id = $1 AND ($2 IS NULL OR id < $2) \
          ORDER BY id DESC LIMIT $3",
     )
     .bind(user_id)
     .bind(before)
+    .bind(limit)
+    .fetch_all(ex)
+    .await
+}
+
+/// Filters of an organization's audit log.
+#[derive(Debug, Clone, Default)]
+pub struct OrgAuditFilter {
+    pub actor_id: Option<String>,
+    pub action: Option<String>,
+    pub project_id: Option<String>,
+    pub environment_id: Option<String>,
+    pub since: Option<Timestamp>,
+    pub until: Option<Timestamp>,
+}
+
+/// An organization's events, newest first, strictly older than `before` when given.
+pub async fn list_for_org<'e>(
+    ex: impl AnyExecutor<'e>,
+    org_id: &str,
+    filter: &OrgAuditFilter,
+    before: Option<AuditEventId>,
+    limit: i64,
+) -> Result<Vec<AuditRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, occurred_at, user_id, actor_type, actor_id, action, outcome, target_type, \
+                target_id, client_ip, user_agent, details, org_id, project_id, environment_id \
+         FROM audit_events WHERE org_id = $1 AND ($2 IS NULL OR id < $2) \
+           AND ($3 IS NULL OR actor_id = $3) AND ($4 IS NULL OR action = $4) \
+           AND ($5 IS NULL OR project_id = $5) AND ($6 IS NULL OR environment_id = $6) \
+           AND ($7 IS NULL OR occurred_at >= $7) AND ($8 IS NULL OR occurred_at < $8) \
+         ORDER BY id DESC LIMIT $9",
+    )
+    .bind(org_id)
+    .bind(before)
+    .bind(&filter.actor_id)
+    .bind(&filter.action)
+    .bind(&filter.project_id)
+    .bind(&filter.environment_id)
+    .bind(filter.since)
+    .bind(filter.until)
     .bind(limit)
     .fetch_all(ex)
     .await

@@ -7,6 +7,8 @@
 
 pub mod api_keys;
 pub mod audit;
+pub mod orgs;
+pub mod projects;
 pub mod sessions;
 pub mod users;
 

@@ -6,6 +6,8 @@ pub mod audit;
 pub mod auth;
 pub mod health;
 pub mod meta;
+pub mod orgs;
+pub mod projects;
 
 use std::sync::{Arc, OnceLock};
 
@@ -27,6 +29,8 @@ use crate::state::AppState;
         (name = "auth", description = "Accounts and login sessions"),
         (name = "api-keys", description = "Personal API keys"),
         (name = "audit", description = "Audit trail"),
+        (name = "orgs", description = "Organizations, members and invitations"),
+        (name = "projects", description = "Projects, environments and access"),
     )
 )]
 struct ApiDoc;
@@ -58,6 +62,8 @@ fn api() -> OpenApiRouter<AppState> {
         .nest("/api/v1/auth", auth::router())
         .nest("/api/v1/api-keys", api_keys::router())
         .nest("/api/v1/audit-events", audit::router())
+        .nest("/api/v1/orgs", orgs::router().merge(projects::router()))
+        .nest("/api/v1/invitations", orgs::invitations_router())
 }
 
 /// The OpenAPI document of this server.

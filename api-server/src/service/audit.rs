@@ -20,6 +20,24 @@ pub mod action {
     pub const API_KEY_CREATED: &str = "api_key.created";
     pub const API_KEY_ROTATED: &str = "api_key.rotated";
     pub const API_KEY_REVOKED: &str = "api_key.revoked";
+    pub const ORG_CREATED: &str = "org.created";
+    pub const ORG_UPDATED: &str = "org.updated";
+    pub const ORG_DELETED: &str = "org.deleted";
+    pub const MEMBER_ADDED: &str = "member.added";
+    pub const MEMBER_ROLE_CHANGED: &str = "member.role_changed";
+    pub const MEMBER_REMOVED: &str = "member.removed";
+    pub const INVITATION_CREATED: &str = "invitation.created";
+    pub const INVITATION_REVOKED: &str = "invitation.revoked";
+    pub const INVITATION_ACCEPTED: &str = "invitation.accepted";
+    pub const PROJECT_CREATED: &str = "project.created";
+    pub const PROJECT_UPDATED: &str = "project.updated";
+    pub const PROJECT_DELETED: &str = "project.deleted";
+    pub const PROJECT_ACCESS_GRANTED: &str = "project.access_granted";
+    pub const PROJECT_ACCESS_REVOKED: &str = "project.access_revoked";
+    pub const ENVIRONMENT_CREATED: &str = "environment.created";
+    pub const ENVIRONMENT_UPDATED: &str = "environment.updated";
+    pub const ENVIRONMENT_DELETED: &str = "environment.deleted";
+    pub const ENVIRONMENT_POLICY_SET: &str = "environment.policy_set";
 }
 
 /// Whether the action succeeded.
@@ -62,6 +80,9 @@ impl AuditEvent {
                 client_ip: meta.ip.clone(),
                 user_agent: meta.user_agent.clone(),
                 details: None,
+                org_id: None,
+                project_id: None,
+                environment_id: None,
             },
         }
     }
@@ -91,6 +112,22 @@ impl AuditEvent {
     pub fn target(mut self, kind: &str, id: impl ToString) -> Self {
         self.row.target_type = Some(kind.into());
         self.row.target_id = Some(id.to_string());
+        self
+    }
+
+    /// The organization (and project, environment) the event happened in.
+    pub fn org(mut self, id: impl ToString) -> Self {
+        self.row.org_id = Some(id.to_string());
+        self
+    }
+
+    pub fn project(mut self, id: impl ToString) -> Self {
+        self.row.project_id = Some(id.to_string());
+        self
+    }
+
+    pub fn environment(mut self, id: impl ToString) -> Self {
+        self.row.environment_id = Some(id.to_string());
         self
     }
 

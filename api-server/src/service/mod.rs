@@ -4,6 +4,9 @@
 pub mod api_keys;
 pub mod audit;
 pub mod auth;
+pub mod orgs;
+pub mod projects;
+pub mod tenancy;
 
 /// Where a request came from, for rate limits and audit events.
 #[derive(Debug, Clone, Default)]

@@ -1,0 +1,310 @@
+//! Projects, environments, project grants and environment policies.
+
+use sqlx::FromRow;
+use sqlx::any::AnyExecutor;
+
+use crate::ids::{EnvironmentId, OrgId, ProjectId, Timestamp, UserId};
+
+#[derive(Debug, Clone, FromRow)]
+pub struct ProjectRow {
+    pub id: ProjectId,
+    pub org_id: OrgId,
+    pub slug: String,
+    pub name: String,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct EnvironmentRow {
+    pub id: EnvironmentId,
+    pub project_id: ProjectId,
+    pub slug: String,
+    pub name: String,
+    pub position: i64,
+    pub revision: i64,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// A project role granted to a member (`user_id`) or a team (`team_id`).
+#[derive(Debug, Clone, FromRow)]
+pub struct GrantRow {
+    pub user_id: Option<UserId>,
+    pub team_id: Option<String>,
+    pub subject_name: String,
+    pub role: String,
+    pub created_at: Timestamp,
+}
+
+const PROJECT_COLUMNS: &str = "id, org_id, slug, name, created_at, updated_at";
+const ENV_COLUMNS: &str = "id, project_id, slug, name, position, revision, created_at, updated_at";
+
+pub async fn insert<'e>(ex: impl AnyExecutor<'e>, p: &ProjectRow) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO projects (id, org_id, slug, name, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6)")
+        .bind(p.id)
+        .bind(p.org_id)
+        .bind(&p.slug)
+        .bind(&p.name)
+        .bind(p.created_at)
+        .bind(p.updated_at)
+        .execute(ex)
+        .await?;
+    Ok(())
+}
+
+pub async fn by_slug<'e>(
+    ex: impl AnyExecutor<'e>,
+    org: OrgId,
+    slug: &str,
+) -> Result<Option<ProjectRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {PROJECT_COLUMNS} FROM projects WHERE org_id = $1 AND slug = $2"
+    ))
+    .bind(org)
+    .bind(slug)
+    .fetch_optional(ex)
+    .await
+}
+
+/// Projects of an organization by slug; with `visible_to`, only those the user holds a grant
+/// on, directly or through a team.
+pub async fn list<'e>(
+    ex: impl AnyExecutor<'e>,
+    org: OrgId,
+    visible_to: Option<UserId>,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<ProjectRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {PROJECT_COLUMNS} FROM projects p WHERE org_id = $1 AND ($2 IS NULL OR slug > $2) \
+         AND ($3 IS NULL OR EXISTS (SELECT 1 FROM project_grants g WHERE g.project_id = p.id AND \
+              (g.user_id = $3 OR g.team_id IN (SELECT team_id FROM team_members WHERE user_id = $3)))) \
+         ORDER BY slug LIMIT $4"
+    ))
+    .bind(org)
+    .bind(after)
+    .bind(visible_to)
+    .bind(limit)
+    .fetch_all(ex)
+    .await
+}
+
+pub async fn update<'e>(
+    ex: impl AnyExecutor<'e>,
+    id: ProjectId,
+    name: &str,
+    now: Timestamp,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE projects SET name = $1, updated_at = $2 WHERE id = $3")
+        .bind(name)
+        .bind(now)
+        .bind(id)
+        .execute(ex)
+        .await?;
+    Ok(())
+}
+
+pub async fn delete<'e>(ex: impl AnyExecutor<'e>, id: ProjectId) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM projects WHERE id = $1")
+        .bind(id)
+        .execute(ex)
+        .await?;
+    Ok(())
+}
+
+/// The strongest project role `user` holds, directly or through a team.
+pub async fn role_of<'e>(
+    ex: impl AnyExecutor<'e>,
+    project: ProjectId,
+    user: UserId,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT role FROM project_grants WHERE project_id = $1 AND \
+         (user_id = $2 OR team_id IN (SELECT team_id FROM team_members WHERE user_id = $2))",
+    )
+    .bind(project)
+    .bind(user)
+    .fetch_all(ex)
+    .await
+}
+
+pub async fn grants<'e>(
+    ex: impl AnyExecutor<'e>,
+    project: ProjectId,
+) -> Result<Vec<GrantRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT g.user_id, g.team_id, COALESCE(u.email, t.slug) AS subject_name, g.role, g.created_at \
+         FROM project_grants g LEFT JOIN users u ON u.id = g.user_id LEFT JOIN teams t ON t.id = g.team_id \
+         WHERE g.project_id = $1 ORDER BY g.created_at, g.id",
+    )
+    .bind(project)
+    .fetch_all(ex)
+    .await
+}
+
+pub async fn grant_user<'e>(
+    ex: impl AnyExecutor<'e>,
+    project: ProjectId,
+    user: UserId,
+    role: &str,
+    now: Timestamp,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO project_grants (id, project_id, user_id, role, created_at) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (project_id, user_id) DO UPDATE SET role = excluded.role",
+    )
+    .bind(uuid::Uuid::now_v7().to_string())
+    .bind(project)
+    .bind(user)
+    .bind(role)
+    .bind(now)
+    .execute(ex)
+    .await?;
+    Ok(())
+}
+
+pub async fn revoke_user<'e>(
+    ex: impl AnyExecutor<'e>,
+    project: ProjectId,
+    user: UserId,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM project_grants WHERE project_id = $1 AND user_id = $2")
+        .bind(project)
+        .bind(user)
+        .execute(ex)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn insert_environment<'e>(
+    ex: impl AnyExecutor<'e>,
+    e: &EnvironmentRow,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO environments (id, project_id, slug, name, position, revision, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(e.id)
+    .bind(e.project_id)
+    .bind(&e.slug)
+    .bind(&e.name)
+    .bind(e.position)
+    .bind(e.revision)
+    .bind(e.created_at)
+    .bind(e.updated_at)
+    .execute(ex)
+    .await?;
+    Ok(())
+}
+
+pub async fn environments<'e>(
+    ex: impl AnyExecutor<'e>,
+    project: ProjectId,
+) -> Result<Vec<EnvironmentRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {ENV_COLUMNS} FROM environments WHERE project_id = $1 ORDER BY position, slug"
+    ))
+    .bind(project)
+    .fetch_all(ex)
+    .await
+}
+
+pub async fn environment<'e>(
+    ex: impl AnyExecutor<'e>,
+    project: ProjectId,
+    slug: &str,
+) -> Result<Option<EnvironmentRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {ENV_COLUMNS} FROM environments WHERE project_id = $1 AND slug = $2"
+    ))
+    .bind(project)
+    .bind(slug)
+    .fetch_optional(ex)
+    .await
+}
+
+pub async fn update_environment<'e>(
+    ex: impl AnyExecutor<'e>,
+    id: EnvironmentId,
+    name: &str,
+    position: i64,
+    now: Timestamp,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE environments SET name = $1, position = $2, updated_at = $3 WHERE id = $4")
+        .bind(name)
+        .bind(position)
+        .bind(now)
+        .bind(id)
+        .execute(ex)
+        .await?;
+    Ok(())
+}
+
+pub async fn delete_environment<'e>(
+    ex: impl AnyExecutor<'e>,
+    id: EnvironmentId,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM environments WHERE id = $1")
+        .bind(id)
+        .execute(ex)
+        .await?;
+    Ok(())
+}
+
+/// The policy for `role` in an environment, if one is set.
+pub async fn policy<'e>(
+    ex: impl AnyExecutor<'e>,
+    env: EnvironmentId,
+    role: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT access FROM environment_policies WHERE environment_id = $1 AND role = $2",
+    )
+    .bind(env)
+    .bind(role)
+    .fetch_optional(ex)
+    .await
+}
+
+/// Every policy of an environment as (role, access).
+pub async fn policies<'e>(
+    ex: impl AnyExecutor<'e>,
+    env: EnvironmentId,
+) -> Result<Vec<(String, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT role, access FROM environment_policies WHERE environment_id = $1 ORDER BY role",
+    )
+    .bind(env)
+    .fetch_all(ex)
+    .await
+}
+
+pub async fn set_policy<'e>(
+    ex: impl AnyExecutor<'e>,
+    env: EnvironmentId,
+    role: &str,
+    access: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    match access {
+        Some(access) => {
+            sqlx::query(
+                "INSERT INTO environment_policies (environment_id, role, access) VALUES ($1, $2, $3) \
+                 ON CONFLICT (environment_id, role) DO UPDATE SET access = excluded.access",
+            )
+            .bind(env)
+            .bind(role)
+            .bind(access)
+            .execute(ex)
+            .await?;
+        }
+        None => {
+            sqlx::query("DELETE FROM environment_policies WHERE environment_id = $1 AND role = $2")
+                .bind(env)
+                .bind(role)
+                .execute(ex)
+                .await?;
+        }
+    }
+    Ok(())
+}

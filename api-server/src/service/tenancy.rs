@@ -1,0 +1,195 @@
+//! Resolving `{org}`, `{project}` and `{env}` for a caller, through the one policy function.
+//!
+//! Every tenant-scoped operation starts here: the caller's standing is loaded with the resource,
+//! [`authz::decide`] is asked, and a hidden resource is answered exactly like a missing one.
+
+use crate::auth::Principal;
+use crate::authz::{self, Action, Decision, EnvAccess, OrgRole, ProjectRole, Standing};
+use crate::db;
+use crate::db::orgs::OrgRow;
+use crate::db::projects::{EnvironmentRow, ProjectRow};
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+
+/// An organization as seen by the caller.
+#[derive(Debug, Clone)]
+pub struct OrgCtx {
+    pub org: OrgRow,
+    pub role: Option<OrgRole>,
+}
+
+/// A project as seen by the caller.
+#[derive(Debug, Clone)]
+pub struct ProjectCtx {
+    pub org: OrgCtx,
+    pub project: ProjectRow,
+    pub role: Option<ProjectRole>,
+}
+
+/// An environment as seen by the caller.
+#[derive(Debug, Clone)]
+pub struct EnvCtx {
+    pub project: ProjectCtx,
+    pub env: EnvironmentRow,
+    /// The environment's policy for the caller's project role, if one is set.
+    pub policy: Option<EnvAccess>,
+}
+
+fn enforce(standing: &Standing, action: Action, hidden: &'static str) -> ApiResult<()> {
+    match authz::decide(standing, action) {
+        Decision::Allow => Ok(()),
+        Decision::Deny => Err(ApiError::forbidden(
+            "forbidden",
+            "your role does not allow this",
+        )),
+        Decision::Hidden => Err(ApiError::not_found(hidden)),
+    }
+}
+
+fn parse_role<T: std::str::FromStr>(text: Option<&str>) -> Option<T> {
+    text.and_then(|t| t.parse().ok())
+}
+
+/// The organization `slug` if the caller may perform `action` on it.
+pub async fn org(
+    state: &AppState,
+    principal: &Principal,
+    slug: &str,
+    action: Action,
+) -> ApiResult<OrgCtx> {
+    let org = db::orgs::by_slug(state.db.pool(), slug, Some(principal.user_id))
+        .await?
+        .ok_or_else(|| ApiError::not_found("organization"))?;
+    let role = parse_role(org.role.as_deref());
+    let standing = Standing {
+        org_role: role,
+        ..Standing::default()
+    };
+    // A non-member learns nothing, whatever the action.
+    if role.is_none() {
+        return Err(ApiError::not_found("organization"));
+    }
+    enforce(&standing, action, "organization")?;
+    Ok(OrgCtx { org, role })
+}
+
+async fn project_standing(
+    state: &AppState,
+    principal: &Principal,
+    org: &OrgCtx,
+    project: &ProjectRow,
+) -> ApiResult<Option<ProjectRole>> {
+    if org.role >= Some(OrgRole::Admin) {
+        return Ok(Some(ProjectRole::Admin));
+    }
+    let roles = db::projects::role_of(state.db.pool(), project.id, principal.user_id).await?;
+    Ok(roles
+        .iter()
+        .filter_map(|r| r.parse::<ProjectRole>().ok())
+        .max())
+}
+
+/// The project `project` of organization `org` if the caller may perform `action` on it.
+pub async fn project(
+    state: &AppState,
+    principal: &Principal,
+    org_slug: &str,
+    project_slug: &str,
+    action: Action,
+) -> ApiResult<ProjectCtx> {
+    let org = org(state, principal, org_slug, Action::OrgRead).await?;
+    let project = db::projects::by_slug(state.db.pool(), org.org.id, project_slug)
+        .await?
+        .ok_or_else(|| ApiError::not_found("project"))?;
+    let role = project_standing(state, principal, &org, &project).await?;
+    let standing = Standing {
+        org_role: org.role,
+        project: Some((project.id.to_string(), role)),
+        ..Standing::default()
+    };
+    enforce(&standing, action, "project")?;
+    Ok(ProjectCtx { org, project, role })
+}
+
+/// Where an environment is: `{org}/{project}/{env}` slugs from a request path.
+#[derive(Debug, Clone, Copy)]
+pub struct EnvPath<'a> {
+    pub org: &'a str,
+    pub project: &'a str,
+    pub env: &'a str,
+}
+
+/// The environment at `at` if the caller may perform `action` in it.
+pub async fn environment(
+    state: &AppState,
+    principal: &Principal,
+    at: EnvPath<'_>,
+    action: Action,
+) -> ApiResult<EnvCtx> {
+    let project = project(state, principal, at.org, at.project, Action::ProjectRead).await?;
+    let env = db::projects::environment(state.db.pool(), project.project.id, at.env)
+        .await?
+        .ok_or_else(|| ApiError::not_found("environment"))?;
+    let policy = match project.role {
+        Some(role) if project.org.role < Some(OrgRole::Admin) => parse_role(
+            db::projects::policy(state.db.pool(), env.id, role.as_str())
+                .await?
+                .as_deref(),
+        ),
+        _ => None,
+    };
+    let standing = Standing {
+        org_role: project.org.role,
+        project: Some((project.project.id.to_string(), project.role)),
+        environment: Some((env.id.to_string(), policy)),
+        ..Standing::default()
+    };
+    enforce(&standing, action, "environment")?;
+    Ok(EnvCtx {
+        project,
+        env,
+        policy,
+    })
+}
+
+/// `[a-z0-9-]{1,63}`.
+pub fn check_slug(slug: &str, what: &str) -> ApiResult<()> {
+    let ok = (1..=63).contains(&slug.len())
+        && slug
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::validation(
+            "invalid_slug",
+            format!("{what} slug must be 1 to 63 characters of a-z, 0-9 and -"),
+        ))
+    }
+}
+
+/// 1 to 100 printable characters, trimmed.
+pub fn check_name(name: &str) -> ApiResult<String> {
+    let name = name.trim();
+    let chars = name.chars().count();
+    if chars == 0 || chars > 100 || name.chars().any(char::is_control) {
+        return Err(ApiError::validation(
+            "invalid_name",
+            "name must have 1 to 100 printable characters",
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_are_lowercase_digits_and_hyphens() {
+        assert!(check_slug("acme-prod-2", "org").is_ok());
+        for bad in ["", "Acme", "acme_prod", "acme prod", &"a".repeat(64), "é"] {
+            assert!(check_slug(bad, "org").is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! Tenants never see each other: every organization route answers 404 to an outsider, exactly
+//! as for an organization that does not exist.
+
+use axum::http::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::db_test;
+
+/// A valid body for each write route, so that only authorization can refuse the request.
+fn body_for(method: &Method, path: &str) -> Option<Value> {
+    let body = match (method.as_str(), path.rsplit('/').next().unwrap_or_default()) {
+        ("POST", "orgs") => return None,
+        ("PATCH", "{org}") => json!({ "name": "Pwned" }),
+        ("PATCH", "{user_id}") => json!({ "role": "owner" }),
+        ("POST", "invitations") => json!({ "email": "mallory@example.com", "role": "owner" }),
+        ("POST", "projects") => json!({ "name": "P", "slug": "p" }),
+        ("PATCH", "{project}") => json!({ "name": "Pwned" }),
+        ("PUT", "{user_id}") => json!({ "role": "admin" }),
+        ("POST", "environments") => json!({ "slug": "evil" }),
+        ("PATCH", "{env}") => json!({ "name": "Pwned" }),
+        ("PUT", "{role}") => json!({ "access": "read-write" }),
+        (_, _) if matches!(*method, Method::GET | Method::DELETE) => return Some(Value::Null),
+        (m, p) => panic!("no test body for {m} …/{p}: add one"),
+    };
+    Some(body)
+}
+
+db_test!(async fn every_organization_route_is_404_for_a_caller_from_another_organization(app) {
+    let ann = app.register("ann@example.com").await;
+    app.org(&ann, "acme").await;
+    app.project(&ann, "acme", "web").await;
+    let bob = app.member(&ann, "acme", "bob@example.com", "member").await;
+    let invitation = app.post("/api/v1/orgs/acme/invitations", Some(&ann.access), json!({ "email": "x@example.com", "role": "viewer" })).await.json();
+    let mallory = app.register("mallory@example.com").await;
+    app.org(&mallory, "evil").await;
+    let (_, mallory_key) = app.api_key(&mallory, json!({ "name": "k" })).await;
+
+    let doc = coffer_server::routes::openapi();
+    let mut checked = 0;
+    for (template, item) in &doc.paths.paths {
+        if !template.contains("{org}") {
+            continue;
+        }
+        let path = template
+            .replace("{org}", "acme")
+            .replace("{project}", "web")
+            .replace("{env}", "production")
+            .replace("{user_id}", &bob.user_id)
+            .replace("{role}", "developer")
+            .replace("{id}", invitation["id"].as_str().unwrap());
+        for (method, op) in [
+            (Method::GET, &item.get),
+            (Method::POST, &item.post),
+            (Method::PUT, &item.put),
+            (Method::PATCH, &item.patch),
+            (Method::DELETE, &item.delete),
+        ] {
+            if op.is_none() {
+                continue;
+            }
+            let Some(body) = body_for(&method, template) else { continue };
+            let body = (!body.is_null()).then_some(body);
+            let path = if method == Method::DELETE && template == "/api/v1/orgs/{org}" { format!("{path}?confirm=acme") } else { path.clone() };
+            for token in [&mallory.access, &mallory_key] {
+                let r = app.call(method.clone(), &path, Some(token), body.clone()).await;
+                let missing = app.call(method.clone(), &path.replacen("/acme", "/no-such-org", 1), Some(token), body.clone()).await;
+                r.assert_error(StatusCode::NOT_FOUND, "not_found");
+                assert_eq!(r.json()["error"]["message"], missing.json()["error"]["message"], "{method} {template} tells a real organization from a missing one");
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 2 * 20, "only {checked} requests checked");
+    // Nothing changed for the tenant.
+    let org = app.get("/api/v1/orgs/acme", Some(&ann.access)).await.json();
+    assert_eq!(org["name"], "ACME");
+    assert_eq!(app.get("/api/v1/orgs/acme/members", Some(&ann.access)).await.json()["items"].as_array().unwrap().len(), 2);
+    assert_eq!(app.get("/api/v1/orgs/acme/projects/web/environments", Some(&ann.access)).await.json().as_array().unwrap().len(), 3);
+});
