@@ -281,30 +281,30 @@ impl<T> Page<T> {
     }
 }
 
-/// A credential in a response body, shown to its owner this once. Serialises in clear;
-/// `Debug` is redacted so it cannot reach a log by accident.
+/// A secret in a response body (a new credential, or a value its reader may see). Serialises
+/// in clear; `Debug` is redacted so it cannot reach a log by accident.
 #[derive(Clone)]
-pub struct ShownOnce(pub secrecy::SecretString);
+pub struct Revealed(pub secrecy::SecretString);
 
-impl std::fmt::Debug for ShownOnce {
+impl std::fmt::Debug for Revealed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ShownOnce([redacted])")
+        f.write_str("Revealed([redacted])")
     }
 }
 
-impl Serialize for ShownOnce {
+impl Serialize for Revealed {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(secrecy::ExposeSecret::expose_secret(&self.0))
     }
 }
 
-impl utoipa::PartialSchema for ShownOnce {
+impl utoipa::PartialSchema for Revealed {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         <String as utoipa::PartialSchema>::schema()
     }
 }
 
-impl ToSchema for ShownOnce {}
+impl ToSchema for Revealed {}
 
 #[cfg(test)]
 mod tests {

@@ -101,6 +101,8 @@ id_type! {
     ProjectId;
     /// An environment of a project.
     EnvironmentId;
+    /// A secret (all versions of one key in one environment).
+    SecretId;
 }
 
 /// A point in time, UTC, stored as milliseconds since the Unix epoch and shown as RFC 3339.

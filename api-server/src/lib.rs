@@ -23,11 +23,12 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
@@ -84,6 +85,11 @@ pub fn app(state: AppState) -> Router {
                 .on_response(DefaultOnResponse::new().level(Level::INFO)),
         )
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        // Responses carry tokens and secret values: no cache may keep them.
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
         .layer(SetSensitiveRequestHeadersLayer::new([
             header::AUTHORIZATION,
             header::COOKIE,
@@ -153,10 +159,12 @@ pub async fn serve_until(
     let pruner = {
         let state = state.clone();
         tokio::spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_secs(60));
+            let mut every = tokio::time::interval(Duration::from_secs(10));
             loop {
                 every.tick().await;
                 state.limits.prune();
+                // Evicted DEKs are only dropped (and wiped) when the cache does its upkeep.
+                state.deks.run_pending_tasks();
             }
         })
     };

@@ -7,7 +7,8 @@ use crate::auth::jwt::JwtKeys;
 use crate::auth::password::PasswordHasher;
 use crate::auth::rate_limit::RateLimits;
 use crate::config::Config;
-use crate::crypto::Keys;
+use crate::crypto::envelope::{DekCache, Keyring};
+use crate::crypto::{Keys, MasterKey};
 use crate::db::Db;
 use crate::db::sessions::SessionRow;
 use crate::ids::SessionId;
@@ -27,6 +28,10 @@ pub struct Inner {
     /// Active sessions recently confirmed in the database. Entries are removed at once when
     /// this process ends a session; other replicas notice within the time to live.
     pub sessions: moka::sync::Cache<SessionId, SessionRow>,
+    /// The key-encryption keys: the active one wraps new DEKs.
+    pub keyring: Keyring,
+    /// Unwrapped DEKs, for a bounded time; wiped when evicted.
+    pub deks: DekCache,
 }
 
 impl std::ops::Deref for AppState {
@@ -54,6 +59,8 @@ impl AppState {
             .max_capacity(100_000)
             .time_to_live(Duration::from_millis(config.session_cache_ttl_ms))
             .build();
+        let keyring = Keyring::new(MasterKey::from_bytes(*keys.master.bytes()), Vec::new());
+        let deks = DekCache::new(Duration::from_secs(300), 10_000);
         Ok(Self(Arc::new(Inner {
             config,
             db,
@@ -62,6 +69,8 @@ impl AppState {
             passwords,
             limits,
             sessions,
+            keyring,
+            deks,
         })))
     }
 }

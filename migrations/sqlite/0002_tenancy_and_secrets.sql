@@ -6,6 +6,9 @@ CREATE TABLE organizations (
     id         TEXT PRIMARY KEY NOT NULL,
     slug       TEXT NOT NULL UNIQUE,
     name       TEXT NOT NULL,
+    -- Increases with every secret change anywhere in the organization: the validator of reads
+    -- whose references may reach other environments.
+    secrets_revision BIGINT NOT NULL DEFAULT 0,
     created_at BIGINT NOT NULL,
     updated_at BIGINT NOT NULL
 );
@@ -128,6 +131,8 @@ CREATE TABLE secret_versions (
     dek_id     TEXT NOT NULL REFERENCES deks (id),
     value_ct   BLOB NOT NULL,
     comment_ct BLOB,
+    -- 1 when the value contains `${…}` references (the value itself stays sealed).
+    has_references BIGINT NOT NULL DEFAULT 0,
     created_at BIGINT NOT NULL,
     actor_type TEXT NOT NULL,
     actor_id   TEXT,

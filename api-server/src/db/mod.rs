@@ -9,6 +9,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod orgs;
 pub mod projects;
+pub mod secrets;
 pub mod sessions;
 pub mod users;
 

@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 use crate::auth::Principal;
 use crate::db::api_keys::ApiKeyRow;
 use crate::error::{ApiError, ErrorResponse};
-use crate::http::{Json, Page, PageParams, Query, ShownOnce};
+use crate::http::{Json, Page, PageParams, Query, Revealed};
 use crate::ids::{ApiKeyId, Timestamp};
 use crate::service::{self, ClientMeta};
 use crate::state::AppState;
@@ -78,7 +78,7 @@ pub struct IssuedApiKey {
     #[serde(flatten)]
     pub key: ApiKey,
     #[schema(example = "cfr_AbCd1234…")]
-    pub token: ShownOnce,
+    pub token: Revealed,
     /// Until when the previous token still works (after a rotation).
     pub previous_token_expires_at: Option<Timestamp>,
 }
@@ -88,7 +88,7 @@ impl From<service::api_keys::IssuedKey> for IssuedApiKey {
         let previous_token_expires_at = i.key.previous_expires_at;
         Self {
             key: i.key.into(),
-            token: ShownOnce(i.token),
+            token: Revealed(i.token),
             previous_token_expires_at,
         }
     }

@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 use crate::auth::Principal;
 use crate::db::users::UserRow;
 use crate::error::{ApiError, ErrorResponse};
-use crate::http::{Json, ShownOnce};
+use crate::http::{Json, Revealed};
 use crate::ids::{Timestamp, UserId};
 use crate::service::{self, ClientMeta};
 use crate::state::AppState;
@@ -85,8 +85,8 @@ impl From<UserRow> for User {
 /// Tokens: the access token for `Authorization: Bearer`, the refresh token for `/auth/refresh`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TokenResponse {
-    pub access_token: ShownOnce,
-    pub refresh_token: ShownOnce,
+    pub access_token: Revealed,
+    pub refresh_token: Revealed,
     #[schema(example = "Bearer")]
     pub token_type: &'static str,
     /// Seconds until the access token expires.
@@ -96,8 +96,8 @@ pub struct TokenResponse {
 impl From<service::auth::IssuedTokens> for TokenResponse {
     fn from(t: service::auth::IssuedTokens) -> Self {
         Self {
-            access_token: ShownOnce(t.access_token),
-            refresh_token: ShownOnce(t.refresh_token),
+            access_token: Revealed(t.access_token),
+            refresh_token: Revealed(t.refresh_token),
             token_type: "Bearer",
             expires_in: t.expires_in.as_secs(),
         }

@@ -8,6 +8,7 @@ pub mod health;
 pub mod meta;
 pub mod orgs;
 pub mod projects;
+pub mod secrets;
 
 use std::sync::{Arc, OnceLock};
 
@@ -31,6 +32,7 @@ use crate::state::AppState;
         (name = "audit", description = "Audit trail"),
         (name = "orgs", description = "Organizations, members and invitations"),
         (name = "projects", description = "Projects, environments and access"),
+        (name = "secrets", description = "Secrets: values, versions, import and export"),
     )
 )]
 struct ApiDoc;
@@ -62,7 +64,12 @@ fn api() -> OpenApiRouter<AppState> {
         .nest("/api/v1/auth", auth::router())
         .nest("/api/v1/api-keys", api_keys::router())
         .nest("/api/v1/audit-events", audit::router())
-        .nest("/api/v1/orgs", orgs::router().merge(projects::router()))
+        .nest(
+            "/api/v1/orgs",
+            orgs::router()
+                .merge(projects::router())
+                .merge(secrets::router()),
+        )
         .nest("/api/v1/invitations", orgs::invitations_router())
 }
 

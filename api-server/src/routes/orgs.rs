@@ -11,7 +11,7 @@ use crate::auth::Principal;
 use crate::authz::OrgRole;
 use crate::db::orgs::{InvitationRow, MemberRow};
 use crate::error::{ApiError, ErrorResponse};
-use crate::http::{Json, Page, PageParams, Query, ShownOnce};
+use crate::http::{Json, Page, PageParams, Query, Revealed};
 use crate::ids::{InvitationId, OrgId, Timestamp, UserId};
 use crate::service::tenancy::OrgCtx;
 use crate::service::{self, ClientMeta};
@@ -138,7 +138,7 @@ impl From<InvitationRow> for Invitation {
 pub struct IssuedInvitation {
     #[serde(flatten)]
     pub invitation: Invitation,
-    pub token: ShownOnce,
+    pub token: Revealed,
 }
 
 pub(crate) fn parse_user_id(id: &str) -> Result<UserId, ApiError> {
@@ -312,7 +312,7 @@ pub async fn create_invitation(
         StatusCode::CREATED,
         Json(IssuedInvitation {
             invitation: issued.invitation.into(),
-            token: ShownOnce(issued.token),
+            token: Revealed(issued.token),
         }),
     ))
 }

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod auth;
 pub mod orgs;
 pub mod projects;
+pub mod secrets;
 pub mod tenancy;
 
 /// Where a request came from, for rate limits and audit events.

@@ -82,6 +82,7 @@ pub async fn create(
         db::projects::insert_environment(&mut *tx, &row).await?;
         envs.push(row);
     }
+    crate::service::secrets::create_dek(state, &mut tx, org.org.id, project.id, 1).await?;
     if org.role < Some(OrgRole::Admin) {
         db::projects::grant_user(
             &mut *tx,

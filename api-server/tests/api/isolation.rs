@@ -19,6 +19,12 @@ fn body_for(method: &Method, path: &str) -> Option<Value> {
         ("POST", "environments") => json!({ "slug": "evil" }),
         ("PATCH", "{env}") => json!({ "name": "Pwned" }),
         ("PUT", "{role}") => json!({ "access": "read-write" }),
+        ("POST", "secrets") => json!({ "key": "STOLEN", "value": "x" }),
+        ("PUT", "secrets") => json!({ "secrets": [{ "key": "STOLEN", "value": "x" }] }),
+        ("POST", "import") => json!("STOLEN=x"),
+        ("PUT", "{key}") => json!({ "value": "x" }),
+        ("POST", "restore") => json!({}),
+        ("POST", "rollback") => json!({ "version": 1 }),
         (_, _) if matches!(*method, Method::GET | Method::DELETE) => return Some(Value::Null),
         (m, p) => panic!("no test body for {m} …/{p}: add one"),
     };
@@ -31,6 +37,8 @@ db_test!(async fn every_organization_route_is_404_for_a_caller_from_another_orga
     app.project(&ann, "acme", "web").await;
     let bob = app.member(&ann, "acme", "bob@example.com", "member").await;
     let invitation = app.post("/api/v1/orgs/acme/invitations", Some(&ann.access), json!({ "email": "x@example.com", "role": "viewer" })).await.json();
+    let secret = app.post("/api/v1/orgs/acme/projects/web/environments/production/secrets", Some(&ann.access), json!({ "key": "K", "value": "v" })).await;
+    assert_eq!(secret.status, StatusCode::CREATED);
     let mallory = app.register("mallory@example.com").await;
     app.org(&mallory, "evil").await;
     let (_, mallory_key) = app.api_key(&mallory, json!({ "name": "k" })).await;
@@ -47,6 +55,8 @@ db_test!(async fn every_organization_route_is_404_for_a_caller_from_another_orga
             .replace("{env}", "production")
             .replace("{user_id}", &bob.user_id)
             .replace("{role}", "developer")
+            .replace("{key}", "K")
+            .replace("{version}", "1")
             .replace("{id}", invitation["id"].as_str().unwrap());
         for (method, op) in [
             (Method::GET, &item.get),
@@ -76,4 +86,7 @@ db_test!(async fn every_organization_route_is_404_for_a_caller_from_another_orga
     assert_eq!(org["name"], "ACME");
     assert_eq!(app.get("/api/v1/orgs/acme/members", Some(&ann.access)).await.json()["items"].as_array().unwrap().len(), 2);
     assert_eq!(app.get("/api/v1/orgs/acme/projects/web/environments", Some(&ann.access)).await.json().as_array().unwrap().len(), 3);
+    let secrets = app.get("/api/v1/orgs/acme/projects/web/environments/production/secrets", Some(&ann.access)).await.json();
+    assert_eq!(secrets["revision"], 1, "no write went through: {secrets}");
+    assert_eq!(secrets["secrets"][0]["value"], "v");
 });

@@ -13,5 +13,6 @@ mod isolation;
 mod openapi;
 mod orgs;
 mod projects;
+mod secrets;
 mod server;
 mod sessions;

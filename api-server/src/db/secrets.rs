@@ -1,0 +1,289 @@
+//! Data-encryption keys, secrets and their versions. Values and comments are stored sealed.
+
+use sqlx::FromRow;
+use sqlx::any::AnyExecutor;
+
+use crate::ids::{EnvironmentId, OrgId, ProjectId, SecretId, Timestamp};
+
+/// A project's data-encryption key, wrapped.
+#[derive(Debug, Clone, FromRow)]
+pub struct DekRow {
+    pub id: String,
+    pub project_id: ProjectId,
+    pub version: i64,
+    pub kek_id: String,
+    pub wrapped: Vec<u8>,
+    pub encryptions: i64,
+}
+
+/// The current version of a secret, sealed.
+#[derive(Debug, Clone, FromRow)]
+pub struct SealedRow {
+    pub id: SecretId,
+    pub key: String,
+    pub version: i64,
+    pub dek_id: String,
+    pub value_ct: Vec<u8>,
+    pub comment_ct: Option<Vec<u8>>,
+    pub has_references: i64,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub deleted_at: Option<Timestamp>,
+}
+
+/// One version's metadata.
+#[derive(Debug, Clone, FromRow)]
+pub struct VersionRow {
+    pub version: i64,
+    pub created_at: Timestamp,
+    pub actor_type: String,
+    pub actor_id: Option<String>,
+}
+
+const DEK_COLUMNS: &str = "id, project_id, version, kek_id, wrapped, encryptions";
+
+pub async fn insert_dek<'e>(
+    ex: impl AnyExecutor<'e>,
+    dek: &DekRow,
+    now: Timestamp,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO deks (id, project_id, version, kek_id, wrapped, encryptions, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(&dek.id)
+    .bind(dek.project_id)
+    .bind(dek.version)
+    .bind(&dek.kek_id)
+    .bind(&dek.wrapped)
+    .bind(dek.encryptions)
+    .bind(now)
+    .execute(ex)
+    .await?;
+    Ok(())
+}
+
+/// The project's newest DEK that is not retired.
+pub async fn active_dek<'e>(
+    ex: impl AnyExecutor<'e>,
+    project: ProjectId,
+) -> Result<Option<DekRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {DEK_COLUMNS} FROM deks WHERE project_id = $1 AND retired_at IS NULL ORDER BY version DESC LIMIT 1"
+    ))
+    .bind(project)
+    .fetch_optional(ex)
+    .await
+}
+
+pub async fn dek<'e>(
+    ex: impl AnyExecutor<'e>,
+    project: ProjectId,
+    id: &str,
+) -> Result<Option<DekRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {DEK_COLUMNS} FROM deks WHERE project_id = $1 AND id = $2"
+    ))
+    .bind(project)
+    .bind(id)
+    .fetch_optional(ex)
+    .await
+}
+
+/// Counts `n` more encryptions under a DEK (the random-nonce budget).
+pub async fn count_encryptions<'e>(
+    ex: impl AnyExecutor<'e>,
+    id: &str,
+    n: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE deks SET encryptions = encryptions + $1 WHERE id = $2")
+        .bind(n)
+        .bind(id)
+        .execute(ex)
+        .await?;
+    Ok(())
+}
+
+const SEALED_COLUMNS: &str = "s.id, s.key, s.current_version AS version, v.dek_id, v.value_ct, v.comment_ct, \
+     v.has_references, s.created_at, s.updated_at, s.deleted_at";
+
+/// Every live secret of an environment at its current version: one query.
+pub async fn current<'e>(
+    ex: impl AnyExecutor<'e>,
+    env: EnvironmentId,
+) -> Result<Vec<SealedRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {SEALED_COLUMNS} FROM secrets s \
+         JOIN secret_versions v ON v.secret_id = s.id AND v.version = s.current_version \
+         WHERE s.environment_id = $1 AND s.deleted_at IS NULL ORDER BY s.key"
+    ))
+    .bind(env)
+    .fetch_all(ex)
+    .await
+}
+
+/// One secret (live or deleted) at `version`, or at its current version.
+pub async fn one<'e>(
+    ex: impl AnyExecutor<'e>,
+    env: EnvironmentId,
+    key: &str,
+    version: Option<i64>,
+) -> Result<Option<SealedRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT s.id, s.key, v.version, v.dek_id, v.value_ct, v.comment_ct, v.has_references, \
+                s.created_at, s.updated_at, s.deleted_at FROM secrets s \
+         JOIN secret_versions v ON v.secret_id = s.id AND v.version = COALESCE($3, s.current_version) \
+         WHERE s.environment_id = $1 AND s.key = $2",
+    )
+    .bind(env)
+    .bind(key)
+    .bind(version)
+    .fetch_optional(ex)
+    .await
+}
+
+pub async fn versions<'e>(
+    ex: impl AnyExecutor<'e>,
+    secret: SecretId,
+) -> Result<Vec<VersionRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT version, created_at, actor_type, actor_id FROM secret_versions WHERE secret_id = $1 ORDER BY version DESC",
+    )
+    .bind(secret)
+    .fetch_all(ex)
+    .await
+}
+
+/// Creates the secret or moves it to its next version (reviving it if deleted); returns its id
+/// and the new version number.
+pub async fn next_version<'e>(
+    ex: impl AnyExecutor<'e>,
+    env: EnvironmentId,
+    key: &str,
+    now: Timestamp,
+) -> Result<(SecretId, i64), sqlx::Error> {
+    sqlx::query_as(
+        "INSERT INTO secrets (id, environment_id, key, current_version, created_at, updated_at) \
+         VALUES ($1, $2, $3, 1, $4, $4) \
+         ON CONFLICT (environment_id, key) DO UPDATE SET current_version = secrets.current_version + 1, \
+            updated_at = excluded.updated_at, deleted_at = NULL \
+         RETURNING id, current_version",
+    )
+    .bind(SecretId::new())
+    .bind(env)
+    .bind(key)
+    .bind(now)
+    .fetch_one(ex)
+    .await
+}
+
+/// What a new version row holds.
+#[derive(Debug)]
+pub struct NewVersion<'a> {
+    pub secret: SecretId,
+    pub version: i64,
+    pub dek_id: &'a str,
+    pub value_ct: &'a [u8],
+    pub comment_ct: Option<&'a [u8]>,
+    pub has_references: bool,
+    pub created_at: Timestamp,
+    pub actor_type: &'a str,
+    pub actor_id: &'a str,
+}
+
+pub async fn insert_version<'e>(
+    ex: impl AnyExecutor<'e>,
+    v: &NewVersion<'_>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO secret_versions (secret_id, version, dek_id, value_ct, comment_ct, has_references, \
+                                      created_at, actor_type, actor_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(v.secret)
+    .bind(v.version)
+    .bind(v.dek_id)
+    .bind(v.value_ct)
+    .bind(v.comment_ct)
+    .bind(i64::from(v.has_references))
+    .bind(v.created_at)
+    .bind(v.actor_type)
+    .bind(v.actor_id)
+    .execute(ex)
+    .await?;
+    Ok(())
+}
+
+/// Soft-deletes a live secret; false when there is none.
+pub async fn mark_deleted<'e>(
+    ex: impl AnyExecutor<'e>,
+    env: EnvironmentId,
+    key: &str,
+    now: Timestamp,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE secrets SET deleted_at = $1, updated_at = $1 WHERE environment_id = $2 AND key = $3 AND deleted_at IS NULL",
+    )
+    .bind(now)
+    .bind(env)
+    .bind(key)
+    .execute(ex)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Restores a deleted secret at its last version; false when it is not deleted.
+pub async fn restore<'e>(
+    ex: impl AnyExecutor<'e>,
+    env: EnvironmentId,
+    key: &str,
+    now: Timestamp,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE secrets SET deleted_at = NULL, updated_at = $1 WHERE environment_id = $2 AND key = $3 AND deleted_at IS NOT NULL",
+    )
+    .bind(now)
+    .bind(env)
+    .bind(key)
+    .execute(ex)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Bumps the environment's revision and the organization's; returns the new environment revision.
+pub async fn bump_revisions(
+    conn: &mut sqlx::AnyConnection,
+    org: OrgId,
+    env: EnvironmentId,
+    now: Timestamp,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query("UPDATE organizations SET secrets_revision = secrets_revision + 1 WHERE id = $1")
+        .bind(org)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query_scalar("UPDATE environments SET revision = revision + 1, updated_at = $1 WHERE id = $2 RETURNING revision")
+        .bind(now)
+        .bind(env)
+        .fetch_one(&mut *conn)
+        .await
+}
+
+/// The validators of an environment's bulk read: its revision, whether any live value holds
+/// references, and the organization's secrets revision.
+pub async fn validators<'e>(
+    ex: impl AnyExecutor<'e>,
+    org: OrgId,
+    env: EnvironmentId,
+) -> Result<(i64, i64, i64), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT e.revision, \
+                (SELECT COUNT(*) FROM secrets s JOIN secret_versions v ON v.secret_id = s.id AND v.version = s.current_version \
+                 WHERE s.environment_id = e.id AND s.deleted_at IS NULL AND v.has_references = 1), \
+                o.secrets_revision \
+         FROM environments e, organizations o WHERE e.id = $1 AND o.id = $2",
+    )
+    .bind(env)
+    .bind(org)
+    .fetch_one(ex)
+    .await
+}

@@ -1,0 +1,848 @@
+//! Secrets of an environment: sealed with the project's DEK, versioned, soft-deleted,
+//! referencing each other, imported and exported. Every read of values is audited.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use crate::auth::Principal;
+use crate::authz::Action;
+use crate::crypto::envelope::{Dek, DekContext, Field, ValueAad, WrappedDek};
+use crate::db;
+use crate::db::secrets::{DekRow, NewVersion, SealedRow, VersionRow};
+use crate::error::{ApiError, ApiResult};
+use crate::ids::{OrgId, ProjectId, Timestamp};
+use crate::secrets::formats::{self, Format};
+use crate::secrets::references::{self, Lookup, LookupError, Place};
+use crate::service::ClientMeta;
+use crate::service::audit::{AuditEvent, Outcome};
+use crate::service::tenancy::{self, EnvCtx, EnvPath};
+use crate::state::AppState;
+
+pub const MAX_KEY_LEN: usize = 256;
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+pub const MAX_COMMENT_CHARS: usize = 4096;
+
+/// Audit actions of this module.
+pub mod action {
+    pub const READ: &str = "secrets.read";
+    pub const CREATED: &str = "secret.created";
+    pub const UPDATED: &str = "secret.updated";
+    pub const DELETED: &str = "secret.deleted";
+    pub const RESTORED: &str = "secret.restored";
+    pub const ROLLED_BACK: &str = "secret.rolled_back";
+    pub const BULK_UPSERTED: &str = "secrets.bulk_upserted";
+    pub const IMPORTED: &str = "secrets.imported";
+    pub const EXPORTED: &str = "secrets.exported";
+}
+
+/// A secret as its reader sees it.
+#[derive(Debug, Clone)]
+pub struct SecretValue {
+    pub key: String,
+    pub value: SecretString,
+    pub comment: Option<SecretString>,
+    pub version: i64,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// A value to write.
+#[derive(Debug, Clone)]
+pub struct SecretInput {
+    pub key: String,
+    pub value: SecretString,
+    /// `None`: keep the current comment (none for a new secret).
+    pub comment: Option<SecretString>,
+}
+
+/// `^[A-Za-z_][A-Za-z0-9_.-]*$`, at most 256 characters.
+pub fn check_key(key: &str) -> ApiResult<()> {
+    let mut bytes = key.bytes();
+    let ok = key.len() <= MAX_KEY_LEN
+        && bytes
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::validation(
+            "invalid_key",
+            format!(
+                "secret keys match ^[A-Za-z_][A-Za-z0-9_.-]*$ and have at most {MAX_KEY_LEN} characters"
+            ),
+        ))
+    }
+}
+
+fn check_input(input: &SecretInput) -> ApiResult<()> {
+    check_key(&input.key)?;
+    if input.value.expose_secret().len() > MAX_VALUE_BYTES {
+        return Err(ApiError::validation(
+            "value_too_large",
+            format!(
+                "the value of `{}` is over {} KiB",
+                input.key,
+                MAX_VALUE_BYTES / 1024
+            ),
+        ));
+    }
+    if input
+        .comment
+        .as_ref()
+        .is_some_and(|c| c.expose_secret().chars().count() > MAX_COMMENT_CHARS)
+    {
+        return Err(ApiError::validation(
+            "comment_too_long",
+            format!(
+                "the comment of `{}` is over {MAX_COMMENT_CHARS} characters",
+                input.key
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn crypto_failure(e: impl std::fmt::Display) -> ApiError {
+    ApiError::internal(anyhow::anyhow!("stored secret cannot be decrypted: {e}"))
+}
+
+fn dek_context(org: OrgId, project: ProjectId, dek_id: &str) -> DekContext {
+    DekContext {
+        org_id: org.to_string(),
+        project_id: project.to_string(),
+        dek_id: dek_id.to_owned(),
+    }
+}
+
+/// Creates a project's first (or next) DEK inside the caller's transaction.
+pub async fn create_dek(
+    state: &AppState,
+    conn: &mut sqlx::AnyConnection,
+    org: OrgId,
+    project: ProjectId,
+    version: i64,
+) -> Result<DekRow, sqlx::Error> {
+    let id = uuid::Uuid::now_v7().to_string();
+    let dek = Dek::generate();
+    let wrapped = state.keyring.wrap(&dek, &dek_context(org, project, &id));
+    let row = DekRow {
+        id,
+        project_id: project,
+        version,
+        kek_id: wrapped.kek_id,
+        wrapped: wrapped.ciphertext,
+        encryptions: 0,
+    };
+    db::secrets::insert_dek(&mut *conn, &row, Timestamp::now()).await?;
+    state.deks.insert(row.id.clone(), Arc::new(dek));
+    Ok(row)
+}
+
+/// The unwrapped DEK `row`, from the cache when it is there.
+fn unwrap_dek(state: &AppState, org: OrgId, row: &DekRow) -> ApiResult<Arc<Dek>> {
+    if let Some(dek) = state.deks.get(&row.id) {
+        return Ok(dek);
+    }
+    let wrapped = WrappedDek {
+        kek_id: row.kek_id.clone(),
+        ciphertext: row.wrapped.clone(),
+    };
+    let dek = Arc::new(
+        state
+            .keyring
+            .unwrap(&wrapped, &dek_context(org, row.project_id, &row.id))
+            .map_err(crypto_failure)?,
+    );
+    state.deks.insert(row.id.clone(), dek.clone());
+    Ok(dek)
+}
+
+/// Opens sealed rows of one environment; each distinct DEK is unwrapped once.
+async fn open_rows(
+    state: &AppState,
+    ctx: &EnvCtx,
+    rows: Vec<SealedRow>,
+) -> ApiResult<Vec<SecretValue>> {
+    let org = ctx.project.org.org.id;
+    let project = ctx.project.project.id;
+    let mut deks: HashMap<String, Arc<Dek>> = HashMap::new();
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let dek = match deks.get(&row.dek_id) {
+            Some(dek) => dek.clone(),
+            None => {
+                let dek = match state.deks.get(&row.dek_id) {
+                    Some(dek) => dek,
+                    None => {
+                        let stored = db::secrets::dek(state.db.pool(), project, &row.dek_id)
+                            .await?
+                            .ok_or_else(|| crypto_failure("missing DEK"))?;
+                        unwrap_dek(state, org, &stored)?
+                    }
+                };
+                deks.insert(row.dek_id.clone(), dek.clone());
+                dek
+            }
+        };
+        let aad = |field| ValueAad {
+            org_id: org.to_string(),
+            project_id: project.to_string(),
+            environment_id: ctx.env.id.to_string(),
+            key: row.key.clone(),
+            version: row.version,
+            field,
+        };
+        let value = text(
+            dek.open(&row.value_ct, &aad(Field::Value))
+                .map_err(crypto_failure)?,
+        )?;
+        let comment = match &row.comment_ct {
+            Some(ct) => Some(text(
+                dek.open(ct, &aad(Field::Comment)).map_err(crypto_failure)?,
+            )?),
+            None => None,
+        };
+        out.push(SecretValue {
+            key: row.key,
+            value,
+            comment,
+            version: row.version,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        });
+    }
+    Ok(out)
+}
+
+fn text(bytes: Zeroizing<Vec<u8>>) -> ApiResult<SecretString> {
+    let s = std::str::from_utf8(&bytes).map_err(|_| crypto_failure("not UTF-8"))?;
+    Ok(SecretString::from(s.to_owned()))
+}
+
+/// Writes new versions of `inputs` in `tx`; returns how many were written. Entries whose value
+/// and comment equal the current ones are left alone when `skip_unchanged`.
+async fn write_versions(
+    state: &AppState,
+    tx: &mut db::Tx,
+    ctx: &EnvCtx,
+    principal: &Principal,
+    inputs: &[SecretInput],
+    current: &BTreeMap<String, SecretValue>,
+    now: Timestamp,
+) -> ApiResult<Vec<(String, i64)>> {
+    let org = ctx.project.org.org.id;
+    let project = ctx.project.project.id;
+    let dek_row = match db::secrets::active_dek(&mut **tx, project).await? {
+        Some(row)
+            if u64::try_from(row.encryptions).unwrap_or(0)
+                < crate::crypto::envelope::DEK_ROTATE_AFTER =>
+        {
+            row
+        }
+        Some(row) => create_dek(state, tx, org, project, row.version + 1).await?,
+        None => create_dek(state, tx, org, project, 1).await?,
+    };
+    let dek = unwrap_dek(state, org, &dek_row)?;
+    let (actor_type, actor_id) = principal.actor();
+    let mut written = Vec::with_capacity(inputs.len());
+    let mut seals = 0i64;
+    for input in inputs {
+        let comment = match (&input.comment, current.get(&input.key)) {
+            (Some(c), _) => Some(c.clone()),
+            (None, Some(cur)) => cur.comment.clone(),
+            (None, None) => None,
+        };
+        let comment = comment.filter(|c| !c.expose_secret().is_empty());
+        let (secret, version) =
+            db::secrets::next_version(&mut **tx, ctx.env.id, &input.key, now).await?;
+        let aad = |field| ValueAad {
+            org_id: org.to_string(),
+            project_id: project.to_string(),
+            environment_id: ctx.env.id.to_string(),
+            key: input.key.clone(),
+            version,
+            field,
+        };
+        let value_ct = dek.seal(input.value.expose_secret().as_bytes(), &aad(Field::Value));
+        let comment_ct = comment
+            .as_ref()
+            .map(|c| dek.seal(c.expose_secret().as_bytes(), &aad(Field::Comment)));
+        seals += 1 + i64::from(comment_ct.is_some());
+        db::secrets::insert_version(
+            &mut **tx,
+            &NewVersion {
+                secret,
+                version,
+                dek_id: &dek_row.id,
+                value_ct: &value_ct,
+                comment_ct: comment_ct.as_deref(),
+                has_references: references::has_references(input.value.expose_secret()),
+                created_at: now,
+                actor_type,
+                actor_id: &actor_id,
+            },
+        )
+        .await?;
+        written.push((input.key.clone(), version));
+    }
+    db::secrets::count_encryptions(&mut **tx, &dek_row.id, seals).await?;
+    Ok(written)
+}
+
+fn audit(meta: &ClientMeta, principal: &Principal, ctx: &EnvCtx, what: &'static str) -> AuditEvent {
+    AuditEvent::new(what, Outcome::Success, meta)
+        .by(principal)
+        .org(ctx.project.org.org.id)
+        .project(ctx.project.project.id)
+        .environment(ctx.env.id)
+}
+
+/// The environment's current values by key (unresolved).
+async fn current_values(
+    state: &AppState,
+    ctx: &EnvCtx,
+) -> ApiResult<BTreeMap<String, SecretValue>> {
+    let rows = db::secrets::current(state.db.pool(), ctx.env.id).await?;
+    Ok(open_rows(state, ctx, rows)
+        .await?
+        .into_iter()
+        .map(|s| (s.key.clone(), s))
+        .collect())
+}
+
+/// Reads referenced places for the resolver, checking the caller may read each environment.
+struct OrgLookup<'a> {
+    state: &'a AppState,
+    principal: &'a Principal,
+    org: &'a str,
+    envs: HashMap<(String, String), Result<BTreeMap<String, SecretString>, LookupError>>,
+}
+
+impl Lookup for OrgLookup<'_> {
+    async fn raw_value(&mut self, place: &Place) -> Result<Option<SecretString>, LookupError> {
+        let at = (place.project.clone(), place.env.clone());
+        if !self.envs.contains_key(&at) {
+            let path = EnvPath {
+                org: self.org,
+                project: &place.project,
+                env: &place.env,
+            };
+            let loaded =
+                match tenancy::environment(self.state, self.principal, path, Action::SecretsRead)
+                    .await
+                {
+                    Ok(ctx) => current_values(self.state, &ctx)
+                        .await
+                        .map(|m| m.into_iter().map(|(k, v)| (k, v.value)).collect())
+                        .map_err(|e| LookupError::Internal(e.to_string())),
+                    // What the caller may not see does not exist for them.
+                    Err(ApiError::NotFound { .. }) => Ok(BTreeMap::new()),
+                    Err(ApiError::Forbidden { .. }) => Err(LookupError::Forbidden),
+                    Err(e) => Err(LookupError::Internal(e.to_string())),
+                };
+            self.envs.insert(at.clone(), loaded);
+        }
+        match &self.envs[&at] {
+            Ok(values) => Ok(values.get(&place.key).cloned()),
+            Err(LookupError::Forbidden) => Err(LookupError::Forbidden),
+            Err(LookupError::Internal(e)) => Err(LookupError::Internal(e.clone())),
+        }
+    }
+}
+
+fn reference_error(e: references::RefError) -> ApiError {
+    match e {
+        references::RefError::Lookup(cause) => ApiError::internal(anyhow::anyhow!(cause)),
+        other => ApiError::validation("reference_error", other.to_string()),
+    }
+}
+
+/// Resolves `${…}` references in `values` (in place).
+async fn resolve(
+    state: &AppState,
+    principal: &Principal,
+    ctx: &EnvCtx,
+    values: &mut [SecretValue],
+) -> ApiResult<()> {
+    if !values.iter().any(|v| {
+        references::has_references(v.value.expose_secret())
+            || v.value.expose_secret().contains("$${")
+    }) {
+        return Ok(());
+    }
+    let raw: BTreeMap<String, SecretString> = values
+        .iter()
+        .map(|v| (v.key.clone(), v.value.clone()))
+        .collect();
+    let mut lookup = OrgLookup {
+        state,
+        principal,
+        org: &ctx.project.org.org.slug,
+        envs: HashMap::new(),
+    };
+    let resolved =
+        references::resolve_all(&ctx.project.project.slug, &ctx.env.slug, &raw, &mut lookup)
+            .await
+            .map_err(reference_error)?;
+    for v in values.iter_mut() {
+        if let Some(r) = resolved.get(&v.key) {
+            v.value = r.clone();
+        }
+    }
+    Ok(())
+}
+
+/// The answer to a bulk read.
+#[derive(Debug)]
+pub enum BulkRead {
+    /// The caller's copy (`If-None-Match`) is current: nothing was decrypted.
+    NotModified { etag: String, revision: i64 },
+    Values {
+        etag: String,
+        revision: i64,
+        secrets: Vec<SecretValue>,
+    },
+}
+
+/// Every secret of an environment, resolved unless `resolve` is false; `304` semantics when
+/// `if_none_match` names the current entity tag.
+pub async fn read_all(
+    state: &AppState,
+    meta: &ClientMeta,
+    principal: &Principal,
+    at: EnvPath<'_>,
+    resolve_refs: bool,
+    if_none_match: Option<&str>,
+) -> ApiResult<BulkRead> {
+    let ctx = tenancy::environment(state, principal, at, Action::SecretsRead).await?;
+    let (revision, with_refs, org_revision) =
+        db::secrets::validators(state.db.pool(), ctx.project.org.org.id, ctx.env.id).await?;
+    // Resolved values may change with other environments: then the tag covers the organization.
+    let etag = if resolve_refs && with_refs > 0 {
+        format!("\"e{revision}.o{org_revision}\"")
+    } else {
+        format!("\"e{revision}{}\"", if resolve_refs { "" } else { ".raw" })
+    };
+    if if_none_match.is_some_and(|tags| {
+        tags.split(',')
+            .any(|t| t.trim().trim_start_matches("W/") == etag || t.trim() == "*")
+    }) {
+        return Ok(BulkRead::NotModified { etag, revision });
+    }
+    let rows = db::secrets::current(state.db.pool(), ctx.env.id).await?;
+    let mut secrets = open_rows(state, &ctx, rows).await?;
+    if resolve_refs {
+        resolve(state, principal, &ctx, &mut secrets).await?;
+    }
+    let keys: Vec<&str> = secrets.iter().map(|s| s.key.as_str()).collect();
+    audit(meta, principal, &ctx, action::READ)
+        .details(json!({ "keys": keys, "resolved": resolve_refs }))
+        .record(state.db.pool())
+        .await?;
+    Ok(BulkRead::Values {
+        etag,
+        revision,
+        secrets,
+    })
+}
+
+/// One secret (current version, or `version`).
+pub async fn read_one(
+    state: &AppState,
+    meta: &ClientMeta,
+    principal: &Principal,
+    at: EnvPath<'_>,
+    key: &str,
+    version: Option<i64>,
+    resolve_refs: bool,
+) -> ApiResult<SecretValue> {
+    let ctx = tenancy::environment(state, principal, at, Action::SecretsRead).await?;
+    let row = db::secrets::one(state.db.pool(), ctx.env.id, key, version).await?;
+    let row = row
+        .filter(|r| version.is_some() || r.deleted_at.is_none())
+        .ok_or_else(|| {
+            if version.is_some() {
+                ApiError::not_found("secret version")
+            } else {
+                ApiError::not_found("secret")
+            }
+        })?;
+    let mut values = open_rows(state, &ctx, vec![row]).await?;
+    if resolve_refs {
+        let place = Place {
+            project: ctx.project.project.slug.clone(),
+            env: ctx.env.slug.clone(),
+            key: key.to_owned(),
+        };
+        let same_env: BTreeMap<String, SecretString> = current_values(state, &ctx)
+            .await?
+            .into_iter()
+            .map(|(k, v)| (k, v.value))
+            .collect();
+        let mut lookup = OrgLookup {
+            state,
+            principal,
+            org: &ctx.project.org.org.slug,
+            envs: HashMap::new(),
+        };
+        let resolved = references::resolve_one(&place, &values[0].value, &same_env, &mut lookup)
+            .await
+            .map_err(reference_error)?;
+        values[0].value = resolved;
+    }
+    audit(meta, principal, &ctx, action::READ)
+        .details(json!({ "keys": [key], "version": version, "resolved": resolve_refs }))
+        .record(state.db.pool())
+        .await?;
+    values.pop().ok_or_else(|| ApiError::not_found("secret"))
+}
+
+/// The versions of one secret, newest first (metadata only).
+pub async fn versions(
+    state: &AppState,
+    principal: &Principal,
+    at: EnvPath<'_>,
+    key: &str,
+) -> ApiResult<Vec<VersionRow>> {
+    let ctx = tenancy::environment(state, principal, at, Action::SecretsRead).await?;
+    let row = db::secrets::one(state.db.pool(), ctx.env.id, key, None)
+        .await?
+        .ok_or_else(|| ApiError::not_found("secret"))?;
+    Ok(db::secrets::versions(state.db.pool(), row.id).await?)
+}
+
+/// Writes `inputs` in one transaction: creating, updating, and (with `skip_unchanged`) leaving
+/// identical ones alone. Returns (created, updated, unchanged) keys.
+#[allow(clippy::too_many_arguments)]
+async fn upsert(
+    state: &AppState,
+    meta: &ClientMeta,
+    principal: &Principal,
+    ctx: &EnvCtx,
+    inputs: Vec<SecretInput>,
+    skip_unchanged: bool,
+    what: &'static str,
+) -> ApiResult<UpsertReport> {
+    for input in &inputs {
+        check_input(input)?;
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = inputs.iter().find(|i| !seen.insert(i.key.as_str())) {
+        return Err(ApiError::validation(
+            "duplicate_key",
+            format!("`{}` appears twice", dup.key),
+        ));
+    }
+    let current = current_values(state, ctx).await?;
+    let mut report = UpsertReport::default();
+    let mut to_write = Vec::new();
+    for input in inputs {
+        match current.get(&input.key) {
+            Some(cur)
+                if skip_unchanged
+                    && cur.value.expose_secret() == input.value.expose_secret()
+                    && input.comment.as_ref().is_none_or(|c| {
+                        c.expose_secret() == cur.comment.as_ref().map_or("", |x| x.expose_secret())
+                    }) =>
+            {
+                report.unchanged.push(input.key);
+            }
+            Some(_) => {
+                report.updated.push(input.key.clone());
+                to_write.push(input);
+            }
+            None => {
+                report.created.push(input.key.clone());
+                to_write.push(input);
+            }
+        }
+    }
+    let now = Timestamp::now();
+    let mut tx = state.db.begin().await?;
+    if !to_write.is_empty() {
+        let written =
+            write_versions(state, &mut tx, ctx, principal, &to_write, &current, now).await?;
+        report.revision = Some(
+            db::secrets::bump_revisions(&mut tx, ctx.project.org.org.id, ctx.env.id, now).await?,
+        );
+        report.versions = written.into_iter().collect();
+    }
+    audit(meta, principal, ctx, what)
+        .details(json!({ "created": report.created, "updated": report.updated, "unchanged": report.unchanged.len() }))
+        .record(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(report)
+}
+
+/// What a bulk write did.
+#[derive(Debug, Default)]
+pub struct UpsertReport {
+    pub created: Vec<String>,
+    pub updated: Vec<String>,
+    pub unchanged: Vec<String>,
+    /// The environment's revision after the write (`None`: nothing changed).
+    pub revision: Option<i64>,
+    pub versions: BTreeMap<String, i64>,
+}
+
+/// Creates a secret; 409 when a live one has this key.
+pub async fn create(
+    state: &AppState,
+    meta: &ClientMeta,
+    principal: &Principal,
+    at: EnvPath<'_>,
+    input: SecretInput,
+) -> ApiResult<SecretValue> {
+    let ctx = tenancy::environment(state, principal, at, Action::SecretsWrite).await?;
+    check_input(&input)?;
+    if db::secrets::one(state.db.pool(), ctx.env.id, &input.key, None)
+        .await?
+        .is_some_and(|r| r.deleted_at.is_none())
+    {
+        return Err(ApiError::conflict(
+            "secret_exists",
+            format!("`{}` already exists; update it with PUT", input.key),
+        ));
+    }
+    let key = input.key.clone();
+    upsert(
+        state,
+        meta,
+        principal,
+        &ctx,
+        vec![input],
+        false,
+        action::CREATED,
+    )
+    .await?;
+    fetch_after_write(state, &ctx, &key).await
+}
+
+/// Creates or updates one secret.
+pub async fn put(
+    state: &AppState,
+    meta: &ClientMeta,
+    principal: &Principal,
+    at: EnvPath<'_>,
+    input: SecretInput,
+) -> ApiResult<SecretValue> {
+    let ctx = tenancy::environment(state, principal, at, Action::SecretsWrite).await?;
+    let key = input.key.clone();
+    upsert(
+        state,
+        meta,
+        principal,
+        &ctx,
+        vec![input],
+        false,
+        action::UPDATED,
+    )
+    .await?;
+    fetch_after_write(state, &ctx, &key).await
+}
+
+async fn fetch_after_write(state: &AppState, ctx: &EnvCtx, key: &str) -> ApiResult<SecretValue> {
+    let row = db::secrets::one(state.db.pool(), ctx.env.id, key, None)
+        .await?
+        .ok_or_else(|| ApiError::not_found("secret"))?;
+    open_rows(state, ctx, vec![row])
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::not_found("secret"))
+}
+
+/// Writes many secrets in one transaction.
+pub async fn bulk_upsert(
+    state: &AppState,
+    meta: &ClientMeta,
+    principal: &Principal,
+    at: EnvPath<'_>,
+    inputs: Vec<SecretInput>,
+) -> ApiResult<UpsertReport> {
+    let ctx = tenancy::environment(state, principal, at, Action::SecretsWrite).await?;
+    upsert(
+        state,
+        meta,
+        principal,
+        &ctx,
+        inputs,
+        true,
+        action::BULK_UPSERTED,
+    )
+    .await
+}
+
+/// Deletes a secret, keeping its history (restorable).
+pub async fn delete(
+    state: &AppState,
+    meta: &ClientMeta,
+    principal: &Principal,
+    at: EnvPath<'_>,
+    key: &str,
+) -> ApiResult<()> {
+    let ctx = tenancy::environment(state, principal, at, Action::SecretsWrite).await?;
+    let now = Timestamp::now();
+    let mut tx = state.db.begin().await?;
+    if !db::secrets::mark_deleted(&mut *tx, ctx.env.id, key, now).await? {
+        return Err(ApiError::not_found("secret"));
+    }
+    db::secrets::bump_revisions(&mut tx, ctx.project.org.org.id, ctx.env.id, now).await?;
+    audit(meta, principal, &ctx, action::DELETED)
+        .details(json!({ "keys": [key] }))
+        .record(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Brings a deleted secret back at its last version.
+pub async fn restore(
+    state: &AppState,
+    meta: &ClientMeta,
+    principal: &Principal,
+    at: EnvPath<'_>,
+    key: &str,
+) -> ApiResult<SecretValue> {
+    let ctx = tenancy::environment(state, principal, at, Action::SecretsWrite).await?;
+    let now = Timestamp::now();
+    let mut tx = state.db.begin().await?;
+    if !db::secrets::restore(&mut *tx, ctx.env.id, key, now).await? {
+        return Err(ApiError::not_found("deleted secret"));
+    }
+    db::secrets::bump_revisions(&mut tx, ctx.project.org.org.id, ctx.env.id, now).await?;
+    audit(meta, principal, &ctx, action::RESTORED)
+        .details(json!({ "keys": [key] }))
+        .record(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    fetch_after_write(state, &ctx, key).await
+}
+
+/// Makes the value (and comment) of `version` current again, as a new version.
+pub async fn rollback(
+    state: &AppState,
+    meta: &ClientMeta,
+    principal: &Principal,
+    at: EnvPath<'_>,
+    key: &str,
+    version: i64,
+) -> ApiResult<SecretValue> {
+    let ctx = tenancy::environment(state, principal, at, Action::SecretsWrite).await?;
+    let row = db::secrets::one(state.db.pool(), ctx.env.id, key, None).await?;
+    if row.as_ref().is_none_or(|r| r.deleted_at.is_some()) {
+        return Err(ApiError::not_found("secret"));
+    }
+    let old = db::secrets::one(state.db.pool(), ctx.env.id, key, Some(version))
+        .await?
+        .ok_or_else(|| ApiError::not_found("secret version"))?;
+    let old = open_rows(state, &ctx, vec![old])
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::not_found("secret version"))?;
+    let input = SecretInput {
+        key: key.to_owned(),
+        value: old.value,
+        comment: Some(
+            old.comment
+                .unwrap_or_else(|| SecretString::from(String::new())),
+        ),
+    };
+    upsert(
+        state,
+        meta,
+        principal,
+        &ctx,
+        vec![input],
+        false,
+        action::ROLLED_BACK,
+    )
+    .await?;
+    fetch_after_write(state, &ctx, key).await
+}
+
+/// Imports a file into the environment in one transaction; a malformed file changes nothing.
+pub async fn import(
+    state: &AppState,
+    meta: &ClientMeta,
+    principal: &Principal,
+    at: EnvPath<'_>,
+    format: Format,
+    body: &str,
+) -> ApiResult<UpsertReport> {
+    let ctx = tenancy::environment(state, principal, at, Action::SecretsWrite).await?;
+    let entries = formats::parse(format, body)
+        .map_err(|e| ApiError::validation("invalid_file", e.to_string()))?;
+    for entry in &entries {
+        check_key(&entry.key).map_err(|_| {
+            let line = entry
+                .line
+                .map(|l| format!("line {l}: "))
+                .unwrap_or_default();
+            ApiError::validation(
+                "invalid_file",
+                format!(
+                    "{line}`{}` is not a valid key (^[A-Za-z_][A-Za-z0-9_.-]*$)",
+                    entry.key
+                ),
+            )
+        })?;
+    }
+    let inputs = entries
+        .into_iter()
+        .map(|e| SecretInput {
+            key: e.key,
+            value: e.value,
+            comment: None,
+        })
+        .collect();
+    upsert(state, meta, principal, &ctx, inputs, true, action::IMPORTED).await
+}
+
+/// The environment's secrets as a file.
+pub async fn export(
+    state: &AppState,
+    meta: &ClientMeta,
+    principal: &Principal,
+    at: EnvPath<'_>,
+    format: Format,
+    resolve_refs: bool,
+) -> ApiResult<String> {
+    let ctx = tenancy::environment(state, principal, at, Action::SecretsRead).await?;
+    let rows = db::secrets::current(state.db.pool(), ctx.env.id).await?;
+    let mut secrets = open_rows(state, &ctx, rows).await?;
+    if resolve_refs {
+        resolve(state, principal, &ctx, &mut secrets).await?;
+    }
+    let pairs: Vec<(&str, &str)> = secrets
+        .iter()
+        .map(|s| (s.key.as_str(), s.value.expose_secret()))
+        .collect();
+    let file = formats::render(format, &pairs);
+    let keys: Vec<&str> = secrets.iter().map(|s| s.key.as_str()).collect();
+    audit(meta, principal, &ctx, action::EXPORTED)
+        .details(json!({ "keys": keys, "format": format.as_str(), "resolved": resolve_refs }))
+        .record(state.db.pool())
+        .await?;
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_env_var_names() {
+        for good in ["A", "_x", "DATABASE_URL", "a.b-c_9", &"K".repeat(256)] {
+            assert!(check_key(good).is_ok(), "{good}");
+        }
+        for bad in ["", "9A", "-A", "A B", "A=B", "ä", &"K".repeat(257)] {
+            assert!(check_key(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,313 @@
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::{Session, TestApp, db_test};
+
+const ENV: &str = "/api/v1/orgs/acme/projects/web/environments";
+
+async fn setup(app: &TestApp) -> Session {
+    let ann = app.register("ann@example.com").await;
+    app.org(&ann, "acme").await;
+    app.project(&ann, "acme", "web").await;
+    ann
+}
+
+fn secrets_of(v: &Value) -> Vec<(String, String)> {
+    v["secrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["key"].as_str().unwrap().to_owned(),
+                s["value"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+db_test!(async fn a_secret_is_created_read_updated_versioned_rolled_back_deleted_and_restored(app) {
+    let ann = setup(&app).await;
+    let base = format!("{ENV}/development/secrets");
+    let r = app.post(&base, Some(&ann.access), json!({ "key": "DATABASE_URL", "value": "postgres://one", "comment": "primary" })).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    assert_eq!((r.json()["value"].as_str(), r.json()["version"].as_i64(), r.json()["comment"].as_str()), (Some("postgres://one"), Some(1), Some("primary")));
+    app.post(&base, Some(&ann.access), json!({ "key": "DATABASE_URL", "value": "x" })).await.assert_error(StatusCode::CONFLICT, "secret_exists");
+
+    let one = format!("{base}/DATABASE_URL");
+    let r = app.put(&one, Some(&ann.access), json!({ "value": "postgres://two" })).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!((r.json()["version"].as_i64(), r.json()["comment"].as_str()), (Some(2), Some("primary")), "the comment is kept");
+    assert_eq!(app.get(&one, Some(&ann.access)).await.json()["value"], "postgres://two");
+
+    let versions = app.get(&format!("{one}/versions"), Some(&ann.access)).await.json();
+    let numbers: Vec<i64> = versions.as_array().unwrap().iter().map(|v| v["version"].as_i64().unwrap()).collect();
+    assert_eq!(numbers, [2, 1]);
+    assert_eq!(versions[0]["actor"]["id"], ann.user_id.as_str());
+    assert!(versions[0].get("value").is_none());
+    assert_eq!(app.get(&format!("{one}/versions/1"), Some(&ann.access)).await.json()["value"], "postgres://one");
+    app.get(&format!("{one}/versions/9"), Some(&ann.access)).await.assert_error(StatusCode::NOT_FOUND, "not_found");
+
+    let r = app.post(&format!("{one}/rollback"), Some(&ann.access), json!({ "version": 1 })).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!((r.json()["value"].as_str(), r.json()["version"].as_i64()), (Some("postgres://one"), Some(3)));
+
+    assert_eq!(app.delete(&one, Some(&ann.access)).await.status, StatusCode::NO_CONTENT);
+    app.get(&one, Some(&ann.access)).await.assert_error(StatusCode::NOT_FOUND, "not_found");
+    assert!(secrets_of(&app.get(&base, Some(&ann.access)).await.json()).is_empty());
+    app.delete(&one, Some(&ann.access)).await.assert_error(StatusCode::NOT_FOUND, "not_found");
+    let r = app.post(&format!("{one}/restore"), Some(&ann.access), json!({})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!((r.json()["value"].as_str(), r.json()["version"].as_i64()), (Some("postgres://one"), Some(3)));
+    assert_eq!(app.get(&format!("{one}/versions"), Some(&ann.access)).await.json().as_array().unwrap().len(), 3, "history survives deletion");
+});
+
+db_test!(async fn bad_keys_values_and_comments_are_refused_and_change_nothing(app) {
+    let ann = setup(&app).await;
+    let base = format!("{ENV}/development/secrets");
+    for key in ["", "1ABC", "A B", "A=B", &"K".repeat(257)] {
+        app.post(&base, Some(&ann.access), json!({ "key": key, "value": "v" })).await.assert_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_key");
+    }
+    app.post(&base, Some(&ann.access), json!({ "key": "BIG", "value": "x".repeat(64 * 1024 + 1) })).await
+        .assert_error(StatusCode::UNPROCESSABLE_ENTITY, "value_too_large");
+    app.post(&base, Some(&ann.access), json!({ "key": "C", "value": "v", "comment": "c".repeat(4097) })).await
+        .assert_error(StatusCode::UNPROCESSABLE_ENTITY, "comment_too_long");
+    app.post(&base, Some(&ann.access), json!({ "key": "N", "value": 5 })).await.assert_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+    let ok = app.post(&base, Some(&ann.access), json!({ "key": "MAX", "value": "x".repeat(64 * 1024) })).await;
+    assert_eq!(ok.status, StatusCode::CREATED);
+    let r = app.put(&base, Some(&ann.access), json!({ "secrets": [{ "key": "GOOD", "value": "1" }, { "key": "bad key", "value": "2" }] })).await;
+    r.assert_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_key");
+    assert_eq!(secrets_of(&app.get(&base, Some(&ann.access)).await.json()).len(), 1, "the bulk write was all or nothing");
+});
+
+db_test!(async fn the_bulk_read_has_a_revision_and_an_etag_and_answers_304_when_unchanged(app) {
+    let ann = setup(&app).await;
+    let base = format!("{ENV}/staging/secrets");
+    let r = app.put(&base, Some(&ann.access), json!({ "secrets": [{ "key": "A", "value": "1" }, { "key": "B", "value": "2" }] })).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json(), json!({ "created": 2, "updated": 0, "unchanged": 0, "revision": 1 }));
+    let r = app.get(&base, Some(&ann.access)).await;
+    assert_eq!(r.json()["revision"], 1);
+    assert_eq!(secrets_of(&r.json()), [("A".to_owned(), "1".to_owned()), ("B".to_owned(), "2".to_owned())]);
+    assert_eq!(r.headers.get("cache-control").unwrap(), "no-store");
+    let etag = r.headers.get("etag").unwrap().to_str().unwrap().to_owned();
+
+    let conditional = |tag: &str| Request::get(&base).header("authorization", format!("Bearer {}", ann.access)).header("if-none-match", tag).body(Body::empty()).unwrap();
+    let r = app.send(conditional(&etag)).await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+    assert!(r.body.is_empty());
+    assert_eq!(r.headers.get("etag").unwrap().to_str().unwrap(), etag);
+
+    // An unchanged bulk write changes nothing, not even the revision.
+    let r = app.put(&base, Some(&ann.access), json!({ "secrets": [{ "key": "A", "value": "1" }, { "key": "B", "value": "3" }] })).await;
+    assert_eq!(r.json(), json!({ "created": 0, "updated": 1, "unchanged": 1, "revision": 2 }));
+    let r = app.send(conditional(&etag)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["revision"], 2);
+    assert_ne!(r.headers.get("etag").unwrap().to_str().unwrap(), etag);
+});
+
+db_test!(async fn references_resolve_across_environments_and_projects_with_cycles_reported(app) {
+    let ann = setup(&app).await;
+    app.project(&ann, "acme", "shared").await;
+    app.post("/api/v1/orgs/acme/projects/shared/environments/production/secrets", Some(&ann.access), json!({ "key": "HOST", "value": "db.internal" })).await;
+    app.post(&format!("{ENV}/production/secrets"), Some(&ann.access), json!({ "key": "PASSWORD", "value": "s3cr3t" })).await;
+    let dev = format!("{ENV}/development/secrets");
+    let r = app.put(&dev, Some(&ann.access), json!({ "secrets": [
+        { "key": "USER", "value": "app" },
+        { "key": "URL", "value": "postgres://${USER}:${production.PASSWORD}@${shared.production.HOST}/app" },
+        { "key": "LITERAL", "value": "$${NOT_A_REF}" },
+    ] })).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let values: std::collections::BTreeMap<String, String> = secrets_of(&app.get(&dev, Some(&ann.access)).await.json()).into_iter().collect();
+    assert_eq!(values["URL"], "postgres://app:s3cr3t@db.internal/app");
+    assert_eq!(values["LITERAL"], "${NOT_A_REF}");
+    let raw: std::collections::BTreeMap<String, String> = secrets_of(&app.get(&format!("{dev}?resolve=false"), Some(&ann.access)).await.json()).into_iter().collect();
+    assert_eq!(raw["URL"], "postgres://${USER}:${production.PASSWORD}@${shared.production.HOST}/app");
+    assert_eq!(app.get(&format!("{dev}/URL?resolve=true"), Some(&ann.access)).await.json()["value"], "postgres://app:s3cr3t@db.internal/app");
+
+    // A change in a referenced environment changes the resolved read's entity tag.
+    let before = app.get(&dev, Some(&ann.access)).await.headers.get("etag").unwrap().clone();
+    app.put(&format!("{ENV}/production/secrets/PASSWORD"), Some(&ann.access), json!({ "value": "n3w" })).await;
+    let after = app.get(&dev, Some(&ann.access)).await;
+    assert_ne!(after.headers.get("etag").unwrap(), &before);
+    assert!(after.text().contains("postgres://app:n3w@db.internal/app"));
+
+    app.put(&dev, Some(&ann.access), json!({ "secrets": [{ "key": "A", "value": "${B}" }, { "key": "B", "value": "x${A}" }] })).await;
+    let m = app.get(&dev, Some(&ann.access)).await.assert_error(StatusCode::UNPROCESSABLE_ENTITY, "reference_error");
+    assert!(m.contains("cycle"), "{m}");
+    app.put(&dev, Some(&ann.access), json!({ "secrets": [{ "key": "A", "value": "${MISSING}" }, { "key": "B", "value": "b" }] })).await;
+    let m = app.get(&dev, Some(&ann.access)).await.assert_error(StatusCode::UNPROCESSABLE_ENTITY, "reference_error");
+    assert!(m.contains("MISSING"), "{m}");
+});
+
+db_test!(async fn a_reference_to_an_environment_the_reader_may_not_read_is_refused(app) {
+    let ann = setup(&app).await;
+    let dev = app.member(&ann, "acme", "dev@example.com", "member").await;
+    app.put(&format!("/api/v1/orgs/acme/projects/web/access/users/{}", dev.user_id), Some(&ann.access), json!({ "role": "developer" })).await;
+    app.put(&format!("{ENV}/production/policies/developer"), Some(&ann.access), json!({ "access": "none" })).await;
+    app.post(&format!("{ENV}/production/secrets"), Some(&ann.access), json!({ "key": "PASSWORD", "value": "prod-only-value" })).await;
+    app.post(&format!("{ENV}/development/secrets"), Some(&ann.access), json!({ "key": "STEAL", "value": "${production.PASSWORD}" })).await;
+
+    app.get(&format!("{ENV}/production/secrets"), Some(&dev.access)).await.assert_error(StatusCode::FORBIDDEN, "forbidden");
+    let r = app.get(&format!("{ENV}/development/secrets"), Some(&dev.access)).await;
+    r.assert_error(StatusCode::UNPROCESSABLE_ENTITY, "reference_error");
+    assert!(!r.text().contains("prod-only-value"));
+    // The admin reads it resolved.
+    assert!(app.get(&format!("{ENV}/development/secrets"), Some(&ann.access)).await.text().contains("prod-only-value"));
+});
+
+db_test!(async fn project_roles_and_environment_policies_decide_who_reads_and_writes(app) {
+    let ann = setup(&app).await;
+    app.post(&format!("{ENV}/production/secrets"), Some(&ann.access), json!({ "key": "K", "value": "v" })).await;
+    let viewer = app.member(&ann, "acme", "viewer@example.com", "member").await;
+    let developer = app.member(&ann, "acme", "developer@example.com", "member").await;
+    let outsider = app.member(&ann, "acme", "nobody@example.com", "member").await;
+    for (user, role) in [(&viewer, "viewer"), (&developer, "developer")] {
+        let url = format!("/api/v1/orgs/acme/projects/web/access/users/{}", user.user_id);
+        assert_eq!(app.put(&url, Some(&ann.access), json!({ "role": role })).await.status, StatusCode::NO_CONTENT);
+    }
+    let prod = format!("{ENV}/production/secrets");
+    let key_url = format!("{prod}/K");
+    let write = |who: &Session| {
+        let token = who.access.clone();
+        let app = &app;
+        let url = key_url.clone();
+        async move { app.put(&url, Some(&token), json!({ "value": "w" })).await }
+    };
+
+    assert_eq!(app.get(&prod, Some(&viewer.access)).await.status, StatusCode::OK);
+    write(&viewer).await.assert_error(StatusCode::FORBIDDEN, "forbidden");
+    assert_eq!(write(&developer).await.status, StatusCode::OK);
+    app.get(&prod, Some(&outsider.access)).await.assert_error(StatusCode::NOT_FOUND, "not_found");
+
+    app.put(&format!("{ENV}/production/policies/developer"), Some(&ann.access), json!({ "access": "read" })).await;
+    assert_eq!(app.get(&prod, Some(&developer.access)).await.status, StatusCode::OK);
+    write(&developer).await.assert_error(StatusCode::FORBIDDEN, "forbidden");
+    app.put(&format!("{ENV}/production/policies/viewer"), Some(&ann.access), json!({ "access": "none" })).await;
+    app.get(&prod, Some(&viewer.access)).await.assert_error(StatusCode::FORBIDDEN, "forbidden");
+    assert_eq!(app.get(&format!("{ENV}/staging/secrets"), Some(&viewer.access)).await.status, StatusCode::OK);
+});
+
+db_test!(async fn reading_values_is_audited_with_keys_but_never_values(app) {
+    let ann = setup(&app).await;
+    app.post(&format!("{ENV}/development/secrets"), Some(&ann.access), json!({ "key": "TOKEN", "value": "tok-9f8e7d" })).await;
+    app.get(&format!("{ENV}/development/secrets"), Some(&ann.access)).await;
+    app.get(&format!("{ENV}/development/secrets/TOKEN"), Some(&ann.access)).await;
+    let r = app.get("/api/v1/audit-events?limit=200", Some(&ann.access)).await;
+    assert!(!r.text().contains("tok-9f8e7d"));
+    let v = r.json();
+    let reads: Vec<&Value> = v["items"].as_array().unwrap().iter().filter(|e| e["action"] == "secrets.read").collect();
+    assert_eq!(reads.len(), 2, "{reads:?}");
+    assert!(reads.iter().all(|e| e["details"]["keys"] == json!(["TOKEN"])), "{reads:?}");
+    let created = v["items"].as_array().unwrap().iter().find(|e| e["action"] == "secret.created").unwrap();
+    assert_eq!(created["details"]["created"], json!(["TOKEN"]));
+});
+
+db_test!(async fn export_then_import_into_an_empty_environment_gives_identical_secrets(app) {
+    let ann = setup(&app).await;
+    let tricky = json!({ "secrets": [
+        { "key": "EMPTY", "value": "" },
+        { "key": "SPACES", "value": "  padded  " },
+        { "key": "QUOTES", "value": "it's \"quoted\"" },
+        { "key": "HASH", "value": "a # not a comment" },
+        { "key": "MULTI", "value": "line one\nline two\r\nline three" },
+        { "key": "DOLLAR", "value": "$HOME and ${REF} and $${ESC}" },
+        { "key": "BACKSLASH", "value": "C:\\path\\n" },
+        { "key": "UNICODE", "value": "clé 🔑" },
+        { "key": "NUMBERISH", "value": "007" },
+        { "key": "BOOLISH", "value": "true" },
+    ] });
+    assert_eq!(app.put(&format!("{ENV}/development/secrets"), Some(&ann.access), tricky).await.status, StatusCode::OK);
+    let original = app.get(&format!("{ENV}/development/secrets?resolve=false"), Some(&ann.access)).await.json();
+    for (i, format) in ["dotenv", "json", "yaml"].into_iter().enumerate() {
+        let r = app.get(&format!("{ENV}/development/secrets/export?format={format}"), Some(&ann.access)).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        assert!(r.headers.get("content-disposition").unwrap().to_str().unwrap().contains("development."));
+        let target = format!("copy-{i}");
+        app.post(ENV, Some(&ann.access), json!({ "slug": target })).await;
+        let import = Request::post(format!("{ENV}/{target}/secrets/import?format={format}"))
+            .header("authorization", format!("Bearer {}", ann.access))
+            .header("content-type", "text/plain")
+            .body(Body::from(r.body.clone()))
+            .unwrap();
+        let report = app.send(import).await;
+        assert_eq!(report.status, StatusCode::OK, "{format}: {}", report.text());
+        assert_eq!(report.json()["created"], 10, "{format}");
+        let copy = app.get(&format!("{ENV}/{target}/secrets?resolve=false"), Some(&ann.access)).await.json();
+        assert_eq!(secrets_of(&copy), secrets_of(&original), "{format}");
+        // Importing the same file again changes nothing.
+        let again = Request::post(format!("{ENV}/{target}/secrets/import?format={format}"))
+            .header("authorization", format!("Bearer {}", ann.access))
+            .body(Body::from(r.body.clone()))
+            .unwrap();
+        assert_eq!(app.send(again).await.json(), json!({ "created": 0, "updated": 0, "unchanged": 10, "revision": null }));
+    }
+});
+
+db_test!(async fn a_malformed_import_names_the_line_and_changes_nothing(app) {
+    let ann = setup(&app).await;
+    let send = |format: &str, body: &str| {
+        let req = Request::builder().method(Method::POST).uri(format!("{ENV}/development/secrets/import?format={format}"))
+            .header("authorization", format!("Bearer {}", ann.access)).body(Body::from(body.to_owned())).unwrap();
+        app.send(req)
+    };
+    let m = send("dotenv", "GOOD=1\nOTHER=\"unterminated\nTHIRD=3\n").await.assert_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_file");
+    assert!(m.contains("line 2"), "{m}");
+    let m = send("dotenv", "GOOD=1\n9BAD=x\n").await.assert_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_file");
+    assert!(m.contains("line 2") && !m.contains("x\n"), "{m}");
+    let m = send("json", "{\"A\": \"1\",\n \"B\": [1]}").await.assert_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_file");
+    assert!(m.contains('B'), "{m}");
+    send("yaml", "A: [1, 2]\n").await.assert_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_file");
+    send("toml", "A=1").await.assert_error(StatusCode::BAD_REQUEST, "invalid_query");
+    let now = app.get(&format!("{ENV}/development/secrets"), Some(&ann.access)).await.json();
+    assert!(secrets_of(&now).is_empty());
+    assert_eq!(now["revision"], 0);
+});
+
+db_test!(async fn a_ciphertext_moved_to_another_row_fails_to_decrypt_and_reveals_nothing(app) {
+    let ann = setup(&app).await;
+    let base = format!("{ENV}/development/secrets");
+    app.put(&base, Some(&ann.access), json!({ "secrets": [{ "key": "A", "value": "value-of-a" }, { "key": "B", "value": "value-of-b" }] })).await;
+    // Copy A's sealed value over B's: same DEK, same environment, different place.
+    sqlx::query(
+        "UPDATE secret_versions SET value_ct = (SELECT v.value_ct FROM secret_versions v JOIN secrets s ON s.id = v.secret_id WHERE s.key = 'A') \
+         WHERE secret_id = (SELECT id FROM secrets WHERE key = 'B')",
+    ).execute(app.state.db.pool()).await.unwrap();
+    app.state.deks.clear();
+    let r = app.get(&format!("{base}/B"), Some(&ann.access)).await;
+    r.assert_error(StatusCode::INTERNAL_SERVER_ERROR, "internal_error");
+    assert!(!r.text().contains("value-of-a"));
+    assert_eq!(app.get(&format!("{base}/A"), Some(&ann.access)).await.json()["value"], "value-of-a");
+});
+
+db_test!(async fn no_secret_value_is_stored_in_plaintext(app) {
+    let ann = setup(&app).await;
+    let marker = "plaintext-marker-5c1e7a";
+    app.post(&format!("{ENV}/development/secrets"), Some(&ann.access), json!({ "key": "M", "value": marker, "comment": format!("comment {marker}") })).await;
+    app.put(&format!("{ENV}/development/secrets/M"), Some(&ann.access), json!({ "value": format!("{marker}-2") })).await;
+    // Every stored byte of every table, as the database holds it.
+    let tables = ["users", "sessions", "refresh_tokens", "api_keys", "audit_events", "organizations", "projects", "environments", "deks", "secrets", "secret_versions"];
+    for table in tables {
+        let dump: Vec<String> = if app.state.db.backend() == coffer_server::db::Backend::Postgres {
+            sqlx::query_scalar(&format!("SELECT CAST(t AS TEXT) FROM {table} t")).fetch_all(app.state.db.pool()).await.unwrap()
+        } else {
+            let rows = sqlx::query(&format!("SELECT * FROM {table}")).fetch_all(app.state.db.pool()).await.unwrap();
+            use sqlx::Row;
+            rows.iter().map(|row| (0..row.columns().len()).map(|i| {
+                row.try_get::<Vec<u8>, _>(i).map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .or_else(|_| row.try_get::<String, _>(i)).unwrap_or_default()
+            }).collect::<Vec<_>>().join("|")).collect()
+        };
+        assert!(dump.iter().all(|row| !row.contains(marker)), "{table} holds the value in plaintext");
+    }
+    if app.state.db.backend() == coffer_server::db::Backend::Sqlite {
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(app.state.db.pool()).await.unwrap();
+        let dir = app.state.config.data_dir.clone();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            assert!(!bytes.windows(marker.len()).any(|w| w == marker.as_bytes()), "a file in the data directory holds the value");
+        }
+    }
+});
