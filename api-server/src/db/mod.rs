@@ -11,6 +11,7 @@ pub mod orgs;
 pub mod projects;
 pub mod secrets;
 pub mod sessions;
+pub mod teams;
 pub mod users;
 
 use std::time::Duration;

@@ -3,7 +3,7 @@
 use sqlx::FromRow;
 use sqlx::any::AnyExecutor;
 
-use crate::ids::{EnvironmentId, OrgId, ProjectId, Timestamp, UserId};
+use crate::ids::{EnvironmentId, OrgId, ProjectId, TeamId, Timestamp, UserId};
 
 #[derive(Debug, Clone, FromRow)]
 pub struct ProjectRow {
@@ -31,7 +31,7 @@ pub struct EnvironmentRow {
 #[derive(Debug, Clone, FromRow)]
 pub struct GrantRow {
     pub user_id: Option<UserId>,
-    pub team_id: Option<String>,
+    pub team_id: Option<TeamId>,
     pub subject_name: String,
     pub role: String,
     pub created_at: Timestamp,
@@ -175,6 +175,42 @@ pub async fn revoke_user<'e>(
         .execute(ex)
         .await?;
     Ok(done.rows_affected() == 1)
+}
+
+pub async fn grant_team<'e>(
+    ex: impl AnyExecutor<'e>,
+    project: ProjectId,
+    team: TeamId,
+    role: &str,
+    now: Timestamp,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO project_grants (id, project_id, team_id, role, created_at) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (project_id, team_id) DO UPDATE SET role = excluded.role",
+    )
+    .bind(uuid::Uuid::now_v7().to_string())
+    .bind(project)
+    .bind(team)
+    .bind(role)
+    .bind(now)
+    .execute(ex)
+    .await?;
+    Ok(())
+}
+
+/// Takes a team's project role away and returns it; `None` when the team held none.
+pub async fn revoke_team<'e>(
+    ex: impl AnyExecutor<'e>,
+    project: ProjectId,
+    team: TeamId,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "DELETE FROM project_grants WHERE project_id = $1 AND team_id = $2 RETURNING role",
+    )
+    .bind(project)
+    .bind(team)
+    .fetch_optional(ex)
+    .await
 }
 
 pub async fn insert_environment<'e>(

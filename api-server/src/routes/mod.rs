@@ -9,6 +9,7 @@ pub mod meta;
 pub mod orgs;
 pub mod projects;
 pub mod secrets;
+pub mod teams;
 
 use std::sync::{Arc, OnceLock};
 
@@ -31,6 +32,7 @@ use crate::state::AppState;
         (name = "api-keys", description = "Personal API keys"),
         (name = "audit", description = "Audit trail"),
         (name = "orgs", description = "Organizations, members and invitations"),
+        (name = "teams", description = "Teams of an organization's members"),
         (name = "projects", description = "Projects, environments and access"),
         (name = "secrets", description = "Secrets: values, versions, import and export"),
     )
@@ -67,6 +69,7 @@ fn api() -> OpenApiRouter<AppState> {
         .nest(
             "/api/v1/orgs",
             orgs::router()
+                .merge(teams::router())
                 .merge(projects::router())
                 .merge(secrets::router()),
         )

@@ -27,6 +27,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_project, update_project, delete_project))
         .routes(routes!(list_access))
         .routes(routes!(grant_user, revoke_user))
+        .routes(routes!(grant_team, revoke_team))
         .routes(routes!(create_environment, list_environments))
         .routes(routes!(
             get_environment,
@@ -124,7 +125,7 @@ impl From<GrantRow> for Grant {
     fn from(g: GrantRow) -> Self {
         let (subject_type, subject_id) = match (g.user_id, g.team_id) {
             (Some(u), _) => ("user", u.to_string()),
-            (None, t) => ("team", t.unwrap_or_default()),
+            (None, t) => ("team", t.map(|t| t.to_string()).unwrap_or_default()),
         };
         Self {
             subject_type,
@@ -322,6 +323,41 @@ pub async fn revoke_user(
 ) -> Result<StatusCode, ApiError> {
     let user = parse_user_id(&user)?;
     service::projects::revoke_user(&state, &meta, &principal, &org, &project, user).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Give a team a project role (or change it): its members hold the role too, and each member's
+/// strongest role, direct or through a team, applies.
+#[utoipa::path(
+    put, path = "/{org}/projects/{project}/access/teams/{team}", tag = "projects", security(("bearer" = [])),
+    params(("org" = String, Path), ("project" = String, Path), ("team" = String, Path)), request_body = GrantRequest,
+    responses((status = 204), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse))
+)]
+pub async fn grant_team(
+    State(state): State<AppState>,
+    meta: ClientMeta,
+    principal: Principal,
+    Path((org, project, team)): Path<OrgProjectEnv>,
+    Json(req): Json<GrantRequest>,
+) -> Result<StatusCode, ApiError> {
+    service::projects::grant_team(&state, &meta, &principal, &org, &project, &team, req.role)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Take a team's project role away.
+#[utoipa::path(
+    delete, path = "/{org}/projects/{project}/access/teams/{team}", tag = "projects", security(("bearer" = [])),
+    params(("org" = String, Path), ("project" = String, Path), ("team" = String, Path)),
+    responses((status = 204), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse))
+)]
+pub async fn revoke_team(
+    State(state): State<AppState>,
+    meta: ClientMeta,
+    principal: Principal,
+    Path((org, project, team)): Path<OrgProjectEnv>,
+) -> Result<StatusCode, ApiError> {
+    service::projects::revoke_team(&state, &meta, &principal, &org, &project, &team).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

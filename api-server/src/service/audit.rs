@@ -29,6 +29,11 @@ pub mod action {
     pub const INVITATION_CREATED: &str = "invitation.created";
     pub const INVITATION_REVOKED: &str = "invitation.revoked";
     pub const INVITATION_ACCEPTED: &str = "invitation.accepted";
+    pub const TEAM_CREATED: &str = "team.created";
+    pub const TEAM_UPDATED: &str = "team.updated";
+    pub const TEAM_DELETED: &str = "team.deleted";
+    pub const TEAM_MEMBER_ADDED: &str = "team.member_added";
+    pub const TEAM_MEMBER_REMOVED: &str = "team.member_removed";
     pub const PROJECT_CREATED: &str = "project.created";
     pub const PROJECT_UPDATED: &str = "project.updated";
     pub const PROJECT_DELETED: &str = "project.deleted";

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod orgs;
 pub mod projects;
 pub mod secrets;
+pub mod teams;
 pub mod tenancy;
 
 /// Where a request came from, for rate limits and audit events.

@@ -416,3 +416,58 @@ pub async fn revoke_user(
     tx.commit().await?;
     Ok(())
 }
+
+/// Gives a team of the organization a project role (or changes it); its members hold it too.
+pub async fn grant_team(
+    state: &AppState,
+    meta: &ClientMeta,
+    principal: &Principal,
+    org: &str,
+    project: &str,
+    team: &str,
+    role: ProjectRole,
+) -> ApiResult<()> {
+    let ctx = tenancy::project(state, principal, org, project, Action::ProjectAccessManage).await?;
+    let mut tx = state.db.begin().await?;
+    let team = db::teams::by_slug(&mut *tx, ctx.org.org.id, team)
+        .await?
+        .ok_or_else(|| ApiError::not_found("team"))?;
+    db::projects::grant_team(
+        &mut *tx,
+        ctx.project.id,
+        team.id,
+        role.as_str(),
+        Timestamp::now(),
+    )
+    .await?;
+    audit(meta, principal, &ctx, action::PROJECT_ACCESS_GRANTED)
+        .details(json!({ "team": team.slug, "role": role.as_str() }))
+        .record(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+pub async fn revoke_team(
+    state: &AppState,
+    meta: &ClientMeta,
+    principal: &Principal,
+    org: &str,
+    project: &str,
+    team: &str,
+) -> ApiResult<()> {
+    let ctx = tenancy::project(state, principal, org, project, Action::ProjectAccessManage).await?;
+    let mut tx = state.db.begin().await?;
+    let team = db::teams::by_slug(&mut *tx, ctx.org.org.id, team)
+        .await?
+        .ok_or_else(|| ApiError::not_found("team"))?;
+    let role = db::projects::revoke_team(&mut *tx, ctx.project.id, team.id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("grant"))?;
+    audit(meta, principal, &ctx, action::PROJECT_ACCESS_REVOKED)
+        .details(json!({ "team": team.slug, "role": role }))
+        .record(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}

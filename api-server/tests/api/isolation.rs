@@ -13,8 +13,12 @@ fn body_for(method: &Method, path: &str) -> Option<Value> {
         ("PATCH", "{org}") => json!({ "name": "Pwned" }),
         ("PATCH", "{user_id}") => json!({ "role": "owner" }),
         ("POST", "invitations") => json!({ "email": "mallory@example.com", "role": "owner" }),
+        ("POST", "teams") => json!({ "slug": "t", "name": "T" }),
+        ("PATCH", "{team}") => json!({ "name": "Pwned" }),
+        ("PUT", "{team}") => json!({ "role": "admin" }),
         ("POST", "projects") => json!({ "name": "P", "slug": "p" }),
         ("PATCH", "{project}") => json!({ "name": "Pwned" }),
+        ("PUT", "{user_id}") if path.contains("/teams/") => return Some(Value::Null),
         ("PUT", "{user_id}") => json!({ "role": "admin" }),
         ("POST", "environments") => json!({ "slug": "evil" }),
         ("PATCH", "{env}") => json!({ "name": "Pwned" }),
@@ -36,6 +40,10 @@ db_test!(async fn every_organization_route_is_404_for_a_caller_from_another_orga
     app.org(&ann, "acme").await;
     app.project(&ann, "acme", "web").await;
     let bob = app.member(&ann, "acme", "bob@example.com", "member").await;
+    let team = app.post("/api/v1/orgs/acme/teams", Some(&ann.access), json!({ "slug": "ops", "name": "Ops" })).await;
+    assert_eq!(team.status, StatusCode::CREATED);
+    let put_bob = app.call(Method::PUT, &format!("/api/v1/orgs/acme/teams/ops/members/{}", bob.user_id), Some(&ann.access), None).await;
+    assert_eq!(put_bob.status, StatusCode::NO_CONTENT);
     let invitation = app.post("/api/v1/orgs/acme/invitations", Some(&ann.access), json!({ "email": "x@example.com", "role": "viewer" })).await.json();
     let secret = app.post("/api/v1/orgs/acme/projects/web/environments/production/secrets", Some(&ann.access), json!({ "key": "K", "value": "v" })).await;
     assert_eq!(secret.status, StatusCode::CREATED);
@@ -52,6 +60,7 @@ db_test!(async fn every_organization_route_is_404_for_a_caller_from_another_orga
         let path = template
             .replace("{org}", "acme")
             .replace("{project}", "web")
+            .replace("{team}", "ops")
             .replace("{env}", "production")
             .replace("{user_id}", &bob.user_id)
             .replace("{role}", "developer")
@@ -86,6 +95,9 @@ db_test!(async fn every_organization_route_is_404_for_a_caller_from_another_orga
     assert_eq!(org["name"], "ACME");
     assert_eq!(app.get("/api/v1/orgs/acme/members", Some(&ann.access)).await.json()["items"].as_array().unwrap().len(), 2);
     assert_eq!(app.get("/api/v1/orgs/acme/projects/web/environments", Some(&ann.access)).await.json().as_array().unwrap().len(), 3);
+    let ops = app.get("/api/v1/orgs/acme/teams/ops", Some(&ann.access)).await.json();
+    assert_eq!((ops["name"].as_str(), ops["members"].as_array().map(Vec::len)), (Some("Ops"), Some(1)));
+    assert!(app.get("/api/v1/orgs/acme/projects/web/access", Some(&ann.access)).await.json().as_array().unwrap().is_empty());
     let secrets = app.get("/api/v1/orgs/acme/projects/web/environments/production/secrets", Some(&ann.access)).await.json();
     assert_eq!(secrets["revision"], 1, "no write went through: {secrets}");
     assert_eq!(secrets["secrets"][0]["value"], "v");

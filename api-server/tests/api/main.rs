@@ -16,3 +16,4 @@ mod projects;
 mod secrets;
 mod server;
 mod sessions;
+mod teams;
