@@ -103,6 +103,8 @@ id_type! {
     EnvironmentId;
     /// A secret (all versions of one key in one environment).
     SecretId;
+    /// A service token: an organization's machine identity.
+    ServiceTokenId;
 }
 
 /// A point in time, UTC, stored as milliseconds since the Unix epoch and shown as RFC 3339.

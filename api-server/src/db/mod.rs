@@ -10,6 +10,7 @@ pub mod audit;
 pub mod orgs;
 pub mod projects;
 pub mod secrets;
+pub mod service_tokens;
 pub mod sessions;
 pub mod teams;
 pub mod users;
