@@ -1,8 +1,8 @@
 //! `/api/v1/audit-events`: the caller's own audit trail.
 
-use axum::extract::State;
-use serde::Serialize;
-use utoipa::ToSchema;
+use axum::extract::{Path, State};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -12,10 +12,16 @@ use crate::db::audit::AuditRow;
 use crate::error::{ApiError, ErrorResponse};
 use crate::http::{Json, Page, PageParams, Query};
 use crate::ids::{AuditEventId, Timestamp};
+use crate::service;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list_events))
+}
+
+/// `/api/v1/orgs/{org}/audit-events`.
+pub fn org_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list_org_events))
 }
 
 /// Who acted: `user`, `api_key` or `anonymous`.
@@ -49,6 +55,31 @@ pub struct AuditEvent {
     pub user_agent: Option<String>,
     #[schema(value_type = Option<Object>)]
     pub details: Option<serde_json::Value>,
+    pub org_id: Option<String>,
+    pub project_id: Option<String>,
+    pub environment_id: Option<String>,
+}
+
+/// Filters of an organization's audit log.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct OrgAuditParams {
+    /// Items per page, 1 to 200 (default 50).
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Only events by this actor (a user or API key id).
+    pub actor: Option<String>,
+    /// Only this action, e.g. `secrets.read`.
+    pub action: Option<String>,
+    /// Only events in this project (slug).
+    pub project: Option<String>,
+    /// Only events in this environment (slug; needs `project`).
+    pub environment: Option<String>,
+    /// Only events at or after this time (RFC 3339).
+    pub since: Option<String>,
+    /// Only events before this time (RFC 3339).
+    pub until: Option<String>,
 }
 
 impl From<AuditRow> for AuditEvent {
@@ -69,6 +100,9 @@ impl From<AuditRow> for AuditEvent {
             client_ip: r.client_ip,
             user_agent: r.user_agent,
             details: r.details.and_then(|d| serde_json::from_str(&d).ok()),
+            org_id: r.org_id,
+            project_id: r.project_id,
+            environment_id: r.environment_id,
         }
     }
 }
@@ -91,6 +125,56 @@ pub async fn list_events(
         i64::from(limit) + 1,
     )
     .await?;
+    Ok(Json(Page::from_rows(
+        rows,
+        limit,
+        |e| e.id.to_string(),
+        AuditEvent::from,
+    )))
+}
+
+/// An organization's audit events, newest first (owners and admins), with filters.
+#[utoipa::path(
+    get, path = "/{org}/audit-events", tag = "audit", security(("bearer" = [])),
+    params(("org" = String, Path), OrgAuditParams),
+    responses((status = 200, body = Page<AuditEvent>), (status = 400, body = ErrorResponse), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse))
+)]
+pub async fn list_org_events(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(org): Path<String>,
+    Query(params): Query<OrgAuditParams>,
+) -> Result<Json<Page<AuditEvent>>, ApiError> {
+    let page = PageParams {
+        limit: params.limit,
+        cursor: params.cursor.clone(),
+    };
+    let limit = page.limit()?;
+    let time = |text: &Option<String>, name: &str| -> Result<Option<Timestamp>, ApiError> {
+        text.as_deref()
+            .map(|t| {
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                    .map(Timestamp::from)
+                    .map_err(|_| {
+                        ApiError::bad_request(
+                            "invalid_query",
+                            format!("{name} must be an RFC 3339 time"),
+                        )
+                    })
+            })
+            .transpose()
+    };
+    let filter = service::audit::OrgAuditQuery {
+        actor: params.actor,
+        action: params.action,
+        project: params.project,
+        environment: params.environment,
+        since: time(&params.since, "since")?,
+        until: time(&params.until, "until")?,
+    };
+    let rows =
+        service::audit::list_for_org(&state, &principal, &org, &filter, page.cursor()?, limit)
+            .await?;
     Ok(Json(Page::from_rows(
         rows,
         limit,

@@ -146,3 +146,62 @@ impl AuditEvent {
         db::audit::insert(ex, &self.row).await
     }
 }
+
+/// Filters of an organization's audit log, as the caller names things (slugs).
+#[derive(Debug, Clone, Default)]
+pub struct OrgAuditQuery {
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub project: Option<String>,
+    pub environment: Option<String>,
+    pub since: Option<Timestamp>,
+    pub until: Option<Timestamp>,
+}
+
+/// An organization's events, newest first; owners and admins only.
+pub async fn list_for_org(
+    state: &crate::state::AppState,
+    principal: &Principal,
+    org: &str,
+    query: &OrgAuditQuery,
+    before: Option<AuditEventId>,
+    limit: u32,
+) -> crate::error::ApiResult<Vec<AuditRow>> {
+    use crate::authz::Action;
+    use crate::service::tenancy;
+    let ctx = tenancy::org(state, principal, org, Action::OrgAuditRead).await?;
+    let mut filter = db::audit::OrgAuditFilter {
+        actor_id: query.actor.clone(),
+        action: query.action.clone(),
+        since: query.since,
+        until: query.until,
+        ..Default::default()
+    };
+    if let Some(project) = &query.project {
+        // Events of a deleted project stay filterable by nothing but time: an unknown slug
+        // matches no event rather than all of them.
+        let found = db::projects::by_slug(state.db.pool(), ctx.org.id, project).await?;
+        filter.project_id = Some(
+            found
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), |p| p.id.to_string()),
+        );
+        if let (Some(env), Some(p)) = (&query.environment, &found) {
+            let env = db::projects::environment(state.db.pool(), p.id, env).await?;
+            filter.environment_id = Some(env.map_or_else(|| "-".to_owned(), |e| e.id.to_string()));
+        }
+    } else if query.environment.is_some() {
+        return Err(crate::error::ApiError::bad_request(
+            "invalid_query",
+            "environment needs project",
+        ));
+    }
+    Ok(db::audit::list_for_org(
+        state.db.pool(),
+        &ctx.org.id.to_string(),
+        &filter,
+        before,
+        i64::from(limit) + 1,
+    )
+    .await?)
+}
