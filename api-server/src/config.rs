@@ -58,6 +58,9 @@ pub enum Command {
     Serve,
     /// Apply the database migrations and exit.
     Migrate,
+    /// Re-wrap every data key with `COFFER_MASTER_KEY`; afterwards the keys listed in
+    /// `COFFER_PREVIOUS_MASTER_KEYS` can be removed from the configuration.
+    RotateMasterKey,
 }
 
 /// Every setting of coffer-server. Each flag reads the environment variable of the same name.
@@ -102,6 +105,16 @@ pub struct Config {
         hide_env_values = true
     )]
     pub master_key: Option<SecretString>,
+
+    /// Earlier key-encryption keys (comma-separated base64), kept only while
+    /// `coffer-server rotate-master-key` moves the data keys to `COFFER_MASTER_KEY`.
+    #[arg(
+        long = "previous-master-keys",
+        env = "COFFER_PREVIOUS_MASTER_KEYS",
+        value_name = "COFFER_PREVIOUS_MASTER_KEYS",
+        hide_env_values = true
+    )]
+    pub previous_master_keys: Option<SecretString>,
 
     /// Secret that signs access tokens (at least 32 bytes). Generated into the data directory in development.
     #[arg(

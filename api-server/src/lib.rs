@@ -123,7 +123,20 @@ pub async fn start(config: Config) -> Result<AppState, StartError> {
     )
     .await?;
     db.migrate().await?;
-    Ok(AppState::new(config, db, keys)?)
+    let state = AppState::new(config, db, keys)?;
+    let missing = service::keys::missing_master_keys(&state).await?;
+    if !missing.is_empty() {
+        return Err(ConfigError::new(
+            "COFFER_MASTER_KEY",
+            format!(
+                "stored data keys are wrapped by master key id(s) {} that are not configured; \
+                 add the key(s) to COFFER_PREVIOUS_MASTER_KEYS",
+                missing.join(", ")
+            ),
+        )
+        .into());
+    }
+    Ok(state)
 }
 
 fn create_data_dir(config: &Config) -> Result<(), ConfigError> {

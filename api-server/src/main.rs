@@ -21,6 +21,24 @@ async fn main() -> ExitCode {
             tracing::info!("database migrations are applied");
             Ok(())
         }
+        Command::RotateMasterKey => match coffer_server::service::keys::rewrap_all(&state).await {
+            Ok(n) => {
+                tracing::info!(
+                    data_keys = n,
+                    active = state.keyring.active_id(),
+                    "every data key is wrapped by the active master key; COFFER_PREVIOUS_MASTER_KEYS can be removed"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                let cause = match &e {
+                    coffer_server::error::ApiError::Internal(cause) => format!("{cause:#}"),
+                    other => other.to_string(),
+                };
+                eprintln!("coffer-server: rotation failed, nothing was changed: {cause}");
+                return ExitCode::FAILURE;
+            }
+        },
         Command::Serve => coffer_server::serve(state).await,
     };
     match result {

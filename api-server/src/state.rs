@@ -59,7 +59,13 @@ impl AppState {
             .max_capacity(100_000)
             .time_to_live(Duration::from_millis(config.session_cache_ttl_ms))
             .build();
-        let keyring = Keyring::new(MasterKey::from_bytes(*keys.master.bytes()), Vec::new());
+        let keyring = Keyring::new(
+            MasterKey::from_bytes(*keys.master.bytes()),
+            keys.previous
+                .iter()
+                .map(|k| MasterKey::from_bytes(*k.bytes()))
+                .collect(),
+        );
         let deks = DekCache::new(Duration::from_secs(300), 10_000);
         Ok(Self(Arc::new(Inner {
             config,

@@ -72,6 +72,8 @@ impl MasterKey {
 #[derive(Debug)]
 pub struct Keys {
     pub master: MasterKey,
+    /// Earlier master keys, for unwrapping data keys not yet re-wrapped.
+    pub previous: Vec<MasterKey>,
     pub jwt_secret: SecretString,
 }
 
@@ -120,7 +122,29 @@ impl Keys {
                 format!("must be at least {MIN_JWT_SECRET_BYTES} bytes long"),
             ));
         }
-        Ok(Self { master, jwt_secret })
+        let previous = match &config.previous_master_keys {
+            None => Vec::new(),
+            Some(list) => list
+                .expose_secret()
+                .split(',')
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .enumerate()
+                .map(|(i, k)| {
+                    MasterKey::parse(k).map_err(|m| {
+                        ConfigError::new(
+                            "COFFER_PREVIOUS_MASTER_KEYS",
+                            format!("key {}: {m}", i + 1),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        Ok(Self {
+            master,
+            previous,
+            jwt_secret,
+        })
     }
 }
 

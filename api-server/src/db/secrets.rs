@@ -287,3 +287,113 @@ pub async fn validators<'e>(
     .fetch_one(ex)
     .await
 }
+
+/// A wrapped DEK with what binds it: its organization and project.
+#[derive(Debug, Clone, FromRow)]
+pub struct WrappedDekRow {
+    pub id: String,
+    pub org_id: OrgId,
+    pub project_id: ProjectId,
+    pub kek_id: String,
+    pub wrapped: Vec<u8>,
+}
+
+/// The DEKs not wrapped by `kek_id`.
+pub async fn deks_not_wrapped_by<'e>(
+    ex: impl AnyExecutor<'e>,
+    kek_id: &str,
+) -> Result<Vec<WrappedDekRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT d.id, p.org_id, d.project_id, d.kek_id, d.wrapped FROM deks d \
+         JOIN projects p ON p.id = d.project_id WHERE d.kek_id <> $1 ORDER BY d.id",
+    )
+    .bind(kek_id)
+    .fetch_all(ex)
+    .await
+}
+
+pub async fn set_wrapped<'e>(
+    ex: impl AnyExecutor<'e>,
+    id: &str,
+    kek_id: &str,
+    wrapped: &[u8],
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE deks SET kek_id = $1, wrapped = $2 WHERE id = $3")
+        .bind(kek_id)
+        .bind(wrapped)
+        .bind(id)
+        .execute(ex)
+        .await?;
+    Ok(())
+}
+
+/// Every key-encryption key id that wraps some DEK.
+pub async fn kek_ids_in_use<'e>(ex: impl AnyExecutor<'e>) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT DISTINCT kek_id FROM deks ORDER BY kek_id")
+        .fetch_all(ex)
+        .await
+}
+
+/// One stored version with where it lives, for re-encryption.
+#[derive(Debug, Clone, FromRow)]
+pub struct StoredVersionRow {
+    pub secret_id: SecretId,
+    pub version: i64,
+    pub dek_id: String,
+    pub value_ct: Vec<u8>,
+    pub comment_ct: Option<Vec<u8>>,
+    pub key: String,
+    pub environment_id: EnvironmentId,
+}
+
+/// Every version of every secret of a project.
+pub async fn project_versions<'e>(
+    ex: impl AnyExecutor<'e>,
+    project: ProjectId,
+) -> Result<Vec<StoredVersionRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT v.secret_id, v.version, v.dek_id, v.value_ct, v.comment_ct, s.key, s.environment_id \
+         FROM secret_versions v JOIN secrets s ON s.id = v.secret_id \
+         JOIN environments e ON e.id = s.environment_id WHERE e.project_id = $1",
+    )
+    .bind(project)
+    .fetch_all(ex)
+    .await
+}
+
+pub async fn reseal_version<'e>(
+    ex: impl AnyExecutor<'e>,
+    secret: SecretId,
+    version: i64,
+    dek_id: &str,
+    value_ct: &[u8],
+    comment_ct: Option<&[u8]>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE secret_versions SET dek_id = $1, value_ct = $2, comment_ct = $3 WHERE secret_id = $4 AND version = $5")
+        .bind(dek_id)
+        .bind(value_ct)
+        .bind(comment_ct)
+        .bind(secret)
+        .bind(version)
+        .execute(ex)
+        .await?;
+    Ok(())
+}
+
+/// Retires every DEK of the project but `keep`; they wrap nothing any more.
+pub async fn retire_deks_except<'e>(
+    ex: impl AnyExecutor<'e>,
+    project: ProjectId,
+    keep: &str,
+    now: Timestamp,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE deks SET retired_at = $1 WHERE project_id = $2 AND id <> $3 AND retired_at IS NULL",
+    )
+    .bind(now)
+    .bind(project)
+    .bind(keep)
+    .execute(ex)
+    .await?;
+    Ok(())
+}

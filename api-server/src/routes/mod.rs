@@ -71,7 +71,8 @@ fn api() -> OpenApiRouter<AppState> {
             orgs::router()
                 .merge(teams::router())
                 .merge(projects::router())
-                .merge(secrets::router()),
+                .merge(secrets::router())
+                .merge(audit::org_router()),
         )
         .nest("/api/v1/invitations", orgs::invitations_router())
 }

@@ -31,6 +31,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_versions))
         .routes(routes!(read_version))
         .routes(routes!(rollback_secret))
+        .routes(routes!(rotate_project_key))
 }
 
 type EnvSegments = (String, String, String);
@@ -505,4 +506,33 @@ pub async fn rollback_secret(
             .await?
             .into(),
     ))
+}
+
+/// What a data-key rotation did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyRotation {
+    /// The project's new data-key version.
+    pub dek_version: i64,
+    /// How many secret versions were re-encrypted.
+    pub reencrypted_versions: usize,
+}
+
+/// Give the project a new data key and re-encrypt every secret version with it (project admins).
+#[utoipa::path(
+    post, path = "/{org}/projects/{project}/rotate-key", tag = "secrets", security(("bearer" = [])),
+    params(("org" = String, Path), ("project" = String, Path)),
+    responses((status = 200, body = KeyRotation), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse))
+)]
+pub async fn rotate_project_key(
+    State(state): State<AppState>,
+    meta: ClientMeta,
+    principal: Principal,
+    Path((org, project)): Path<(String, String)>,
+) -> Result<Json<KeyRotation>, ApiError> {
+    let done =
+        service::secrets::rotate_project_dek(&state, &meta, &principal, &org, &project).await?;
+    Ok(Json(KeyRotation {
+        dek_version: done.dek_version,
+        reencrypted_versions: done.reencrypted_versions,
+    }))
 }

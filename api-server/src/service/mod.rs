@@ -4,6 +4,7 @@
 pub mod api_keys;
 pub mod audit;
 pub mod auth;
+pub mod keys;
 pub mod orgs;
 pub mod projects;
 pub mod secrets;

@@ -37,6 +37,7 @@ pub mod action {
     pub const BULK_UPSERTED: &str = "secrets.bulk_upserted";
     pub const IMPORTED: &str = "secrets.imported";
     pub const EXPORTED: &str = "secrets.exported";
+    pub const KEY_ROTATED: &str = "project.key_rotated";
 }
 
 /// A secret as its reader sees it.
@@ -830,6 +831,92 @@ pub async fn export(
         .record(state.db.pool())
         .await?;
     Ok(file)
+}
+
+/// What a data-key rotation did.
+#[derive(Debug, Clone, Copy)]
+pub struct DekRotation {
+    pub dek_version: i64,
+    pub reencrypted_versions: usize,
+}
+
+/// Gives the project a new DEK and re-encrypts every version of every secret with it, in one
+/// transaction; the old DEKs are retired.
+pub async fn rotate_project_dek(
+    state: &AppState,
+    meta: &ClientMeta,
+    principal: &Principal,
+    org: &str,
+    project: &str,
+) -> ApiResult<DekRotation> {
+    let ctx = tenancy::project(state, principal, org, project, Action::ProjectUpdate).await?;
+    let (org_id, project_id) = (ctx.org.org.id, ctx.project.id);
+    let now = Timestamp::now();
+    let mut tx = state.db.begin().await?;
+    let version = db::secrets::active_dek(&mut *tx, project_id)
+        .await?
+        .map_or(1, |d| d.version + 1);
+    let new_row = create_dek(state, &mut tx, org_id, project_id, version).await?;
+    let new_dek = unwrap_dek(state, org_id, &new_row)?;
+    let stored = db::secrets::project_versions(&mut *tx, project_id).await?;
+    let mut old: HashMap<String, Arc<Dek>> = HashMap::new();
+    let mut seals = 0i64;
+    for v in &stored {
+        if !old.contains_key(&v.dek_id) {
+            let row = db::secrets::dek(&mut *tx, project_id, &v.dek_id)
+                .await?
+                .ok_or_else(|| crypto_failure("missing DEK"))?;
+            old.insert(v.dek_id.clone(), unwrap_dek(state, org_id, &row)?);
+        }
+        let dek = &old[&v.dek_id];
+        let aad = |field| ValueAad {
+            org_id: org_id.to_string(),
+            project_id: project_id.to_string(),
+            environment_id: v.environment_id.to_string(),
+            key: v.key.clone(),
+            version: v.version,
+            field,
+        };
+        let value = dek
+            .open(&v.value_ct, &aad(Field::Value))
+            .map_err(crypto_failure)?;
+        let value_ct = new_dek.seal(&value, &aad(Field::Value));
+        let comment_ct = match &v.comment_ct {
+            Some(ct) => Some(new_dek.seal(
+                &dek.open(ct, &aad(Field::Comment)).map_err(crypto_failure)?,
+                &aad(Field::Comment),
+            )),
+            None => None,
+        };
+        seals += 1 + i64::from(comment_ct.is_some());
+        db::secrets::reseal_version(
+            &mut *tx,
+            v.secret_id,
+            v.version,
+            &new_row.id,
+            &value_ct,
+            comment_ct.as_deref(),
+        )
+        .await?;
+    }
+    db::secrets::count_encryptions(&mut *tx, &new_row.id, seals).await?;
+    db::secrets::retire_deks_except(&mut *tx, project_id, &new_row.id, now).await?;
+    AuditEvent::new(action::KEY_ROTATED, Outcome::Success, meta)
+        .by(principal)
+        .org(org_id)
+        .project(project_id)
+        .target("project", project_id)
+        .details(json!({ "dek_version": version, "reencrypted_versions": stored.len() }))
+        .record(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    for id in old.keys() {
+        state.deks.invalidate(id);
+    }
+    Ok(DekRotation {
+        dek_version: version,
+        reencrypted_versions: stored.len(),
+    })
 }
 
 #[cfg(test)]

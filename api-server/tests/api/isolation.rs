@@ -29,6 +29,7 @@ fn body_for(method: &Method, path: &str) -> Option<Value> {
         ("PUT", "{key}") => json!({ "value": "x" }),
         ("POST", "restore") => json!({}),
         ("POST", "rollback") => json!({ "version": 1 }),
+        ("POST", "rotate-key") => json!({}),
         (_, _) if matches!(*method, Method::GET | Method::DELETE) => return Some(Value::Null),
         (m, p) => panic!("no test body for {m} …/{p}: add one"),
     };

@@ -311,3 +311,87 @@ db_test!(async fn no_secret_value_is_stored_in_plaintext(app) {
         }
     }
 });
+
+/// Collects everything logged, at every level, while it is the thread's subscriber.
+#[derive(Clone, Default)]
+struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn no_secret_value_reaches_the_logs() {
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let marker = "log-marker-3b9d1f";
+    let app = TestApp::sqlite(|_| {}).await;
+    let ann = setup(&app).await;
+    let base = format!("{ENV}/development/secrets");
+    app.post(
+        &base,
+        Some(&ann.access),
+        json!({ "key": "M", "value": marker, "comment": marker }),
+    )
+    .await;
+    app.put(
+        &format!("{base}/M"),
+        Some(&ann.access),
+        json!({ "value": format!("{marker}-2") }),
+    )
+    .await;
+    app.get(&base, Some(&ann.access)).await;
+    app.get(&format!("{base}/export?format=json"), Some(&ann.access))
+        .await;
+    app.put(
+        &base,
+        Some(&ann.access),
+        json!({ "secrets": [{ "key": "BAD KEY", "value": marker }] }),
+    )
+    .await;
+    app.post(
+        &base,
+        Some(&ann.access),
+        json!({ "key": "N", "value": 12, "comment": marker }),
+    )
+    .await;
+    app.put(
+        &base,
+        Some(&ann.access),
+        json!({ "secrets": [{ "key": "R", "value": format!("${{MISSING}}{marker}") }] }),
+    )
+    .await;
+    app.get(&base, Some(&ann.access)).await;
+    // A failure that is logged with its cause.
+    sqlx::query("UPDATE secret_versions SET value_ct = comment_ct WHERE comment_ct IS NOT NULL")
+        .execute(app.state.db.pool())
+        .await
+        .unwrap();
+    app.state.deks.clear();
+    app.get(&format!("{base}/M/versions/1"), Some(&ann.access))
+        .await
+        .assert_error(StatusCode::INTERNAL_SERVER_ERROR, "internal_error");
+
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        text.contains("internal error"),
+        "the logs were captured: {text}"
+    );
+    assert!(!text.contains(marker), "a secret value reached the logs");
+    assert!(
+        !text.contains(&ann.access) && !text.contains(&ann.refresh),
+        "a token reached the logs"
+    );
+}

@@ -1,0 +1,115 @@
+//! Rotating the master key (KEK) over a real database.
+
+use std::net::SocketAddr;
+
+use axum::body::Body;
+use axum::extract::connect_info::MockConnectInfo;
+use axum::http::{Request, StatusCode};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use http_body_util::BodyExt as _;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use tower::ServiceExt as _;
+
+use crate::helpers::db_test;
+
+async fn read(router: &axum::Router, token: &str, url: &str) -> Value {
+    let req = Request::get(url)
+        .header("authorization", format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap();
+    let res = router.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap()
+}
+
+db_test!(async fn rotating_the_master_key_rewraps_every_data_key_and_loses_nothing(app) {
+    let ann = app.register("ann@example.com").await;
+    let (_, token) = app.api_key(&ann, json!({ "name": "reader" })).await;
+    app.org(&ann, "acme").await;
+    let mut expected = Vec::new();
+    for project in ["web", "api"] {
+        app.project(&ann, "acme", project).await;
+        for env in ["development", "production"] {
+            let url = format!("/api/v1/orgs/acme/projects/{project}/environments/{env}/secrets");
+            let body = json!({ "secrets": [{ "key": "A", "value": format!("{project}-{env}-a") }, { "key": "B", "value": format!("{project}-{env}-b"), "comment": "c" }] });
+            assert_eq!(app.put(&url, Some(&ann.access), body).await.status, StatusCode::OK);
+            expected.push((url.clone(), app.get(&url, Some(&ann.access)).await.json()["secrets"].clone()));
+        }
+    }
+    let old_key = STANDARD.encode(app.state.keys.master.bytes());
+    let new_key = STANDARD.encode([42u8; 32]);
+    let start = |master: &str, previous: Option<&str>| {
+        let mut config = app.state.config.clone();
+        config.master_key = Some(SecretString::from(master.to_owned()));
+        config.previous_master_keys = previous.map(|p| SecretString::from(p.to_owned()));
+        coffer_server::start(config)
+    };
+
+    // With only the new key, the stored data keys cannot be opened: start-up refuses, naming the fix.
+    let err = start(&new_key, None).await.unwrap_err().to_string();
+    assert!(err.contains("COFFER_PREVIOUS_MASTER_KEYS"), "{err}");
+
+    let rotating = start(&new_key, Some(&old_key)).await.unwrap();
+    assert_eq!(coffer_server::service::keys::rewrap_all(&rotating).await.unwrap(), 2, "one data key per project");
+    assert_eq!(coffer_server::service::keys::rewrap_all(&rotating).await.unwrap(), 0, "rotation is idempotent");
+    rotating.db.close().await;
+
+    // The old key can go: every secret reads back as before.
+    let rotated = start(&new_key, None).await.unwrap();
+    let router = coffer_server::app(rotated).layer(MockConnectInfo(SocketAddr::from(([127, 0, 0, 1], 1))));
+    for (url, secrets) in &expected {
+        assert_eq!(&read(&router, &token, url).await["secrets"], secrets, "{url}");
+    }
+    // And the old key alone no longer opens anything.
+    let err = start(&old_key, None).await.unwrap_err().to_string();
+    assert!(err.contains("not configured"), "{err}");
+});
+
+db_test!(async fn an_invalid_previous_master_key_is_refused_by_name(app) {
+    let mut config = app.state.config.clone();
+    config.previous_master_keys = Some(SecretString::from("not base64!".to_owned()));
+    let err = coffer_server::start(config).await.unwrap_err().to_string();
+    assert!(err.contains("COFFER_PREVIOUS_MASTER_KEYS") && !err.contains("not base64!"), "{err}");
+});
+
+db_test!(async fn rotating_a_project_data_key_reencrypts_every_version_and_loses_nothing(app) {
+    let ann = app.register("ann@example.com").await;
+    app.org(&ann, "acme").await;
+    app.project(&ann, "acme", "web").await;
+    app.project(&ann, "acme", "other").await;
+    let base = "/api/v1/orgs/acme/projects/web/environments";
+    app.post(&format!("{base}/development/secrets"), Some(&ann.access), json!({ "key": "A", "value": "a1", "comment": "first" })).await;
+    app.put(&format!("{base}/development/secrets/A"), Some(&ann.access), json!({ "value": "a2" })).await;
+    app.post(&format!("{base}/production/secrets"), Some(&ann.access), json!({ "key": "B", "value": "b1" })).await;
+    app.post("/api/v1/orgs/acme/projects/other/environments/production/secrets", Some(&ann.access), json!({ "key": "C", "value": "c1" })).await;
+    let ciphertexts = || async {
+        let rows: Vec<Vec<u8>> = sqlx::query_scalar("SELECT value_ct FROM secret_versions ORDER BY secret_id, version").fetch_all(app.state.db.pool()).await.unwrap();
+        rows
+    };
+    let before = ciphertexts().await;
+
+    let r = app.post("/api/v1/orgs/acme/projects/web/rotate-key", Some(&ann.access), json!({})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json(), json!({ "dek_version": 2, "reencrypted_versions": 3 }));
+    app.state.deks.clear();
+
+    let after = ciphertexts().await;
+    assert_eq!(before.iter().zip(&after).filter(|(a, b)| a != b).count(), 3, "the other project's values are untouched");
+    let live: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM deks WHERE retired_at IS NULL").fetch_one(app.state.db.pool()).await.unwrap();
+    assert_eq!(live, 2, "one live data key per project");
+    let a = app.get(&format!("{base}/development/secrets/A"), Some(&ann.access)).await.json();
+    assert_eq!((a["value"].as_str(), a["comment"].as_str(), a["version"].as_i64()), (Some("a2"), Some("first"), Some(2)));
+    assert_eq!(app.get(&format!("{base}/development/secrets/A/versions/1"), Some(&ann.access)).await.json()["value"], "a1");
+    assert_eq!(app.get(&format!("{base}/production/secrets/B"), Some(&ann.access)).await.json()["value"], "b1");
+    assert_eq!(app.get("/api/v1/orgs/acme/projects/other/environments/production/secrets/C", Some(&ann.access)).await.json()["value"], "c1");
+    // New writes use the new key.
+    app.put(&format!("{base}/development/secrets/A"), Some(&ann.access), json!({ "value": "a3" })).await;
+    assert_eq!(app.get(&format!("{base}/development/secrets"), Some(&ann.access)).await.json()["secrets"][0]["value"], "a3");
+
+    let viewer = app.member(&ann, "acme", "vic@example.com", "viewer").await;
+    app.post("/api/v1/orgs/acme/projects/web/rotate-key", Some(&viewer.access), json!({})).await.assert_error(StatusCode::NOT_FOUND, "not_found");
+    let audit = app.get("/api/v1/orgs/acme/audit-events?action=project.key_rotated", Some(&ann.access)).await.json();
+    assert_eq!(audit["items"].as_array().unwrap().len(), 1);
+});
