@@ -1,4 +1,5 @@
-//! Who is calling: a user through a login session (JWT) or through a personal API key.
+//! Who is calling: a user through a login session (JWT) or a personal API key ([`Principal`]),
+//! or an organization's machine identity, a service token ([`Caller::ServiceToken`]).
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -7,7 +8,9 @@ use axum::http::{Method, header};
 use crate::auth::tokens::{self, API_KEY_PREFIX};
 use crate::db;
 use crate::error::ApiError;
-use crate::ids::{ApiKeyId, SessionId, Timestamp, UserId};
+use crate::ids::{
+    ApiKeyId, EnvironmentId, OrgId, ProjectId, ServiceTokenId, SessionId, Timestamp, UserId,
+};
 use crate::state::AppState;
 
 /// How the caller authenticated.
@@ -75,7 +78,90 @@ fn invalid_token() -> ApiError {
     ApiError::unauthorized("invalid_token", "the token is invalid, expired or revoked")
 }
 
+/// A service token: an organization's machine identity, limited to one project and some of its
+/// environments, read-only or read-write.
+#[derive(Debug, Clone)]
+pub struct ServiceTokenPrincipal {
+    pub id: ServiceTokenId,
+    pub org_id: OrgId,
+    pub project_id: ProjectId,
+    pub environment_ids: Vec<EnvironmentId>,
+    pub read_write: bool,
+}
+
+/// Any authenticated caller. Routes that machine identities may use take this; the others take
+/// [`Principal`], which refuses service tokens.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    User(Principal),
+    ServiceToken(ServiceTokenPrincipal),
+}
+
+/// What the policy and the audit log need to know of a caller.
+pub trait Subject {
+    /// The user acting, if a user is.
+    fn user(&self) -> Option<UserId>;
+    /// The service token acting, if one is.
+    fn token(&self) -> Option<&ServiceTokenPrincipal>;
+    /// `("user" | "api_key" | "service_token", id)` for audit events.
+    fn actor(&self) -> (&'static str, String);
+}
+
+impl Subject for Principal {
+    fn user(&self) -> Option<UserId> {
+        Some(self.user_id)
+    }
+    fn token(&self) -> Option<&ServiceTokenPrincipal> {
+        None
+    }
+    fn actor(&self) -> (&'static str, String) {
+        Principal::actor(self)
+    }
+}
+
+impl Subject for Caller {
+    fn user(&self) -> Option<UserId> {
+        match self {
+            Self::User(p) => Some(p.user_id),
+            Self::ServiceToken(_) => None,
+        }
+    }
+    fn token(&self) -> Option<&ServiceTokenPrincipal> {
+        match self {
+            Self::User(_) => None,
+            Self::ServiceToken(t) => Some(t),
+        }
+    }
+    fn actor(&self) -> (&'static str, String) {
+        match self {
+            Self::User(p) => p.actor(),
+            Self::ServiceToken(t) => ("service_token", t.id.to_string()),
+        }
+    }
+}
+
+fn is_safe(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
 impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        match Caller::from_request_parts(parts, state).await? {
+            Caller::User(p) => Ok(p),
+            Caller::ServiceToken(_) => Err(ApiError::forbidden(
+                "user_required",
+                "this endpoint is for users; service tokens read and write secrets only",
+            )),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(
@@ -85,11 +171,30 @@ impl FromRequestParts<AppState> for Principal {
         let token = bearer(parts)?;
         let now = Timestamp::now();
         let principal = if token.starts_with(API_KEY_PREFIX) {
-            let key = db::api_keys::by_token_hash(state.db.pool(), &tokens::hash(token), now)
-                .await?
-                .ok_or_else(invalid_token)?;
+            let hash = tokens::hash(token);
+            let Some(key) = db::api_keys::by_token_hash(state.db.pool(), &hash, now).await? else {
+                let found = db::service_tokens::by_token_hash(state.db.pool(), &hash, now)
+                    .await?
+                    .ok_or_else(invalid_token)?;
+                db::service_tokens::touch(state.db.pool(), found.id, now).await?;
+                if !found.read_write() && !is_safe(&parts.method) {
+                    return Err(ApiError::forbidden(
+                        "read_only_token",
+                        "this service token is read-only",
+                    ));
+                }
+                let environment_ids =
+                    db::service_tokens::environments(state.db.pool(), found.id).await?;
+                return Ok(Self::ServiceToken(ServiceTokenPrincipal {
+                    id: found.id,
+                    org_id: found.org_id,
+                    project_id: found.project_id,
+                    environment_ids,
+                    read_write: found.read_write(),
+                }));
+            };
             db::api_keys::touch(state.db.pool(), key.id, now).await?;
-            Self {
+            Principal {
                 user_id: key.user_id,
                 credential: Credential::ApiKey {
                     id: key.id,
@@ -116,7 +221,7 @@ impl FromRequestParts<AppState> for Principal {
                     "the session has ended; log in again",
                 ));
             }
-            Self {
+            Principal {
                 user_id: claims.sub,
                 credential: Credential::Session(session.id),
             }
@@ -125,13 +230,13 @@ impl FromRequestParts<AppState> for Principal {
             read_only: true, ..
         } = principal.credential
         {
-            if !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) {
+            if !is_safe(&parts.method) {
                 return Err(ApiError::forbidden(
                     "read_only_key",
                     "this API key is read-only",
                 ));
             }
         }
-        Ok(principal)
+        Ok(Self::User(principal))
     }
 }

@@ -9,6 +9,7 @@ pub mod meta;
 pub mod orgs;
 pub mod projects;
 pub mod secrets;
+pub mod service_tokens;
 pub mod teams;
 
 use std::sync::{Arc, OnceLock};
@@ -35,6 +36,7 @@ use crate::state::AppState;
         (name = "teams", description = "Teams of an organization's members"),
         (name = "projects", description = "Projects, environments and access"),
         (name = "secrets", description = "Secrets: values, versions, import and export"),
+        (name = "service-tokens", description = "Machine identities scoped to a project's environments"),
     )
 )]
 struct ApiDoc;
@@ -72,7 +74,8 @@ fn api() -> OpenApiRouter<AppState> {
                 .merge(teams::router())
                 .merge(projects::router())
                 .merge(secrets::router())
-                .merge(audit::org_router()),
+                .merge(audit::org_router())
+                .merge(service_tokens::router()),
         )
         .nest("/api/v1/invitations", orgs::invitations_router())
 }

@@ -7,7 +7,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::Principal;
+use crate::auth::{Caller, Principal};
 use crate::authz::OrgRole;
 use crate::db::orgs::{InvitationRow, MemberRow};
 use crate::error::{ApiError, ErrorResponse};
@@ -190,7 +190,7 @@ pub async fn list_orgs(
 )]
 pub async fn get_org(
     State(state): State<AppState>,
-    principal: Principal,
+    principal: Caller,
     Path(org): Path<String>,
 ) -> Result<Json<Org>, ApiError> {
     let ctx =

@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::Principal;
+use crate::auth::{Caller, Principal};
 use crate::authz::{EnvAccess, ProjectRole};
 use crate::db::projects::{EnvironmentRow, GrantRow, ProjectRow};
 use crate::error::{ApiError, ErrorResponse};
@@ -234,7 +234,7 @@ pub async fn list_projects(
 )]
 pub async fn get_project(
     State(state): State<AppState>,
-    principal: Principal,
+    principal: Caller,
     Path((org, project)): Path<OrgProject>,
 ) -> Result<Json<Project>, ApiError> {
     let (ctx, envs) = service::projects::get(&state, &principal, &org, &project).await?;
@@ -395,7 +395,7 @@ pub async fn create_environment(
 )]
 pub async fn list_environments(
     State(state): State<AppState>,
-    principal: Principal,
+    principal: Caller,
     Path((org, project)): Path<OrgProject>,
 ) -> Result<Json<Vec<Environment>>, ApiError> {
     let (_, envs) = service::projects::get(&state, &principal, &org, &project).await?;
@@ -410,7 +410,7 @@ pub async fn list_environments(
 )]
 pub async fn get_environment(
     State(state): State<AppState>,
-    principal: Principal,
+    principal: Caller,
     Path((org, project, env)): Path<OrgProjectEnv>,
 ) -> Result<Json<EnvironmentDetail>, ApiError> {
     let (ctx, policies) = service::projects::get_environment(

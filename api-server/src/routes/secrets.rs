@@ -9,7 +9,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::Principal;
+use crate::auth::{Caller, Principal};
 use crate::db::secrets::VersionRow;
 use crate::error::{ApiError, ErrorResponse};
 use crate::http::{Json, Query, Revealed};
@@ -203,7 +203,7 @@ fn secret_path(p: &KeySegments) -> Result<(EnvPath<'_>, &str), ApiError> {
 pub async fn create_secret(
     State(state): State<AppState>,
     meta: ClientMeta,
-    principal: Principal,
+    principal: Caller,
     Path(p): Path<EnvSegments>,
     Json(req): Json<CreateSecretRequest>,
 ) -> Result<(StatusCode, Json<Secret>), ApiError> {
@@ -226,7 +226,7 @@ pub async fn create_secret(
 pub async fn read_all(
     State(state): State<AppState>,
     meta: ClientMeta,
-    principal: Principal,
+    principal: Caller,
     Path(p): Path<EnvSegments>,
     Query(params): Query<ResolveParams>,
     headers: HeaderMap,
@@ -273,7 +273,7 @@ pub async fn read_all(
 pub async fn bulk_upsert(
     State(state): State<AppState>,
     meta: ClientMeta,
-    principal: Principal,
+    principal: Caller,
     Path(p): Path<EnvSegments>,
     Json(req): Json<BulkUpsertRequest>,
 ) -> Result<Json<WriteReport>, ApiError> {
@@ -302,7 +302,7 @@ pub async fn bulk_upsert(
 pub async fn export(
     State(state): State<AppState>,
     meta: ClientMeta,
-    principal: Principal,
+    principal: Caller,
     Path(p): Path<EnvSegments>,
     Query(params): Query<FormatParams>,
 ) -> Result<Response, ApiError> {
@@ -344,7 +344,7 @@ pub async fn export(
 pub async fn import(
     State(state): State<AppState>,
     meta: ClientMeta,
-    principal: Principal,
+    principal: Caller,
     Path(p): Path<EnvSegments>,
     Query(params): Query<FormatParams>,
     body: String,
@@ -366,7 +366,7 @@ pub async fn import(
 pub async fn read_secret(
     State(state): State<AppState>,
     meta: ClientMeta,
-    principal: Principal,
+    principal: Caller,
     Path(p): Path<KeySegments>,
     Query(params): Query<ResolveParams>,
 ) -> Result<Json<Secret>, ApiError> {
@@ -393,7 +393,7 @@ pub async fn read_secret(
 pub async fn put_secret(
     State(state): State<AppState>,
     meta: ClientMeta,
-    principal: Principal,
+    principal: Caller,
     Path(p): Path<KeySegments>,
     Json(req): Json<PutSecretRequest>,
 ) -> Result<Json<Secret>, ApiError> {
@@ -419,7 +419,7 @@ pub async fn put_secret(
 pub async fn delete_secret(
     State(state): State<AppState>,
     meta: ClientMeta,
-    principal: Principal,
+    principal: Caller,
     Path(p): Path<KeySegments>,
 ) -> Result<StatusCode, ApiError> {
     let (env, key) = secret_path(&p)?;
@@ -436,7 +436,7 @@ pub async fn delete_secret(
 pub async fn restore_secret(
     State(state): State<AppState>,
     meta: ClientMeta,
-    principal: Principal,
+    principal: Caller,
     Path(p): Path<KeySegments>,
 ) -> Result<Json<Secret>, ApiError> {
     let (env, key) = secret_path(&p)?;
@@ -455,7 +455,7 @@ pub async fn restore_secret(
 )]
 pub async fn list_versions(
     State(state): State<AppState>,
-    principal: Principal,
+    principal: Caller,
     Path(p): Path<KeySegments>,
 ) -> Result<Json<Vec<Version>>, ApiError> {
     let (env, key) = secret_path(&p)?;
@@ -472,7 +472,7 @@ pub async fn list_versions(
 pub async fn read_version(
     State(state): State<AppState>,
     meta: ClientMeta,
-    principal: Principal,
+    principal: Caller,
     Path((org, project, env, key, version)): Path<(String, String, String, String, String)>,
 ) -> Result<Json<Secret>, ApiError> {
     let version: i64 = version
@@ -496,7 +496,7 @@ pub async fn read_version(
 pub async fn rollback_secret(
     State(state): State<AppState>,
     meta: ClientMeta,
-    principal: Principal,
+    principal: Caller,
     Path(p): Path<KeySegments>,
     Json(req): Json<RollbackRequest>,
 ) -> Result<Json<Secret>, ApiError> {
@@ -529,8 +529,14 @@ pub async fn rotate_project_key(
     principal: Principal,
     Path((org, project)): Path<(String, String)>,
 ) -> Result<Json<KeyRotation>, ApiError> {
-    let done =
-        service::secrets::rotate_project_dek(&state, &meta, &principal, &org, &project).await?;
+    let done = service::secrets::rotate_project_dek(
+        &state,
+        &meta,
+        &Caller::User(principal),
+        &org,
+        &project,
+    )
+    .await?;
     Ok(Json(KeyRotation {
         dek_version: done.dek_version,
         reencrypted_versions: done.reencrypted_versions,

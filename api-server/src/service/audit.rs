@@ -2,7 +2,7 @@
 
 use sqlx::any::AnyExecutor;
 
-use crate::auth::Principal;
+use crate::auth::{Principal, Subject};
 use crate::db;
 use crate::db::audit::AuditRow;
 use crate::ids::{AuditEventId, Timestamp, UserId};
@@ -20,6 +20,9 @@ pub mod action {
     pub const API_KEY_CREATED: &str = "api_key.created";
     pub const API_KEY_ROTATED: &str = "api_key.rotated";
     pub const API_KEY_REVOKED: &str = "api_key.revoked";
+    pub const SERVICE_TOKEN_CREATED: &str = "service_token.created";
+    pub const SERVICE_TOKEN_ROTATED: &str = "service_token.rotated";
+    pub const SERVICE_TOKEN_REVOKED: &str = "service_token.revoked";
     pub const ORG_CREATED: &str = "org.created";
     pub const ORG_UPDATED: &str = "org.updated";
     pub const ORG_DELETED: &str = "org.deleted";
@@ -106,9 +109,9 @@ impl AuditEvent {
         self
     }
 
-    pub fn by(mut self, principal: &Principal) -> Self {
+    pub fn by(mut self, principal: &impl Subject) -> Self {
         let (kind, id) = principal.actor();
-        self.row.user_id = Some(principal.user_id);
+        self.row.user_id = principal.user();
         self.row.actor_type = kind.into();
         self.row.actor_id = Some(id);
         self

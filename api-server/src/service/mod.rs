@@ -8,6 +8,7 @@ pub mod keys;
 pub mod orgs;
 pub mod projects;
 pub mod secrets;
+pub mod service_tokens;
 pub mod teams;
 pub mod tenancy;
 

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::auth::Principal;
+use crate::auth::{Principal, Subject};
 use crate::authz::{Action, EnvAccess, OrgRole, ProjectRole};
 use crate::db::projects::{EnvironmentRow, GrantRow, ProjectRow};
 use crate::db::{self, is_unique_violation};
@@ -127,7 +127,7 @@ pub async fn list(
 
 pub async fn get(
     state: &AppState,
-    principal: &Principal,
+    principal: &(impl Subject + Sync),
     org: &str,
     project: &str,
 ) -> ApiResult<(ProjectCtx, Vec<EnvironmentRow>)> {
@@ -294,7 +294,7 @@ pub async fn update_environment(
 
 pub async fn get_environment(
     state: &AppState,
-    principal: &Principal,
+    principal: &(impl Subject + Sync),
     at: EnvPath<'_>,
 ) -> ApiResult<(EnvCtx, Vec<(String, String)>)> {
     let ctx = tenancy::environment(state, principal, at, Action::ProjectRead).await?;

@@ -8,7 +8,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use crate::auth::Principal;
+use crate::auth::{Caller, Subject};
 use crate::authz::Action;
 use crate::crypto::envelope::{Dek, DekContext, Field, ValueAad, WrappedDek};
 use crate::db;
@@ -231,7 +231,7 @@ async fn write_versions(
     state: &AppState,
     tx: &mut db::Tx,
     ctx: &EnvCtx,
-    principal: &Principal,
+    principal: &Caller,
     inputs: &[SecretInput],
     current: &BTreeMap<String, SecretValue>,
     now: Timestamp,
@@ -295,7 +295,7 @@ async fn write_versions(
     Ok(written)
 }
 
-fn audit(meta: &ClientMeta, principal: &Principal, ctx: &EnvCtx, what: &'static str) -> AuditEvent {
+fn audit(meta: &ClientMeta, principal: &Caller, ctx: &EnvCtx, what: &'static str) -> AuditEvent {
     AuditEvent::new(what, Outcome::Success, meta)
         .by(principal)
         .org(ctx.project.org.org.id)
@@ -319,7 +319,7 @@ async fn current_values(
 /// Reads referenced places for the resolver, checking the caller may read each environment.
 struct OrgLookup<'a> {
     state: &'a AppState,
-    principal: &'a Principal,
+    principal: &'a Caller,
     org: &'a str,
     envs: HashMap<(String, String), Result<BTreeMap<String, SecretString>, LookupError>>,
 }
@@ -366,7 +366,7 @@ fn reference_error(e: references::RefError) -> ApiError {
 /// Resolves `${…}` references in `values` (in place).
 async fn resolve(
     state: &AppState,
-    principal: &Principal,
+    principal: &Caller,
     ctx: &EnvCtx,
     values: &mut [SecretValue],
 ) -> ApiResult<()> {
@@ -415,7 +415,7 @@ pub enum BulkRead {
 pub async fn read_all(
     state: &AppState,
     meta: &ClientMeta,
-    principal: &Principal,
+    principal: &Caller,
     at: EnvPath<'_>,
     resolve_refs: bool,
     if_none_match: Option<&str>,
@@ -456,7 +456,7 @@ pub async fn read_all(
 pub async fn read_one(
     state: &AppState,
     meta: &ClientMeta,
-    principal: &Principal,
+    principal: &Caller,
     at: EnvPath<'_>,
     key: &str,
     version: Option<i64>,
@@ -506,7 +506,7 @@ pub async fn read_one(
 /// The versions of one secret, newest first (metadata only).
 pub async fn versions(
     state: &AppState,
-    principal: &Principal,
+    principal: &Caller,
     at: EnvPath<'_>,
     key: &str,
 ) -> ApiResult<Vec<VersionRow>> {
@@ -523,7 +523,7 @@ pub async fn versions(
 async fn upsert(
     state: &AppState,
     meta: &ClientMeta,
-    principal: &Principal,
+    principal: &Caller,
     ctx: &EnvCtx,
     inputs: Vec<SecretInput>,
     skip_unchanged: bool,
@@ -596,7 +596,7 @@ pub struct UpsertReport {
 pub async fn create(
     state: &AppState,
     meta: &ClientMeta,
-    principal: &Principal,
+    principal: &Caller,
     at: EnvPath<'_>,
     input: SecretInput,
 ) -> ApiResult<SecretValue> {
@@ -629,7 +629,7 @@ pub async fn create(
 pub async fn put(
     state: &AppState,
     meta: &ClientMeta,
-    principal: &Principal,
+    principal: &Caller,
     at: EnvPath<'_>,
     input: SecretInput,
 ) -> ApiResult<SecretValue> {
@@ -662,7 +662,7 @@ async fn fetch_after_write(state: &AppState, ctx: &EnvCtx, key: &str) -> ApiResu
 pub async fn bulk_upsert(
     state: &AppState,
     meta: &ClientMeta,
-    principal: &Principal,
+    principal: &Caller,
     at: EnvPath<'_>,
     inputs: Vec<SecretInput>,
 ) -> ApiResult<UpsertReport> {
@@ -683,7 +683,7 @@ pub async fn bulk_upsert(
 pub async fn delete(
     state: &AppState,
     meta: &ClientMeta,
-    principal: &Principal,
+    principal: &Caller,
     at: EnvPath<'_>,
     key: &str,
 ) -> ApiResult<()> {
@@ -706,7 +706,7 @@ pub async fn delete(
 pub async fn restore(
     state: &AppState,
     meta: &ClientMeta,
-    principal: &Principal,
+    principal: &Caller,
     at: EnvPath<'_>,
     key: &str,
 ) -> ApiResult<SecretValue> {
@@ -729,7 +729,7 @@ pub async fn restore(
 pub async fn rollback(
     state: &AppState,
     meta: &ClientMeta,
-    principal: &Principal,
+    principal: &Caller,
     at: EnvPath<'_>,
     key: &str,
     version: i64,
@@ -771,7 +771,7 @@ pub async fn rollback(
 pub async fn import(
     state: &AppState,
     meta: &ClientMeta,
-    principal: &Principal,
+    principal: &Caller,
     at: EnvPath<'_>,
     format: Format,
     body: &str,
@@ -809,7 +809,7 @@ pub async fn import(
 pub async fn export(
     state: &AppState,
     meta: &ClientMeta,
-    principal: &Principal,
+    principal: &Caller,
     at: EnvPath<'_>,
     format: Format,
     resolve_refs: bool,
@@ -845,7 +845,7 @@ pub struct DekRotation {
 pub async fn rotate_project_dek(
     state: &AppState,
     meta: &ClientMeta,
-    principal: &Principal,
+    principal: &Caller,
     org: &str,
     project: &str,
 ) -> ApiResult<DekRotation> {

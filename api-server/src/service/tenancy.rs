@@ -3,8 +3,8 @@
 //! Every tenant-scoped operation starts here: the caller's standing is loaded with the resource,
 //! [`authz::decide`] is asked, and a hidden resource is answered exactly like a missing one.
 
-use crate::auth::Principal;
-use crate::authz::{self, Action, Decision, EnvAccess, OrgRole, ProjectRole, Standing};
+use crate::auth::Subject;
+use crate::authz::{self, Action, Decision, EnvAccess, OrgRole, ProjectRole, Standing, TokenScope};
 use crate::db;
 use crate::db::orgs::OrgRow;
 use crate::db::projects::{EnvironmentRow, ProjectRow};
@@ -50,39 +50,55 @@ fn parse_role<T: std::str::FromStr>(text: Option<&str>) -> Option<T> {
     text.and_then(|t| t.parse().ok())
 }
 
+/// The caller's standing before the project and environment are known.
+fn base_standing(caller: &impl Subject, org_role: Option<OrgRole>) -> Standing {
+    Standing {
+        org_role,
+        token: caller.token().map(|t| TokenScope {
+            project_id: t.project_id.to_string(),
+            environment_ids: t.environment_ids.iter().map(ToString::to_string).collect(),
+            read_write: t.read_write,
+        }),
+        ..Standing::default()
+    }
+}
+
 /// The organization `slug` if the caller may perform `action` on it.
 pub async fn org(
     state: &AppState,
-    principal: &Principal,
+    caller: &(impl Subject + Sync),
     slug: &str,
     action: Action,
 ) -> ApiResult<OrgCtx> {
-    let org = db::orgs::by_slug(state.db.pool(), slug, Some(principal.user_id))
+    let org = db::orgs::by_slug(state.db.pool(), slug, caller.user())
         .await?
         .ok_or_else(|| ApiError::not_found("organization"))?;
     let role = parse_role(org.role.as_deref());
-    let standing = Standing {
-        org_role: role,
-        ..Standing::default()
+    // A non-member (or another organization's token) learns nothing, whatever the action.
+    let belongs = match caller.token() {
+        Some(token) => token.org_id == org.id,
+        None => role.is_some(),
     };
-    // A non-member learns nothing, whatever the action.
-    if role.is_none() {
+    if !belongs {
         return Err(ApiError::not_found("organization"));
     }
-    enforce(&standing, action, "organization")?;
+    enforce(&base_standing(caller, role), action, "organization")?;
     Ok(OrgCtx { org, role })
 }
 
 async fn project_standing(
     state: &AppState,
-    principal: &Principal,
+    caller: &(impl Subject + Sync),
     org: &OrgCtx,
     project: &ProjectRow,
 ) -> ApiResult<Option<ProjectRole>> {
     if org.role >= Some(OrgRole::Admin) {
         return Ok(Some(ProjectRole::Admin));
     }
-    let roles = db::projects::role_of(state.db.pool(), project.id, principal.user_id).await?;
+    let Some(user) = caller.user() else {
+        return Ok(None);
+    };
+    let roles = db::projects::role_of(state.db.pool(), project.id, user).await?;
     Ok(roles
         .iter()
         .filter_map(|r| r.parse::<ProjectRole>().ok())
@@ -92,20 +108,19 @@ async fn project_standing(
 /// The project `project` of organization `org` if the caller may perform `action` on it.
 pub async fn project(
     state: &AppState,
-    principal: &Principal,
+    caller: &(impl Subject + Sync),
     org_slug: &str,
     project_slug: &str,
     action: Action,
 ) -> ApiResult<ProjectCtx> {
-    let org = org(state, principal, org_slug, Action::OrgRead).await?;
+    let org = org(state, caller, org_slug, Action::OrgRead).await?;
     let project = db::projects::by_slug(state.db.pool(), org.org.id, project_slug)
         .await?
         .ok_or_else(|| ApiError::not_found("project"))?;
-    let role = project_standing(state, principal, &org, &project).await?;
+    let role = project_standing(state, caller, &org, &project).await?;
     let standing = Standing {
-        org_role: org.role,
         project: Some((project.id.to_string(), role)),
-        ..Standing::default()
+        ..base_standing(caller, org.role)
     };
     enforce(&standing, action, "project")?;
     Ok(ProjectCtx { org, project, role })
@@ -122,11 +137,11 @@ pub struct EnvPath<'a> {
 /// The environment at `at` if the caller may perform `action` in it.
 pub async fn environment(
     state: &AppState,
-    principal: &Principal,
+    caller: &(impl Subject + Sync),
     at: EnvPath<'_>,
     action: Action,
 ) -> ApiResult<EnvCtx> {
-    let project = project(state, principal, at.org, at.project, Action::ProjectRead).await?;
+    let project = project(state, caller, at.org, at.project, Action::ProjectRead).await?;
     let env = db::projects::environment(state.db.pool(), project.project.id, at.env)
         .await?
         .ok_or_else(|| ApiError::not_found("environment"))?;
@@ -139,10 +154,9 @@ pub async fn environment(
         _ => None,
     };
     let standing = Standing {
-        org_role: project.org.role,
         project: Some((project.project.id.to_string(), project.role)),
         environment: Some((env.id.to_string(), policy)),
-        ..Standing::default()
+        ..base_standing(caller, project.org.role)
     };
     enforce(&standing, action, "environment")?;
     Ok(EnvCtx {

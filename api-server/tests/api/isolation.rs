@@ -30,6 +30,10 @@ fn body_for(method: &Method, path: &str) -> Option<Value> {
         ("POST", "restore") => json!({}),
         ("POST", "rollback") => json!({ "version": 1 }),
         ("POST", "rotate-key") => json!({}),
+        ("POST", "service-tokens") => {
+            json!({ "name": "t", "project": "web", "environments": ["production"], "access": "read-write" })
+        }
+        ("POST", "rotate") => json!({}),
         (_, _) if matches!(*method, Method::GET | Method::DELETE) => return Some(Value::Null),
         (m, p) => panic!("no test body for {m} …/{p}: add one"),
     };
@@ -51,9 +55,15 @@ db_test!(async fn every_organization_route_is_404_for_a_caller_from_another_orga
     let mallory = app.register("mallory@example.com").await;
     app.org(&mallory, "evil").await;
     let (_, mallory_key) = app.api_key(&mallory, json!({ "name": "k" })).await;
+    // A read-write service token of the other organization, on a project named like the victim's.
+    app.project(&mallory, "evil", "web").await;
+    let r = app.post("/api/v1/orgs/evil/service-tokens", Some(&mallory.access), json!({ "name": "t", "project": "web", "environments": ["production"], "access": "read-write" })).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let mallory_token = r.json()["token"].as_str().unwrap().to_owned();
 
     let doc = coffer_server::routes::openapi();
     let mut checked = 0;
+    let mut token_404s = 0;
     for (template, item) in &doc.paths.paths {
         if !template.contains("{org}") {
             continue;
@@ -81,16 +91,26 @@ db_test!(async fn every_organization_route_is_404_for_a_caller_from_another_orga
             let Some(body) = body_for(&method, template) else { continue };
             let body = (!body.is_null()).then_some(body);
             let path = if method == Method::DELETE && template == "/api/v1/orgs/{org}" { format!("{path}?confirm=acme") } else { path.clone() };
-            for token in [&mallory.access, &mallory_key] {
+            for token in [&mallory.access, &mallory_key, &mallory_token] {
                 let r = app.call(method.clone(), &path, Some(token), body.clone()).await;
                 let missing = app.call(method.clone(), &path.replacen("/acme", "/no-such-org", 1), Some(token), body.clone()).await;
-                r.assert_error(StatusCode::NOT_FOUND, "not_found");
+                if token == &mallory_token && r.status == StatusCode::FORBIDDEN {
+                    // Routes for users only refuse every service token before looking at the
+                    // path: the same answer for every organization, existing or not.
+                    r.assert_error(StatusCode::FORBIDDEN, "user_required");
+                } else {
+                    r.assert_error(StatusCode::NOT_FOUND, "not_found");
+                }
+                assert_eq!(r.status, missing.status, "{method} {template}");
+                assert_eq!(r.json()["error"]["code"], missing.json()["error"]["code"], "{method} {template}");
                 assert_eq!(r.json()["error"]["message"], missing.json()["error"]["message"], "{method} {template} tells a real organization from a missing one");
                 checked += 1;
+                token_404s += usize::from(token == &mallory_token && r.status == StatusCode::NOT_FOUND);
             }
         }
     }
-    assert!(checked >= 2 * 20, "only {checked} requests checked");
+    assert!(checked >= 3 * 20, "only {checked} requests checked");
+    assert!(token_404s > 10, "the service token reached only {token_404s} routes that take it");
     // Nothing changed for the tenant.
     let org = app.get("/api/v1/orgs/acme", Some(&ann.access)).await.json();
     assert_eq!(org["name"], "ACME");

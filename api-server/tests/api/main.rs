@@ -17,5 +17,6 @@ mod orgs;
 mod projects;
 mod secrets;
 mod server;
+mod service_tokens;
 mod sessions;
 mod teams;
