@@ -262,6 +262,14 @@ pub struct Page<T> {
 }
 
 impl<T> Page<T> {
+    /// A list that is always whole (small by nature, e.g. a project's environments).
+    pub fn complete(items: Vec<T>) -> Self {
+        Self {
+            items,
+            next_cursor: None,
+        }
+    }
+
     /// A page from `rows` fetched with `limit + 1`, so a further page is known to exist.
     pub fn from_rows<R>(
         mut rows: Vec<R>,

@@ -145,11 +145,16 @@ pub async fn one<'e>(
 pub async fn versions<'e>(
     ex: impl AnyExecutor<'e>,
     secret: SecretId,
+    before: Option<i64>,
+    limit: i64,
 ) -> Result<Vec<VersionRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT version, created_at, actor_type, actor_id FROM secret_versions WHERE secret_id = $1 ORDER BY version DESC",
+        "SELECT version, created_at, actor_type, actor_id FROM secret_versions \
+         WHERE secret_id = $1 AND ($2 IS NULL OR version < $2) ORDER BY version DESC LIMIT $3",
     )
     .bind(secret)
+    .bind(before)
+    .bind(limit)
     .fetch_all(ex)
     .await
 }

@@ -279,15 +279,17 @@ pub async fn delete_project(
 #[utoipa::path(
     get, path = "/{org}/projects/{project}/access", tag = "projects", security(("bearer" = [])),
     params(("org" = String, Path), ("project" = String, Path)),
-    responses((status = 200, body = Vec<Grant>), (status = 404, body = ErrorResponse))
+    responses((status = 200, body = Page<Grant>), (status = 404, body = ErrorResponse))
 )]
 pub async fn list_access(
     State(state): State<AppState>,
     principal: Principal,
     Path((org, project)): Path<OrgProject>,
-) -> Result<Json<Vec<Grant>>, ApiError> {
+) -> Result<Json<Page<Grant>>, ApiError> {
     let grants = service::projects::grants(&state, &principal, &org, &project).await?;
-    Ok(Json(grants.into_iter().map(Grant::from).collect()))
+    Ok(Json(Page::complete(
+        grants.into_iter().map(Grant::from).collect(),
+    )))
 }
 
 /// Give a member a project role (or change it).
@@ -391,15 +393,17 @@ pub async fn create_environment(
 #[utoipa::path(
     get, path = "/{org}/projects/{project}/environments", tag = "projects", security(("bearer" = [])),
     params(("org" = String, Path), ("project" = String, Path)),
-    responses((status = 200, body = Vec<Environment>), (status = 404, body = ErrorResponse))
+    responses((status = 200, body = Page<Environment>), (status = 404, body = ErrorResponse))
 )]
 pub async fn list_environments(
     State(state): State<AppState>,
     principal: Caller,
     Path((org, project)): Path<OrgProject>,
-) -> Result<Json<Vec<Environment>>, ApiError> {
+) -> Result<Json<Page<Environment>>, ApiError> {
     let (_, envs) = service::projects::get(&state, &principal, &org, &project).await?;
-    Ok(Json(envs.into_iter().map(Environment::from).collect()))
+    Ok(Json(Page::complete(
+        envs.into_iter().map(Environment::from).collect(),
+    )))
 }
 
 /// An environment and its role policies.

@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 use crate::auth::{Caller, Principal};
 use crate::db::secrets::VersionRow;
 use crate::error::{ApiError, ErrorResponse};
-use crate::http::{Json, Query, Revealed};
+use crate::http::{Json, Page, PageParams, Query, Revealed};
 use crate::ids::Timestamp;
 use crate::routes::audit::Actor;
 use crate::secrets::formats::Format;
@@ -450,17 +450,25 @@ pub async fn restore_secret(
 /// A secret's versions, newest first.
 #[utoipa::path(
     get, path = "/{org}/projects/{project}/environments/{env}/secrets/{key}/versions", tag = "secrets", security(("bearer" = [])),
-    params(("org" = String, Path), ("project" = String, Path), ("env" = String, Path), ("key" = String, Path)),
-    responses((status = 200, body = Vec<Version>), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse))
+    params(("org" = String, Path), ("project" = String, Path), ("env" = String, Path), ("key" = String, Path), PageParams),
+    responses((status = 200, body = Page<Version>), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse))
 )]
 pub async fn list_versions(
     State(state): State<AppState>,
     principal: Caller,
     Path(p): Path<KeySegments>,
-) -> Result<Json<Vec<Version>>, ApiError> {
+    Query(page): Query<PageParams>,
+) -> Result<Json<Page<Version>>, ApiError> {
     let (env, key) = secret_path(&p)?;
-    let versions = service::secrets::versions(&state, &principal, env, key).await?;
-    Ok(Json(versions.into_iter().map(Version::from).collect()))
+    let limit = page.limit()?;
+    let versions =
+        service::secrets::versions(&state, &principal, env, key, page.cursor()?, limit).await?;
+    Ok(Json(Page::from_rows(
+        versions,
+        limit,
+        |v| v.version.to_string(),
+        Version::from,
+    )))
 }
 
 /// One version of a secret, with its value.

@@ -509,12 +509,14 @@ pub async fn versions(
     principal: &Caller,
     at: EnvPath<'_>,
     key: &str,
+    before: Option<i64>,
+    limit: u32,
 ) -> ApiResult<Vec<VersionRow>> {
     let ctx = tenancy::environment(state, principal, at, Action::SecretsRead).await?;
     let row = db::secrets::one(state.db.pool(), ctx.env.id, key, None)
         .await?
         .ok_or_else(|| ApiError::not_found("secret"))?;
-    Ok(db::secrets::versions(state.db.pool(), row.id).await?)
+    Ok(db::secrets::versions(state.db.pool(), row.id, before, i64::from(limit) + 1).await?)
 }
 
 /// Writes `inputs` in one transaction: creating, updating, and (with `skip_unchanged`) leaving

@@ -115,10 +115,10 @@ db_test!(async fn every_organization_route_is_404_for_a_caller_from_another_orga
     let org = app.get("/api/v1/orgs/acme", Some(&ann.access)).await.json();
     assert_eq!(org["name"], "ACME");
     assert_eq!(app.get("/api/v1/orgs/acme/members", Some(&ann.access)).await.json()["items"].as_array().unwrap().len(), 2);
-    assert_eq!(app.get("/api/v1/orgs/acme/projects/web/environments", Some(&ann.access)).await.json().as_array().unwrap().len(), 3);
+    assert_eq!(app.get("/api/v1/orgs/acme/projects/web/environments", Some(&ann.access)).await.json()["items"].as_array().unwrap().len(), 3);
     let ops = app.get("/api/v1/orgs/acme/teams/ops", Some(&ann.access)).await.json();
     assert_eq!((ops["name"].as_str(), ops["members"].as_array().map(Vec::len)), (Some("Ops"), Some(1)));
-    assert!(app.get("/api/v1/orgs/acme/projects/web/access", Some(&ann.access)).await.json().as_array().unwrap().is_empty());
+    assert!(app.get("/api/v1/orgs/acme/projects/web/access", Some(&ann.access)).await.json()["items"].as_array().unwrap().is_empty());
     let secrets = app.get("/api/v1/orgs/acme/projects/web/environments/production/secrets", Some(&ann.access)).await.json();
     assert_eq!(secrets["revision"], 1, "no write went through: {secrets}");
     assert_eq!(secrets["secrets"][0]["value"], "v");

@@ -49,13 +49,13 @@ db_test!(async fn environments_are_created_renamed_reordered_and_deleted(app) {
     let r = app.patch(&format!("{base}/qa"), Some(&ann.access), json!({ "name": "Quality", "position": 0 })).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(r.json()["name"], "Quality");
-    let envs = app.get(base, Some(&ann.access)).await.json();
+    let envs = app.get(base, Some(&ann.access)).await.json()["items"].clone();
     assert_eq!(slugs(&envs), ["qa", "development", "staging", "production"]);
     let positions: Vec<i64> = envs.as_array().unwrap().iter().map(|e| e["position"].as_i64().unwrap()).collect();
     assert_eq!(positions, [0, 1, 2, 3]);
 
     assert_eq!(app.delete(&format!("{base}/staging"), Some(&ann.access)).await.status, StatusCode::NO_CONTENT);
-    assert_eq!(slugs(&app.get(base, Some(&ann.access)).await.json()), ["qa", "development", "production"]);
+    assert_eq!(slugs(&app.get(base, Some(&ann.access)).await.json()["items"]), ["qa", "development", "production"]);
     app.get(&format!("{base}/staging"), Some(&ann.access)).await.assert_error(StatusCode::NOT_FOUND, "not_found");
 });
 
@@ -80,7 +80,7 @@ db_test!(async fn members_see_only_the_projects_they_were_given(app) {
     assert_eq!(app.post("/api/v1/orgs/acme/projects/web/environments", Some(&bob.access), json!({ "slug": "qa" })).await.status, StatusCode::CREATED);
     app.delete("/api/v1/orgs/acme/projects/web", Some(&bob.access)).await.assert_error(StatusCode::FORBIDDEN, "forbidden");
 
-    let access = app.get("/api/v1/orgs/acme/projects/web/access", Some(&ann.access)).await.json();
+    let access = app.get("/api/v1/orgs/acme/projects/web/access", Some(&ann.access)).await.json()["items"].clone();
     assert_eq!(access[0]["subject_name"], "bob@example.com");
     assert_eq!(access[0]["role"], "admin");
     assert_eq!(app.delete(&grant, Some(&ann.access)).await.status, StatusCode::NO_CONTENT);

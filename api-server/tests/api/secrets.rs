@@ -41,7 +41,7 @@ db_test!(async fn a_secret_is_created_read_updated_versioned_rolled_back_deleted
     assert_eq!((r.json()["version"].as_i64(), r.json()["comment"].as_str()), (Some(2), Some("primary")), "the comment is kept");
     assert_eq!(app.get(&one, Some(&ann.access)).await.json()["value"], "postgres://two");
 
-    let versions = app.get(&format!("{one}/versions"), Some(&ann.access)).await.json();
+    let versions = app.get(&format!("{one}/versions"), Some(&ann.access)).await.json()["items"].clone();
     let numbers: Vec<i64> = versions.as_array().unwrap().iter().map(|v| v["version"].as_i64().unwrap()).collect();
     assert_eq!(numbers, [2, 1]);
     assert_eq!(versions[0]["actor"]["id"], ann.user_id.as_str());
@@ -60,7 +60,12 @@ db_test!(async fn a_secret_is_created_read_updated_versioned_rolled_back_deleted
     let r = app.post(&format!("{one}/restore"), Some(&ann.access), json!({})).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!((r.json()["value"].as_str(), r.json()["version"].as_i64()), (Some("postgres://one"), Some(3)));
-    assert_eq!(app.get(&format!("{one}/versions"), Some(&ann.access)).await.json().as_array().unwrap().len(), 3, "history survives deletion");
+    assert_eq!(app.get(&format!("{one}/versions"), Some(&ann.access)).await.json()["items"].as_array().unwrap().len(), 3, "history survives deletion");
+    let page = app.get(&format!("{one}/versions?limit=2"), Some(&ann.access)).await.json();
+    assert_eq!(page["items"].as_array().unwrap().len(), 2);
+    let rest = app.get(&format!("{one}/versions?limit=2&cursor={}", page["next_cursor"].as_str().unwrap()), Some(&ann.access)).await.json();
+    assert_eq!(rest["items"][0]["version"], 1);
+    assert!(rest["next_cursor"].is_null());
 });
 
 db_test!(async fn bad_keys_values_and_comments_are_refused_and_change_nothing(app) {

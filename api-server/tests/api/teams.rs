@@ -252,7 +252,7 @@ db_test!(async fn a_teams_project_role_reaches_its_members(app) {
     assert_eq!(web["role"], "developer");
     assert_eq!(slugs(&app.get("/api/v1/orgs/acme/projects", Some(&bob.access)).await.json()["items"]), ["web"]);
 
-    let access = app.get("/api/v1/orgs/acme/projects/web/access", Some(&ann.access)).await.json();
+    let access = app.get("/api/v1/orgs/acme/projects/web/access", Some(&ann.access)).await.json()["items"].clone();
     let grant = access.as_array().unwrap().iter().find(|g| g["subject_type"] == "team").unwrap();
     assert_eq!(grant["subject_name"], "devs");
     assert_eq!(grant["role"], "developer");
@@ -277,7 +277,7 @@ db_test!(async fn a_teams_project_role_reaches_its_members(app) {
     assert_eq!(app.delete(&format!("{TEAMS}/devs"), Some(&ann.access)).await.status, StatusCode::NO_CONTENT);
     app.get(SECRETS, Some(&bob.access)).await.assert_error(StatusCode::NOT_FOUND, "not_found");
     app.get("/api/v1/orgs/acme/projects/web", Some(&bob.access)).await.assert_error(StatusCode::NOT_FOUND, "not_found");
-    let access = app.get("/api/v1/orgs/acme/projects/web/access", Some(&ann.access)).await.json();
+    let access = app.get("/api/v1/orgs/acme/projects/web/access", Some(&ann.access)).await.json()["items"].clone();
     assert!(access.as_array().unwrap().iter().all(|g| g["subject_type"] != "team"), "{access}");
 });
 
