@@ -5,60 +5,20 @@
 //! `cargo bench -p coffer-server --bench secrets`
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
-use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+mod support;
 
-use axum::Router;
+use support::{call, json};
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
 use axum::body::Body;
 use axum::extract::connect_info::MockConnectInfo;
 use axum::http::{Request, StatusCode};
 use coffer_server::{Config, app};
-use http_body_util::BodyExt as _;
 use sqlx::Row as _;
-use tower::ServiceExt as _;
 
 const SECRETS: &str = "/api/v1/orgs/bench/projects/app/environments/production/secrets";
-
-async fn call(router: &Router, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
-    let res = router.clone().oneshot(req).await.unwrap();
-    let (parts, body) = res.into_parts();
-    (
-        parts.status,
-        parts.headers,
-        body.collect().await.unwrap().to_bytes().to_vec(),
-    )
-}
-
-fn json(method: &str, path: &str, token: Option<&str>, body: serde_json::Value) -> Request<Body> {
-    let mut b = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("content-type", "application/json");
-    if let Some(t) = token {
-        b = b.header("authorization", format!("Bearer {t}"));
-    }
-    b.body(Body::from(body.to_string())).unwrap()
-}
-
-async fn median<F, Fut>(rounds: usize, per_round: u32, mut op: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    for _ in 0..per_round {
-        op().await;
-    }
-    let mut samples = Vec::with_capacity(rounds);
-    for _ in 0..rounds {
-        let start = Instant::now();
-        for _ in 0..per_round {
-            op().await;
-        }
-        samples.push(start.elapsed() / per_round);
-    }
-    samples.sort();
-    samples[rounds / 2]
-}
 
 #[tokio::main]
 async fn main() {
@@ -69,7 +29,7 @@ async fn main() {
     let pool = state.db.pool().clone();
     let router = app(state).layer(MockConnectInfo(SocketAddr::from(([127, 0, 0, 1], 1))));
 
-    let (_, _, body) = call(&router, json("POST", "/api/v1/auth/register", None, serde_json::json!({
+    let (_, _, body) = support::call(&router, support::json("POST", "/api/v1/auth/register", None, serde_json::json!({
         "email": "bench@example.com", "password": "correct horse battery staple", "name": "Bench" }))).await;
     let token = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["access_token"]
         .as_str()
@@ -110,7 +70,7 @@ async fn main() {
     .await;
     assert_eq!(status, StatusCode::OK);
 
-    let raw = median(15, 200, || async {
+    let raw = support::median(15, 200, || async {
         let rows = sqlx::query(
             "SELECT s.key, v.value_ct FROM secrets s JOIN secret_versions v ON v.secret_id = s.id AND v.version = s.current_version \
              JOIN environments e ON e.id = s.environment_id WHERE e.slug = 'production' AND s.deleted_at IS NULL",
@@ -130,10 +90,10 @@ async fn main() {
             if let Some(tag) = if_none_match {
                 b = b.header("if-none-match", tag);
             }
-            call(&router, b.body(Body::empty()).unwrap()).await
+            support::call(&router, b.body(Body::empty()).unwrap()).await
         }
     };
-    let bulk = median(15, 50, || async {
+    let bulk = support::median(15, 50, || async {
         let (status, _, body) = read(None).await;
         assert_eq!(status, StatusCode::OK);
         std::hint::black_box(body);
@@ -141,7 +101,7 @@ async fn main() {
     .await;
     let (_, headers, _) = read(None).await;
     let etag = headers.get("etag").unwrap().to_str().unwrap().to_owned();
-    let not_modified = median(15, 200, || async {
+    let not_modified = support::median(15, 200, || async {
         let (status, _, _) = read(Some(etag.clone())).await;
         assert_eq!(status, StatusCode::NOT_MODIFIED);
     })

@@ -13,6 +13,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::ids::{ApiKeyId, Timestamp};
 use crate::service::ClientMeta;
 use crate::service::audit::{AuditEvent, Outcome, action};
+use crate::service::tenancy::check_name;
 use crate::state::AppState;
 
 pub const MAX_EXPIRY_DAYS: u32 = 3650;
@@ -25,16 +26,32 @@ pub struct IssuedKey {
     pub token: SecretString,
 }
 
-fn check_name(name: &str) -> ApiResult<String> {
-    let name = name.trim();
-    let chars = name.chars().count();
-    if chars == 0 || chars > 100 || name.chars().any(char::is_control) {
+/// The expiry of a credential `days` from `now` (none without `days`), 1 to 3650 days.
+pub fn expiry(now: Timestamp, days: Option<u32>) -> ApiResult<Option<Timestamp>> {
+    match days {
+        None => Ok(None),
+        Some(days @ 1..=MAX_EXPIRY_DAYS) => Ok(Some(
+            now.plus(Duration::from_secs(u64::from(days) * 86_400)),
+        )),
+        Some(_) => Err(ApiError::validation(
+            "invalid_expiry",
+            format!("expires_in_days must be between 1 and {MAX_EXPIRY_DAYS}"),
+        )),
+    }
+}
+
+/// A rotation's grace period, at most [`MAX_GRACE_PERIOD`].
+pub fn check_grace(grace: Duration) -> ApiResult<()> {
+    if grace > MAX_GRACE_PERIOD {
         return Err(ApiError::validation(
-            "invalid_name",
-            "name must have 1 to 100 printable characters",
+            "invalid_grace_period",
+            format!(
+                "grace_period_seconds must be at most {}",
+                MAX_GRACE_PERIOD.as_secs()
+            ),
         ));
     }
-    Ok(name.to_owned())
+    Ok(())
 }
 
 pub async fn create(
@@ -47,18 +64,7 @@ pub async fn create(
 ) -> ApiResult<IssuedKey> {
     let name = check_name(name)?;
     let now = Timestamp::now();
-    let expires_at = match expires_in_days {
-        None => None,
-        Some(days @ 1..=MAX_EXPIRY_DAYS) => {
-            Some(now.plus(Duration::from_secs(u64::from(days) * 86_400)))
-        }
-        Some(_) => {
-            return Err(ApiError::validation(
-                "invalid_expiry",
-                format!("expires_in_days must be between 1 and {MAX_EXPIRY_DAYS}"),
-            ));
-        }
-    };
+    let expires_at = expiry(now, expires_in_days)?;
     let token = tokens::generate(API_KEY_PREFIX);
     let prefix = tokens::display_prefix(&token);
     let access = if read_only { "read" } else { "read-write" };
@@ -133,15 +139,7 @@ pub async fn rotate(
     id: ApiKeyId,
     grace: Duration,
 ) -> ApiResult<IssuedKey> {
-    if grace > MAX_GRACE_PERIOD {
-        return Err(ApiError::validation(
-            "invalid_grace_period",
-            format!(
-                "grace_period_seconds must be at most {}",
-                MAX_GRACE_PERIOD.as_secs()
-            ),
-        ));
-    }
+    check_grace(grace)?;
     let now = Timestamp::now();
     let token = tokens::generate(API_KEY_PREFIX);
     let mut tx = state.db.begin().await?;

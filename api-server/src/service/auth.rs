@@ -17,6 +17,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::ids::{SessionId, Timestamp, UserId};
 use crate::service::ClientMeta;
 use crate::service::audit::{AuditEvent, Outcome, action};
+use crate::service::tenancy::check_name;
 use crate::state::AppState;
 
 /// Tokens handed out at login, registration and refresh.
@@ -56,18 +57,6 @@ pub fn normalize_email(email: &str) -> ApiResult<String> {
             "email is not a valid address",
         ))
     }
-}
-
-fn normalize_name(name: &str) -> ApiResult<String> {
-    let name = name.trim();
-    let chars = name.chars().count();
-    if chars == 0 || chars > 100 || name.chars().any(char::is_control) {
-        return Err(ApiError::validation(
-            "invalid_name",
-            "name must have 1 to 100 printable characters",
-        ));
-    }
-    Ok(name.to_owned())
 }
 
 /// Counts a request against a limit; over it, the refusal is audited (once per key and
@@ -144,7 +133,7 @@ pub async fn register(
     rate_limit(state, Limit::RegisterPerIp, meta.ip_key(), None, meta).await?;
     let email = normalize_email(email)?;
     rate_limit(state, Limit::RegisterPerAccount, &email, None, meta).await?;
-    let name = normalize_name(name)?;
+    let name = check_name(name)?;
     check_password_policy(password, &[&email, &name])?;
     let taken = || ApiError::conflict("email_taken", "an account with this email already exists");
     if db::users::by_email(state.db.pool(), &email)

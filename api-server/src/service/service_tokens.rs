@@ -14,7 +14,7 @@ use crate::db::service_tokens::{NewServiceToken, ServiceTokenRow};
 use crate::error::{ApiError, ApiResult};
 use crate::ids::{ServiceTokenId, Timestamp};
 use crate::service::ClientMeta;
-use crate::service::api_keys::{MAX_EXPIRY_DAYS, MAX_GRACE_PERIOD};
+use crate::service::api_keys::{check_grace, expiry};
 use crate::service::audit::{AuditEvent, Outcome, action};
 use crate::service::tenancy::{self, check_name};
 use crate::state::AppState;
@@ -85,18 +85,7 @@ pub async fn create(
         }
     }
     let now = Timestamp::now();
-    let expires_at = match new.expires_in_days {
-        None => None,
-        Some(days @ 1..=MAX_EXPIRY_DAYS) => {
-            Some(now.plus(Duration::from_secs(u64::from(days) * 86_400)))
-        }
-        Some(_) => {
-            return Err(ApiError::validation(
-                "invalid_expiry",
-                format!("expires_in_days must be between 1 and {MAX_EXPIRY_DAYS}"),
-            ));
-        }
-    };
+    let expires_at = expiry(now, new.expires_in_days)?;
     let secret = tokens::generate(API_KEY_PREFIX);
     let access = if new.read_write { "read-write" } else { "read" };
     let id = ServiceTokenId::new();
@@ -182,15 +171,7 @@ pub async fn rotate(
     grace: Duration,
 ) -> ApiResult<(ServiceTokenView, SecretString)> {
     let ctx = tenancy::org(state, principal, org, Action::ServiceTokensManage).await?;
-    if grace > MAX_GRACE_PERIOD {
-        return Err(ApiError::validation(
-            "invalid_grace_period",
-            format!(
-                "grace_period_seconds must be at most {}",
-                MAX_GRACE_PERIOD.as_secs()
-            ),
-        ));
-    }
+    check_grace(grace)?;
     let secret = tokens::generate(API_KEY_PREFIX);
     let now = Timestamp::now();
     let mut tx = state.db.begin().await?;
