@@ -1,7 +1,7 @@
 //! Secrets of an environment: sealed with the project's DEK, versioned, soft-deleted,
 //! referencing each other, imported and exported. Every read of values is audited.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -14,7 +14,7 @@ use crate::crypto::envelope::{Dek, DekContext, Field, ValueAad, WrappedDek};
 use crate::db;
 use crate::db::secrets::{DekRow, NewVersion, SealedRow, VersionRow};
 use crate::error::{ApiError, ApiResult};
-use crate::ids::{OrgId, ProjectId, Timestamp};
+use crate::ids::{EnvironmentId, OrgId, ProjectId, Timestamp};
 use crate::secrets::formats::{self, Format};
 use crate::secrets::references::{self, Lookup, LookupError, Place};
 use crate::service::ClientMeta;
@@ -322,6 +322,35 @@ struct OrgLookup<'a> {
     principal: &'a Caller,
     org: &'a str,
     envs: HashMap<(String, String), Result<BTreeMap<String, SecretString>, LookupError>>,
+    /// The environments read through references, and which of their keys: audited after.
+    read: BTreeMap<(String, String), (ProjectId, EnvironmentId, BTreeSet<String>)>,
+}
+
+impl<'a> OrgLookup<'a> {
+    fn new(state: &'a AppState, principal: &'a Caller, org: &'a str) -> Self {
+        Self {
+            state,
+            principal,
+            org,
+            envs: HashMap::new(),
+            read: BTreeMap::new(),
+        }
+    }
+
+    /// Records one read event per environment whose values were used through a reference.
+    async fn audit_reads(&self, meta: &ClientMeta, org: OrgId) -> ApiResult<()> {
+        for (project, env, keys) in self.read.values() {
+            AuditEvent::new(action::READ, Outcome::Success, meta)
+                .by(self.principal)
+                .org(org)
+                .project(project)
+                .environment(env)
+                .details(json!({ "keys": keys, "via_reference": true }))
+                .record(self.state.db.pool())
+                .await?;
+        }
+        Ok(())
+    }
 }
 
 impl Lookup for OrgLookup<'_> {
@@ -337,10 +366,16 @@ impl Lookup for OrgLookup<'_> {
                 match tenancy::environment(self.state, self.principal, path, Action::SecretsRead)
                     .await
                 {
-                    Ok(ctx) => current_values(self.state, &ctx)
-                        .await
-                        .map(|m| m.into_iter().map(|(k, v)| (k, v.value)).collect())
-                        .map_err(|e| LookupError::Internal(e.to_string())),
+                    Ok(ctx) => {
+                        self.read.insert(
+                            at.clone(),
+                            (ctx.project.project.id, ctx.env.id, BTreeSet::new()),
+                        );
+                        current_values(self.state, &ctx)
+                            .await
+                            .map(|m| m.into_iter().map(|(k, v)| (k, v.value)).collect())
+                            .map_err(|e| LookupError::Internal(e.to_string()))
+                    }
                     // What the caller may not see does not exist for them.
                     Err(ApiError::NotFound { .. }) => Ok(BTreeMap::new()),
                     Err(ApiError::Forbidden { .. }) => Err(LookupError::Forbidden),
@@ -349,7 +384,13 @@ impl Lookup for OrgLookup<'_> {
             self.envs.insert(at.clone(), loaded);
         }
         match &self.envs[&at] {
-            Ok(values) => Ok(values.get(&place.key).cloned()),
+            Ok(values) => {
+                let value = values.get(&place.key).cloned();
+                if let (Some(_), Some((_, _, keys))) = (&value, self.read.get_mut(&at)) {
+                    keys.insert(place.key.clone());
+                }
+                Ok(value)
+            }
             Err(LookupError::Forbidden) => Err(LookupError::Forbidden),
             Err(LookupError::Internal(e)) => Err(LookupError::Internal(e.clone())),
         }
@@ -366,6 +407,7 @@ fn reference_error(e: references::RefError) -> ApiError {
 /// Resolves `${…}` references in `values` (in place).
 async fn resolve(
     state: &AppState,
+    meta: &ClientMeta,
     principal: &Caller,
     ctx: &EnvCtx,
     values: &mut [SecretValue],
@@ -380,16 +422,12 @@ async fn resolve(
         .iter()
         .map(|v| (v.key.clone(), v.value.clone()))
         .collect();
-    let mut lookup = OrgLookup {
-        state,
-        principal,
-        org: &ctx.project.org.org.slug,
-        envs: HashMap::new(),
-    };
+    let mut lookup = OrgLookup::new(state, principal, &ctx.project.org.org.slug);
     let resolved =
         references::resolve_all(&ctx.project.project.slug, &ctx.env.slug, &raw, &mut lookup)
             .await
             .map_err(reference_error)?;
+    lookup.audit_reads(meta, ctx.project.org.org.id).await?;
     for v in values.iter_mut() {
         if let Some(r) = resolved.get(&v.key) {
             v.value = r.clone();
@@ -438,7 +476,7 @@ pub async fn read_all(
     let rows = db::secrets::current(state.db.pool(), ctx.env.id).await?;
     let mut secrets = open_rows(state, &ctx, rows).await?;
     if resolve_refs {
-        resolve(state, principal, &ctx, &mut secrets).await?;
+        resolve(state, meta, principal, &ctx, &mut secrets).await?;
     }
     let keys: Vec<&str> = secrets.iter().map(|s| s.key.as_str()).collect();
     audit(meta, principal, &ctx, action::READ)
@@ -485,15 +523,11 @@ pub async fn read_one(
             .into_iter()
             .map(|(k, v)| (k, v.value))
             .collect();
-        let mut lookup = OrgLookup {
-            state,
-            principal,
-            org: &ctx.project.org.org.slug,
-            envs: HashMap::new(),
-        };
+        let mut lookup = OrgLookup::new(state, principal, &ctx.project.org.org.slug);
         let resolved = references::resolve_one(&place, &values[0].value, &same_env, &mut lookup)
             .await
             .map_err(reference_error)?;
+        lookup.audit_reads(meta, ctx.project.org.org.id).await?;
         values[0].value = resolved;
     }
     audit(meta, principal, &ctx, action::READ)
@@ -820,7 +854,7 @@ pub async fn export(
     let rows = db::secrets::current(state.db.pool(), ctx.env.id).await?;
     let mut secrets = open_rows(state, &ctx, rows).await?;
     if resolve_refs {
-        resolve(state, principal, &ctx, &mut secrets).await?;
+        resolve(state, meta, principal, &ctx, &mut secrets).await?;
     }
     let pairs: Vec<(&str, &str)> = secrets
         .iter()

@@ -128,6 +128,11 @@ db_test!(async fn references_resolve_across_environments_and_projects_with_cycle
     let values: std::collections::BTreeMap<String, String> = secrets_of(&app.get(&dev, Some(&ann.access)).await.json()).into_iter().collect();
     assert_eq!(values["URL"], "postgres://app:s3cr3t@db.internal/app");
     assert_eq!(values["LITERAL"], "${NOT_A_REF}");
+    // Values read through references are audited in their own environment.
+    let audit = app.get("/api/v1/orgs/acme/audit-events?action=secrets.read&project=shared&environment=production", Some(&ann.access)).await.json();
+    let via: Vec<&Value> = audit["items"].as_array().unwrap().iter().filter(|e| e["details"]["via_reference"] == true).collect();
+    assert_eq!(via.len(), 1, "{audit}");
+    assert_eq!(via[0]["details"]["keys"], json!(["HOST"]));
     let raw: std::collections::BTreeMap<String, String> = secrets_of(&app.get(&format!("{dev}?resolve=false"), Some(&ann.access)).await.json()).into_iter().collect();
     assert_eq!(raw["URL"], "postgres://${USER}:${production.PASSWORD}@${shared.production.HOST}/app");
     assert_eq!(app.get(&format!("{dev}/URL?resolve=true"), Some(&ann.access)).await.json()["value"], "postgres://app:s3cr3t@db.internal/app");

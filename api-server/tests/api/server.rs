@@ -158,3 +158,71 @@ async fn with_a_certificate_it_serves_https() {
         .unwrap()
         .unwrap();
 }
+
+const OLD_KEY: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+const NEW_KEY: &str = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";
+
+#[tokio::test]
+async fn the_rotate_master_key_command_moves_every_data_key_to_the_new_master_key() {
+    use crate::helpers::TestApp;
+    use secrecy::SecretString;
+    use serde_json::json;
+
+    let app = TestApp::sqlite(|c| c.master_key = Some(SecretString::from(OLD_KEY))).await;
+    let ann = app.register("ann@example.com").await;
+    let (_, token) = app.api_key(&ann, json!({ "name": "k" })).await;
+    app.org(&ann, "acme").await;
+    app.project(&ann, "acme", "web").await;
+    let url = "/api/v1/orgs/acme/projects/web/environments/production/secrets";
+    app.post(
+        url,
+        Some(&ann.access),
+        json!({ "key": "K", "value": "survives-rotation" }),
+    )
+    .await;
+    let config = app.state.config.clone();
+    app.state.db.close().await;
+
+    let run = |previous: Option<&str>| {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("rotate-master-key")
+            .env_clear()
+            .env("COFFER_DATA_DIR", &config.data_dir)
+            .env(
+                "COFFER_DATABASE_URL",
+                config.database_url.as_deref().unwrap(),
+            )
+            .env("COFFER_MASTER_KEY", NEW_KEY);
+        if let Some(p) = previous {
+            cmd.env("COFFER_PREVIOUS_MASTER_KEYS", p);
+        }
+        cmd.output().unwrap()
+    };
+    let refused = run(None);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("COFFER_PREVIOUS_MASTER_KEYS"));
+    let out = run(Some(OLD_KEY));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("data_keys=1"), "{log}");
+    assert!(
+        !log.contains(OLD_KEY) && !log.contains(NEW_KEY),
+        "a key reached the log"
+    );
+
+    let mut rotated = config.clone();
+    rotated.master_key = Some(SecretString::from(NEW_KEY));
+    let state = coffer_server::start(rotated).await.unwrap();
+    let router = coffer_server::app(state);
+    let req = axum::http::Request::get(url)
+        .header("authorization", format!("Bearer {token}"))
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let res = tower::ServiceExt::oneshot(router, req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body = http_body_util::BodyExt::collect(res.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("survives-rotation"));
+}
