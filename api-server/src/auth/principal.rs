@@ -140,6 +140,12 @@ impl Subject for Caller {
     }
 }
 
+/// Whether a credential's last use is old enough to record again: at most one write a minute
+/// per credential, so that reads stay reads.
+fn stale(last_used: Option<Timestamp>, now: Timestamp) -> bool {
+    last_used.is_none_or(|t| t < now.minus(std::time::Duration::from_secs(60)))
+}
+
 fn is_safe(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
@@ -176,7 +182,9 @@ impl FromRequestParts<AppState> for Caller {
                 let found = db::service_tokens::by_token_hash(state.db.pool(), &hash, now)
                     .await?
                     .ok_or_else(invalid_token)?;
-                db::service_tokens::touch(state.db.pool(), found.id, now).await?;
+                if stale(found.last_used_at, now) {
+                    db::service_tokens::touch(state.db.pool(), found.id, now).await?;
+                }
                 if !found.read_write() && !is_safe(&parts.method) {
                     return Err(ApiError::forbidden(
                         "read_only_token",
@@ -193,7 +201,9 @@ impl FromRequestParts<AppState> for Caller {
                     read_write: found.read_write(),
                 }));
             };
-            db::api_keys::touch(state.db.pool(), key.id, now).await?;
+            if stale(key.last_used_at, now) {
+                db::api_keys::touch(state.db.pool(), key.id, now).await?;
+            }
             Principal {
                 user_id: key.user_id,
                 credential: Credential::ApiKey {
