@@ -40,6 +40,7 @@ pub async fn index() -> Json<ApiIndex> {
         ("me", "/api/v1/auth/me"),
         ("api_keys", "/api/v1/api-keys"),
         ("audit_events", "/api/v1/audit-events"),
+        ("orgs", "/api/v1/orgs"),
     ]);
     Json(ApiIndex {
         name: "coffer",
