@@ -1,0 +1,452 @@
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, ResourceExt as _};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{DeletionPolicy, SpecError};
+
+/// The shortest `spec.sync.refreshInterval` accepted.
+pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+const MIN_REFRESH_INTERVAL_TEXT: &str = "5s";
+const DEFAULT_REFRESH_INTERVAL: &str = "5m";
+const DEFAULT_SECRET_TYPE: &str = "Opaque";
+
+/// An environment of a coffer-server project, synced into a Kubernetes Secret of this namespace.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[allow(
+    clippy::duplicated_attributes,
+    reason = "printer columns repeat `type_ = ...`, which clippy takes for duplicates"
+)]
+#[kube(
+    group = "coffer.dev",
+    version = "v1alpha1",
+    kind = "Environment",
+    namespaced,
+    status = "EnvironmentStatus",
+    shortname = "cenv",
+    category = "coffer",
+    doc = "An environment of a coffer-server project, synced into a Secret of this namespace.",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Revision",
+        type_ = "integer",
+        json_path = ".status.revision",
+        description = "Revision of the environment in coffer-server that was last synced"
+    ),
+    printcolumn(
+        name = "Keys",
+        type_ = "integer",
+        json_path = ".status.syncedKeys",
+        description = "Number of keys in the synced Secret"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvironmentSpec {
+    /// The `Project` (in this namespace) that the environment belongs to.
+    pub project_ref: ProjectRef,
+    /// Slug of the environment in coffer-server, e.g. `production`.
+    pub environment: String,
+    /// Create the environment in coffer-server when it does not exist. Default: false, and a
+    /// missing environment is reported in the Ready condition.
+    #[serde(default)]
+    pub create: bool,
+    /// How the environment's secrets are written into a Kubernetes Secret.
+    #[serde(default)]
+    pub sync: SyncSpec,
+}
+
+/// A reference to a `Project` in the same namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct ProjectRef {
+    /// Name of the `Project` resource.
+    pub name: String,
+}
+
+/// How an environment is written into a Kubernetes Secret.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncSpec {
+    /// Name of the Secret to write, in this namespace. Defaults to the name of this resource.
+    /// An existing Secret that this resource does not own is never overwritten.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// Type of the Secret. Default: `Opaque`.
+    #[serde(default = "default_secret_type", rename = "type")]
+    pub type_: String,
+    /// Labels to set on the Secret, besides the operator's own.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations to set on the Secret, besides the operator's own.
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    /// Glob patterns (`*` matches any run of characters, `?` one character) of the keys to
+    /// sync. Empty: every key.
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Glob patterns of keys not to sync, even when `include` selects them.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// How often coffer-server is polled for changes when no change event arrives, as hours,
+    /// minutes and seconds, e.g. `30s`, `5m`, `1h30m`. Default: `5m`; minimum: `5s`.
+    #[serde(default = "default_refresh_interval")]
+    pub refresh_interval: String,
+    /// What happens to the Secret when this resource is deleted: `Retain` (default) leaves it
+    /// in place without this resource's owner reference, `Delete` deletes it.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+    /// Workloads whose pods are restarted (by a rolling update) when the synced data changes.
+    #[serde(default)]
+    pub rollout_restart: Vec<RolloutTarget>,
+}
+
+impl Default for SyncSpec {
+    fn default() -> Self {
+        Self {
+            secret_name: None,
+            type_: default_secret_type(),
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            include: Vec::new(),
+            exclude: Vec::new(),
+            refresh_interval: default_refresh_interval(),
+            deletion_policy: DeletionPolicy::default(),
+            rollout_restart: Vec::new(),
+        }
+    }
+}
+
+fn default_secret_type() -> String {
+    DEFAULT_SECRET_TYPE.to_owned()
+}
+
+fn default_refresh_interval() -> String {
+    DEFAULT_REFRESH_INTERVAL.to_owned()
+}
+
+/// A workload in this namespace to restart when the synced data changes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct RolloutTarget {
+    /// Kind of the workload.
+    pub kind: WorkloadKind,
+    /// Name of the workload.
+    pub name: String,
+}
+
+/// A kind of workload that can be restarted by patching its pod template.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum WorkloadKind {
+    /// An `apps/v1` Deployment.
+    Deployment,
+    /// An `apps/v1` StatefulSet.
+    StatefulSet,
+    /// An `apps/v1` DaemonSet.
+    DaemonSet,
+}
+
+/// The observed state of an `Environment`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvironmentStatus {
+    /// Revision of the environment in coffer-server that the Secret was last synced from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+    /// HMAC of the synced data, to notice changes; never the data itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_hash: Option<String>,
+    /// Number of keys in the synced Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synced_keys: Option<i64>,
+    /// When the Secret was last written or confirmed up to date.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_time: Option<Time>,
+    /// Workloads (`Kind/name`) restarted after the last change of the synced data.
+    #[serde(default)]
+    pub restarted_workloads: Vec<String>,
+    /// Current state of the resource: `Ready` (everything works) and `Synced` (the Secret holds
+    /// the environment's current keys), each with a reason when not true.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` of the spec that the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+impl Environment {
+    /// Name of the target Secret: `spec.sync.secretName`, or else the resource's name.
+    pub fn secret_name(&self) -> String {
+        match &self.spec.sync.secret_name {
+            Some(name) if !name.is_empty() => name.clone(),
+            _ => self.name_any(),
+        }
+    }
+
+    /// `spec.sync.refreshInterval`, parsed and checked.
+    pub fn refresh_interval(&self) -> Result<Duration, SpecError> {
+        parse_refresh_interval(&self.spec.sync.refresh_interval)
+    }
+}
+
+/// Parses a refresh interval: one or more `<number><unit>` parts with the units `h`, `m` and
+/// `s`, each at most once and in that order (`30s`, `5m`, `1h30m`, `2h0m15s`). Refuses anything
+/// else and anything below [`MIN_REFRESH_INTERVAL`].
+pub fn parse_refresh_interval(value: &str) -> Result<Duration, SpecError> {
+    let invalid = |reason| SpecError::InvalidRefreshInterval {
+        value: value.to_owned(),
+        reason,
+    };
+    if value.is_empty() {
+        return Err(invalid("it is empty"));
+    }
+    let mut rest = value;
+    let mut seconds: u64 = 0;
+    // units still allowed, largest first, so each appears once and in order
+    let mut units: &[(char, u64)] = &[('h', 3600), ('m', 60), ('s', 1)];
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(invalid("expected a number"));
+        }
+        let (number, after) = rest.split_at(digits);
+        let mut chars = after.chars();
+        let Some(unit) = chars.next() else {
+            return Err(invalid("a number has no unit (h, m or s)"));
+        };
+        if unit == 'm' && chars.as_str().starts_with('s') {
+            return Err(invalid("milliseconds are not supported"));
+        }
+        let Some(position) = units.iter().position(|(u, _)| *u == unit) else {
+            return Err(if ['h', 'm', 's'].contains(&unit) {
+                invalid("units must appear once each, in the order h, m, s")
+            } else {
+                invalid("unknown unit (use h, m or s)")
+            });
+        };
+        let factor = units[position].1;
+        units = &units[position + 1..];
+        let part = number
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(factor))
+            .and_then(|n| n.checked_add(seconds));
+        seconds = part.ok_or_else(|| invalid("it is too large"))?;
+        rest = chars.as_str();
+    }
+    let interval = Duration::from_secs(seconds);
+    if interval < MIN_REFRESH_INTERVAL {
+        return Err(SpecError::RefreshIntervalTooShort {
+            value: value.to_owned(),
+            minimum: MIN_REFRESH_INTERVAL_TEXT,
+        });
+    }
+    Ok(interval)
+}
+
+/// Whether `key` is synced: it matches one of `include` (or `include` is empty) and none of
+/// `exclude`. Patterns are globs where `*` matches any run of characters and `?` one character.
+pub fn key_selected(key: &str, include: &[String], exclude: &[String]) -> bool {
+    let included = include.is_empty() || include.iter().any(|p| glob_matches(p, key));
+    included && !exclude.iter().any(|p| glob_matches(p, key))
+}
+
+/// Glob matching with `*` and `?`, linear in practice: on a mismatch, backtrack only to the last
+/// `*` (an earlier one can never do better).
+fn glob_matches(pattern: &str, text: &str) -> bool {
+    let pattern: Vec<char> = pattern.chars().collect();
+    let text: Vec<char> = text.chars().collect();
+    let (mut p, mut t) = (0, 0);
+    // position of the last `*` in the pattern, and where in the text it started matching
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some('*') => {
+                star = Some((p, t));
+                p += 1;
+            }
+            Some(&c) if c == '?' || c == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match star {
+                Some((star_p, star_t)) => {
+                    // let the `*` swallow one more character
+                    star = Some((star_p, star_t + 1));
+                    p = star_p + 1;
+                    t = star_t + 1;
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn environment(name: &str, secret_name: Option<&str>) -> Environment {
+        Environment::new(
+            name,
+            EnvironmentSpec {
+                project_ref: ProjectRef {
+                    name: "web".to_owned(),
+                },
+                environment: "production".to_owned(),
+                create: false,
+                sync: SyncSpec {
+                    secret_name: secret_name.map(str::to_owned),
+                    ..SyncSpec::default()
+                },
+            },
+        )
+    }
+
+    fn strings(patterns: &[&str]) -> Vec<String> {
+        patterns.iter().map(|p| (*p).to_owned()).collect()
+    }
+
+    #[test]
+    fn refresh_intervals_combine_hours_minutes_and_seconds() {
+        let cases = [
+            ("5s", 5),
+            ("30s", 30),
+            ("5m", 300),
+            ("1m30s", 90),
+            ("2h", 7200),
+            ("1h30m", 5400),
+            ("1h0m5s", 3605),
+            ("0h0m10s", 10),
+            ("90s", 90),
+        ];
+        for (text, seconds) in cases {
+            assert_eq!(
+                parse_refresh_interval(text),
+                Ok(Duration::from_secs(seconds)),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_default_refresh_interval_is_five_minutes() {
+        assert_eq!(
+            environment("app", None).refresh_interval(),
+            Ok(Duration::from_secs(300))
+        );
+    }
+
+    #[test]
+    fn refresh_intervals_below_five_seconds_are_refused() {
+        for text in ["4s", "0s", "0m", "0h0m4s"] {
+            let error = parse_refresh_interval(text).unwrap_err();
+            assert!(
+                matches!(error, SpecError::RefreshIntervalTooShort { .. }),
+                "{text}: {error}"
+            );
+            assert!(error.to_string().contains("minimum of 5s"), "{error}");
+        }
+    }
+
+    #[test]
+    fn malformed_refresh_intervals_are_refused_with_the_reason() {
+        let cases = [
+            ("", "empty"),
+            ("5", "no unit"),
+            ("m", "expected a number"),
+            ("five minutes", "expected a number"),
+            ("5 m", "unknown unit"),
+            ("1d", "unknown unit"),
+            ("-5m", "expected a number"),
+            ("1.5h", "unknown unit"),
+            ("500ms", "milliseconds"),
+            ("30s1m", "order h, m, s"),
+            ("1m1m", "order h, m, s"),
+            ("99999999999999999999h", "too large"),
+            ("5124095576030432h", "too large"),
+        ];
+        for (text, reason) in cases {
+            let error = parse_refresh_interval(text).unwrap_err();
+            assert!(
+                matches!(error, SpecError::InvalidRefreshInterval { .. }),
+                "{text}: {error}"
+            );
+            let message = error.to_string();
+            assert!(message.contains(reason), "{text}: {message}");
+            assert!(message.contains("e.g. \"30s\""), "{message}");
+        }
+    }
+
+    #[test]
+    fn the_secret_name_is_the_spec_value_when_given() {
+        assert_eq!(environment("app", Some("app-env")).secret_name(), "app-env");
+    }
+
+    #[test]
+    fn the_secret_name_defaults_to_the_resource_name() {
+        assert_eq!(environment("app", None).secret_name(), "app");
+        assert_eq!(environment("app", Some("")).secret_name(), "app");
+    }
+
+    #[test]
+    fn an_empty_include_list_selects_every_key() {
+        assert!(key_selected("DATABASE_URL", &[], &[]));
+        assert!(key_selected("", &[], &[]));
+    }
+
+    #[test]
+    fn include_patterns_select_matching_keys_only() {
+        let include = strings(&["DB_*", "API_KEY"]);
+        assert!(key_selected("DB_HOST", &include, &[]));
+        assert!(key_selected("DB_", &include, &[]));
+        assert!(key_selected("API_KEY", &include, &[]));
+        assert!(!key_selected("API_KEY_2", &include, &[]));
+        assert!(!key_selected("MY_DB_HOST", &include, &[]));
+    }
+
+    #[test]
+    fn exclude_patterns_win_over_include_patterns() {
+        let include = strings(&["DB_*"]);
+        let exclude = strings(&["*_PASSWORD"]);
+        assert!(key_selected("DB_HOST", &include, &exclude));
+        assert!(!key_selected("DB_PASSWORD", &include, &exclude));
+        assert!(!key_selected("ADMIN_PASSWORD", &[], &exclude));
+        assert!(key_selected("ADMIN_USER", &[], &exclude));
+    }
+
+    #[test]
+    fn globs_match_whole_keys_with_star_and_question_mark() {
+        let cases = [
+            ("*", "", true),
+            ("*", "ANYTHING", true),
+            ("A?C", "ABC", true),
+            ("A?C", "AC", false),
+            ("A?C", "ABBC", false),
+            ("*_URL", "DATABASE_URL", true),
+            ("*_URL", "DATABASE_URL_OLD", false),
+            ("A*B*C", "AXXBYYBZZC", true),
+            ("A*B*C", "AXXBYYBZZ", false),
+            ("**X", "ABX", true),
+            ("a", "A", false),
+            ("Ä?", "ÄÖ", true),
+            ("", "", true),
+            ("", "A", false),
+        ];
+        for (pattern, key, expected) in cases {
+            assert_eq!(glob_matches(pattern, key), expected, "{pattern} ~ {key}");
+        }
+    }
+}

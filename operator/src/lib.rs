@@ -1,0 +1,28 @@
+//! coffer-operator: syncs environments of coffer-server into Kubernetes Secrets.
+//!
+//! For now, the custom resource types ([`crd`]) and their CRD manifests ([`crds_yaml`]).
+
+pub mod crd;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+
+const GENERATED_HEADER: &str =
+    "# Generated from operator/src/crd by `coffer-operator crd`: do not edit.\n";
+
+/// One CRD as a YAML document, as committed in `crds/<kind>.yaml`.
+#[expect(
+    clippy::expect_used,
+    reason = "a CRD is strings, numbers and maps with string keys: always representable in YAML"
+)]
+pub fn crd_yaml(crd: &CustomResourceDefinition) -> String {
+    let yaml = serde_yaml::to_string(crd).expect("a CRD serialises to YAML");
+    format!("{GENERATED_HEADER}{yaml}")
+}
+
+/// Every CRD of the operator as one multi-document YAML stream, for `kubectl apply -f -`.
+pub fn crds_yaml() -> String {
+    crd::crds()
+        .iter()
+        .map(|crd| format!("---\n{}", crd_yaml(crd)))
+        .collect()
+}
