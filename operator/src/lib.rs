@@ -1,8 +1,10 @@
 //! coffer-operator: syncs environments of coffer-server into Kubernetes Secrets.
 //!
-//! For now, the custom resource types ([`crd`]) and their CRD manifests ([`crds_yaml`]).
+//! For now, the custom resource types ([`crd`]), their CRD manifests ([`crds_yaml`]), and what
+//! a synced Secret should contain ([`environment::build`]).
 
 pub mod crd;
+pub mod environment;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 

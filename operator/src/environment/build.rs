@@ -1,0 +1,187 @@
+//! What the Secret synced from an environment should be: a pure function of the `Environment`
+//! resource and the environment's values, tested without a cluster.
+
+use std::collections::BTreeMap;
+
+use hmac::{Hmac, Mac};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::ObjectMeta;
+use kube::{Resource, ResourceExt};
+use secrecy::{ExposeSecret, SecretString};
+use sha2::Sha256;
+
+use crate::crd::{Environment, key_selected};
+
+/// `app.kubernetes.io/managed-by` on every Secret the operator writes.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY: &str = "coffer-operator";
+/// The name of the `Environment` a synced Secret comes from.
+pub const ENVIRONMENT_LABEL: &str = "coffer.dev/environment";
+
+/// The Secret to apply, with the hash of its data and how many keys it holds.
+#[derive(Debug, Clone)]
+pub struct DesiredSecret {
+    pub secret: Secret,
+    /// HMAC-SHA256 of the data under the operator's key: changes exactly when the data does,
+    /// reveals nothing of it.
+    pub hash: String,
+    pub keys: usize,
+}
+
+/// The Secret for `env` holding the selected `values`. The owner reference makes the Secret
+/// the Environment's (removed on deletion when the policy is `Retain`).
+pub fn desired_secret(
+    env: &Environment,
+    values: &BTreeMap<String, SecretString>,
+    hash_key: &[u8],
+) -> DesiredSecret {
+    let sync = &env.spec.sync;
+    let data: BTreeMap<String, ByteString> = values
+        .iter()
+        .filter(|(key, _)| key_selected(key, &sync.include, &sync.exclude))
+        .map(|(key, value)| {
+            (
+                key.clone(),
+                ByteString(value.expose_secret().as_bytes().to_vec()),
+            )
+        })
+        .collect();
+    let mut labels = sync.labels.clone();
+    labels.insert(MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned());
+    labels.insert(ENVIRONMENT_LABEL.to_owned(), env.name_any());
+    let hash = secret_hash(hash_key, &data);
+    let keys = data.len();
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(env.secret_name()),
+            namespace: env.namespace(),
+            labels: Some(labels),
+            annotations: (!sync.annotations.is_empty()).then(|| sync.annotations.clone()),
+            owner_references: env.controller_owner_ref(&()).map(|r| vec![r]),
+            ..ObjectMeta::default()
+        },
+        type_: Some(sync.type_.clone()),
+        data: Some(data),
+        ..Secret::default()
+    };
+    DesiredSecret { secret, hash, keys }
+}
+
+/// HMAC-SHA256 over the data in a canonical, unambiguous encoding (length-prefixed keys and
+/// values in key order), hex-encoded.
+pub fn secret_hash(hash_key: &[u8], data: &BTreeMap<String, ByteString>) -> String {
+    // HMAC accepts keys of any length.
+    let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(hash_key) else {
+        unreachable!("HMAC takes keys of any length")
+    };
+    for (key, value) in data {
+        mac.update(&(key.len() as u64).to_be_bytes());
+        mac.update(key.as_bytes());
+        mac.update(&(value.0.len() as u64).to_be_bytes());
+        mac.update(&value.0);
+    }
+    hex::encode(mac.finalize().into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::crd::EnvironmentSpec;
+
+    fn environment(sync: serde_json::Value) -> Environment {
+        let spec: EnvironmentSpec = serde_json::from_value(serde_json::json!({
+            "projectRef": { "name": "web" },
+            "environment": "production",
+            "sync": sync,
+        }))
+        .unwrap();
+        let mut env = Environment::new("web-prod", spec);
+        env.metadata.namespace = Some("apps".into());
+        env.metadata.uid = Some("0b5c5d2e-5f42-4a53-9d3b-5f1a4c2b8e11".into());
+        env
+    }
+
+    fn values(pairs: &[(&str, &str)]) -> BTreeMap<String, SecretString> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), SecretString::from((*v).to_owned())))
+            .collect()
+    }
+
+    #[test]
+    fn the_secret_holds_exactly_the_selected_keys() {
+        let env = environment(
+            serde_json::json!({ "include": ["DB_*", "API_KEY"], "exclude": ["DB_ADMIN_*"] }),
+        );
+        let d = desired_secret(
+            &env,
+            &values(&[
+                ("DB_URL", "u"),
+                ("DB_ADMIN_PASSWORD", "p"),
+                ("API_KEY", "k"),
+                ("OTHER", "o"),
+            ]),
+            b"k",
+        );
+        let keys: Vec<&String> = d.secret.data.as_ref().unwrap().keys().collect();
+        assert_eq!(keys, ["API_KEY", "DB_URL"]);
+        assert_eq!(d.keys, 2);
+        assert_eq!(d.secret.data.unwrap()["DB_URL"].0, b"u");
+    }
+
+    #[test]
+    fn the_secret_is_named_labelled_typed_and_owned_by_its_environment() {
+        let env = environment(serde_json::json!({
+            "secretName": "web-secrets", "type": "kubernetes.io/dockerconfigjson",
+            "labels": { "team": "payments", "app.kubernetes.io/managed-by": "someone-else" },
+            "annotations": { "note": "synced" },
+        }));
+        let d = desired_secret(&env, &values(&[("A", "1")]), b"k");
+        let meta = &d.secret.metadata;
+        assert_eq!(meta.name.as_deref(), Some("web-secrets"));
+        assert_eq!(meta.namespace.as_deref(), Some("apps"));
+        let labels = meta.labels.as_ref().unwrap();
+        assert_eq!(labels[MANAGED_BY_LABEL], MANAGED_BY, "our label wins");
+        assert_eq!(labels["team"], "payments");
+        assert_eq!(labels[ENVIRONMENT_LABEL], "web-prod");
+        assert_eq!(meta.annotations.as_ref().unwrap()["note"], "synced");
+        assert_eq!(
+            d.secret.type_.as_deref(),
+            Some("kubernetes.io/dockerconfigjson")
+        );
+        let owner = &meta.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+            ("Environment", "web-prod", Some(true))
+        );
+    }
+
+    #[test]
+    fn the_secret_defaults_to_an_opaque_secret_named_after_the_environment() {
+        let env = environment(serde_json::json!({}));
+        let d = desired_secret(&env, &values(&[]), b"k");
+        assert_eq!(d.secret.metadata.name.as_deref(), Some("web-prod"));
+        assert_eq!(d.secret.type_.as_deref(), Some("Opaque"));
+        assert!(d.secret.data.unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_hash_changes_with_the_data_only_and_reveals_nothing() {
+        let env = environment(serde_json::json!({}));
+        let a = desired_secret(&env, &values(&[("A", "s3cr3t"), ("B", "2")]), b"key");
+        let again = desired_secret(&env, &values(&[("B", "2"), ("A", "s3cr3t")]), b"key");
+        let changed = desired_secret(&env, &values(&[("A", "s3cr3u"), ("B", "2")]), b"key");
+        // Moving a byte between key and value is a different secret.
+        let shifted = desired_secret(&env, &values(&[("AB", ""), ("B", "2")]), b"key");
+        let other_key = desired_secret(&env, &values(&[("A", "s3cr3t"), ("B", "2")]), b"other");
+        assert_eq!(a.hash, again.hash);
+        assert_ne!(a.hash, changed.hash);
+        assert_ne!(a.hash, shifted.hash);
+        assert_ne!(a.hash, other_key.hash);
+        assert_eq!(a.hash.len(), 64);
+        assert!(!a.hash.contains("s3cr3t"));
+    }
+}
