@@ -2,8 +2,6 @@
 //! (Kubernetes 1.20, see `tests/kube-testenv`) accepts them, applies their defaults and explains
 //! their fields.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::path::PathBuf;
 
 use coffer_operator::crd::{
@@ -49,7 +47,7 @@ fn the_committed_crds_match_the_rust_types() {
     assert!(
         stale.is_empty(),
         "out of date with operator/src/crd: {}\n\
-         regenerate them with `{BLESS}=1 cargo test -p coffer-operator --test crds` and commit them",
+         regenerate them with `{BLESS}=1 cargo test -p coffer-operator --test operator crds` and commit them",
         stale.join(", ")
     );
 }

@@ -1,0 +1,5 @@
+//! coffer-operator's tests against a real Kubernetes control plane: one test binary, so one
+//! control plane starts for all of them (see `tests/kube-testenv`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod crds;
