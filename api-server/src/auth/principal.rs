@@ -7,6 +7,7 @@ use axum::http::{Method, header};
 
 use crate::auth::tokens::{self, API_KEY_PREFIX};
 use crate::db;
+use crate::db::credentials::{self, Table};
 use crate::error::ApiError;
 use crate::ids::{
     ApiKeyId, EnvironmentId, OrgId, ProjectId, ServiceTokenId, SessionId, Timestamp, UserId,
@@ -140,12 +141,6 @@ impl Subject for Caller {
     }
 }
 
-/// Whether a credential's last use is old enough to record again: at most one write a minute
-/// per credential, so that reads stay reads.
-fn stale(last_used: Option<Timestamp>, now: Timestamp) -> bool {
-    last_used.is_none_or(|t| t < now.minus(std::time::Duration::from_secs(60)))
-}
-
 fn is_safe(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
@@ -182,8 +177,9 @@ impl FromRequestParts<AppState> for Caller {
                 let found = db::service_tokens::by_token_hash(state.db.pool(), &hash, now)
                     .await?
                     .ok_or_else(invalid_token)?;
-                if stale(found.last_used_at, now) {
-                    db::service_tokens::touch(state.db.pool(), found.id, now).await?;
+                if credentials::needs_touch(found.last_used_at, now) {
+                    credentials::touch(state.db.pool(), Table::ServiceTokens, found.id, now)
+                        .await?;
                 }
                 if !found.read_write() && !is_safe(&parts.method) {
                     return Err(ApiError::forbidden(
@@ -201,8 +197,8 @@ impl FromRequestParts<AppState> for Caller {
                     read_write: found.read_write(),
                 }));
             };
-            if stale(key.last_used_at, now) {
-                db::api_keys::touch(state.db.pool(), key.id, now).await?;
+            if credentials::needs_touch(key.last_used_at, now) {
+                credentials::touch(state.db.pool(), Table::ApiKeys, key.id, now).await?;
             }
             Principal {
                 user_id: key.user_id,

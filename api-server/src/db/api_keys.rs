@@ -3,6 +3,7 @@
 use sqlx::FromRow;
 use sqlx::any::AnyExecutor;
 
+use crate::db::credentials::LIVE_BY_HASH;
 use crate::ids::{ApiKeyId, Timestamp, UserId};
 
 /// A stored API key (without its hash).
@@ -68,8 +69,7 @@ pub async fn by_token_hash<'e>(
 ) -> Result<Option<ApiKeyRow>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM api_keys \
-         WHERE (token_hash = $1 OR (previous_token_hash = $1 AND previous_expires_at > $2)) \
-           AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $2)"
+         WHERE {LIVE_BY_HASH}"
     ))
     .bind(token_hash)
     .bind(now)
@@ -107,64 +107,4 @@ pub async fn get<'e>(
     .bind(id)
     .fetch_optional(ex)
     .await
-}
-
-/// Revokes a key; false when the user has no such live key.
-pub async fn revoke<'e>(
-    ex: impl AnyExecutor<'e>,
-    user_id: UserId,
-    id: ApiKeyId,
-    now: Timestamp,
-) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE api_keys SET revoked_at = $1 WHERE user_id = $2 AND id = $3 AND revoked_at IS NULL",
-    )
-    .bind(now)
-    .bind(user_id)
-    .bind(id)
-    .execute(ex)
-    .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-/// Replaces the key's token; the old one keeps working until `previous_expires_at`.
-pub async fn rotate<'e>(
-    ex: impl AnyExecutor<'e>,
-    user_id: UserId,
-    id: ApiKeyId,
-    new_hash: &str,
-    new_prefix: &str,
-    previous_expires_at: Timestamp,
-) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE api_keys SET previous_token_hash = token_hash, previous_expires_at = $1, \
-                token_hash = $2, prefix = $3 \
-         WHERE user_id = $4 AND id = $5 AND revoked_at IS NULL",
-    )
-    .bind(previous_expires_at)
-    .bind(new_hash)
-    .bind(new_prefix)
-    .bind(user_id)
-    .bind(id)
-    .execute(ex)
-    .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-/// Records use, at most once a minute per key so that reads stay reads.
-pub async fn touch<'e>(
-    ex: impl AnyExecutor<'e>,
-    id: ApiKeyId,
-    now: Timestamp,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE api_keys SET last_used_at = $1 \
-         WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $3)",
-    )
-    .bind(now)
-    .bind(id)
-    .bind(now.minus(std::time::Duration::from_secs(60)))
-    .execute(ex)
-    .await?;
-    Ok(())
 }

@@ -7,6 +7,7 @@
 
 pub mod api_keys;
 pub mod audit;
+pub mod credentials;
 pub mod orgs;
 pub mod projects;
 pub mod secrets;

@@ -3,6 +3,7 @@
 use sqlx::FromRow;
 use sqlx::any::AnyExecutor;
 
+use crate::db::credentials::LIVE_BY_HASH;
 use crate::ids::{EnvironmentId, OrgId, ProjectId, ServiceTokenId, Timestamp, UserId};
 
 /// A stored service token (without its hash).
@@ -84,8 +85,7 @@ pub async fn by_token_hash<'e>(
 ) -> Result<Option<ServiceTokenRow>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM service_tokens \
-         WHERE (token_hash = $1 OR (previous_token_hash = $1 AND previous_expires_at > $2)) \
-           AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $2)"
+         WHERE {LIVE_BY_HASH}"
     ))
     .bind(hash)
     .bind(now)
@@ -146,56 +146,4 @@ pub async fn get<'e>(
     .bind(id)
     .fetch_optional(ex)
     .await
-}
-
-pub async fn revoke<'e>(
-    ex: impl AnyExecutor<'e>,
-    org: OrgId,
-    id: ServiceTokenId,
-    now: Timestamp,
-) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query("UPDATE service_tokens SET revoked_at = $1 WHERE org_id = $2 AND id = $3 AND revoked_at IS NULL")
-        .bind(now)
-        .bind(org)
-        .bind(id)
-        .execute(ex)
-        .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-pub async fn rotate<'e>(
-    ex: impl AnyExecutor<'e>,
-    org: OrgId,
-    id: ServiceTokenId,
-    new_hash: &str,
-    new_prefix: &str,
-    previous_expires_at: Timestamp,
-) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE service_tokens SET previous_token_hash = token_hash, previous_expires_at = $1, token_hash = $2, prefix = $3 \
-         WHERE org_id = $4 AND id = $5 AND revoked_at IS NULL",
-    )
-    .bind(previous_expires_at)
-    .bind(new_hash)
-    .bind(new_prefix)
-    .bind(org)
-    .bind(id)
-    .execute(ex)
-    .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-/// Records use, at most once a minute per token.
-pub async fn touch<'e>(
-    ex: impl AnyExecutor<'e>,
-    id: ServiceTokenId,
-    now: Timestamp,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE service_tokens SET last_used_at = $1 WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $3)")
-        .bind(now)
-        .bind(id)
-        .bind(now.minus(std::time::Duration::from_secs(60)))
-        .execute(ex)
-        .await?;
-    Ok(())
 }

@@ -9,6 +9,7 @@ use crate::auth::Principal;
 use crate::auth::tokens::{self, API_KEY_PREFIX};
 use crate::db;
 use crate::db::api_keys::{ApiKeyRow, NewApiKey};
+use crate::db::credentials::{self, Table};
 use crate::error::{ApiError, ApiResult};
 use crate::ids::{ApiKeyId, Timestamp};
 use crate::service::ClientMeta;
@@ -119,7 +120,15 @@ pub async fn revoke(
     id: ApiKeyId,
 ) -> ApiResult<()> {
     let mut tx = state.db.begin().await?;
-    if !db::api_keys::revoke(&mut *tx, principal.user_id, id, Timestamp::now()).await? {
+    if !credentials::revoke(
+        &mut *tx,
+        Table::ApiKeys,
+        principal.user_id,
+        id,
+        Timestamp::now(),
+    )
+    .await?
+    {
         return Err(ApiError::not_found("api key"));
     }
     AuditEvent::new(action::API_KEY_REVOKED, Outcome::Success, meta)
@@ -143,8 +152,9 @@ pub async fn rotate(
     let now = Timestamp::now();
     let token = tokens::generate(API_KEY_PREFIX);
     let mut tx = state.db.begin().await?;
-    let rotated = db::api_keys::rotate(
+    let rotated = credentials::rotate(
         &mut *tx,
+        Table::ApiKeys,
         principal.user_id,
         id,
         &tokens::hash(token.expose_secret()),

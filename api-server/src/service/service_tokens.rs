@@ -10,6 +10,7 @@ use crate::auth::Principal;
 use crate::auth::tokens::{self, API_KEY_PREFIX};
 use crate::authz::Action;
 use crate::db;
+use crate::db::credentials::{self, Table};
 use crate::db::service_tokens::{NewServiceToken, ServiceTokenRow};
 use crate::error::{ApiError, ApiResult};
 use crate::ids::{ServiceTokenId, Timestamp};
@@ -148,7 +149,15 @@ pub async fn revoke(
 ) -> ApiResult<()> {
     let ctx = tenancy::org(state, principal, org, Action::ServiceTokensManage).await?;
     let mut tx = state.db.begin().await?;
-    if !db::service_tokens::revoke(&mut *tx, ctx.org.id, id, Timestamp::now()).await? {
+    if !credentials::revoke(
+        &mut *tx,
+        Table::ServiceTokens,
+        ctx.org.id,
+        id,
+        Timestamp::now(),
+    )
+    .await?
+    {
         return Err(ApiError::not_found("service token"));
     }
     AuditEvent::new(action::SERVICE_TOKEN_REVOKED, Outcome::Success, meta)
@@ -175,8 +184,9 @@ pub async fn rotate(
     let secret = tokens::generate(API_KEY_PREFIX);
     let now = Timestamp::now();
     let mut tx = state.db.begin().await?;
-    let rotated = db::service_tokens::rotate(
+    let rotated = credentials::rotate(
         &mut *tx,
+        Table::ServiceTokens,
         ctx.org.id,
         id,
         &tokens::hash(secret.expose_secret()),
