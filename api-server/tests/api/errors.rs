@@ -3,7 +3,7 @@
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 
-use crate::helpers::{PASSWORD, db_test};
+use crate::helpers::db_test;
 
 fn raw(
     method: Method,
@@ -71,5 +71,4 @@ db_test!(async fn an_internal_failure_is_500_without_internals(app) {
     // The failed write left nothing behind: the key insert was rolled back with the audit event.
     let keys: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_keys").fetch_one(app.state.db.pool()).await.unwrap();
     assert_eq!(keys, 1);
-    let _ = PASSWORD;
 });
