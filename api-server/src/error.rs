@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
-use utoipa::ToSchema;
+
+pub use coffer_client::types::{ErrorDetail, ErrorResponse};
 
 /// An error answered to an API client. Messages never carry secrets or internals.
 #[derive(Debug, thiserror::Error)]
@@ -167,24 +167,6 @@ impl From<sqlx::Error> for ApiError {
 pub struct ErrorBody {
     pub code: Cow<'static, str>,
     pub message: Cow<'static, str>,
-}
-
-/// The JSON error document.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorResponse {
-    pub error: ErrorDetail,
-}
-
-/// One error: a stable code, a human message and the request id to quote to an operator.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorDetail {
-    /// Stable, machine-readable, snake_case.
-    #[schema(example = "validation_failed")]
-    pub code: String,
-    /// For humans; never contains secrets.
-    pub message: String,
-    /// The `x-request-id` of the request.
-    pub request_id: String,
 }
 
 impl IntoResponse for ApiError {

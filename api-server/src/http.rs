@@ -14,11 +14,14 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::IntoParams;
 
 use crate::error::{ApiError, ErrorBody, ErrorDetail, ErrorResponse, code_for_status};
 use crate::service::ClientMeta;
 use crate::state::AppState;
+
+/// Shared with clients: a list page and a secret shown in a response.
+pub use coffer_client::types::{Page, Revealed};
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
@@ -253,25 +256,29 @@ impl PageParams {
     }
 }
 
-/// One page of a list.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Page<T> {
-    pub items: Vec<T>,
-    /// Pass as `cursor` to get the next page; absent on the last page.
-    pub next_cursor: Option<String>,
+/// The server's side of [`Page`]: building pages, with cursors only this server reads back.
+pub trait PageExt<T>: Sized {
+    /// A list that is always whole (small by nature, e.g. a project's environments).
+    fn complete(items: Vec<T>) -> Self;
+
+    /// A page from `rows` fetched with `limit + 1`, so a further page is known to exist.
+    fn from_rows<R>(
+        rows: Vec<R>,
+        limit: u32,
+        key: impl Fn(&R) -> String,
+        map: impl FnMut(R) -> T,
+    ) -> Self;
 }
 
-impl<T> Page<T> {
-    /// A list that is always whole (small by nature, e.g. a project's environments).
-    pub fn complete(items: Vec<T>) -> Self {
+impl<T> PageExt<T> for Page<T> {
+    fn complete(items: Vec<T>) -> Self {
         Self {
             items,
             next_cursor: None,
         }
     }
 
-    /// A page from `rows` fetched with `limit + 1`, so a further page is known to exist.
-    pub fn from_rows<R>(
+    fn from_rows<R>(
         mut rows: Vec<R>,
         limit: u32,
         key: impl Fn(&R) -> String,
@@ -288,31 +295,6 @@ impl<T> Page<T> {
         }
     }
 }
-
-/// A secret in a response body (a new credential, or a value its reader may see). Serialises
-/// in clear; `Debug` is redacted so it cannot reach a log by accident.
-#[derive(Clone)]
-pub struct Revealed(pub secrecy::SecretString);
-
-impl std::fmt::Debug for Revealed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Revealed([redacted])")
-    }
-}
-
-impl Serialize for Revealed {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(secrecy::ExposeSecret::expose_secret(&self.0))
-    }
-}
-
-impl utoipa::PartialSchema for Revealed {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        <String as utoipa::PartialSchema>::schema()
-    }
-}
-
-impl ToSchema for Revealed {}
 
 #[cfg(test)]
 mod tests {

@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 use crate::auth::Principal;
 use crate::db::api_keys::ApiKeyRow;
 use crate::error::{ApiError, ErrorResponse};
-use crate::http::{Json, Page, PageParams, Query, Revealed};
+use crate::http::{Json, Page, PageExt as _, PageParams, Query, Revealed};
 use crate::ids::{ApiKeyId, Timestamp};
 use crate::service::{self, ClientMeta};
 use crate::state::AppState;

@@ -10,7 +10,7 @@ use crate::auth::Principal;
 use crate::db;
 use crate::db::audit::AuditRow;
 use crate::error::{ApiError, ErrorResponse};
-use crate::http::{Json, Page, PageParams, Query};
+use crate::http::{Json, Page, PageExt as _, PageParams, Query};
 use crate::ids::{AuditEventId, Timestamp};
 use crate::service;
 use crate::state::AppState;

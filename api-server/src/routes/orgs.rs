@@ -11,7 +11,7 @@ use crate::auth::{Caller, Principal};
 use crate::authz::OrgRole;
 use crate::db::orgs::{InvitationRow, MemberRow};
 use crate::error::{ApiError, ErrorResponse};
-use crate::http::{Json, Page, PageParams, Query, Revealed};
+use crate::http::{Json, Page, PageExt as _, PageParams, Query, Revealed};
 use crate::ids::{InvitationId, OrgId, Timestamp, UserId};
 use crate::service::tenancy::OrgCtx;
 use crate::service::{self, ClientMeta};

@@ -1,8 +1,6 @@
 //! `/api/v1/orgs/{org}/projects`: projects, who may work on them, their environments and the
 //! environments' role policies.
 
-use std::collections::BTreeMap;
-
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -14,12 +12,17 @@ use crate::auth::{Caller, Principal};
 use crate::authz::{EnvAccess, ProjectRole};
 use crate::db::projects::{EnvironmentRow, GrantRow, ProjectRow};
 use crate::error::{ApiError, ErrorResponse};
-use crate::http::{Json, Page, PageParams, Query};
-use crate::ids::{EnvironmentId, ProjectId, Timestamp, UserId};
+use crate::http::{Json, Page, PageExt as _, PageParams, Query};
+use crate::ids::{Timestamp, UserId};
 use crate::routes::orgs::parse_user_id;
 use crate::service::tenancy::EnvPath;
 use crate::service::{self, ClientMeta};
 use crate::state::AppState;
+
+pub use coffer_client::types::{
+    CreateEnvironmentRequest, CreateProjectRequest, Environment, EnvironmentDetail, Project,
+    UpdateEnvironmentRequest, UpdateProjectRequest,
+};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -37,37 +40,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(set_policy, clear_policy))
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateProjectRequest {
-    #[schema(example = "Payments")]
-    pub name: String,
-    #[schema(example = "payments")]
-    pub slug: String,
-    /// Environment slugs, in order (default: development, staging, production).
-    pub environments: Option<Vec<String>>,
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateProjectRequest {
-    pub name: String,
-}
-
-/// An environment of a project.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Environment {
-    pub id: EnvironmentId,
-    pub slug: String,
-    pub name: String,
-    /// Its place in the project's order, from 0.
-    pub position: i64,
-    /// Increases with every change to the environment's secrets.
-    pub revision: i64,
-    pub created_at: Timestamp,
-    pub updated_at: Timestamp,
-}
-
 impl From<EnvironmentRow> for Environment {
     fn from(e: EnvironmentRow) -> Self {
         Self {
@@ -82,30 +54,19 @@ impl From<EnvironmentRow> for Environment {
     }
 }
 
-/// A project with its environments.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Project {
-    pub id: ProjectId,
-    pub slug: String,
-    pub name: String,
-    pub created_at: Timestamp,
-    pub updated_at: Timestamp,
-    /// The caller's project role (owners and admins of the organization: `admin`).
-    pub role: Option<ProjectRole>,
-    pub environments: Option<Vec<Environment>>,
-}
-
-impl Project {
-    fn new(p: ProjectRow, role: Option<ProjectRole>, envs: Option<Vec<EnvironmentRow>>) -> Self {
-        Self {
-            id: p.id,
-            slug: p.slug,
-            name: p.name,
-            created_at: p.created_at,
-            updated_at: p.updated_at,
-            role,
-            environments: envs.map(|e| e.into_iter().map(Environment::from).collect()),
-        }
+fn project_response(
+    p: ProjectRow,
+    role: Option<ProjectRole>,
+    envs: Option<Vec<EnvironmentRow>>,
+) -> Project {
+    Project {
+        id: p.id,
+        slug: p.slug,
+        name: p.name,
+        created_at: p.created_at,
+        updated_at: p.updated_at,
+        role,
+        environments: envs.map(|e| e.into_iter().map(Environment::from).collect()),
     }
 }
 
@@ -145,30 +106,6 @@ pub struct GrantRequest {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct CreateEnvironmentRequest {
-    pub slug: String,
-    pub name: Option<String>,
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateEnvironmentRequest {
-    pub name: Option<String>,
-    /// Move the environment to this index in the project's order.
-    pub position: Option<u32>,
-}
-
-/// An environment with its role policies.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct EnvironmentDetail {
-    #[serde(flatten)]
-    pub environment: Environment,
-    /// What each project role may do here, where it differs from the role's default.
-    pub policies: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct PolicyRequest {
     pub access: EnvAccess,
 }
@@ -201,7 +138,11 @@ pub async fn create_project(
     .await?;
     Ok((
         StatusCode::CREATED,
-        Json(Project::new(project, Some(ProjectRole::Admin), Some(envs))),
+        Json(project_response(
+            project,
+            Some(ProjectRole::Admin),
+            Some(envs),
+        )),
     ))
 }
 
@@ -222,7 +163,7 @@ pub async fn list_projects(
         rows,
         limit,
         |p| p.slug.clone(),
-        |p| Project::new(p, None, None),
+        |p| project_response(p, None, None),
     )))
 }
 
@@ -238,7 +179,7 @@ pub async fn get_project(
     Path((org, project)): Path<OrgProject>,
 ) -> Result<Json<Project>, ApiError> {
     let (ctx, envs) = service::projects::get(&state, &principal, &org, &project).await?;
-    Ok(Json(Project::new(ctx.project, ctx.role, Some(envs))))
+    Ok(Json(project_response(ctx.project, ctx.role, Some(envs))))
 }
 
 /// Rename a project (project admins).
@@ -256,7 +197,7 @@ pub async fn update_project(
 ) -> Result<Json<Project>, ApiError> {
     let ctx =
         service::projects::rename(&state, &meta, &principal, &org, &project, &req.name).await?;
-    Ok(Json(Project::new(ctx.project, ctx.role, None)))
+    Ok(Json(project_response(ctx.project, ctx.role, None)))
 }
 
 /// Delete a project with all its environments and secrets (org owners and admins).

@@ -3,7 +3,6 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -12,7 +11,7 @@ use utoipa_axum::routes;
 use crate::auth::{Caller, Principal};
 use crate::db::secrets::VersionRow;
 use crate::error::{ApiError, ErrorResponse};
-use crate::http::{Json, Page, PageParams, Query, Revealed};
+use crate::http::{Json, Page, PageExt as _, PageParams, Query, Revealed};
 use crate::ids::Timestamp;
 use crate::routes::audit::Actor;
 use crate::secrets::formats::Format;
@@ -20,6 +19,11 @@ use crate::service::secrets::{BulkRead, SecretInput, SecretValue, UpsertReport};
 use crate::service::tenancy::EnvPath;
 use crate::service::{self, ClientMeta};
 use crate::state::AppState;
+
+pub use coffer_client::types::{
+    BulkUpsertRequest, CreateSecretRequest, PutSecretRequest, RollbackRequest, Secret, SecretsPage,
+    WriteReport,
+};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -56,18 +60,6 @@ fn key_path(p: &KeySegments) -> (EnvPath<'_>, &str) {
     )
 }
 
-/// A secret and its current (or requested) version.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Secret {
-    #[schema(example = "DATABASE_URL")]
-    pub key: String,
-    pub value: Revealed,
-    pub comment: Option<Revealed>,
-    pub version: i64,
-    pub created_at: Timestamp,
-    pub updated_at: Timestamp,
-}
-
 impl From<SecretValue> for Secret {
     fn from(s: SecretValue) -> Self {
         Self {
@@ -79,56 +71,6 @@ impl From<SecretValue> for Secret {
             updated_at: s.updated_at,
         }
     }
-}
-
-/// Every secret of an environment.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct SecretsPage {
-    /// The environment's revision: it increases with every change.
-    pub revision: i64,
-    pub secrets: Vec<Secret>,
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateSecretRequest {
-    pub key: String,
-    #[schema(value_type = String)]
-    pub value: SecretString,
-    #[schema(value_type = Option<String>)]
-    pub comment: Option<SecretString>,
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PutSecretRequest {
-    #[schema(value_type = String)]
-    pub value: SecretString,
-    /// Absent: keep the current comment; empty: remove it.
-    #[schema(value_type = Option<String>)]
-    pub comment: Option<SecretString>,
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct BulkUpsertRequest {
-    pub secrets: Vec<CreateSecretRequest>,
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RollbackRequest {
-    pub version: i64,
-}
-
-/// What a bulk write or an import did.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct WriteReport {
-    pub created: usize,
-    pub updated: usize,
-    pub unchanged: usize,
-    /// The environment's revision afterwards.
-    pub revision: Option<i64>,
 }
 
 impl From<UpsertReport> for WriteReport {

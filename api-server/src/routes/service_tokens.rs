@@ -5,63 +5,27 @@ use std::time::Duration;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use secrecy::SecretString;
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorResponse};
-use crate::http::{Json, Page, PageParams, Query, Revealed};
-use crate::ids::{ServiceTokenId, Timestamp};
+use crate::http::{Json, Page, PageExt as _, PageParams, Query, Revealed};
+use crate::ids::ServiceTokenId;
 use crate::routes::api_keys::RotateApiKeyRequest;
 use crate::service::service_tokens::{NewToken, ServiceTokenView};
 use crate::service::{self, ClientMeta};
 use crate::state::AppState;
+
+pub use coffer_client::types::{
+    CreateServiceTokenRequest, IssuedServiceToken, ServiceToken, TokenAccess,
+};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_token, list_tokens))
         .routes(routes!(revoke_token))
         .routes(routes!(rotate_token))
-}
-
-/// `read` or `read-write`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
-pub enum TokenAccess {
-    #[serde(rename = "read")]
-    Read,
-    #[serde(rename = "read-write")]
-    ReadWrite,
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateServiceTokenRequest {
-    #[schema(example = "k8s-operator")]
-    pub name: String,
-    /// The project's slug.
-    pub project: String,
-    /// Slugs of the environments the token may reach.
-    pub environments: Vec<String>,
-    pub access: TokenAccess,
-    /// Days until the token stops working (1 to 3650); without it the token does not expire.
-    pub expires_in_days: Option<u32>,
-}
-
-/// A service token's metadata (never the token itself).
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ServiceToken {
-    pub id: ServiceTokenId,
-    pub name: String,
-    #[schema(example = "cfr_AbCd1234")]
-    pub prefix: String,
-    pub project: String,
-    pub environments: Vec<String>,
-    pub access: TokenAccess,
-    pub created_at: Timestamp,
-    pub expires_at: Option<Timestamp>,
-    pub last_used_at: Option<Timestamp>,
 }
 
 impl From<ServiceTokenView> for ServiceToken {
@@ -83,16 +47,6 @@ impl From<ServiceTokenView> for ServiceToken {
             last_used_at: v.token.last_used_at,
         }
     }
-}
-
-/// A token with its secret: store it now, it is not shown again.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct IssuedServiceToken {
-    #[serde(flatten)]
-    pub service_token: ServiceToken,
-    pub token: Revealed,
-    /// Until when the previous secret still works (after a rotation).
-    pub previous_token_expires_at: Option<Timestamp>,
 }
 
 fn issued(view: ServiceTokenView, secret: SecretString) -> IssuedServiceToken {

@@ -12,7 +12,7 @@ use crate::auth::Principal;
 use crate::db::orgs::MemberRow;
 use crate::db::teams::TeamRow;
 use crate::error::{ApiError, ErrorResponse};
-use crate::http::{Json, Page, PageParams, Query};
+use crate::http::{Json, Page, PageExt as _, PageParams, Query};
 use crate::ids::{TeamId, Timestamp, UserId};
 use crate::routes::orgs::{Member, parse_user_id};
 use crate::service::teams::TeamDetail;

@@ -1,0 +1,465 @@
+use std::time::Duration;
+
+use reqwest::header::{ACCEPT, ETAG, HeaderValue, IF_NONE_MATCH, RETRY_AFTER};
+use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
+use secrecy::{ExposeSecret as _, SecretString};
+use serde::de::DeserializeOwned;
+
+use crate::Error;
+use crate::error::describe_json_error;
+use crate::types::{
+    BulkUpsertRequest, CreateEnvironmentRequest, CreateProjectRequest, CreateServiceTokenRequest,
+    Environment, EnvironmentDetail, ErrorResponse, IssuedServiceToken, Project, PutSecretRequest,
+    Secret, SecretsPage, WriteReport,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+const USER_AGENT: &str = concat!("coffer-client/", env!("CARGO_PKG_VERSION"));
+
+/// A typed client of coffer-server's HTTP API, authenticated with one token (an API key or a
+/// service token, `cfr_…`). Cheap to clone: clones share the connection pool.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: Url,
+    token: SecretString,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base_url", &self.base.as_str())
+            .field("token", &"[redacted]")
+            .finish_non_exhaustive()
+    }
+}
+
+/// The answer to a conditional read (`If-None-Match`).
+#[derive(Debug)]
+pub enum Fetched<T> {
+    /// The current value, and the `ETag` to send next time.
+    Modified { etag: Option<String>, value: T },
+    /// `304 Not Modified`: what the caller has is current.
+    NotModified { etag: Option<String> },
+}
+
+impl<T> Fetched<T> {
+    /// The `ETag` the server sent.
+    pub fn etag(&self) -> Option<&str> {
+        match self {
+            Self::Modified { etag, .. } | Self::NotModified { etag } => etag.as_deref(),
+        }
+    }
+
+    /// The value, unless it was not modified.
+    pub fn into_value(self) -> Option<T> {
+        match self {
+            Self::Modified { value, .. } => Some(value),
+            Self::NotModified { .. } => None,
+        }
+    }
+}
+
+impl Client {
+    /// A client of the coffer-server at `base_url` (e.g. `https://coffer.example.com`; a path
+    /// prefix is kept), with a 10 s timeout per request.
+    pub fn new(base_url: &str, token: SecretString) -> Result<Self, Error> {
+        let http = reqwest::Client::builder()
+            .timeout(TIMEOUT)
+            .user_agent(USER_AGENT)
+            .build()
+            .map_err(Error::Transport)?;
+        Self::with_http(http, base_url, token)
+    }
+
+    /// Like [`Client::new`], over a `reqwest::Client` configured by the caller (timeouts,
+    /// proxies, extra root certificates…).
+    pub fn with_http(
+        http: reqwest::Client,
+        base_url: &str,
+        token: SecretString,
+    ) -> Result<Self, Error> {
+        // The URL appears in transport errors, so it must not hold credentials; and the
+        // messages here do not repeat it.
+        let base = Url::parse(base_url).map_err(|e| Error::InvalidUrl(e.to_string()))?;
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(Error::InvalidUrl("the scheme must be http or https".into()));
+        }
+        if base.cannot_be_a_base() || base.host().is_none() {
+            return Err(Error::InvalidUrl("the URL has no host".into()));
+        }
+        if !base.username().is_empty() || base.password().is_some() {
+            return Err(Error::InvalidUrl(
+                "the URL must not carry credentials: the token authenticates".into(),
+            ));
+        }
+        if base.query().is_some() || base.fragment().is_some() {
+            return Err(Error::InvalidUrl(
+                "the URL must not have a query or a fragment".into(),
+            ));
+        }
+        Ok(Self { http, base, token })
+    }
+
+    /// The server's base URL, normalised (`http://127.0.0.1:8080/`).
+    pub fn base_url(&self) -> &str {
+        self.base.as_str()
+    }
+
+    /// A project and its environments.
+    pub async fn get_project(&self, org: &str, project: &str) -> Result<Project, Error> {
+        let url = self.url(&[org, "projects", project])?;
+        self.json(self.request(Method::GET, url)).await
+    }
+
+    /// Creates a project (with the default environments unless `req.environments` names them).
+    pub async fn create_project(
+        &self,
+        org: &str,
+        req: &CreateProjectRequest,
+    ) -> Result<Project, Error> {
+        let url = self.url(&[org, "projects"])?;
+        self.json(self.request(Method::POST, url).json(req)).await
+    }
+
+    /// Deletes a project with all its environments and secrets.
+    pub async fn delete_project(&self, org: &str, project: &str) -> Result<(), Error> {
+        let url = self.url(&[org, "projects", project])?;
+        self.empty(self.request(Method::DELETE, url)).await
+    }
+
+    /// An environment and its role policies.
+    pub async fn get_environment(
+        &self,
+        org: &str,
+        project: &str,
+        env: &str,
+    ) -> Result<EnvironmentDetail, Error> {
+        let url = self.url(&[org, "projects", project, "environments", env])?;
+        self.json(self.request(Method::GET, url)).await
+    }
+
+    /// Adds an environment at the end of the project's order.
+    pub async fn create_environment(
+        &self,
+        org: &str,
+        project: &str,
+        req: &CreateEnvironmentRequest,
+    ) -> Result<Environment, Error> {
+        let url = self.url(&[org, "projects", project, "environments"])?;
+        self.json(self.request(Method::POST, url).json(req)).await
+    }
+
+    /// Every secret of the environment, with references resolved. With `if_none_match` (the
+    /// `ETag` of an earlier read), an unchanged environment answers [`Fetched::NotModified`]
+    /// and the server decrypts nothing.
+    pub async fn read_secrets(
+        &self,
+        org: &str,
+        project: &str,
+        env: &str,
+        if_none_match: Option<&str>,
+    ) -> Result<Fetched<SecretsPage>, Error> {
+        let url = self.secrets_url(org, project, env, None)?;
+        let mut request = self.request(Method::GET, url);
+        // A tag that is not a valid header value cannot match one the server issued, so
+        // leaving it out gets the same answer.
+        if let Some(tag) = if_none_match.and_then(|t| HeaderValue::from_str(t).ok()) {
+            request = request.header(IF_NONE_MATCH, tag);
+        }
+        let response = request.send().await.map_err(Error::Transport)?;
+        let etag = response
+            .headers()
+            .get(ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        if response.status() == StatusCode::NOT_MODIFIED {
+            return Ok(Fetched::NotModified { etag });
+        }
+        let value = Self::decode(response).await?;
+        Ok(Fetched::Modified { etag, value })
+    }
+
+    /// Sets a secret's value (a new version), creating the secret if needed.
+    pub async fn put_secret(
+        &self,
+        org: &str,
+        project: &str,
+        env: &str,
+        key: &str,
+        req: &PutSecretRequest,
+    ) -> Result<Secret, Error> {
+        let url = self.secrets_url(org, project, env, Some(key))?;
+        self.json(self.request(Method::PUT, url).json(req)).await
+    }
+
+    /// Creates or updates many secrets in one transaction; identical ones are left alone.
+    pub async fn bulk_upsert(
+        &self,
+        org: &str,
+        project: &str,
+        env: &str,
+        req: &BulkUpsertRequest,
+    ) -> Result<WriteReport, Error> {
+        let url = self.secrets_url(org, project, env, None)?;
+        self.json(self.request(Method::PUT, url).json(req)).await
+    }
+
+    /// Deletes a secret (its history is kept on the server).
+    pub async fn delete_secret(
+        &self,
+        org: &str,
+        project: &str,
+        env: &str,
+        key: &str,
+    ) -> Result<(), Error> {
+        let url = self.secrets_url(org, project, env, Some(key))?;
+        self.empty(self.request(Method::DELETE, url)).await
+    }
+
+    /// Creates a service token; the answer holds the token itself, shown this once.
+    pub async fn create_service_token(
+        &self,
+        org: &str,
+        req: &CreateServiceTokenRequest,
+    ) -> Result<IssuedServiceToken, Error> {
+        let url = self.url(&[org, "service-tokens"])?;
+        self.json(self.request(Method::POST, url).json(req)).await
+    }
+
+    /// `{base}/api/v1/orgs/` followed by `segments`, each percent-encoded.
+    fn url(&self, segments: &[&str]) -> Result<Url, Error> {
+        let mut url = self.base.clone();
+        {
+            let mut path = url
+                .path_segments_mut()
+                .map_err(|()| Error::InvalidUrl("the URL has no host".into()))?;
+            path.pop_if_empty().extend(["api", "v1", "orgs"]);
+            for segment in segments {
+                // `url` would silently drop `.` and `..`, which would address another resource.
+                if segment.is_empty() || *segment == "." || *segment == ".." {
+                    return Err(Error::InvalidUrl(format!(
+                        "{segment:?} cannot be a slug or a key"
+                    )));
+                }
+                path.push(segment);
+            }
+        }
+        Ok(url)
+    }
+
+    fn secrets_url(
+        &self,
+        org: &str,
+        project: &str,
+        env: &str,
+        key: Option<&str>,
+    ) -> Result<Url, Error> {
+        match key {
+            Some(key) => self.url(&[
+                org,
+                "projects",
+                project,
+                "environments",
+                env,
+                "secrets",
+                key,
+            ]),
+            None => self.url(&[org, "projects", project, "environments", env, "secrets"]),
+        }
+    }
+
+    fn request(&self, method: Method, url: Url) -> RequestBuilder {
+        self.http
+            .request(method, url)
+            .bearer_auth(self.token.expose_secret())
+            .header(ACCEPT, "application/json")
+    }
+
+    async fn json<T: DeserializeOwned>(&self, request: RequestBuilder) -> Result<T, Error> {
+        let response = request.send().await.map_err(Error::Transport)?;
+        Self::decode(response).await
+    }
+
+    async fn empty(&self, request: RequestBuilder) -> Result<(), Error> {
+        let response = request.send().await.map_err(Error::Transport)?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(api_error(response).await)
+        }
+    }
+
+    async fn decode<T: DeserializeOwned>(response: Response) -> Result<T, Error> {
+        let status = response.status();
+        if !status.is_success() || status == StatusCode::NO_CONTENT {
+            return Err(if status.is_success() {
+                Error::Decode(format!("{status} without the documented body"))
+            } else {
+                api_error(response).await
+            });
+        }
+        let path = response.url().path().to_owned();
+        let body = response.bytes().await.map_err(Error::Transport)?;
+        serde_json::from_slice(&body)
+            .map_err(|e| Error::Decode(format!("{path}: {}", describe_json_error(&e))))
+    }
+}
+
+/// The error of a non-success answer: the error document if there is one, else the status.
+async fn api_error(response: Response) -> Error {
+    let status = response.status();
+    let headers = response.headers();
+    let retry_after = headers
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let header_request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let document = response
+        .bytes()
+        .await
+        .ok()
+        .and_then(|body| serde_json::from_slice::<ErrorResponse>(&body).ok());
+    match document {
+        Some(ErrorResponse { error }) => Error::Api {
+            status: status.as_u16(),
+            code: error.code,
+            message: error.message,
+            request_id: Some(error.request_id)
+                .filter(|id| !id.is_empty())
+                .or(header_request_id),
+            retry_after,
+        },
+        None => Error::bare(status, header_request_id, retry_after),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn client(base: &str) -> Result<Client, Error> {
+        Client::new(base, SecretString::from("cfr_not-a-real-token"))
+    }
+
+    #[test]
+    fn paths_are_built_under_the_base_and_percent_encoded() {
+        let c = client("https://coffer.example.com/prefix/").unwrap();
+        let url = c
+            .secrets_url("acme", "web", "dev env", Some("A/B?#"))
+            .unwrap();
+        assert_eq!(
+            url.as_str(),
+            "https://coffer.example.com/prefix/api/v1/orgs/acme/projects/web/environments/dev%20env/secrets/A%2FB%3F%23"
+        );
+        let c = client("http://127.0.0.1:8080").unwrap();
+        assert_eq!(c.base_url(), "http://127.0.0.1:8080/");
+        assert_eq!(
+            c.url(&["acme", "service-tokens"]).unwrap().as_str(),
+            "http://127.0.0.1:8080/api/v1/orgs/acme/service-tokens"
+        );
+    }
+
+    #[test]
+    fn segments_that_would_address_another_resource_are_refused() {
+        let c = client("http://127.0.0.1:8080").unwrap();
+        for bad in ["", ".", ".."] {
+            assert!(matches!(
+                c.url(&["acme", "projects", bad]),
+                Err(Error::InvalidUrl(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn unusable_base_urls_are_refused_without_repeating_them() {
+        for bad in [
+            "not a url",
+            "ftp://coffer.example.com",
+            "mailto:ops@example.com",
+            "https://user:hunter2@coffer.example.com",
+            "https://coffer.example.com/?x=1",
+        ] {
+            let err = client(bad).unwrap_err();
+            assert!(matches!(err, Error::InvalidUrl(_)), "{bad}: {err:?}");
+            assert!(!err.to_string().contains("hunter2"), "{err}");
+        }
+    }
+
+    fn answer(status: u16, headers: &[(&str, &str)], body: &str) -> Response {
+        let mut builder = axum::http::Response::builder().status(status);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        Response::from(builder.body(body.to_owned()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn an_error_document_and_retry_after_are_read_and_a_bare_status_still_gets_a_code() {
+        let err = api_error(answer(
+            429,
+            &[("retry-after", "7"), ("x-request-id", "from-header")],
+            r#"{"error":{"code":"rate_limited","message":"slow down","request_id":"req-1"}}"#,
+        ))
+        .await;
+        let Error::Api {
+            status,
+            code,
+            message,
+            request_id,
+            retry_after,
+        } = err
+        else {
+            panic!("{err:?}");
+        };
+        assert_eq!(
+            (status, code.as_str(), message.as_str()),
+            (429, "rate_limited", "slow down")
+        );
+        assert_eq!(request_id.as_deref(), Some("req-1"));
+        assert_eq!(retry_after, Some(Duration::from_secs(7)));
+
+        let err = api_error(answer(
+            502,
+            &[("x-request-id", "req-2")],
+            "<html>bad gateway</html>",
+        ))
+        .await;
+        assert_eq!(
+            (err.status(), err.code()),
+            (Some(502), Some("internal_error"))
+        );
+        assert!(!err.to_string().contains("html"), "{err}");
+        let Error::Api {
+            request_id,
+            retry_after,
+            ..
+        } = err
+        else {
+            panic!("{err:?}");
+        };
+        assert_eq!((request_id.as_deref(), retry_after), (Some("req-2"), None));
+    }
+
+    #[tokio::test]
+    async fn a_body_that_is_not_the_documented_one_is_a_decode_error_without_its_values() {
+        let err = Client::decode::<SecretsPage>(answer(200, &[], r#"{"revision":"hunter2"}"#))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Decode(_)), "{err:?}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn debug_output_hides_the_token() {
+        let c = client("http://127.0.0.1:8080").unwrap();
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("not-a-real-token"), "{debug}");
+        assert!(debug.contains("127.0.0.1:8080"), "{debug}");
+    }
+}

@@ -1,0 +1,29 @@
+//! The request and response bodies of coffer-server's HTTP API. The server uses these very
+//! types (with the `server` feature, which adds their OpenAPI schemas), so a client cannot drift
+//! from what the server reads and writes.
+//!
+//! Requests refuse unknown fields, as the server does; responses accept fields added later.
+
+mod errors;
+mod page;
+mod projects;
+pub(crate) mod revealed;
+mod roles;
+mod secrets;
+mod service_tokens;
+
+pub use errors::{ErrorDetail, ErrorResponse};
+pub use page::Page;
+pub use projects::{
+    CreateEnvironmentRequest, CreateProjectRequest, Environment, EnvironmentDetail, Project,
+    UpdateEnvironmentRequest, UpdateProjectRequest,
+};
+pub use revealed::Revealed;
+pub use roles::{EnvAccess, OrgRole, ProjectRole};
+pub use secrets::{
+    BulkUpsertRequest, CreateSecretRequest, PutSecretRequest, RollbackRequest, Secret, SecretsPage,
+    WriteReport,
+};
+pub use service_tokens::{
+    CreateServiceTokenRequest, IssuedServiceToken, ServiceToken, TokenAccess,
+};

@@ -1,0 +1,500 @@
+//! coffer-client against a real coffer-server (in-process, over a socket, SQLite in a temporary
+//! directory): every method, conditional reads, service tokens, errors, and no secret in `Debug`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+
+use coffer_client::{
+    BulkUpsertRequest, Client, CreateEnvironmentRequest, CreateProjectRequest, CreateSecretRequest,
+    CreateServiceTokenRequest, Error, Fetched, ProjectRole, PutSecretRequest, SecretsPage,
+    TokenAccess,
+};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
+const PASSWORD: &str = "correct horse battery staple";
+const ORG: &str = "acme";
+
+/// A coffer-server on a free loopback port, stopped when dropped.
+struct Server {
+    base: String,
+    task: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Server {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = coffer_server::Config::defaults();
+        config.data_dir = dir.path().to_path_buf();
+        config.database_url = Some(format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("coffer.db").display()
+        ));
+        config.database_max_connections = 5;
+        config.password_hash_concurrency = Some(2);
+        let state = coffer_server::start(config)
+            .await
+            .expect("coffer-server starts");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = coffer_server::app(state).into_make_service_with_connect_info::<SocketAddr>();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.expect("serve");
+        });
+        Self {
+            base: format!("http://{addr}"),
+            task,
+            _dir: dir,
+        }
+    }
+
+    /// Registers a user, creates organization [`ORG`] and returns a read-write API key of theirs
+    /// (with the same JSON as coffer-server's own tests).
+    async fn api_key(&self) -> String {
+        let http = reqwest::Client::new();
+        let post = |path: &str, token: Option<&str>, body: Value| {
+            let mut request = http.post(format!("{}{path}", self.base)).json(&body);
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            request.send()
+        };
+        let r = post(
+            "/api/v1/auth/register",
+            None,
+            json!({ "email": "ann@example.com", "password": PASSWORD, "name": "Ann" }),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 201);
+        let access = r.json::<Value>().await.unwrap()["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let r = post(
+            "/api/v1/orgs",
+            Some(&access),
+            json!({ "name": "Acme", "slug": ORG }),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 201);
+        let r = post(
+            "/api/v1/api-keys",
+            Some(&access),
+            json!({ "name": "client-tests" }),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 201);
+        r.json::<Value>().await.unwrap()["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    async fn client(&self) -> Client {
+        let token = self.api_key().await;
+        Client::new(&self.base, SecretString::from(token)).unwrap()
+    }
+}
+
+fn project(slug: &str, environments: Option<&[&str]>) -> CreateProjectRequest {
+    CreateProjectRequest {
+        name: slug.to_uppercase(),
+        slug: slug.into(),
+        environments: environments.map(|e| e.iter().map(|s| s.to_string()).collect()),
+    }
+}
+
+fn put(value: &str) -> PutSecretRequest {
+    PutSecretRequest {
+        value: SecretString::from(value),
+        comment: None,
+    }
+}
+
+fn entry(key: &str, value: &str) -> CreateSecretRequest {
+    CreateSecretRequest {
+        key: key.into(),
+        value: SecretString::from(value),
+        comment: None,
+    }
+}
+
+/// `(key, value)` of every secret of a page.
+fn values(page: &SecretsPage) -> Vec<(&str, &str)> {
+    page.secrets
+        .iter()
+        .map(|s| (s.key.as_str(), s.value.expose()))
+        .collect()
+}
+
+async fn read(client: &Client, env: &str) -> (Option<String>, SecretsPage) {
+    match client.read_secrets(ORG, "web", env, None).await.unwrap() {
+        Fetched::Modified { etag, value } => (etag, value),
+        other => panic!("expected the secrets, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn projects_and_environments_are_created_read_and_deleted() {
+    let server = Server::start().await;
+    let client = server.client().await;
+
+    let created = client
+        .create_project(ORG, &project("web", Some(&["dev", "prod"])))
+        .await
+        .unwrap();
+    assert_eq!(
+        (created.slug.as_str(), created.name.as_str()),
+        ("web", "WEB")
+    );
+    assert_eq!(created.role, Some(ProjectRole::Admin));
+    let slugs: Vec<&str> = created
+        .environments
+        .as_deref()
+        .unwrap()
+        .iter()
+        .map(|e| e.slug.as_str())
+        .collect();
+    assert_eq!(slugs, ["dev", "prod"]);
+
+    let fetched = client.get_project(ORG, "web").await.unwrap();
+    assert_eq!(fetched.id, created.id);
+    assert_eq!(
+        fetched.created_at, created.created_at,
+        "timestamps read back exactly"
+    );
+    assert_eq!(fetched.environments.unwrap().len(), 2);
+
+    let qa = client
+        .create_environment(
+            ORG,
+            "web",
+            &CreateEnvironmentRequest {
+                slug: "qa".into(),
+                name: Some("QA".into()),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (qa.slug.as_str(), qa.name.as_str(), qa.position),
+        ("qa", "QA", 2)
+    );
+    let detail = client.get_environment(ORG, "web", "qa").await.unwrap();
+    assert_eq!(detail.environment.id, qa.id);
+    assert!(detail.policies.is_empty());
+
+    client.delete_project(ORG, "web").await.unwrap();
+    let err = client.get_project(ORG, "web").await.unwrap_err();
+    assert!(err.is_not_found(), "{err:?}");
+    let err = client.get_environment(ORG, "web", "qa").await.unwrap_err();
+    assert!(err.is_not_found(), "{err:?}");
+}
+
+#[tokio::test]
+async fn secrets_are_written_one_by_one_and_in_bulk_read_and_deleted() {
+    let server = Server::start().await;
+    let client = server.client().await;
+    client
+        .create_project(ORG, &project("web", None))
+        .await
+        .unwrap();
+
+    let secret = client
+        .put_secret(
+            ORG,
+            "web",
+            "development",
+            "DB_PASSWORD",
+            &PutSecretRequest {
+                value: SecretString::from("s3cr3t"),
+                comment: Some(SecretString::from("rotated by hand")),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (secret.key.as_str(), secret.value.expose(), secret.version),
+        ("DB_PASSWORD", "s3cr3t", 1)
+    );
+    assert_eq!(
+        secret.comment.as_ref().map(|c| c.expose()),
+        Some("rotated by hand")
+    );
+
+    let report = client
+        .bulk_upsert(
+            ORG,
+            "web",
+            "development",
+            &BulkUpsertRequest {
+                secrets: vec![entry("DB_PASSWORD", "s3cr3t"), entry("DB_USER", "web")],
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.created, report.updated, report.unchanged),
+        (1, 0, 1)
+    );
+
+    let (_, page) = read(&client, "development").await;
+    assert_eq!(report.revision, Some(page.revision));
+    let mut got = values(&page);
+    got.sort();
+    assert_eq!(got, [("DB_PASSWORD", "s3cr3t"), ("DB_USER", "web")]);
+
+    let secret = client
+        .put_secret(ORG, "web", "development", "DB_PASSWORD", &put("n3w"))
+        .await
+        .unwrap();
+    assert_eq!((secret.value.expose(), secret.version), ("n3w", 2));
+    assert_eq!(
+        secret.comment.as_ref().map(|c| c.expose()),
+        Some("rotated by hand"),
+        "no comment keeps the current one"
+    );
+
+    client
+        .delete_secret(ORG, "web", "development", "DB_USER")
+        .await
+        .unwrap();
+    let (_, page) = read(&client, "development").await;
+    assert_eq!(values(&page), [("DB_PASSWORD", "n3w")]);
+    let err = client
+        .delete_secret(ORG, "web", "development", "DB_USER")
+        .await
+        .unwrap_err();
+    assert!(err.is_not_found(), "{err:?}");
+}
+
+#[tokio::test]
+async fn reading_again_with_the_etag_answers_not_modified_until_something_changes() {
+    let server = Server::start().await;
+    let client = server.client().await;
+    client
+        .create_project(ORG, &project("web", None))
+        .await
+        .unwrap();
+    client
+        .put_secret(ORG, "web", "staging", "A", &put("one"))
+        .await
+        .unwrap();
+
+    let (etag, page) = read(&client, "staging").await;
+    let etag = etag.expect("an ETag");
+    assert_eq!(values(&page), [("A", "one")]);
+
+    match client
+        .read_secrets(ORG, "web", "staging", Some(&etag))
+        .await
+        .unwrap()
+    {
+        Fetched::NotModified { etag: same } => assert_eq!(same.as_deref(), Some(etag.as_str())),
+        other => panic!("expected 304, got {other:?}"),
+    }
+
+    client
+        .put_secret(ORG, "web", "staging", "A", &put("two"))
+        .await
+        .unwrap();
+    match client
+        .read_secrets(ORG, "web", "staging", Some(&etag))
+        .await
+        .unwrap()
+    {
+        Fetched::Modified { etag: new, value } => {
+            assert!(
+                new.is_some() && new.as_deref() != Some(etag.as_str()),
+                "{new:?}"
+            );
+            assert_eq!(values(&value), [("A", "two")]);
+        }
+        other => panic!("expected the new values, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_service_token_created_through_the_client_reads_only_its_environments() {
+    let server = Server::start().await;
+    let client = server.client().await;
+    client
+        .create_project(ORG, &project("web", None))
+        .await
+        .unwrap();
+    client
+        .put_secret(ORG, "web", "production", "API_KEY", &put("live-key"))
+        .await
+        .unwrap();
+
+    let issued = client
+        .create_service_token(
+            ORG,
+            &CreateServiceTokenRequest {
+                name: "k8s-operator".into(),
+                project: "web".into(),
+                environments: vec!["production".into()],
+                access: TokenAccess::Read,
+                expires_in_days: Some(30),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(issued.service_token.name, "k8s-operator");
+    assert_eq!(issued.service_token.project, "web");
+    assert_eq!(issued.service_token.environments, ["production"]);
+    assert_eq!(issued.service_token.access, TokenAccess::Read);
+    assert!(issued.service_token.expires_at.is_some());
+    let token = issued.token.expose().to_owned();
+    assert!(
+        token.starts_with(&issued.service_token.prefix),
+        "the prefix names the token"
+    );
+    assert!(!format!("{issued:?}").contains(&token), "{issued:?}");
+
+    let machine = Client::new(&server.base, issued.token.into_inner()).unwrap();
+    let (_, page) = read(&machine, "production").await;
+    assert_eq!(values(&page), [("API_KEY", "live-key")]);
+
+    let err = machine
+        .read_secrets(ORG, "web", "development", None)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.status(), err.code()),
+        (Some(403), Some("forbidden")),
+        "{err:?}"
+    );
+    let err = machine
+        .put_secret(ORG, "web", "production", "API_KEY", &put("changed"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.status(),
+        Some(403),
+        "a read token cannot write: {err:?}"
+    );
+}
+
+#[tokio::test]
+async fn errors_carry_the_status_the_code_and_the_request_id() {
+    let server = Server::start().await;
+    let client = server.client().await;
+
+    let err = client.get_project(ORG, "nope").await.unwrap_err();
+    assert!(err.is_not_found());
+    let Error::Api {
+        status,
+        code,
+        message,
+        request_id,
+        retry_after,
+    } = &err
+    else {
+        panic!("expected an API error, got {err:?}");
+    };
+    assert_eq!((*status, code.as_str()), (404, "not_found"));
+    assert!(!message.is_empty());
+    assert!(
+        request_id.as_deref().is_some_and(|id| !id.is_empty()),
+        "{err:?}"
+    );
+    assert_eq!(*retry_after, None);
+
+    client
+        .create_project(ORG, &project("web", None))
+        .await
+        .unwrap();
+    let err = client
+        .create_project(ORG, &project("web", None))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.status(), err.code()),
+        (Some(409), Some("slug_taken")),
+        "{err:?}"
+    );
+    let err = client
+        .create_project(ORG, &project("Not A Slug!", None))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(422), "{err:?}");
+
+    let stranger = Client::new(&server.base, SecretString::from("cfr_not-a-real-token")).unwrap();
+    let err = stranger.get_project(ORG, "web").await.unwrap_err();
+    assert_eq!(
+        (err.status(), err.code()),
+        (Some(401), Some("invalid_token")),
+        "{err:?}"
+    );
+    assert!(!format!("{err} {err:?}").contains("not-a-real-token"));
+
+    // Nothing listens on a port that was just freed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let gone = Client::new(
+        &format!("http://127.0.0.1:{port}"),
+        SecretString::from("cfr_x"),
+    )
+    .unwrap();
+    let err = gone.get_project(ORG, "web").await.unwrap_err();
+    assert!(matches!(err, Error::Transport(_)), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "no answer from coffer-server: cannot connect"
+    );
+    assert_eq!(
+        (err.status(), err.code(), err.is_not_found()),
+        (None, None, false)
+    );
+
+    let err = client.get_project(ORG, "").await.unwrap_err();
+    assert!(matches!(err, Error::InvalidUrl(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn debug_output_shows_neither_the_token_nor_secret_values() {
+    let server = Server::start().await;
+    let token = server.api_key().await;
+    let client = Client::new(&server.base, SecretString::from(token.clone())).unwrap();
+    client
+        .create_project(ORG, &project("web", None))
+        .await
+        .unwrap();
+    let request = PutSecretRequest {
+        value: SecretString::from("hunter2-value"),
+        comment: Some(SecretString::from("hunter2-comment")),
+    };
+    client
+        .put_secret(ORG, "web", "development", "PASSWORD", &request)
+        .await
+        .unwrap();
+    let fetched = client
+        .read_secrets(ORG, "web", "development", None)
+        .await
+        .unwrap();
+
+    let debug = format!("{client:?} {request:?} {fetched:?}");
+    assert!(debug.contains("PASSWORD"), "keys are not secret: {debug}");
+    for secret in [token.as_str(), "hunter2"] {
+        assert!(!debug.contains(secret), "{secret} in {debug}");
+    }
+    let Fetched::Modified { value: page, .. } = fetched else {
+        panic!("expected the secrets");
+    };
+    assert!(!format!("{page:?}").contains("hunter2"));
+    assert_eq!(page.secrets[0].value.expose(), "hunter2-value");
+}
