@@ -1,10 +1,21 @@
 //! coffer-operator: syncs environments of coffer-server into Kubernetes Secrets.
 //!
-//! For now, the custom resource types ([`crd`]), their CRD manifests ([`crds_yaml`]), and what
-//! a synced Secret should contain ([`environment::build`]).
+//! The custom resources ([`crd`]) and their manifests ([`crds_yaml`]); the two controllers,
+//! [`project`] and [`environment`]; what they share ([`context`], [`upstream`],
+//! [`conditions`]); and the process around them ([`run`]: leader election, probes, metrics).
 
+pub mod conditions;
+pub mod config;
+pub mod context;
 pub mod crd;
 pub mod environment;
+pub mod metrics;
+pub mod project;
+pub mod run;
+pub mod upstream;
+
+pub use config::Config;
+pub use run::Operator;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 

@@ -84,6 +84,105 @@ pub fn secret_hash(hash_key: &[u8], data: &BTreeMap<String, ByteString>) -> Stri
     hex::encode(mac.finalize().into_bytes())
 }
 
+/// Whose a Secret found under the target name is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ownership {
+    /// Its controller owner reference is this `Environment` (same uid).
+    Owned,
+    /// Written by the operator for an `Environment` of this name and released (deletion
+    /// policy `Retain`): no controller owner, our labels. Taken back over.
+    Released,
+    /// Anyone else's: never overwritten.
+    Foreign,
+}
+
+/// Whose `secret` is, from the point of view of `env`.
+pub fn ownership(secret: &Secret, env: &Environment) -> Ownership {
+    let controller = secret
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|r| r.controller == Some(true));
+    match controller {
+        Some(owner) => {
+            if env.metadata.uid.as_deref() == Some(owner.uid.as_str()) {
+                Ownership::Owned
+            } else {
+                Ownership::Foreign
+            }
+        }
+        None => {
+            let labels = secret.metadata.labels.as_ref();
+            let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+            if label(MANAGED_BY_LABEL) == Some(MANAGED_BY)
+                && label(ENVIRONMENT_LABEL) == Some(env.name_any().as_str())
+            {
+                Ownership::Released
+            } else {
+                Ownership::Foreign
+            }
+        }
+    }
+}
+
+/// What must be done to turn `current` (ours) into `desired`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Update {
+    /// Nothing: the Secret is as it should be.
+    None,
+    /// Replace it with this object (same name and resource version).
+    Replace(Box<Secret>),
+    /// Its type differs, and a Secret's type cannot change: delete it and create anew.
+    Recreate,
+}
+
+/// How `current` differs from `desired`. Labels, annotations and owner references that others
+/// added are kept; the data, the type, our labels and annotations and our owner reference are
+/// made to match.
+pub fn update(current: &Secret, desired: &Secret) -> Update {
+    let opaque = |s: &Secret| s.type_.clone().unwrap_or_else(|| "Opaque".to_owned());
+    if opaque(current) != opaque(desired) {
+        return Update::Recreate;
+    }
+    let mut next = current.clone();
+    next.metadata.managed_fields = None;
+    next.string_data = None;
+    let empty = BTreeMap::new();
+    if next.data.as_ref().unwrap_or(&empty) != desired.data.as_ref().unwrap_or(&empty) {
+        next.data = desired.data.clone();
+    }
+    for (field, wanted) in [
+        (&mut next.metadata.labels, &desired.metadata.labels),
+        (
+            &mut next.metadata.annotations,
+            &desired.metadata.annotations,
+        ),
+    ] {
+        for (k, v) in wanted.iter().flatten() {
+            let map = field.get_or_insert_with(BTreeMap::new);
+            if map.get(k) != Some(v) {
+                map.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    if let Some(ours) = desired.metadata.owner_references.iter().flatten().next() {
+        let refs = next.metadata.owner_references.get_or_insert_with(Vec::new);
+        if !refs.iter().any(|r| r == ours) {
+            refs.retain(|r| r.uid != ours.uid && r.controller != Some(true));
+            refs.push(ours.clone());
+        }
+    }
+    let mut compare = current.clone();
+    compare.metadata.managed_fields = None;
+    compare.string_data = None;
+    if compare == next {
+        Update::None
+    } else {
+        Update::Replace(Box::new(next))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -166,6 +265,103 @@ mod tests {
         assert_eq!(d.secret.metadata.name.as_deref(), Some("web-prod"));
         assert_eq!(d.secret.type_.as_deref(), Some("Opaque"));
         assert!(d.secret.data.unwrap().is_empty());
+    }
+
+    fn secret(labels: &[(&str, &str)], owner_uid: Option<&str>) -> Secret {
+        let env = environment(serde_json::json!({}));
+        let mut s = desired_secret(&env, &values(&[("A", "1")]), b"k").secret;
+        s.metadata.labels = Some(
+            labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        );
+        match owner_uid {
+            Some(uid) => s.metadata.owner_references.as_mut().unwrap()[0].uid = uid.to_owned(),
+            None => s.metadata.owner_references = None,
+        }
+        s
+    }
+
+    #[test]
+    fn a_secret_is_ours_by_its_controller_reference_or_our_labels() {
+        let env = environment(serde_json::json!({}));
+        let uid = env.metadata.uid.clone().unwrap();
+        assert_eq!(ownership(&secret(&[], Some(&uid)), &env), Ownership::Owned);
+        assert_eq!(
+            ownership(&secret(&[], Some("another-uid")), &env),
+            Ownership::Foreign
+        );
+        assert_eq!(ownership(&secret(&[], None), &env), Ownership::Foreign);
+        let ours = [
+            (MANAGED_BY_LABEL, MANAGED_BY),
+            (ENVIRONMENT_LABEL, "web-prod"),
+        ];
+        assert_eq!(ownership(&secret(&ours, None), &env), Ownership::Released);
+        let other_env = [
+            (MANAGED_BY_LABEL, MANAGED_BY),
+            (ENVIRONMENT_LABEL, "web-dev"),
+        ];
+        assert_eq!(
+            ownership(&secret(&other_env, None), &env),
+            Ownership::Foreign
+        );
+        // our labels do not win over another controller
+        assert_eq!(
+            ownership(&secret(&ours, Some("another-uid")), &env),
+            Ownership::Foreign
+        );
+    }
+
+    #[test]
+    fn an_up_to_date_secret_needs_no_write() {
+        let env = environment(serde_json::json!({ "labels": { "team": "a" } }));
+        let desired = desired_secret(&env, &values(&[("A", "1"), ("B", "2")]), b"k").secret;
+        let mut current = desired.clone();
+        current.metadata.resource_version = Some("7".into());
+        current
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("added-by-someone".into(), "x".into());
+        assert_eq!(update(&current, &desired), Update::None);
+    }
+
+    #[test]
+    fn edited_data_labels_and_owners_are_restored_and_other_additions_kept() {
+        let env = environment(serde_json::json!({ "labels": { "team": "a" } }));
+        let desired = desired_secret(&env, &values(&[("A", "1"), ("B", "2")]), b"k").secret;
+        let mut current = desired.clone();
+        current.metadata.resource_version = Some("7".into());
+        let data = current.data.as_mut().unwrap();
+        data.insert("A".into(), ByteString(b"tampered".to_vec()));
+        data.insert("EXTRA".into(), ByteString(b"x".to_vec()));
+        data.remove("B");
+        let labels = current.metadata.labels.as_mut().unwrap();
+        labels.remove("team");
+        labels.insert("added-by-someone".into(), "x".into());
+        current.metadata.owner_references = None;
+        let Update::Replace(next) = update(&current, &desired) else {
+            panic!("expected a replace")
+        };
+        assert_eq!(next.data, desired.data);
+        assert_eq!(next.metadata.resource_version.as_deref(), Some("7"));
+        let labels = next.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels["team"], "a");
+        assert_eq!(labels["added-by-someone"], "x");
+        assert_eq!(
+            next.metadata.owner_references,
+            desired.metadata.owner_references
+        );
+    }
+
+    #[test]
+    fn a_changed_type_needs_a_new_secret() {
+        let env = environment(serde_json::json!({ "type": "kubernetes.io/tls" }));
+        let desired = desired_secret(&env, &values(&[]), b"k").secret;
+        let current = secret(&[], None);
+        assert_eq!(update(&current, &desired), Update::Recreate);
     }
 
     #[test]

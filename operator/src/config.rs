@@ -1,0 +1,146 @@
+//! The operator's configuration: every setting is a flag with an environment variable.
+
+use std::net::SocketAddr;
+
+use clap::Args;
+use secrecy::SecretString;
+
+/// How the operator runs (`coffer-operator run --help`).
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Base URL of coffer-server for `Project` resources without `spec.serverUrl`.
+    #[arg(long, env = "COFFER_SERVER_URL")]
+    pub server_url: Option<String>,
+
+    /// Token (service token or API key) for `Project` resources without
+    /// `spec.credentialsRef`.
+    #[arg(long, env = "COFFER_TOKEN", hide_env_values = true, value_parser = parse_secret)]
+    pub token: Option<SecretString>,
+
+    /// Namespaces to watch, comma-separated. Default: every namespace.
+    #[arg(long, env = "COFFER_NAMESPACES", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+
+    /// Address of the HTTP server for `/healthz`, `/readyz` and `/metrics`.
+    #[arg(long, env = "COFFER_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+
+    /// Take part in leader election, so that of several replicas only one acts at a time.
+    #[arg(
+        long,
+        env = "COFFER_LEADER_ELECTION",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub leader_election: bool,
+
+    /// Namespace of the operator's own objects: the leader-election Lease and the Secret with
+    /// the key of the data hashes. Default: the namespace the operator runs in.
+    #[arg(long, env = "COFFER_OPERATOR_NAMESPACE")]
+    pub operator_namespace: Option<String>,
+
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "COFFER_LEASE_NAME", default_value = "coffer-operator")]
+    pub lease_name: String,
+
+    /// Name of the Secret (in the operator namespace) holding the key of the data hashes; created
+    /// when missing.
+    #[arg(
+        long,
+        env = "COFFER_HASH_KEY_SECRET",
+        default_value = "coffer-operator-hash-key"
+    )]
+    pub hash_key_secret: String,
+
+    /// This replica's identity in leader election and events. Default: the pod name
+    /// (`POD_NAME`), else the host name, else a random one.
+    #[arg(long, env = "COFFER_OPERATOR_IDENTITY")]
+    pub identity: Option<String>,
+}
+
+fn parse_secret(value: &str) -> Result<SecretString, String> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err("the token is empty".to_owned());
+    }
+    Ok(SecretString::from(value.to_owned()))
+}
+
+const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+impl Config {
+    /// The operator namespace: configured, else the pod's own (in a cluster), else `default`.
+    pub fn operator_namespace(&self) -> String {
+        if let Some(ns) = self.operator_namespace.as_deref().filter(|n| !n.is_empty()) {
+            return ns.to_owned();
+        }
+        std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE)
+            .ok()
+            .map(|ns| ns.trim().to_owned())
+            .filter(|ns| !ns.is_empty())
+            .unwrap_or_else(|| "default".to_owned())
+    }
+
+    /// This replica's identity: configured, else the pod or host name, else random.
+    pub fn identity(&self) -> String {
+        self.identity
+            .clone()
+            .or_else(|| std::env::var("POD_NAME").ok())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .filter(|id| !id.is_empty())
+            .unwrap_or_else(|| {
+                use rand::Rng as _;
+                format!("coffer-operator-{:016x}", rand::thread_rng().r#gen::<u64>())
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use clap::Parser;
+    use secrecy::ExposeSecret as _;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    #[test]
+    fn flags_parse_and_defaults_apply() {
+        let cli = Cli::try_parse_from([
+            "coffer-operator",
+            "--server-url",
+            "https://coffer.example.com",
+            "--token",
+            " cfr_abc ",
+            "--namespaces",
+            "apps,payments",
+            "--leader-election",
+            "false",
+        ])
+        .unwrap();
+        let c = cli.config;
+        assert_eq!(c.server_url.as_deref(), Some("https://coffer.example.com"));
+        assert_eq!(c.token.unwrap().expose_secret(), "cfr_abc");
+        assert_eq!(c.namespaces, ["apps", "payments"]);
+        assert!(!c.leader_election);
+        assert_eq!(c.metrics_addr.port(), 8080);
+        assert_eq!(c.lease_name, "coffer-operator");
+    }
+
+    #[test]
+    fn the_token_never_shows_in_debug_output() {
+        let cli = Cli::try_parse_from(["coffer-operator", "--token", "cfr_topsecret"]).unwrap();
+        assert!(!format!("{cli:?}").contains("topsecret"));
+    }
+
+    #[test]
+    fn an_empty_token_is_refused() {
+        assert!(Cli::try_parse_from(["coffer-operator", "--token", " "]).is_err());
+    }
+}

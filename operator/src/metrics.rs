@@ -1,0 +1,285 @@
+//! Prometheus metrics, and the HTTP server for `/healthz`, `/readyz` and `/metrics`.
+//!
+//! Labels are resource kinds, names and failure reasons: never secret material.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    kind: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ObjectLabels {
+    namespace: String,
+    name: String,
+}
+
+/// What a request to coffer-server for an environment's secrets ended with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamOutcome {
+    /// 200: new data.
+    Modified,
+    /// 304: unchanged, nothing decrypted.
+    NotModified,
+    /// No answer, or an error answer.
+    Error,
+}
+
+impl UpstreamOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Modified => "modified",
+            Self::NotModified => "not_modified",
+            Self::Error => "error",
+        }
+    }
+}
+
+type HistogramFamily = Family<KindLabels, Histogram, fn() -> Histogram>;
+
+/// The operator's metrics, registered in one registry.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    reconciles: Family<KindLabels, Counter>,
+    failures: Family<FailureLabels, Counter>,
+    duration: HistogramFamily,
+    upstream: Family<OutcomeLabels, Counter>,
+    sync_lag: Family<ObjectLabels, Gauge<f64, AtomicU64>>,
+    leader: Gauge,
+    ready: AtomicBool,
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("coffer_operator");
+        let reconciles = Family::<KindLabels, Counter>::default();
+        let failures = Family::<FailureLabels, Counter>::default();
+        let duration: HistogramFamily = Family::new_with_constructor(duration_histogram);
+        let upstream = Family::<OutcomeLabels, Counter>::default();
+        let sync_lag = Family::<ObjectLabels, Gauge<f64, AtomicU64>>::default();
+        let leader = Gauge::default();
+        registry.register(
+            "reconciles",
+            "Reconciliations run, by resource kind",
+            reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_failures",
+            "Reconciliations that failed, by resource kind and reason",
+            failures.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time taken by a reconciliation, by resource kind",
+            duration.clone(),
+        );
+        registry.register(
+            "upstream_requests",
+            "Requests to coffer-server for an environment's secrets, by outcome \
+             (modified, not_modified = 304, error)",
+            upstream.clone(),
+        );
+        registry.register(
+            "sync_lag_seconds",
+            "Seconds since the Secret of an Environment last matched coffer-server \
+             (0 right after a successful sync)",
+            sync_lag.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 when this replica holds the leader lease (or runs without leader election)",
+            leader.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            failures,
+            duration,
+            upstream,
+            sync_lag,
+            leader,
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    fn kind(kind: &str) -> KindLabels {
+        KindLabels {
+            kind: kind.to_owned(),
+        }
+    }
+
+    pub fn reconciled(&self, kind: &str, took: Duration) {
+        self.reconciles.get_or_create(&Self::kind(kind)).inc();
+        self.duration
+            .get_or_create(&Self::kind(kind))
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn failed(&self, kind: &str, reason: &str) {
+        self.failures
+            .get_or_create(&FailureLabels {
+                kind: kind.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn upstream_request(&self, outcome: UpstreamOutcome) {
+        self.upstream
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.label().to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn set_sync_lag(&self, namespace: &str, name: &str, lag: Duration) {
+        self.sync_lag
+            .get_or_create(&ObjectLabels {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            })
+            .set(lag.as_secs_f64());
+    }
+
+    pub fn forget_object(&self, namespace: &str, name: &str) {
+        self.sync_lag.remove(&ObjectLabels {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        });
+    }
+
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
+    }
+
+    /// Reconciliations of `kind` so far.
+    pub fn reconcile_count(&self, kind: &str) -> u64 {
+        self.reconciles.get_or_create(&Self::kind(kind)).get()
+    }
+
+    /// Requests to coffer-server for secrets that ended with `outcome`.
+    pub fn upstream_count(&self, outcome: UpstreamOutcome) -> u64 {
+        self.upstream
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.label().to_owned(),
+            })
+            .get()
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
+
+/// The router of the operator's HTTP server.
+pub fn router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render))
+        .with_state(metrics)
+}
+
+async fn readyz(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    if metrics.is_ready() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+    }
+}
+
+async fn render(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    match metrics.encode() {
+        Ok(text) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn counters_show_in_the_exposition() {
+        let m = Metrics::new();
+        m.reconciled("Environment", Duration::from_millis(3));
+        m.failed("Environment", "ServerUnreachable");
+        m.upstream_request(UpstreamOutcome::NotModified);
+        m.set_sync_lag("apps", "web", Duration::from_secs(2));
+        let text = m.encode().unwrap();
+        assert!(
+            text.contains("coffer_operator_reconciles_total{kind=\"Environment\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "coffer_operator_reconcile_failures_total{kind=\"Environment\",reason=\"ServerUnreachable\"} 1"
+        ));
+        assert!(
+            text.contains("coffer_operator_upstream_requests_total{outcome=\"not_modified\"} 1")
+        );
+        assert!(
+            text.contains("coffer_operator_sync_lag_seconds{namespace=\"apps\",name=\"web\"} 2")
+        );
+        assert!(text.contains("coffer_operator_reconcile_duration_seconds_count"));
+        assert_eq!(m.upstream_count(UpstreamOutcome::NotModified), 1);
+        assert_eq!(m.reconcile_count("Environment"), 1);
+    }
+}

@@ -1,0 +1,250 @@
+//! The operator process: the HTTP server for probes and metrics, the data-hash key, leader
+//! election, and the controllers, which run only while this replica leads.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use kube::api::{ObjectMeta, PostParams};
+use kube::core::PartialObjectMeta;
+use kube_lease_manager::LeaseManagerBuilder;
+use rand::RngCore as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use zeroize::Zeroizing;
+
+use crate::config::Config;
+use crate::context::{Context, FIELD_MANAGER};
+use crate::crd::{Environment, Project};
+use crate::metrics::{self, Metrics};
+use crate::upstream::Upstream;
+use crate::{environment, project};
+
+/// Seconds a leader's lease is valid after its last renewal.
+const LEASE_SECONDS: u64 = 15;
+/// Seconds before expiry at which the leader renews (and the clock skew tolerated).
+const LEASE_GRACE_SECONDS: u64 = 5;
+const HASH_KEY_FIELD: &str = "key";
+const HASH_KEY_BYTES: usize = 32;
+
+/// One operator process.
+pub struct Operator {
+    pub config: Config,
+    pub kube: kube::Client,
+    pub metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Operator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Operator")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Operator {
+    pub fn new(config: Config, kube: kube::Client) -> Self {
+        Self {
+            config,
+            kube,
+            metrics: Arc::new(Metrics::new()),
+        }
+    }
+
+    /// Runs until `stop` is cancelled: serves probes and metrics on `listener` (when given),
+    /// and reconciles while this replica is the leader (always, without leader election).
+    pub async fn run(
+        self,
+        listener: Option<TcpListener>,
+        stop: CancellationToken,
+    ) -> anyhow::Result<()> {
+        if let Some(listener) = listener {
+            let router = metrics::router(self.metrics.clone());
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let served = axum::serve(listener, router)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "the metrics server stopped");
+                }
+            });
+        }
+        let namespace = self.config.operator_namespace();
+        let hash_key = hash_key(&self.kube, &namespace, &self.config.hash_key_secret)
+            .await
+            .context("loading the data-hash key")?;
+        self.metrics.set_ready(true);
+        if !self.config.leader_election {
+            self.metrics.set_leader(true);
+            tokio::select! {
+                () = self.controllers(&hash_key) => {}
+                () = stop.cancelled() => {}
+            }
+            return Ok(());
+        }
+
+        let identity = self.config.identity();
+        let manager = LeaseManagerBuilder::new(self.kube.clone(), &self.config.lease_name)
+            .with_namespace(&namespace)
+            .with_identity(&identity)
+            .with_field_manager(format!("{FIELD_MANAGER}/{identity}"))
+            .with_duration(LEASE_SECONDS)
+            .with_grace(LEASE_GRACE_SECONDS)
+            .build()
+            .await
+            .context("setting up leader election")?;
+        let (mut leader, task) = manager.watch().await;
+        tracing::info!(%identity, lease = %self.config.lease_name, %namespace, "waiting for leadership");
+        loop {
+            tokio::select! {
+                won = leader.wait_for(|l| *l) => {
+                    if won.is_err() { break; }
+                }
+                () = stop.cancelled() => break,
+            }
+            tracing::info!(%identity, "leading: controllers start");
+            self.metrics.set_leader(true);
+            let lost = tokio::select! {
+                () = self.controllers(&hash_key) => false,
+                lost = leader.wait_for(|l| !*l) => lost.is_ok(),
+                () = stop.cancelled() => false,
+            };
+            self.metrics.set_leader(false);
+            if !lost {
+                break;
+            }
+            tracing::warn!(%identity, "leadership lost: controllers stopped");
+        }
+        drop(leader);
+        // Hand the lease over at once rather than let the next leader wait for its expiry.
+        match task.await {
+            Ok(Ok(manager)) => {
+                if let Err(e) = manager.release().await {
+                    tracing::warn!(error = %e, "could not release the leader lease");
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "leader election failed"),
+            Err(e) => tracing::warn!(error = %e, "leader election task failed"),
+        }
+        Ok(())
+    }
+
+    /// Both controllers over every watched namespace; returns only if they all stop.
+    async fn controllers(&self, hash_key: &Zeroizing<Vec<u8>>) {
+        let scopes: Vec<Option<&str>> = if self.config.namespaces.is_empty() {
+            vec![None]
+        } else {
+            self.config
+                .namespaces
+                .iter()
+                .map(|n| Some(n.as_str()))
+                .collect()
+        };
+        let mut running = Vec::new();
+        for scope in scopes {
+            let (upstream, changed) = match Upstream::new(self.metrics.clone()) {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot build the HTTP client");
+                    return;
+                }
+            };
+            let ctx = Arc::new(Context::new(
+                self.kube.clone(),
+                self.config.clone(),
+                self.metrics.clone(),
+                upstream,
+                hash_key.clone(),
+                self.config.identity(),
+            ));
+            let api = |kube: &kube::Client| match scope {
+                Some(ns) => (
+                    Api::<Environment>::namespaced(kube.clone(), ns),
+                    Api::<PartialObjectMeta<Secret>>::namespaced(kube.clone(), ns),
+                    Api::<Project>::namespaced(kube.clone(), ns),
+                ),
+                None => (
+                    Api::all(kube.clone()),
+                    Api::all(kube.clone()),
+                    Api::all(kube.clone()),
+                ),
+            };
+            let (envs, secrets, projects) = api(&self.kube);
+            running.push(tokio::spawn(project::run(ctx.clone(), projects.clone())));
+            running.push(tokio::spawn(environment::run(
+                ctx, envs, secrets, projects, changed,
+            )));
+        }
+        // Aborts the controllers when this future is dropped (leadership lost, or stop).
+        struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+        impl Drop for AbortOnDrop {
+            fn drop(&mut self) {
+                for task in &self.0 {
+                    task.abort();
+                }
+            }
+        }
+        let mut guard = AbortOnDrop(running);
+        for task in &mut guard.0 {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "a controller stopped");
+            }
+        }
+    }
+}
+
+/// The key of the data hashes: a Secret in the operator namespace, created on first start, so
+/// every replica and every restart computes the same hashes (and restarts nothing spuriously).
+async fn hash_key(
+    kube: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+    let api: Api<Secret> = Api::namespaced(kube.clone(), namespace);
+    let read = |secret: Secret| -> anyhow::Result<Zeroizing<Vec<u8>>> {
+        let key = secret
+            .data
+            .and_then(|mut d| d.remove(HASH_KEY_FIELD))
+            .map(|b| Zeroizing::new(b.0))
+            .with_context(|| format!("Secret {namespace}/{name} has no {HASH_KEY_FIELD:?}"))?;
+        anyhow::ensure!(
+            key.len() >= HASH_KEY_BYTES,
+            "Secret {namespace}/{name}: the key must be at least {HASH_KEY_BYTES} bytes"
+        );
+        Ok(key)
+    };
+    if let Some(secret) = api.get_opt(name).await? {
+        return read(secret);
+    }
+    let mut key = Zeroizing::new(vec![0u8; HASH_KEY_BYTES]);
+    rand::thread_rng().fill_bytes(&mut key);
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            labels: Some(
+                [(
+                    "app.kubernetes.io/managed-by".to_owned(),
+                    FIELD_MANAGER.to_owned(),
+                )]
+                .into(),
+            ),
+            ..ObjectMeta::default()
+        },
+        data: Some([(HASH_KEY_FIELD.to_owned(), ByteString(key.to_vec()))].into()),
+        ..Secret::default()
+    };
+    let post = PostParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PostParams::default()
+    };
+    match api.create(&post, &secret).await {
+        Ok(_) => Ok(key),
+        // Another replica created it first: use theirs.
+        Err(kube::Error::Api(e)) if e.code == 409 => read(api.get(name).await?),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,333 @@
+//! coffer-server as the operator sees it: which server and credentials a `Project` uses, and
+//! the environments' secrets, fetched once per refresh interval however many `Environment`
+//! resources read them.
+//!
+//! Snapshots are keyed by server, organization, project, environment *and credentials*: a
+//! namespace never receives data fetched with another namespace's token.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant};
+
+use coffer_client::{Client, Error as ClientError, Fetched};
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use kube::runtime::reflector::ObjectRef;
+use secrecy::{ExposeSecret as _, SecretString};
+use sha2::{Digest as _, Sha256};
+use tokio::sync::{Mutex, mpsc};
+
+use crate::conditions::Reason;
+use crate::config::Config;
+use crate::crd::{Environment, Project};
+use crate::metrics::{Metrics, UpstreamOutcome};
+
+/// How long a request to coffer-server may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where a `Project`'s data comes from, and with which credentials.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub server: String,
+    pub client: Client,
+    /// SHA-256 of the token: tells credentials apart without keeping a copy of them around.
+    pub credentials: [u8; 32],
+}
+
+/// Why a `Project`'s connection cannot be made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionError {
+    pub reason: Reason,
+    pub message: String,
+}
+
+/// One environment of one coffer-server, as read with one set of credentials.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SourceKey {
+    pub server: String,
+    pub org: String,
+    pub project: String,
+    pub environment: String,
+    credentials: [u8; 32],
+}
+
+impl SourceKey {
+    pub fn new(conn: &Connection, org: &str, project: &str, environment: &str) -> Self {
+        Self {
+            server: conn.server.clone(),
+            org: org.to_owned(),
+            project: project.to_owned(),
+            environment: environment.to_owned(),
+            credentials: conn.credentials,
+        }
+    }
+}
+
+/// An environment's secrets at one revision.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub revision: i64,
+    etag: Option<String>,
+    /// Values are wiped from memory when the last reader drops them.
+    pub values: Arc<BTreeMap<String, SecretString>>,
+    fetched_at: Instant,
+}
+
+type Slot = Arc<Mutex<Option<Arc<Snapshot>>>>;
+
+/// The operator's view of coffer-server.
+#[derive(Debug)]
+pub struct Upstream {
+    http: reqwest::Client,
+    metrics: Arc<Metrics>,
+    slots: StdMutex<HashMap<SourceKey, Slot>>,
+    /// The `Environment` resources reading each source, to wake them all when it changes.
+    readers: StdMutex<HashMap<SourceKey, HashSet<ObjectRef<Environment>>>>,
+    changed: mpsc::UnboundedSender<ObjectRef<Environment>>,
+}
+
+impl Upstream {
+    /// The upstream, and the stream of `Environment` resources to reconcile because a source
+    /// they read changed.
+    pub fn new(
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<(Self, mpsc::UnboundedReceiver<ObjectRef<Environment>>)> {
+        let http = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .user_agent(concat!("coffer-operator/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let (changed, rx) = mpsc::unbounded_channel();
+        Ok((
+            Self {
+                http,
+                metrics,
+                slots: StdMutex::default(),
+                readers: StdMutex::default(),
+                changed,
+            },
+            rx,
+        ))
+    }
+
+    /// The server and credentials of `project`: its own, else the operator's defaults.
+    pub async fn connection(
+        &self,
+        kube: &kube::Client,
+        config: &Config,
+        project: &Project,
+    ) -> Result<Connection, ConnectionError> {
+        let fail = |reason, message: String| ConnectionError { reason, message };
+        let server = project
+            .spec
+            .server_url
+            .clone()
+            .or_else(|| config.server_url.clone())
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                fail(
+                    Reason::NoServer,
+                    "no coffer-server URL: set spec.serverUrl or the operator's \
+                     COFFER_SERVER_URL"
+                        .to_owned(),
+                )
+            })?;
+        let token = match &project.spec.credentials_ref {
+            Some(reference) => {
+                let namespace = project.metadata.namespace.as_deref().unwrap_or("default");
+                let secrets: Api<Secret> = Api::namespaced(kube.clone(), namespace);
+                let not_found = |what: &str| {
+                    fail(
+                        Reason::CredentialsNotFound,
+                        format!(
+                            "spec.credentialsRef: {what} (Secret {:?}, key {:?})",
+                            reference.name, reference.key
+                        ),
+                    )
+                };
+                let secret = secrets.get_opt(&reference.name).await.map_err(|e| {
+                    fail(
+                        Reason::KubernetesError,
+                        format!("reading the credentials Secret: {e}"),
+                    )
+                })?;
+                let secret = secret.ok_or_else(|| not_found("the Secret does not exist"))?;
+                let value = secret
+                    .data
+                    .and_then(|mut data| data.remove(&reference.key))
+                    .ok_or_else(|| not_found("the Secret has no such key"))?;
+                let text = String::from_utf8(value.0)
+                    .map_err(|_| not_found("the value is not UTF-8 text"))?;
+                let token = text.trim();
+                if token.is_empty() {
+                    return Err(not_found("the value is empty"));
+                }
+                SecretString::from(token.to_owned())
+            }
+            None => config.token.clone().ok_or_else(|| {
+                fail(
+                    Reason::NoCredentials,
+                    "no credentials: set spec.credentialsRef or the operator's COFFER_TOKEN"
+                        .to_owned(),
+                )
+            })?,
+        };
+        let credentials: [u8; 32] = Sha256::digest(token.expose_secret().as_bytes()).into();
+        let client = Client::with_http(self.http.clone(), &server, token).map_err(|e| {
+            fail(
+                Reason::InvalidSpec,
+                format!("the coffer-server URL {server:?} is invalid: {e}"),
+            )
+        })?;
+        Ok(Connection {
+            server,
+            client,
+            credentials,
+        })
+    }
+
+    /// The secrets of `key`'s environment, from a snapshot at most `max_age` old (any age
+    /// when `force` is false and a concurrent reader just fetched). Concurrent readers of one
+    /// source wait for one request; the request carries `If-None-Match`, so an unchanged
+    /// environment costs coffer-server no decryption.
+    pub async fn snapshot(
+        &self,
+        key: &SourceKey,
+        client: &Client,
+        max_age: Duration,
+        force: bool,
+        reader: &ObjectRef<Environment>,
+    ) -> Result<Arc<Snapshot>, ClientError> {
+        self.register(key, reader);
+        let slot = self.slot(key);
+        let mut current = slot.lock().await;
+        if let Some(snapshot) = current.as_ref() {
+            if !force && snapshot.fetched_at.elapsed() < max_age {
+                return Ok(snapshot.clone());
+            }
+        }
+        let etag = current.as_ref().and_then(|s| s.etag.clone());
+        let fetched = client
+            .read_secrets(&key.org, &key.project, &key.environment, etag.as_deref())
+            .await;
+        let fetched = match fetched {
+            Ok(fetched) => fetched,
+            Err(e) => {
+                self.metrics.upstream_request(UpstreamOutcome::Error);
+                return Err(e);
+            }
+        };
+        let next = match (fetched, current.as_ref()) {
+            (Fetched::NotModified { etag }, Some(previous)) => {
+                self.metrics.upstream_request(UpstreamOutcome::NotModified);
+                Snapshot {
+                    revision: previous.revision,
+                    etag: etag.or_else(|| previous.etag.clone()),
+                    values: previous.values.clone(),
+                    fetched_at: Instant::now(),
+                }
+            }
+            (Fetched::NotModified { .. }, None) => {
+                self.metrics.upstream_request(UpstreamOutcome::Error);
+                return Err(ClientError::Decode(
+                    "304 Not Modified to a request without If-None-Match".to_owned(),
+                ));
+            }
+            (Fetched::Modified { etag, value }, _) => {
+                self.metrics.upstream_request(UpstreamOutcome::Modified);
+                let values = value
+                    .secrets
+                    .into_iter()
+                    .map(|s| (s.key, s.value.0))
+                    .collect();
+                Snapshot {
+                    revision: value.revision,
+                    etag,
+                    values: Arc::new(values),
+                    fetched_at: Instant::now(),
+                }
+            }
+        };
+        let changed = current
+            .as_ref()
+            .is_some_and(|previous| previous.revision != next.revision);
+        let next = Arc::new(next);
+        *current = Some(next.clone());
+        drop(current);
+        if changed {
+            self.wake_readers(key, reader);
+        }
+        Ok(next)
+    }
+
+    /// Forgets the snapshot of `key`, so the next reader fetches (after an environment was
+    /// created or deleted, say).
+    pub async fn invalidate(&self, key: &SourceKey) {
+        let slot = self.slot(key);
+        *slot.lock().await = None;
+    }
+
+    /// `reader` no longer reads anything (it was deleted).
+    pub fn forget_reader(&self, reader: &ObjectRef<Environment>) {
+        let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+        readers.retain(|_, set| {
+            set.remove(reader);
+            !set.is_empty()
+        });
+        let keys: HashSet<&SourceKey> = readers.keys().collect();
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|key, _| keys.contains(key));
+    }
+
+    fn slot(&self, key: &SourceKey) -> Slot {
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key.clone())
+            .or_default()
+            .clone()
+    }
+
+    /// Records that `reader` reads `key` (and nothing else).
+    fn register(&self, key: &SourceKey, reader: &ObjectRef<Environment>) {
+        let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+        for (k, set) in readers.iter_mut() {
+            if k != key {
+                set.remove(reader);
+            }
+        }
+        readers.retain(|_, set| !set.is_empty());
+        readers
+            .entry(key.clone())
+            .or_default()
+            .insert(reader.clone());
+    }
+
+    fn wake_readers(&self, key: &SourceKey, except: &ObjectRef<Environment>) {
+        let readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+        for reader in readers.get(key).into_iter().flatten() {
+            if reader != except {
+                // The receiver lives as long as the controller; after it stops, nobody cares.
+                let _ = self.changed.send(reader.clone());
+            }
+        }
+    }
+}
+
+/// The condition reason for a failed request to coffer-server.
+pub fn reason_for(error: &ClientError) -> Reason {
+    match error {
+        ClientError::Transport(_) => Reason::ServerUnreachable,
+        ClientError::Api { status, .. } => match *status {
+            401 => Reason::Unauthorized,
+            403 => Reason::Forbidden,
+            404 => Reason::EnvironmentNotFound,
+            429 => Reason::RateLimited,
+            s if s >= 500 => Reason::ServerError,
+            _ => Reason::RequestRejected,
+        },
+        ClientError::Decode(_) => Reason::ServerError,
+        ClientError::InvalidUrl(_) => Reason::InvalidSpec,
+    }
+}
