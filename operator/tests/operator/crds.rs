@@ -11,7 +11,6 @@ use coffer_operator::crd::{
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{CustomResourceExt as _, ResourceExt as _};
-use kube_testenv::TestEnv;
 use serde_json::json;
 
 const BLESS: &str = "COFFER_BLESS";
@@ -22,14 +21,6 @@ fn committed() -> Vec<(PathBuf, CustomResourceDefinition)> {
         (dir.join("project.yaml"), Project::crd()),
         (dir.join("environment.yaml"), Environment::crd()),
     ]
-}
-
-fn all_committed_yaml() -> String {
-    committed()
-        .iter()
-        .map(|(path, _)| std::fs::read_to_string(path).unwrap())
-        .collect::<Vec<_>>()
-        .join("---\n")
 }
 
 #[test]
@@ -109,7 +100,7 @@ fn every_property_is_typed(schema: &serde_json::Value, at: &str, path: &std::pat
 
 #[tokio::test]
 async fn the_api_server_accepts_the_crds_and_applies_the_defaults() {
-    let Some(env) = TestEnv::builder().crd_yaml(&all_committed_yaml()).get() else {
+    let Some(env) = crate::support::cluster() else {
         return; // skipped: kube-testenv said why (never skipped with CI=true)
     };
     let client = env.client().unwrap();
@@ -283,7 +274,7 @@ async fn the_api_server_accepts_the_crds_and_applies_the_defaults() {
 
 #[tokio::test]
 async fn kubectl_explain_shows_the_field_descriptions() {
-    let Some(env) = TestEnv::builder().crd_yaml(&all_committed_yaml()).get() else {
+    let Some(env) = crate::support::cluster() else {
         return; // skipped: kube-testenv said why (never skipped with CI=true)
     };
     for (resource, expected) in [

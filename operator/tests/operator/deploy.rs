@@ -1,0 +1,206 @@
+//! The operator as deployed: under the documented RBAC only, with the committed examples, with
+//! leader election between replicas, serving probes and metrics.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, ListParams};
+use kube_testenv::{TestEnv, wait_until};
+use serde_json::json;
+
+use crate::support::*;
+
+fn repo_file(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// `kubectl apply -n namespace -f -` with `manifest` on stdin.
+fn kubectl_apply(env: &TestEnv, namespace: &str, manifest: &str) {
+    let mut child = env
+        .kubectl()
+        .unwrap()
+        .args(["apply", "-n", namespace, "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(manifest.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl apply failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(repo_file(path)).unwrap()
+}
+
+#[tokio::test]
+async fn the_examples_sync_end_to_end_under_the_documented_rbac_only() {
+    let Some(env) = cluster() else { return };
+    let kube = env.client().unwrap();
+    let ns = env.create_namespace().await.unwrap();
+    let coffer = Coffer::start().await;
+    coffer.project("web").await;
+    coffer
+        .set(
+            "web",
+            "production",
+            &[("DATABASE_URL", "postgres://db"), ("SMOKE_TEST", "t")],
+        )
+        .await;
+    let token = coffer.service_token("web", &["production"]).await;
+
+    // The documented ClusterRole, bound to the operator's ServiceAccount.
+    kubectl_apply(env, &ns, &read("deploy/rbac.yaml"));
+    let operator_kube = env
+        .service_account_client(&ns, "coffer-operator")
+        .await
+        .unwrap();
+    kubectl_apply(
+        env,
+        &ns,
+        &serde_json::to_string(&json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": { "name": format!("coffer-operator-{ns}") },
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "coffer-operator" },
+            "subjects": [{ "kind": "ServiceAccount", "name": "coffer-operator", "namespace": ns }],
+        }))
+        .unwrap(),
+    );
+    // Nothing beyond it.
+    let forbidden = Api::<ConfigMap>::namespaced(operator_kube.clone(), &ns)
+        .list(&ListParams::default())
+        .await;
+    assert!(
+        matches!(&forbidden, Err(kube::Error::Api(e)) if e.code == 403),
+        "{forbidden:?}"
+    );
+
+    // The examples, with a real token.
+    let credentials =
+        read("examples/credentials.yaml").replace("cfr_REPLACE_WITH_YOUR_SERVICE_TOKEN", &token);
+    kubectl_apply(env, &ns, &credentials);
+    kubectl_apply(env, &ns, &read("examples/project.yaml"));
+    kubectl_apply(env, &ns, &read("examples/environment.yaml"));
+
+    let mut cfg = config(&ns, &coffer, None);
+    cfg.leader_election = true;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = format!("http://{}", listener.local_addr().unwrap());
+    let operator = coffer_operator::Operator::new(cfg, operator_kube);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(operator.run(Some(listener), stop.clone()));
+
+    wait_for_data(&kube, &ns, "web-env", &[("DATABASE_URL", "postgres://db")]).await;
+    wait_for_condition(&kube, &ns, "web-production", "Ready", "True", "Synced").await;
+
+    // Probes and metrics.
+    for path in ["/healthz", "/readyz"] {
+        let r = reqwest::get(format!("{http}{path}")).await.unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+    }
+    let metrics = reqwest::get(format!("{http}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "coffer_operator_reconciles_total{kind=\"Environment\"}",
+        "coffer_operator_upstream_requests_total{outcome=\"modified\"}",
+        "coffer_operator_reconcile_duration_seconds_bucket",
+        "coffer_operator_sync_lag_seconds",
+        "coffer_operator_leader 1",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from\n{metrics}");
+    }
+    for secret in ["postgres://db", token.as_str()] {
+        assert!(!metrics.contains(secret));
+    }
+
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}
+
+async fn holder(kube: &kube::Client, ns: &str) -> Option<String> {
+    Api::<Lease>::namespaced(kube.clone(), ns)
+        .get_opt("coffer-operator")
+        .await
+        .unwrap()?
+        .spec?
+        .holder_identity
+}
+
+#[tokio::test]
+async fn of_two_replicas_only_the_leader_writes() {
+    let Some(env) = cluster() else { return };
+    let kube = env.client().unwrap();
+    let ns = env.create_namespace().await.unwrap();
+    let coffer = Coffer::start().await;
+    coffer.project("web").await;
+    coffer.set("web", "production", &[("A", "1")]).await;
+    let replica = |identity: &str| {
+        let mut cfg = config(&ns, &coffer, Some(&coffer.admin_token));
+        cfg.leader_election = true;
+        cfg.identity = Some(identity.to_owned());
+        start_operator(env, cfg)
+    };
+    let a = replica("replica-a");
+    wait_until("replica-a leads", TIMEOUT, || async {
+        (holder(&kube, &ns).await.as_deref() == Some("replica-a")).then_some(())
+    })
+    .await
+    .unwrap();
+    let b = replica("replica-b");
+    create_project(&kube, &ns, "web", json!({})).await;
+    create_environment(
+        &kube,
+        &ns,
+        "web-prod",
+        "web",
+        "production",
+        json!({ "refreshInterval": "5s" }),
+    )
+    .await;
+    wait_for_data(&kube, &ns, "web-prod", &[("A", "1")]).await;
+    coffer.set("web", "production", &[("A", "2")]).await;
+    wait_for_data(&kube, &ns, "web-prod", &[("A", "2")]).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(a.metrics.reconcile_count("Environment") > 0);
+    assert_eq!(
+        b.metrics.reconcile_count("Environment"),
+        0,
+        "the standby wrote"
+    );
+    assert_eq!(b.metrics.reconcile_count("Project"), 0, "the standby wrote");
+    assert_eq!(holder(&kube, &ns).await.as_deref(), Some("replica-a"));
+
+    // The leader goes; the standby takes over and carries on.
+    let a_metrics = a.metrics.clone();
+    a.stop().await;
+    let a_reconciles = a_metrics.reconcile_count("Environment");
+    wait_until("replica-b leads", TIMEOUT, || async {
+        (holder(&kube, &ns).await.as_deref() == Some("replica-b")).then_some(())
+    })
+    .await
+    .unwrap();
+    coffer.set("web", "production", &[("A", "3")]).await;
+    wait_for_data(&kube, &ns, "web-prod", &[("A", "3")]).await;
+    assert!(b.metrics.reconcile_count("Environment") > 0);
+    assert_eq!(a_metrics.reconcile_count("Environment"), a_reconciles);
+    b.stop().await;
+}

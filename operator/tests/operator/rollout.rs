@@ -1,0 +1,180 @@
+//! Rolling restarts: exactly once per change of the synced data, never otherwise.
+
+use std::time::Duration;
+
+use coffer_operator::crd::Environment;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::ResourceExt as _;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+const HASH: &str = "coffer.dev/secret-hash";
+
+fn deployment(name: &str, reload: bool, pod: Value) -> Deployment {
+    let annotations = if reload {
+        json!({ "coffer.dev/reload": "true" })
+    } else {
+        json!({})
+    };
+    let mut spec = json!({ "containers": [{ "name": "app", "image": "example.invalid/app:1" }] });
+    if let (Some(spec), Value::Object(extra)) = (spec.as_object_mut(), pod) {
+        for (k, v) in extra {
+            spec.insert(k, v);
+        }
+    }
+    serde_json::from_value(json!({
+        "metadata": { "name": name, "annotations": annotations },
+        "spec": {
+            "selector": { "matchLabels": { "app": name } },
+            "template": { "metadata": { "labels": { "app": name } }, "spec": spec },
+        },
+    }))
+    .unwrap()
+}
+
+/// `(generation, template hash annotation)` of every deployment, by name.
+async fn states(api: &Api<Deployment>) -> Vec<(String, i64, Option<String>)> {
+    let mut out = Vec::new();
+    for name in ["api", "worker", "bystander", "unrelated"] {
+        let d = api.get(name).await.unwrap();
+        let hash = d
+            .spec
+            .and_then(|s| s.template.metadata)
+            .and_then(|m| m.annotations)
+            .and_then(|a| a.get(HASH).cloned());
+        out.push((name.to_owned(), d.metadata.generation.unwrap(), hash));
+    }
+    out
+}
+
+#[tokio::test]
+async fn workloads_restart_exactly_once_per_data_change() {
+    let Some(env) = cluster() else { return };
+    let kube = env.client().unwrap();
+    let ns = env.create_namespace().await.unwrap();
+    let coffer = Coffer::start().await;
+    coffer.project("web").await;
+    coffer.set("web", "production", &[("A", "1")]).await;
+    let deployments = Api::<Deployment>::namespaced(kube.clone(), &ns);
+    let uses_secret =
+        json!({ "volumes": [{ "name": "s", "secret": { "secretName": "web-prod" } }] });
+    for d in [
+        // reload annotation and reads the Secret: restarted
+        deployment(
+            "api",
+            true,
+            json!({ "containers": [{ "name": "app", "image": "example.invalid/app:1",
+            "envFrom": [{ "secretRef": { "name": "web-prod" } }] }] }),
+        ),
+        // a rolloutRestart target: restarted
+        deployment("worker", false, json!({})),
+        // reads the Secret without the annotation: left alone
+        deployment("bystander", false, uses_secret),
+        // the annotation without reading the Secret: left alone
+        deployment("unrelated", true, json!({})),
+    ] {
+        deployments
+            .create(&PostParams::default(), &d)
+            .await
+            .unwrap();
+    }
+    let operator = start_operator(env, config(&ns, &coffer, Some(&coffer.admin_token)));
+    create_project(&kube, &ns, "web", json!({})).await;
+    create_environment(
+        &kube,
+        &ns,
+        "web-prod",
+        "web",
+        "production",
+        json!({ "refreshInterval": "5s",
+                "rolloutRestart": [{ "kind": "Deployment", "name": "worker" }] }),
+    )
+    .await;
+    wait_for_data(&kube, &ns, "web-prod", &[("A", "1")]).await;
+    wait_for_condition(&kube, &ns, "web-prod", "Ready", "True", "Synced").await;
+    let initial = states(&deployments).await;
+    assert!(
+        initial.iter().all(|(_, _, h)| h.is_none()),
+        "the first sync restarts nothing: {initial:?}"
+    );
+
+    // An unrelated spec edit restarts nothing.
+    let envs = Api::<Environment>::namespaced(kube.clone(), &ns);
+    envs.patch(
+        "web-prod",
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "spec": { "sync": { "labels": { "tier": "backend" } } } })),
+    )
+    .await
+    .unwrap();
+    kube_testenv::wait_until("the label is synced", TIMEOUT, || async {
+        let s = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(kube.clone(), &ns)
+            .get("web-prod")
+            .await
+            .unwrap();
+        (s.labels().get("tier").map(String::as_str) == Some("backend")).then_some(())
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(states(&deployments).await, initial);
+
+    // A data change restarts the annotated users and the targets, once.
+    coffer.set("web", "production", &[("A", "2")]).await;
+    wait_for_data(&kube, &ns, "web-prod", &[("A", "2")]).await;
+    let hash = kube_testenv::wait_until("the status has the new hash", TIMEOUT, || async {
+        let status = envs.get("web-prod").await.unwrap().status?;
+        (status.restarted_workloads.len() == 2).then_some(status.secret_hash?)
+    })
+    .await
+    .unwrap();
+    let restarted = states(&deployments).await;
+    let by_name = |name: &str| {
+        restarted
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(by_name("api").2.as_deref(), Some(hash.as_str()));
+    assert_eq!(by_name("worker").2.as_deref(), Some(hash.as_str()));
+    assert_eq!(by_name("bystander").2, None);
+    assert_eq!(by_name("unrelated").2, None);
+    assert_eq!(by_name("api").1, initial[0].1 + 1);
+    assert_eq!(by_name("worker").1, initial[1].1 + 1);
+    let status = envs.get("web-prod").await.unwrap().status.unwrap();
+    assert_eq!(
+        status.restarted_workloads,
+        ["Deployment/api", "Deployment/worker"]
+    );
+
+    // Nothing more while nothing changes, nor when the operator restarts.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert_eq!(states(&deployments).await, restarted);
+    operator.stop().await;
+    let operator = start_operator(env, config(&ns, &coffer, Some(&coffer.admin_token)));
+    kube_testenv::wait_until("the new operator has reconciled", TIMEOUT, || async {
+        (operator.metrics.reconcile_count("Environment") >= 2).then_some(())
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(states(&deployments).await, restarted);
+
+    // The next change restarts once more.
+    coffer.set("web", "production", &[("A", "3")]).await;
+    wait_for_data(&kube, &ns, "web-prod", &[("A", "3")]).await;
+    kube_testenv::wait_until("api restarted again", TIMEOUT, || async {
+        let now = states(&deployments).await;
+        (now[0].1 == restarted[0].1 + 1).then_some(())
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let last = states(&deployments).await;
+    assert_eq!(last[0].1, restarted[0].1 + 1);
+    assert_eq!(last[1].1, restarted[1].1 + 1);
+    assert_eq!(last[2].1, restarted[2].1);
+}
