@@ -63,7 +63,8 @@ pub struct ProjectSpec {
     /// configured server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_url: Option<String>,
-    /// A key of a Secret in this namespace that holds the coffer-server service token to use.
+    /// A key of a Secret in this namespace that holds the coffer-server token to use (a service
+    /// token, or an API key when the operator must create or delete projects or environments).
     /// Defaults to the operator's own token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_ref: Option<CredentialsRef>,
@@ -78,7 +79,7 @@ pub struct ProjectSpec {
 pub struct CredentialsRef {
     /// Name of the Secret.
     pub name: String,
-    /// Key in the Secret's data whose value is the service token.
+    /// Key in the Secret's data whose value is the token.
     pub key: String,
 }
 
