@@ -2,20 +2,121 @@
 //! the per-object retry backoff.
 
 use std::collections::HashMap;
+use std::fmt::Debug;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use futures::{Stream, StreamExt as _};
+use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::ObjectReference;
+use kube::api::{PatchParams, PostParams};
+use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::{Predicate as _, WatchStreamExt as _, predicates, watcher};
+use kube::{Api, Resource, ResourceExt as _};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use zeroize::Zeroizing;
 
 use crate::conditions::Reason;
 use crate::config::Config;
+use crate::crd::Project;
 use crate::metrics::Metrics;
-use crate::upstream::Upstream;
+use crate::upstream::{Connection, ConnectionError, Upstream};
 
 /// The field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "coffer-operator";
+/// On the `Project` and `Environment` resources the operator handles: it cleans up (deletes or
+/// releases what the resource made) before the resource goes.
+pub const FINALIZER: &str = "coffer.dev/cleanup";
+
+/// Parameters of a patch by the operator.
+pub fn patch_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    }
+}
+
+/// Parameters of a create or replace by the operator.
+pub fn post_params() -> PostParams {
+    PostParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PostParams::default()
+    }
+}
+
+/// The resources of `api`, kept in `writer`'s store, whenever their spec (generation),
+/// annotations or finalizers change. Status changes (the controllers' own writes) wake nothing.
+pub fn spec_changes<K>(
+    api: Api<K>,
+    writer: Writer<K>,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(
+            predicates::generation
+                .combine(predicates::annotations)
+                .combine(predicates::finalizers),
+            Default::default(),
+        )
+}
+
+/// `Kind/namespace/name`: the key of an object in the backoff table.
+pub fn object_key<K: Resource>(kind: &str, object: &K) -> String {
+    format!(
+        "{kind}/{}/{}",
+        object.namespace().unwrap_or_default(),
+        object.name_any()
+    )
+}
+
+/// Runs `reconcile` behind the [`FINALIZER`] of `object` (added before the first apply,
+/// removed after a successful cleanup), and counts it in the metrics.
+pub async fn finalized<K, Fut>(
+    ctx: &Context,
+    kind: &str,
+    object: Arc<K>,
+    reconcile: impl FnOnce(Finalizer<K>) -> Fut,
+) -> Result<Action, Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + Debug,
+    Fut: Future<Output = Result<Action, Error>>,
+{
+    let started = Instant::now();
+    let api: Api<K> = Api::namespaced(ctx.kube.clone(), &object.namespace().unwrap_or_default());
+    let result = finalizer(&api, FINALIZER, object, reconcile)
+        .await
+        .map_err(Error::from);
+    ctx.metrics.reconciled(kind, started.elapsed());
+    if let Err(e) = &result {
+        ctx.metrics.failed(kind, e.reason());
+    }
+    result
+}
+
+/// Drains a controller's results; failures are logged by the error policies already.
+pub async fn drain<T, E: std::fmt::Display>(results: impl Stream<Item = Result<T, E>>) {
+    results
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "reconcile ended with an error");
+            }
+        })
+        .await;
+}
 
 /// Shared by all reconciliations of both controllers.
 pub struct Context {
@@ -105,6 +206,13 @@ impl Context {
             failures: Mutex::default(),
             refreshes: Mutex::default(),
         }
+    }
+
+    /// The server and credentials of `project` (see [`Upstream::connection`]).
+    pub async fn connection(&self, project: &Project) -> Result<Connection, ConnectionError> {
+        self.upstream
+            .connection(&self.kube, &self.config, project)
+            .await
     }
 
     /// Publishes an event on `object`. Events are best effort: a failure is logged, never

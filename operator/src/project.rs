@@ -3,26 +3,21 @@
 //! deletion policy says so.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use coffer_client::CreateProjectRequest;
-use futures::StreamExt as _;
-use kube::api::{Patch, PatchParams};
+use kube::api::Patch;
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector;
-use kube::runtime::{Controller, Predicate as _, WatchStreamExt as _, predicates, watcher};
+use kube::runtime::finalizer::Event as Finalizer;
+use kube::runtime::{Controller, reflector};
 use kube::{Api, Resource as _, ResourceExt as _};
 use serde_json::json;
 
 use crate::conditions::{self, Reason};
-use crate::context::{Context, Error, FIELD_MANAGER};
+use crate::context::{self, Context, Error, drain, finalized, patch_params, spec_changes};
 use crate::crd::{CONDITION_READY, DeletionPolicy, Project, ProjectStatus};
 use crate::upstream::{ConnectionError, reason_for};
 
-/// On `Project` resources: deletes the project in coffer-server first when the policy is
-/// `Delete`.
-pub const FINALIZER: &str = "coffer.dev/cleanup";
 const KIND: &str = "Project";
 /// How often a healthy project is checked again.
 const RECHECK: Duration = Duration::from_secs(300);
@@ -30,52 +25,22 @@ const RECHECK: Duration = Duration::from_secs(300);
 /// Runs the controller over `api` (until the future is dropped).
 pub async fn run(ctx: Arc<Context>, api: Api<Project>) {
     let (reader, writer) = reflector::store();
-    // Status writes (ours) do not wake the controller: spec, annotations and finalizers do.
-    let projects = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(
-            predicates::generation
-                .combine(predicates::annotations)
-                .combine(predicates::finalizers),
-            Default::default(),
-        );
-    Controller::for_stream(projects, reader)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "project reconcile ended with an error");
-            }
-        })
-        .await;
+    let projects = spec_changes(api, writer);
+    drain(Controller::for_stream(projects, reader).run(reconcile, error_policy, ctx)).await;
 }
 
 fn object_key(project: &Project) -> String {
-    format!(
-        "{KIND}/{}/{}",
-        project.namespace().unwrap_or_default(),
-        project.name_any()
-    )
+    context::object_key(KIND, project)
 }
 
 async fn reconcile(project: Arc<Project>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = Instant::now();
-    let api: Api<Project> =
-        Api::namespaced(ctx.kube.clone(), &project.namespace().unwrap_or_default());
-    let result = finalizer(&api, FINALIZER, project, |event| async {
+    finalized(&ctx, KIND, project, |event| async {
         match event {
             Finalizer::Apply(project) => apply(&project, &ctx).await,
             Finalizer::Cleanup(project) => cleanup(&project, &ctx).await,
         }
     })
     .await
-    .map_err(Error::from);
-    ctx.metrics.reconciled(KIND, started.elapsed());
-    if let Err(e) = &result {
-        ctx.metrics.failed(KIND, e.reason());
-    }
-    result
 }
 
 fn error_policy(project: Arc<Project>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -119,10 +84,7 @@ async fn save(
         Api::namespaced(ctx.kube.clone(), &project.namespace().unwrap_or_default());
     api.patch_status(
         &project.name_any(),
-        &PatchParams {
-            field_manager: Some(FIELD_MANAGER.to_owned()),
-            ..PatchParams::default()
-        },
+        &patch_params(),
         &Patch::Merge(json!({ "status": status })),
     )
     .await?;
@@ -148,11 +110,7 @@ async fn apply(project: &Project, ctx: &Context) -> Result<Action, Error> {
         save(project, ctx, false, Reason::InvalidSpec, message, None).await?;
         return Ok(Action::await_change());
     }
-    let conn = match ctx
-        .upstream
-        .connection(&ctx.kube, &ctx.config, project)
-        .await
-    {
+    let conn = match ctx.connection(project).await {
         Ok(conn) => conn,
         Err(ConnectionError { reason, message }) => {
             save(project, ctx, false, reason, message, None).await?;
@@ -229,11 +187,7 @@ async fn cleanup(project: &Project, ctx: &Context) -> Result<Action, Error> {
     }
     let org = &project.spec.organization;
     let slug = project.project_slug();
-    let conn = match ctx
-        .upstream
-        .connection(&ctx.kube, &ctx.config, project)
-        .await
-    {
+    let conn = match ctx.connection(project).await {
         Ok(conn) => conn,
         Err(ConnectionError { reason, message }) => {
             // Without credentials the project cannot be deleted; keep the finalizer and say so.

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::{ObjectMeta, PostParams};
+use kube::api::ObjectMeta;
 use kube::core::PartialObjectMeta;
 use kube_lease_manager::LeaseManagerBuilder;
 use rand::RngCore as _;
@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
 use crate::config::Config;
-use crate::context::{Context, FIELD_MANAGER};
+use crate::context::{Context, FIELD_MANAGER, post_params};
 use crate::crd::{Environment, Project};
 use crate::metrics::{self, Metrics};
 use crate::upstream::Upstream;
@@ -237,10 +237,7 @@ async fn hash_key(
         data: Some([(HASH_KEY_FIELD.to_owned(), ByteString(key.to_vec()))].into()),
         ..Secret::default()
     };
-    let post = PostParams {
-        field_manager: Some(FIELD_MANAGER.to_owned()),
-        ..PostParams::default()
-    };
+    let post = post_params();
     match api.create(&post, &secret).await {
         Ok(_) => Ok(key),
         // Another replica created it first: use theirs.

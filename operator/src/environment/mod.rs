@@ -6,34 +6,32 @@ pub mod build;
 pub mod rollout;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use coffer_client::CreateEnvironmentRequest;
-use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions, PropagationPolicy};
+use kube::api::{DeleteParams, Patch, Preconditions, PropagationPolicy};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::finalizer::Event as Finalizer;
 use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::{Controller, Predicate as _, WatchStreamExt as _, predicates, watcher};
+use kube::runtime::{Controller, WatchStreamExt as _, predicates, watcher};
 use kube::{Api, Resource as _, ResourceExt as _};
 use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::conditions::{self, Reason};
-use crate::context::{Context, Error, FIELD_MANAGER};
+use crate::context::{
+    self, Context, Error, drain, finalized, patch_params, post_params, spec_changes,
+};
 use crate::crd::{
     CONDITION_READY, CONDITION_SYNCED, DeletionPolicy, Environment, EnvironmentStatus, Project,
 };
 use crate::upstream::{ConnectionError, SourceKey, reason_for};
 use build::{MANAGED_BY, MANAGED_BY_LABEL, Ownership, Update};
 
-/// On the `Environment` resources this controller handles: cleans up the Secret (or releases
-/// it) before the resource goes.
-pub const FINALIZER: &str = "coffer.dev/cleanup";
 /// Set (to any new value, e.g. a timestamp) to make the operator fetch from coffer-server now.
 pub const REFRESH_ANNOTATION: &str = "coffer.dev/refresh-at";
 const KIND: &str = "Environment";
@@ -47,18 +45,8 @@ pub async fn run(
     changed: mpsc::UnboundedReceiver<ObjectRef<Environment>>,
 ) {
     let (reader, writer) = reflector::store();
-    // Status writes (ours) do not wake the controller: spec (generation), annotations
-    // (refresh-at) and finalizers do.
-    let envs = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(
-            predicates::generation
-                .combine(predicates::annotations)
-                .combine(predicates::finalizers),
-            Default::default(),
-        );
+    // Spec edits, the refresh-at annotation and finalizers wake it; its own status writes don't.
+    let envs = spec_changes(api, writer);
     // Only metadata of our Secrets: enough to notice edits and deletions, no secret data
     // in the operator's memory.
     let owned = watcher(
@@ -77,7 +65,7 @@ pub async fn run(
             changed,
             |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
         );
-    Controller::for_stream(envs, reader)
+    let results = Controller::for_stream(envs, reader)
         .owns_stream(owned)
         .watches_stream(project_changes, move |project: Project| {
             let namespace = project.namespace();
@@ -90,40 +78,22 @@ pub async fn run(
                 .collect::<Vec<_>>()
         })
         .reconcile_on(changed)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "environment reconcile ended with an error");
-            }
-        })
-        .await;
+        .run(reconcile, error_policy, ctx);
+    drain(results).await;
 }
 
 fn object_key(env: &Environment) -> String {
-    format!(
-        "{KIND}/{}/{}",
-        env.namespace().unwrap_or_default(),
-        env.name_any()
-    )
+    context::object_key(KIND, env)
 }
 
 async fn reconcile(env: Arc<Environment>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = Instant::now();
-    let namespace = env.namespace().unwrap_or_default();
-    let api: Api<Environment> = Api::namespaced(ctx.kube.clone(), &namespace);
-    let result = finalizer(&api, FINALIZER, env.clone(), |event| async {
+    finalized(&ctx, KIND, env, |event| async {
         match event {
             Finalizer::Apply(env) => apply(&env, &ctx).await,
             Finalizer::Cleanup(env) => cleanup(&env, &ctx).await,
         }
     })
     .await
-    .map_err(Error::from);
-    ctx.metrics.reconciled(KIND, started.elapsed());
-    if let Err(e) = &result {
-        ctx.metrics.failed(KIND, e.reason());
-    }
-    result
 }
 
 fn error_policy(env: Arc<Environment>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -197,10 +167,7 @@ impl<'a> Outcome<'a> {
             Api::namespaced(ctx.kube.clone(), &self.env.namespace().unwrap_or_default());
         api.patch_status(
             &self.env.name_any(),
-            &PatchParams {
-                field_manager: Some(FIELD_MANAGER.to_owned()),
-                ..PatchParams::default()
-            },
+            &patch_params(),
             &Patch::Merge(json!({ "status": self.status })),
         )
         .await?;
@@ -261,11 +228,7 @@ async fn apply(env: &Environment, ctx: &Context) -> Result<Action, Error> {
         // The Project watch wakes this resource when the Project appears.
         return Ok(Action::await_change());
     };
-    let conn = match ctx
-        .upstream
-        .connection(&ctx.kube, &ctx.config, &project)
-        .await
-    {
+    let conn = match ctx.connection(&project).await {
         Ok(conn) => conn,
         Err(ConnectionError { reason, message }) => {
             out.ready(
@@ -361,10 +324,7 @@ async fn apply(env: &Environment, ctx: &Context) -> Result<Action, Error> {
     let desired = build::desired_secret(env, &snapshot.values, &ctx.hash_key);
     let secret_name = env.secret_name();
     let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), &namespace);
-    let post = PostParams {
-        field_manager: Some(FIELD_MANAGER.to_owned()),
-        ..PostParams::default()
-    };
+    let post = post_params();
     let wrote = match secrets.get_opt(&secret_name).await? {
         None => {
             secrets.create(&post, &desired.secret).await?;
@@ -576,14 +536,7 @@ async fn cleanup(env: &Environment, ctx: &Context) -> Result<Action, Error> {
                         "resourceVersion": current.metadata.resource_version,
                     }});
                     secrets
-                        .patch(
-                            &secret_name,
-                            &PatchParams {
-                                field_manager: Some(FIELD_MANAGER.to_owned()),
-                                ..PatchParams::default()
-                            },
-                            &Patch::Merge(&patch),
-                        )
+                        .patch(&secret_name, &patch_params(), &Patch::Merge(&patch))
                         .await?;
                 }
             }

@@ -6,13 +6,13 @@ use std::collections::BTreeSet;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{PodSpec, PodTemplateSpec};
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{ListParams, Patch};
 use kube::{Api, Resource, ResourceExt as _};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use crate::context::FIELD_MANAGER;
+use crate::context::patch_params;
 use crate::crd::{Environment, WorkloadKind};
 
 /// On a pod template: the hash of the synced data its pods were started with.
@@ -177,15 +177,8 @@ async fn for_kind<W: Workload>(
             let patch = json!({ "spec": { "template": { "metadata": { "annotations": {
                 SECRET_HASH_ANNOTATION: hash
             }}}}});
-            api.patch(
-                &w.name_any(),
-                &PatchParams {
-                    field_manager: Some(FIELD_MANAGER.to_owned()),
-                    ..PatchParams::default()
-                },
-                &Patch::Merge(&patch),
-            )
-            .await?;
+            api.patch(&w.name_any(), &patch_params(), &Patch::Merge(&patch))
+                .await?;
         }
         done.restarted.push(format!("{kind}/{}", w.name_any()));
     }

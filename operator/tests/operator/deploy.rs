@@ -49,29 +49,22 @@ fn read(path: &str) -> String {
 
 #[tokio::test]
 async fn the_examples_sync_end_to_end_under_the_documented_rbac_only() {
-    let Some(env) = cluster() else { return };
-    let kube = env.client().unwrap();
-    let ns = env.create_namespace().await.unwrap();
-    let coffer = Coffer::start().await;
-    coffer.project("web").await;
-    coffer
-        .set(
-            "web",
-            "production",
-            &[("DATABASE_URL", "postgres://db"), ("SMOKE_TEST", "t")],
-        )
-        .await;
-    let token = coffer.service_token("web", &["production"]).await;
+    let values = [("DATABASE_URL", "postgres://db"), ("SMOKE_TEST", "t")];
+    let Some(scene) = Scene::new(&values).await else {
+        return;
+    };
+    let (env, ns) = (scene.env, scene.ns.as_str());
+    let token = scene.coffer.service_token("web", &["production"]).await;
 
     // The documented ClusterRole, bound to the operator's ServiceAccount.
-    kubectl_apply(env, &ns, &read("deploy/rbac.yaml"));
+    kubectl_apply(env, ns, &read("deploy/rbac.yaml"));
     let operator_kube = env
-        .service_account_client(&ns, "coffer-operator")
+        .service_account_client(ns, "coffer-operator")
         .await
         .unwrap();
     kubectl_apply(
         env,
-        &ns,
+        ns,
         &serde_json::to_string(&json!({
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRoleBinding",
@@ -82,7 +75,7 @@ async fn the_examples_sync_end_to_end_under_the_documented_rbac_only() {
         .unwrap(),
     );
     // Nothing beyond it.
-    let forbidden = Api::<ConfigMap>::namespaced(operator_kube.clone(), &ns)
+    let forbidden = Api::<ConfigMap>::namespaced(operator_kube.clone(), ns)
         .list(&ListParams::default())
         .await;
     assert!(
@@ -93,11 +86,11 @@ async fn the_examples_sync_end_to_end_under_the_documented_rbac_only() {
     // The examples, with a real token.
     let credentials =
         read("examples/credentials.yaml").replace("cfr_REPLACE_WITH_YOUR_SERVICE_TOKEN", &token);
-    kubectl_apply(env, &ns, &credentials);
-    kubectl_apply(env, &ns, &read("examples/project.yaml"));
-    kubectl_apply(env, &ns, &read("examples/environment.yaml"));
+    kubectl_apply(env, ns, &credentials);
+    kubectl_apply(env, ns, &read("examples/project.yaml"));
+    kubectl_apply(env, ns, &read("examples/environment.yaml"));
 
-    let mut cfg = config(&ns, &coffer, None);
+    let mut cfg = scene.config(None);
     cfg.leader_election = true;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = format!("http://{}", listener.local_addr().unwrap());
@@ -105,8 +98,12 @@ async fn the_examples_sync_end_to_end_under_the_documented_rbac_only() {
     let stop = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(operator.run(Some(listener), stop.clone()));
 
-    wait_for_data(&kube, &ns, "web-env", &[("DATABASE_URL", "postgres://db")]).await;
-    wait_for_condition(&kube, &ns, "web-production", "Ready", "True", "Synced").await;
+    scene
+        .wait_for_data("web-env", &[("DATABASE_URL", "postgres://db")])
+        .await;
+    scene
+        .wait_for_condition("web-production", "Ready", "True", "Synced")
+        .await;
 
     // Probes and metrics.
     for path in ["/healthz", "/readyz"] {
@@ -147,38 +144,30 @@ async fn holder(kube: &kube::Client, ns: &str) -> Option<String> {
 
 #[tokio::test]
 async fn of_two_replicas_only_the_leader_writes() {
-    let Some(env) = cluster() else { return };
-    let kube = env.client().unwrap();
-    let ns = env.create_namespace().await.unwrap();
-    let coffer = Coffer::start().await;
-    coffer.project("web").await;
-    coffer.set("web", "production", &[("A", "1")]).await;
+    let Some(scene) = Scene::new(&[("A", "1")]).await else {
+        return;
+    };
+    let (kube, ns) = (&scene.kube, scene.ns.as_str());
     let replica = |identity: &str| {
-        let mut cfg = config(&ns, &coffer, Some(&coffer.admin_token));
+        let mut cfg = scene.config(Some(&scene.coffer.admin_token));
         cfg.leader_election = true;
         cfg.identity = Some(identity.to_owned());
-        start_operator(env, cfg)
+        scene.operator(cfg)
     };
     let a = replica("replica-a");
     wait_until("replica-a leads", TIMEOUT, || async {
-        (holder(&kube, &ns).await.as_deref() == Some("replica-a")).then_some(())
+        (holder(kube, ns).await.as_deref() == Some("replica-a")).then_some(())
     })
     .await
     .unwrap();
     let b = replica("replica-b");
-    create_project(&kube, &ns, "web", json!({})).await;
-    create_environment(
-        &kube,
-        &ns,
-        "web-prod",
-        "web",
-        "production",
-        json!({ "refreshInterval": "5s" }),
-    )
-    .await;
-    wait_for_data(&kube, &ns, "web-prod", &[("A", "1")]).await;
-    coffer.set("web", "production", &[("A", "2")]).await;
-    wait_for_data(&kube, &ns, "web-prod", &[("A", "2")]).await;
+    scene.project("web", json!({})).await;
+    scene
+        .environment("web-prod", "production", json!({ "refreshInterval": "5s" }))
+        .await;
+    scene.wait_for_data("web-prod", &[("A", "1")]).await;
+    scene.coffer.set("web", "production", &[("A", "2")]).await;
+    scene.wait_for_data("web-prod", &[("A", "2")]).await;
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert!(a.metrics.reconcile_count("Environment") > 0);
     assert_eq!(
@@ -187,19 +176,19 @@ async fn of_two_replicas_only_the_leader_writes() {
         "the standby wrote"
     );
     assert_eq!(b.metrics.reconcile_count("Project"), 0, "the standby wrote");
-    assert_eq!(holder(&kube, &ns).await.as_deref(), Some("replica-a"));
+    assert_eq!(holder(kube, ns).await.as_deref(), Some("replica-a"));
 
     // The leader goes; the standby takes over and carries on.
     let a_metrics = a.metrics.clone();
     a.stop().await;
     let a_reconciles = a_metrics.reconcile_count("Environment");
     wait_until("replica-b leads", TIMEOUT, || async {
-        (holder(&kube, &ns).await.as_deref() == Some("replica-b")).then_some(())
+        (holder(kube, ns).await.as_deref() == Some("replica-b")).then_some(())
     })
     .await
     .unwrap();
-    coffer.set("web", "production", &[("A", "3")]).await;
-    wait_for_data(&kube, &ns, "web-prod", &[("A", "3")]).await;
+    scene.coffer.set("web", "production", &[("A", "3")]).await;
+    scene.wait_for_data("web-prod", &[("A", "3")]).await;
     assert!(b.metrics.reconcile_count("Environment") > 0);
     assert_eq!(a_metrics.reconcile_count("Environment"), a_reconciles);
     b.stop().await;

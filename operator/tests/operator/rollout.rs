@@ -51,13 +51,10 @@ async fn states(api: &Api<Deployment>) -> Vec<(String, i64, Option<String>)> {
 
 #[tokio::test]
 async fn workloads_restart_exactly_once_per_data_change() {
-    let Some(env) = cluster() else { return };
-    let kube = env.client().unwrap();
-    let ns = env.create_namespace().await.unwrap();
-    let coffer = Coffer::start().await;
-    coffer.project("web").await;
-    coffer.set("web", "production", &[("A", "1")]).await;
-    let deployments = Api::<Deployment>::namespaced(kube.clone(), &ns);
+    let Some(scene) = Scene::new(&[("A", "1")]).await else {
+        return;
+    };
+    let deployments = scene.api::<Deployment>();
     let uses_secret =
         json!({ "volumes": [{ "name": "s", "secret": { "secretName": "web-prod" } }] });
     for d in [
@@ -80,20 +77,19 @@ async fn workloads_restart_exactly_once_per_data_change() {
             .await
             .unwrap();
     }
-    let operator = start_operator(env, config(&ns, &coffer, Some(&coffer.admin_token)));
-    create_project(&kube, &ns, "web", json!({})).await;
-    create_environment(
-        &kube,
-        &ns,
-        "web-prod",
-        "web",
-        "production",
-        json!({ "refreshInterval": "5s",
-                "rolloutRestart": [{ "kind": "Deployment", "name": "worker" }] }),
-    )
-    .await;
-    wait_for_data(&kube, &ns, "web-prod", &[("A", "1")]).await;
-    wait_for_condition(&kube, &ns, "web-prod", "Ready", "True", "Synced").await;
+    let operator = scene.start().await;
+    scene
+        .environment(
+            "web-prod",
+            "production",
+            json!({ "refreshInterval": "5s",
+                    "rolloutRestart": [{ "kind": "Deployment", "name": "worker" }] }),
+        )
+        .await;
+    scene.wait_for_data("web-prod", &[("A", "1")]).await;
+    scene
+        .wait_for_condition("web-prod", "Ready", "True", "Synced")
+        .await;
     let initial = states(&deployments).await;
     assert!(
         initial.iter().all(|(_, _, h)| h.is_none()),
@@ -101,7 +97,7 @@ async fn workloads_restart_exactly_once_per_data_change() {
     );
 
     // An unrelated spec edit restarts nothing.
-    let envs = Api::<Environment>::namespaced(kube.clone(), &ns);
+    let envs = scene.api::<Environment>();
     envs.patch(
         "web-prod",
         &PatchParams::default(),
@@ -110,10 +106,7 @@ async fn workloads_restart_exactly_once_per_data_change() {
     .await
     .unwrap();
     kube_testenv::wait_until("the label is synced", TIMEOUT, || async {
-        let s = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(kube.clone(), &ns)
-            .get("web-prod")
-            .await
-            .unwrap();
+        let s = scene.secret("web-prod").await;
         (s.labels().get("tier").map(String::as_str) == Some("backend")).then_some(())
     })
     .await
@@ -122,8 +115,8 @@ async fn workloads_restart_exactly_once_per_data_change() {
     assert_eq!(states(&deployments).await, initial);
 
     // A data change restarts the annotated users and the targets, once.
-    coffer.set("web", "production", &[("A", "2")]).await;
-    wait_for_data(&kube, &ns, "web-prod", &[("A", "2")]).await;
+    scene.coffer.set("web", "production", &[("A", "2")]).await;
+    scene.wait_for_data("web-prod", &[("A", "2")]).await;
     let hash = kube_testenv::wait_until("the status has the new hash", TIMEOUT, || async {
         let status = envs.get("web-prod").await.unwrap().status?;
         (status.restarted_workloads.len() == 2).then_some(status.secret_hash?)
@@ -154,7 +147,7 @@ async fn workloads_restart_exactly_once_per_data_change() {
     tokio::time::sleep(Duration::from_secs(11)).await;
     assert_eq!(states(&deployments).await, restarted);
     operator.stop().await;
-    let operator = start_operator(env, config(&ns, &coffer, Some(&coffer.admin_token)));
+    let operator = scene.operator(scene.config(Some(&scene.coffer.admin_token)));
     kube_testenv::wait_until("the new operator has reconciled", TIMEOUT, || async {
         (operator.metrics.reconcile_count("Environment") >= 2).then_some(())
     })
@@ -164,8 +157,8 @@ async fn workloads_restart_exactly_once_per_data_change() {
     assert_eq!(states(&deployments).await, restarted);
 
     // The next change restarts once more.
-    coffer.set("web", "production", &[("A", "3")]).await;
-    wait_for_data(&kube, &ns, "web-prod", &[("A", "3")]).await;
+    scene.coffer.set("web", "production", &[("A", "3")]).await;
+    scene.wait_for_data("web-prod", &[("A", "3")]).await;
     kube_testenv::wait_until("api restarted again", TIMEOUT, || async {
         let now = states(&deployments).await;
         (now[0].1 == restarted[0].1 + 1).then_some(())

@@ -65,43 +65,38 @@ impl Coffer {
             running: None,
         };
         coffer.resume().await;
-        let http = reqwest::Client::new();
-        let session: Value = http
-            .post(format!("{}/api/v1/auth/register", coffer.url))
-            .json(&json!({
-                "email": "owner@acme.test",
-                "password": "correct horse battery staple",
-                "name": "Owner",
-            }))
-            .send()
-            .await
-            .unwrap()
-            .error_for_status()
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let post = |path: &str, token: Option<String>, body: Value| {
+            let mut request = reqwest::Client::new()
+                .post(format!("{}/api/v1/{path}", coffer.url))
+                .json(&body);
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            async move {
+                let response = request.send().await.unwrap().error_for_status().unwrap();
+                response.json::<Value>().await.unwrap()
+            }
+        };
+        let session = post(
+            "auth/register",
+            None,
+            json!({ "email": "owner@acme.test", "password": "correct horse battery staple",
+                    "name": "Owner" }),
+        )
+        .await;
         let access = session["access_token"].as_str().unwrap().to_owned();
-        http.post(format!("{}/api/v1/orgs", coffer.url))
-            .bearer_auth(&access)
-            .json(&json!({ "name": "Acme", "slug": ORG }))
-            .send()
-            .await
-            .unwrap()
-            .error_for_status()
-            .unwrap();
-        let key: Value = http
-            .post(format!("{}/api/v1/api-keys", coffer.url))
-            .bearer_auth(&access)
-            .json(&json!({ "name": "operator tests", "read_only": false }))
-            .send()
-            .await
-            .unwrap()
-            .error_for_status()
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        post(
+            "orgs",
+            Some(access.clone()),
+            json!({ "name": "Acme", "slug": ORG }),
+        )
+        .await;
+        let key = post(
+            "api-keys",
+            Some(access),
+            json!({ "name": "operator tests", "read_only": false }),
+        )
+        .await;
         coffer.admin_token = key["token"].as_str().unwrap().to_owned();
         coffer
     }
@@ -230,27 +225,6 @@ impl Drop for RunningOperator {
     }
 }
 
-/// The configuration of an operator confined to `namespace` (each test has its own), with
-/// `coffer` as its default server and `token` as its default credentials.
-pub fn config(namespace: &str, coffer: &Coffer, token: Option<&str>) -> Config {
-    Config {
-        server_url: Some(coffer.url.clone()),
-        token: token.map(|t| SecretString::from(t.to_owned())),
-        namespaces: vec![namespace.to_owned()],
-        metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        leader_election: false,
-        operator_namespace: Some(namespace.to_owned()),
-        lease_name: "coffer-operator".to_owned(),
-        hash_key_secret: "coffer-operator-hash-key".to_owned(),
-        identity: None,
-    }
-}
-
-/// Starts the operator with `config` and the admin's kube client.
-pub fn start_operator(env: &TestEnv, config: Config) -> RunningOperator {
-    start_operator_as(env.client().unwrap(), config)
-}
-
 /// Starts the operator with `config` and `kube` as its Kubernetes client.
 pub fn start_operator_as(kube: kube::Client, config: Config) -> RunningOperator {
     let operator = Operator::new(config, kube);
@@ -264,131 +238,184 @@ pub fn start_operator_as(kube: kube::Client, config: Config) -> RunningOperator 
     }
 }
 
-/// A `Project` resource for `project` of [`ORG`].
-pub async fn create_project(kube: &kube::Client, namespace: &str, name: &str, spec: Value) {
-    let mut spec_value = json!({ "organization": ORG, "project": name });
-    merge(&mut spec_value, spec);
-    let project: Project = serde_json::from_value(json!({
-        "apiVersion": "coffer.dev/v1alpha1",
-        "kind": "Project",
-        "metadata": { "name": name },
-        "spec": spec_value,
-    }))
-    .unwrap();
-    Api::<Project>::namespaced(kube.clone(), namespace)
-        .create(&PostParams::default(), &project)
-        .await
-        .unwrap();
+/// One test's world: its own namespace of the shared control plane, an admin client, and a
+/// coffer-server of its own with project `web` (development, staging, production).
+pub struct Scene {
+    pub env: &'static TestEnv,
+    pub kube: kube::Client,
+    pub ns: String,
+    pub coffer: Coffer,
 }
 
-/// An `Environment` resource `name` for environment `environment` of Project `project`.
-pub async fn create_environment(
-    kube: &kube::Client,
-    namespace: &str,
-    name: &str,
-    project: &str,
-    environment: &str,
-    sync: Value,
-) {
-    let env: Environment = serde_json::from_value(json!({
-        "apiVersion": "coffer.dev/v1alpha1",
-        "kind": "Environment",
-        "metadata": { "name": name },
-        "spec": {
-            "projectRef": { "name": project },
-            "environment": environment,
-            "sync": sync,
-        },
-    }))
-    .unwrap();
-    Api::<Environment>::namespaced(kube.clone(), namespace)
-        .create(&PostParams::default(), &env)
-        .await
-        .unwrap();
-}
+impl Scene {
+    /// `production` of `web` holds `values`. `None` when the cluster tests are skipped (never
+    /// with `CI=true`).
+    pub async fn new(values: &[(&str, &str)]) -> Option<Self> {
+        let env = cluster()?;
+        let kube = env.client().unwrap();
+        let ns = env.create_namespace().await.unwrap();
+        let coffer = Coffer::start().await;
+        coffer.project("web").await;
+        if !values.is_empty() {
+            coffer.set("web", "production", values).await;
+        }
+        Some(Self {
+            env,
+            kube,
+            ns,
+            coffer,
+        })
+    }
 
-fn merge(base: &mut Value, extra: Value) {
-    if let (Some(base), Value::Object(extra)) = (base.as_object_mut(), extra) {
-        for (k, v) in extra {
-            base.insert(k, v);
+    /// The configuration of an operator confined to this namespace, with this coffer-server as
+    /// its default server and `token` as its default credentials.
+    pub fn config(&self, token: Option<&str>) -> Config {
+        Config {
+            server_url: Some(self.coffer.url.clone()),
+            token: token.map(|t| SecretString::from(t.to_owned())),
+            namespaces: vec![self.ns.clone()],
+            metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            leader_election: false,
+            operator_namespace: Some(self.ns.clone()),
+            lease_name: "coffer-operator".to_owned(),
+            hash_key_secret: "coffer-operator-hash-key".to_owned(),
+            identity: None,
         }
     }
-}
 
-/// The data of Secret `name` as text, or `None` when it does not exist.
-pub async fn secret_data(
-    kube: &kube::Client,
-    namespace: &str,
-    name: &str,
-) -> Option<BTreeMap<String, String>> {
-    let secret = Api::<Secret>::namespaced(kube.clone(), namespace)
-        .get_opt(name)
+    /// Starts the operator with `config` and the admin's kube client.
+    pub fn operator(&self, config: Config) -> RunningOperator {
+        start_operator_as(self.env.client().unwrap(), config)
+    }
+
+    /// The usual start: the operator with the admin API key as its default credentials, and
+    /// the `Project` resource `web`.
+    pub async fn start(&self) -> RunningOperator {
+        let operator = self.operator(self.config(Some(&self.coffer.admin_token)));
+        self.project("web", json!({})).await;
+        operator
+    }
+
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.kube.clone(), &self.ns)
+    }
+
+    /// A `Project` resource for project `name` of [`ORG`], with `spec` added.
+    pub async fn project(&self, name: &str, spec: Value) {
+        let mut full = json!({ "organization": ORG, "project": name });
+        if let (Some(full), Value::Object(extra)) = (full.as_object_mut(), spec) {
+            full.extend(extra);
+        }
+        let project: Project = serde_json::from_value(json!({
+            "apiVersion": "coffer.dev/v1alpha1",
+            "kind": "Project",
+            "metadata": { "name": name },
+            "spec": full,
+        }))
+        .unwrap();
+        self.api::<Project>()
+            .create(&PostParams::default(), &project)
+            .await
+            .unwrap();
+    }
+
+    /// An `Environment` resource `name` syncing `environment` of the `Project` `web`.
+    pub async fn environment(&self, name: &str, environment: &str, sync: Value) {
+        self.environment_of(name, "web", environment, sync).await;
+    }
+
+    /// An `Environment` resource `name` syncing `environment` of the `Project` `project`.
+    pub async fn environment_of(&self, name: &str, project: &str, environment: &str, sync: Value) {
+        let resource: Environment = serde_json::from_value(json!({
+            "apiVersion": "coffer.dev/v1alpha1",
+            "kind": "Environment",
+            "metadata": { "name": name },
+            "spec": {
+                "projectRef": { "name": project },
+                "environment": environment,
+                "sync": sync,
+            },
+        }))
+        .unwrap();
+        self.api::<Environment>()
+            .create(&PostParams::default(), &resource)
+            .await
+            .unwrap();
+    }
+
+    pub async fn get_environment(&self, name: &str) -> Environment {
+        self.api::<Environment>().get(name).await.unwrap()
+    }
+
+    pub async fn secret(&self, name: &str) -> Secret {
+        self.api::<Secret>().get(name).await.unwrap()
+    }
+
+    /// The data of Secret `name` as text, or `None` when it does not exist.
+    pub async fn data(&self, name: &str) -> Option<BTreeMap<String, String>> {
+        let secret = self.api::<Secret>().get_opt(name).await.unwrap()?;
+        Some(
+            secret
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, String::from_utf8(v.0).unwrap()))
+                .collect(),
+        )
+    }
+
+    /// Waits until Secret `name` holds exactly `expected`.
+    pub async fn wait_for_data(&self, name: &str, expected: &[(&str, &str)]) {
+        let expected = pairs(expected);
+        let what = format!("Secret {name} holds {:?}", expected.keys());
+        wait_until(&what, TIMEOUT, || async {
+            (self.data(name).await.as_ref() == Some(&expected)).then_some(())
+        })
         .await
-        .unwrap()?;
-    Some(
-        secret
-            .data
-            .unwrap_or_default()
+        .unwrap();
+    }
+
+    /// The `Environment`'s condition `type_` as `(status, reason)`.
+    pub async fn condition(&self, name: &str, type_: &str) -> Option<(String, String)> {
+        self.get_environment(name)
+            .await
+            .status?
+            .conditions
             .into_iter()
-            .map(|(k, v)| (k, String::from_utf8(v.0).unwrap()))
-            .collect(),
-    )
+            .find(|c| c.type_ == type_)
+            .map(|c| (c.status, c.reason))
+    }
+
+    /// Waits until the `Environment`'s condition `type_` has `status` and `reason`.
+    pub async fn wait_for_condition(&self, name: &str, type_: &str, status: &str, reason: &str) {
+        let what = format!("{name} has {type_}={status} ({reason})");
+        wait_until(&what, TIMEOUT, || async {
+            let c = self.condition(name, type_).await;
+            (c.as_ref().map(|(s, r)| (s.as_str(), r.as_str())) == Some((status, reason)))
+                .then_some(())
+        })
+        .await
+        .unwrap();
+    }
+
+    /// The events in the namespace with `reason`.
+    pub async fn events(&self, reason: &str) -> Vec<k8s_openapi::api::events::v1::Event> {
+        self.api::<k8s_openapi::api::events::v1::Event>()
+            .list(&kube::api::ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .collect()
+    }
 }
 
 pub fn pairs(p: &[(&str, &str)]) -> BTreeMap<String, String> {
     p.iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect()
-}
-
-/// Waits until Secret `name` holds exactly `expected`.
-pub async fn wait_for_data(
-    kube: &kube::Client,
-    namespace: &str,
-    name: &str,
-    expected: &[(&str, &str)],
-) {
-    let expected = pairs(expected);
-    let what = format!("Secret {name} holds {:?}", expected.keys());
-    wait_until(&what, TIMEOUT, || async {
-        (secret_data(kube, namespace, name).await.as_ref() == Some(&expected)).then_some(())
-    })
-    .await
-    .unwrap();
-}
-
-/// The `Environment`'s condition `type_` as `(status, reason)`.
-pub async fn condition(
-    kube: &kube::Client,
-    namespace: &str,
-    name: &str,
-    type_: &str,
-) -> Option<(String, String)> {
-    let env = Api::<Environment>::namespaced(kube.clone(), namespace)
-        .get(name)
-        .await
-        .unwrap();
-    env.status?
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| (c.status, c.reason))
-}
-
-/// Waits until the `Environment`'s condition `type_` has `status` and `reason`.
-pub async fn wait_for_condition(
-    kube: &kube::Client,
-    namespace: &str,
-    name: &str,
-    type_: &str,
-    status: &str,
-    reason: &str,
-) {
-    let what = format!("{name} has {type_}={status} ({reason})");
-    wait_until(&what, TIMEOUT, || async {
-        let c = condition(kube, namespace, name, type_).await;
-        (c.as_ref().map(|(s, r)| (s.as_str(), r.as_str())) == Some((status, reason))).then_some(())
-    })
-    .await
-    .unwrap();
 }
