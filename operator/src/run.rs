@@ -73,6 +73,7 @@ impl Operator {
             });
         }
         let namespace = self.config.operator_namespace();
+        let identity = self.config.identity();
         let hash_key = hash_key(&self.kube, &namespace, &self.config.hash_key_secret)
             .await
             .context("loading the data-hash key")?;
@@ -80,13 +81,12 @@ impl Operator {
         if !self.config.leader_election {
             self.metrics.set_leader(true);
             tokio::select! {
-                () = self.controllers(&hash_key) => {}
+                () = self.controllers(&hash_key, &identity) => {}
                 () = stop.cancelled() => {}
             }
             return Ok(());
         }
 
-        let identity = self.config.identity();
         let manager = LeaseManagerBuilder::new(self.kube.clone(), &self.config.lease_name)
             .with_namespace(&namespace)
             .with_identity(&identity)
@@ -108,7 +108,7 @@ impl Operator {
             tracing::info!(%identity, "leading: controllers start");
             self.metrics.set_leader(true);
             let lost = tokio::select! {
-                () = self.controllers(&hash_key) => false,
+                () = self.controllers(&hash_key, &identity) => false,
                 lost = leader.wait_for(|l| !*l) => lost.is_ok(),
                 () = stop.cancelled() => false,
             };
@@ -133,7 +133,7 @@ impl Operator {
     }
 
     /// Both controllers over every watched namespace; returns only if they all stop.
-    async fn controllers(&self, hash_key: &Zeroizing<Vec<u8>>) {
+    async fn controllers(&self, hash_key: &Zeroizing<Vec<u8>>, identity: &str) {
         let scopes: Vec<Option<&str>> = if self.config.namespaces.is_empty() {
             vec![None]
         } else {
@@ -158,7 +158,7 @@ impl Operator {
                 self.metrics.clone(),
                 upstream,
                 hash_key.clone(),
-                self.config.identity(),
+                identity.to_owned(),
             ));
             let api = |kube: &kube::Client| match scope {
                 Some(ns) => (

@@ -16,10 +16,11 @@ use kube::runtime::reflector::ObjectRef;
 use secrecy::{ExposeSecret as _, SecretString};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{Mutex, mpsc};
+use zeroize::Zeroizing;
 
 use crate::conditions::Reason;
 use crate::config::Config;
-use crate::crd::{Environment, Project};
+use crate::crd::{CredentialsRef, Environment, Project};
 use crate::metrics::{Metrics, UpstreamOutcome};
 
 /// How long a request to coffer-server may take.
@@ -117,22 +118,10 @@ impl Upstream {
         project: &Project,
     ) -> Result<Connection, ConnectionError> {
         let fail = |reason, message: String| ConnectionError { reason, message };
-        let server = project
-            .spec
-            .server_url
-            .clone()
-            .or_else(|| config.server_url.clone())
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| {
-                fail(
-                    Reason::NoServer,
-                    "no coffer-server URL: set spec.serverUrl or the operator's \
-                     COFFER_SERVER_URL"
-                        .to_owned(),
-                )
-            })?;
-        let token = match &project.spec.credentials_ref {
-            Some(reference) => {
+        let (server, source) = plan(project, config)?;
+        let token = match source {
+            TokenSource::Default(token) => token.clone(),
+            TokenSource::Ref(reference) => {
                 let namespace = project.metadata.namespace.as_deref().unwrap_or("default");
                 let secrets: Api<Secret> = Api::namespaced(kube.clone(), namespace);
                 let not_found = |what: &str| {
@@ -154,22 +143,16 @@ impl Upstream {
                 let value = secret
                     .data
                     .and_then(|mut data| data.remove(&reference.key))
+                    .map(|v| Zeroizing::new(v.0))
                     .ok_or_else(|| not_found("the Secret has no such key"))?;
-                let text = String::from_utf8(value.0)
-                    .map_err(|_| not_found("the value is not UTF-8 text"))?;
-                let token = text.trim();
-                if token.is_empty() {
+                let text = std::str::from_utf8(&value)
+                    .map_err(|_| not_found("the value is not UTF-8 text"))?
+                    .trim();
+                if text.is_empty() {
                     return Err(not_found("the value is empty"));
                 }
-                SecretString::from(token.to_owned())
+                SecretString::from(text.to_owned())
             }
-            None => config.token.clone().ok_or_else(|| {
-                fail(
-                    Reason::NoCredentials,
-                    "no credentials: set spec.credentialsRef or the operator's COFFER_TOKEN"
-                        .to_owned(),
-                )
-            })?,
         };
         let credentials: [u8; 32] = Sha256::digest(token.expose_secret().as_bytes()).into();
         let client = Client::with_http(self.http.clone(), &server, token).map_err(|e| {
@@ -197,7 +180,7 @@ impl Upstream {
         force: bool,
         reader: &ObjectRef<Environment>,
     ) -> Result<Arc<Snapshot>, ClientError> {
-        self.register(key, reader);
+        self.read_only(Some(key), reader);
         let slot = self.slot(key);
         let mut current = slot.lock().await;
         if let Some(snapshot) = current.as_ref() {
@@ -268,16 +251,27 @@ impl Upstream {
 
     /// `reader` no longer reads anything (it was deleted).
     pub fn forget_reader(&self, reader: &ObjectRef<Environment>) {
+        self.read_only(None, reader);
+    }
+
+    /// Records that `reader` reads `key` (and nothing else), and drops the snapshots nobody
+    /// reads any more, with the values they hold.
+    fn read_only(&self, key: Option<&SourceKey>, reader: &ObjectRef<Environment>) {
         let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
-        readers.retain(|_, set| {
-            set.remove(reader);
+        readers.retain(|k, set| {
+            if Some(k) != key {
+                set.remove(reader);
+            }
             !set.is_empty()
         });
-        let keys: HashSet<&SourceKey> = readers.keys().collect();
-        self.slots
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|key, _| keys.contains(key));
+        if let Some(key) = key {
+            readers
+                .entry(key.clone())
+                .or_default()
+                .insert(reader.clone());
+        }
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.retain(|k, _| readers.contains_key(k) || Some(k) == key);
     }
 
     fn slot(&self, key: &SourceKey) -> Slot {
@@ -289,21 +283,6 @@ impl Upstream {
             .clone()
     }
 
-    /// Records that `reader` reads `key` (and nothing else).
-    fn register(&self, key: &SourceKey, reader: &ObjectRef<Environment>) {
-        let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
-        for (k, set) in readers.iter_mut() {
-            if k != key {
-                set.remove(reader);
-            }
-        }
-        readers.retain(|_, set| !set.is_empty());
-        readers
-            .entry(key.clone())
-            .or_default()
-            .insert(reader.clone());
-    }
-
     fn wake_readers(&self, key: &SourceKey, except: &ObjectRef<Environment>) {
         let readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
         for reader in readers.get(key).into_iter().flatten() {
@@ -313,6 +292,57 @@ impl Upstream {
             }
         }
     }
+}
+
+/// Where a `Project`'s token comes from.
+#[derive(Debug)]
+enum TokenSource<'a> {
+    /// A key of a Secret in the `Project`'s namespace.
+    Ref(&'a CredentialsRef),
+    /// The operator's own token.
+    Default(&'a SecretString),
+}
+
+/// The server of `project` and where its token comes from. The operator's own token is sent
+/// only to the operator's own server: a `Project` that names another server must bring its
+/// own credentials, or anyone who may create a `Project` could send the token anywhere.
+fn plan<'a>(
+    project: &'a Project,
+    config: &'a Config,
+) -> Result<(String, TokenSource<'a>), ConnectionError> {
+    let fail = |reason, message: &str| ConnectionError {
+        reason,
+        message: message.to_owned(),
+    };
+    let own = project.spec.server_url.as_deref().filter(|s| !s.is_empty());
+    let default = config.server_url.as_deref().filter(|s| !s.is_empty());
+    let server = own.or(default).ok_or_else(|| {
+        fail(
+            Reason::NoServer,
+            "no coffer-server URL: set spec.serverUrl or the operator's COFFER_SERVER_URL",
+        )
+    })?;
+    let source = match &project.spec.credentials_ref {
+        Some(reference) => TokenSource::Ref(reference),
+        None => {
+            let token = config.token.as_ref().ok_or_else(|| {
+                fail(
+                    Reason::NoCredentials,
+                    "no credentials: set spec.credentialsRef or the operator's COFFER_TOKEN",
+                )
+            })?;
+            let same = |a: &str, b: &str| a.trim_end_matches('/') == b.trim_end_matches('/');
+            if own.is_some_and(|own| !default.is_some_and(|default| same(own, default))) {
+                return Err(fail(
+                    Reason::NoCredentials,
+                    "spec.serverUrl is not the operator's server, and the operator's own token \
+                     is only ever sent to its own server: set spec.credentialsRef",
+                ));
+            }
+            TokenSource::Default(token)
+        }
+    };
+    Ok((server.to_owned(), source))
 }
 
 /// The condition reason for a failed request to coffer-server.
@@ -329,5 +359,99 @@ pub fn reason_for(error: &ClientError) -> Reason {
         },
         ClientError::Decode(_) => Reason::ServerError,
         ClientError::InvalidUrl(_) => Reason::InvalidSpec,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use secrecy::ExposeSecret as _;
+
+    use super::*;
+    use crate::crd::ProjectSpec;
+
+    fn config(server: Option<&str>, token: Option<&str>) -> Config {
+        Config {
+            server_url: server.map(str::to_owned),
+            token: token.map(|t| SecretString::from(t.to_owned())),
+            namespaces: Vec::new(),
+            metrics_addr: "127.0.0.1:0".parse().unwrap(),
+            leader_election: false,
+            operator_namespace: None,
+            lease_name: "l".into(),
+            hash_key_secret: "h".into(),
+            identity: None,
+        }
+    }
+
+    fn project(server: Option<&str>, credentials: bool) -> Project {
+        let spec: ProjectSpec = serde_json::from_value(serde_json::json!({
+            "organization": "acme",
+            "serverUrl": server,
+            "credentialsRef": credentials.then(|| serde_json::json!({ "name": "t", "key": "token" })),
+        }))
+        .unwrap();
+        Project::new("web", spec)
+    }
+
+    fn planned(project: &Project, config: &Config) -> Result<(String, String), Reason> {
+        plan(project, config)
+            .map(|(server, source)| {
+                let token = match source {
+                    TokenSource::Ref(r) => format!("ref:{}", r.name),
+                    TokenSource::Default(t) => t.expose_secret().to_owned(),
+                };
+                (server, token)
+            })
+            .map_err(|e| e.reason)
+    }
+
+    #[test]
+    fn the_defaults_apply_when_the_project_names_neither_server_nor_credentials() {
+        let c = config(Some("https://coffer.example.com"), Some("cfr_op"));
+        assert_eq!(
+            planned(&project(None, false), &c),
+            Ok(("https://coffer.example.com".into(), "cfr_op".into()))
+        );
+        // the same server, however written
+        assert!(planned(&project(Some("https://coffer.example.com/"), false), &c).is_ok());
+    }
+
+    #[test]
+    fn the_operator_token_never_goes_to_another_server() {
+        let c = config(Some("https://coffer.example.com"), Some("cfr_op"));
+        assert_eq!(
+            planned(&project(Some("https://attacker.example"), false), &c),
+            Err(Reason::NoCredentials)
+        );
+        let no_default_server = config(None, Some("cfr_op"));
+        assert_eq!(
+            planned(
+                &project(Some("https://attacker.example"), false),
+                &no_default_server
+            ),
+            Err(Reason::NoCredentials)
+        );
+        // with its own credentials a Project may use any server
+        assert_eq!(
+            planned(&project(Some("https://other.example"), true), &c),
+            Ok(("https://other.example".into(), "ref:t".into()))
+        );
+    }
+
+    #[test]
+    fn missing_server_or_credentials_are_reported() {
+        assert_eq!(
+            planned(&project(None, false), &config(None, Some("cfr_op"))),
+            Err(Reason::NoServer)
+        );
+        assert_eq!(
+            planned(
+                &project(None, false),
+                &config(Some("https://c.example"), None)
+            ),
+            Err(Reason::NoCredentials)
+        );
     }
 }

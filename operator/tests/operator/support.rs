@@ -24,6 +24,43 @@ use tokio_util::sync::CancellationToken;
 pub const ORG: &str = "acme";
 pub const TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Everything logged at debug level and above by every test of this binary (the operator's and
+/// coffer-server's logs included) from the first call on.
+pub fn captured_logs() -> &'static LogBuffer {
+    static LOGS: std::sync::OnceLock<LogBuffer> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = LogBuffer::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter("debug")
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+        logs
+    })
+}
+
+/// A log sink shared by every thread.
+#[derive(Clone, Default)]
+pub struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl LogBuffer {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// The committed CRD manifests, as one YAML stream.
 pub fn all_committed_yaml() -> String {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../crds");

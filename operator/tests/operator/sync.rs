@@ -6,7 +6,7 @@ use coffer_operator::crd::{Environment, Project};
 use coffer_operator::metrics::UpstreamOutcome;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt as _;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube_testenv::wait_until;
 use serde_json::{Value, json};
 
@@ -262,7 +262,9 @@ async fn a_foreign_secret_of_the_same_name_is_left_untouched_and_reported() {
 
 #[tokio::test]
 async fn an_unreachable_or_refusing_server_never_empties_the_secret() {
-    let Some(mut scene) = Scene::new(&[("A", "1"), ("B", "2")]).await else {
+    let logs = captured_logs();
+    let first = [("A", "value-marker-a1"), ("B", "value-marker-b2")];
+    let Some(mut scene) = Scene::new(&first).await else {
         return;
     };
     let token = scene.coffer.service_token("web", &["production"]).await;
@@ -286,9 +288,7 @@ async fn an_unreachable_or_refusing_server_never_empties_the_secret() {
     scene
         .environment("web-prod", "production", json!({ "refreshInterval": "5s" }))
         .await;
-    scene
-        .wait_for_data("web-prod", &[("A", "1"), ("B", "2")])
-        .await;
+    scene.wait_for_data("web-prod", &first).await;
     scene
         .wait_for_condition("web-prod", "Ready", "True", "Synced")
         .await;
@@ -309,26 +309,38 @@ async fn an_unreachable_or_refusing_server_never_empties_the_secret() {
     );
 
     scene.coffer.resume().await;
-    scene.coffer.set("web", "production", &[("B", "3")]).await;
     scene
-        .wait_for_data("web-prod", &[("A", "1"), ("B", "3")])
+        .coffer
+        .set("web", "production", &[("B", "value-marker-b3")])
         .await;
+    let second = [("A", "value-marker-a1"), ("B", "value-marker-b3")];
+    scene.wait_for_data("web-prod", &second).await;
     scene
         .wait_for_condition("web-prod", "Ready", "True", "Synced")
         .await;
 
     // Refused credentials (401) keep the data too.
-    let before = scene.secret("web-prod").await;
     patch::<Secret>(
         &scene,
         "coffer-token",
-        json!({ "stringData": { "token": "cfr_not-a-real-token" } }),
+        json!({ "stringData": { "token": "cfr_refused-token-marker" } }),
     )
     .await;
     scene
         .wait_for_condition("web-prod", "Ready", "False", "Unauthorized")
         .await;
-    assert_eq!(scene.secret("web-prod").await.data, before.data);
+    assert_eq!(scene.data("web-prod").await.unwrap(), pairs(&second));
+
+    let text = logs.text();
+    let failure = format!("namespace=\"{}\"", scene.ns);
+    assert!(
+        text.lines()
+            .any(|l| l.contains("sync failed") && l.contains(&failure)),
+        "the logs were captured"
+    );
+    for secret in ["value-marker", "refused-token-marker", token.as_str()] {
+        assert!(!text.contains(secret), "{secret} reached the logs");
+    }
 }
 
 #[tokio::test]
@@ -469,7 +481,21 @@ async fn invalid_specs_are_reported_with_a_reason_and_no_retry_storm() {
             "ProjectRefNotFound",
         ),
         ("unknown-env", "web", "nope", "1m", "EnvironmentNotFound"),
+        // the operator's own token is never sent to a server the Project names
+        (
+            "elsewhere",
+            "elsewhere",
+            "production",
+            "1m",
+            "NoCredentials",
+        ),
     ];
+    scene
+        .project(
+            "elsewhere",
+            json!({ "project": "web", "serverUrl": "http://127.0.0.1:9" }),
+        )
+        .await;
     for (name, project, environment, interval, _) in cases {
         scene
             .environment_of(
@@ -486,6 +512,19 @@ async fn invalid_specs_are_reported_with_a_reason_and_no_retry_storm() {
             .await;
         assert!(scene.data(name).await.is_none());
     }
+    // Without a projectRef at all, the API server refuses the resource.
+    let resource = kube::api::ApiResource::erase::<Environment>(&());
+    let raw: Api<DynamicObject> = Api::namespaced_with(scene.kube.clone(), &scene.ns, &resource);
+    let no_ref: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "coffer.dev/v1alpha1", "kind": "Environment",
+        "metadata": { "name": "no-ref" }, "spec": { "environment": "production" },
+    }))
+    .unwrap();
+    let refused = raw.create(&PostParams::default(), &no_ref).await;
+    assert!(
+        matches!(&refused, Err(kube::Error::Api(e)) if e.code == 422),
+        "{refused:?}"
+    );
     let message = scene
         .get_environment("bad-interval")
         .await
