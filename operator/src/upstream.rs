@@ -74,7 +74,49 @@ pub struct Snapshot {
     fetched_at: Instant,
 }
 
-type Slot = Arc<Mutex<Option<Arc<Snapshot>>>>;
+/// What is known of one source: its last snapshot, and its last failure if it failed since.
+#[derive(Debug, Default)]
+struct SlotState {
+    snapshot: Option<Arc<Snapshot>>,
+    failure: Option<(Instant, FetchError)>,
+}
+
+type Slot = Arc<Mutex<SlotState>>;
+
+/// How long a failed request answers for its source: the resources reading it get the same
+/// failure instead of each asking a struggling server again.
+const FAILURE_HOLD: Duration = Duration::from_secs(5);
+
+/// A failed read of an environment's secrets, shared by the resources that read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchError {
+    pub reason: Reason,
+    not_found: bool,
+    message: String,
+}
+
+impl FetchError {
+    /// coffer-server answered 404.
+    pub fn is_not_found(&self) -> bool {
+        self.not_found
+    }
+}
+
+impl std::fmt::Display for FetchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<&ClientError> for FetchError {
+    fn from(e: &ClientError) -> Self {
+        Self {
+            reason: reason_for(e),
+            not_found: e.is_not_found(),
+            message: e.to_string(),
+        }
+    }
+}
 
 /// The operator's view of coffer-server.
 #[derive(Debug)]
@@ -179,42 +221,72 @@ impl Upstream {
         max_age: Duration,
         force: bool,
         reader: &ObjectRef<Environment>,
-    ) -> Result<Arc<Snapshot>, ClientError> {
+    ) -> Result<Arc<Snapshot>, FetchError> {
         self.read_only(Some(key), reader);
         let slot = self.slot(key);
-        let mut current = slot.lock().await;
-        if let Some(snapshot) = current.as_ref() {
-            if !force && snapshot.fetched_at.elapsed() < max_age {
-                return Ok(snapshot.clone());
+        let mut state = slot.lock().await;
+        if !force {
+            if let Some(snapshot) = &state.snapshot {
+                if snapshot.fetched_at.elapsed() < max_age {
+                    return Ok(snapshot.clone());
+                }
+            }
+            if let Some((at, failure)) = &state.failure {
+                if at.elapsed() < max_age.min(FAILURE_HOLD) {
+                    return Err(failure.clone());
+                }
             }
         }
-        let etag = current.as_ref().and_then(|s| s.etag.clone());
-        let fetched = client
-            .read_secrets(&key.org, &key.project, &key.environment, etag.as_deref())
-            .await;
-        let fetched = match fetched {
-            Ok(fetched) => fetched,
+        match self.fetch(key, client, state.snapshot.as_deref()).await {
+            Ok(next) => {
+                let changed = state
+                    .snapshot
+                    .as_ref()
+                    .is_some_and(|previous| previous.revision != next.revision);
+                let next = Arc::new(next);
+                *state = SlotState {
+                    snapshot: Some(next.clone()),
+                    failure: None,
+                };
+                drop(state);
+                if changed {
+                    self.wake_readers(key, reader);
+                }
+                Ok(next)
+            }
             Err(e) => {
                 self.metrics.upstream_request(UpstreamOutcome::Error);
-                return Err(e);
+                let failure = FetchError::from(&e);
+                state.failure = Some((Instant::now(), failure.clone()));
+                Err(failure)
             }
-        };
-        let next = match (fetched, current.as_ref()) {
+        }
+    }
+
+    /// One conditional request for `key`'s secrets.
+    async fn fetch(
+        &self,
+        key: &SourceKey,
+        client: &Client,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, ClientError> {
+        let etag = previous.and_then(|s| s.etag.as_deref());
+        let fetched = client
+            .read_secrets(&key.org, &key.project, &key.environment, etag)
+            .await?;
+        match (fetched, previous) {
             (Fetched::NotModified { etag }, Some(previous)) => {
                 self.metrics.upstream_request(UpstreamOutcome::NotModified);
-                Snapshot {
+                Ok(Snapshot {
                     revision: previous.revision,
                     etag: etag.or_else(|| previous.etag.clone()),
                     values: previous.values.clone(),
                     fetched_at: Instant::now(),
-                }
+                })
             }
-            (Fetched::NotModified { .. }, None) => {
-                self.metrics.upstream_request(UpstreamOutcome::Error);
-                return Err(ClientError::Decode(
-                    "304 Not Modified to a request without If-None-Match".to_owned(),
-                ));
-            }
+            (Fetched::NotModified { .. }, None) => Err(ClientError::Decode(
+                "304 Not Modified to a request without If-None-Match".to_owned(),
+            )),
             (Fetched::Modified { etag, value }, _) => {
                 self.metrics.upstream_request(UpstreamOutcome::Modified);
                 let values = value
@@ -222,31 +294,21 @@ impl Upstream {
                     .into_iter()
                     .map(|s| (s.key, s.value.0))
                     .collect();
-                Snapshot {
+                Ok(Snapshot {
                     revision: value.revision,
                     etag,
                     values: Arc::new(values),
                     fetched_at: Instant::now(),
-                }
+                })
             }
-        };
-        let changed = current
-            .as_ref()
-            .is_some_and(|previous| previous.revision != next.revision);
-        let next = Arc::new(next);
-        *current = Some(next.clone());
-        drop(current);
-        if changed {
-            self.wake_readers(key, reader);
         }
-        Ok(next)
     }
 
     /// Forgets the snapshot of `key`, so the next reader fetches (after an environment was
     /// created or deleted, say).
     pub async fn invalidate(&self, key: &SourceKey) {
         let slot = self.slot(key);
-        *slot.lock().await = None;
+        *slot.lock().await = SlotState::default();
     }
 
     /// `reader` no longer reads anything (it was deleted).

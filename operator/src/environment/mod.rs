@@ -29,7 +29,7 @@ use crate::context::{
 use crate::crd::{
     CONDITION_READY, CONDITION_SYNCED, DeletionPolicy, Environment, EnvironmentStatus, Project,
 };
-use crate::upstream::{ConnectionError, SourceKey, reason_for};
+use crate::upstream::{ConnectionError, FetchError, SourceKey};
 use build::{MANAGED_BY, MANAGED_BY_LABEL, Ownership, Update};
 
 /// Set (to any new value, e.g. a timestamp) to make the operator fetch from coffer-server now.
@@ -263,7 +263,9 @@ async fn apply(env: &Environment, ctx: &Context) -> Result<Action, Error> {
             let project_found = match conn.client.get_project(&org, &project_slug).await {
                 Ok(_) => true,
                 Err(e) if e.is_not_found() => false,
-                Err(e) => return upstream_failure(out, ctx, &e, &place, env).await,
+                Err(e) => {
+                    return upstream_failure(out, ctx, &FetchError::from(&e), &place, env).await;
+                }
             };
             if !project_found {
                 out.ready(
@@ -281,7 +283,9 @@ async fn apply(env: &Environment, ctx: &Context) -> Result<Action, Error> {
             {
                 Ok(_) => true,
                 Err(e) if e.is_not_found() => false,
-                Err(e) => return upstream_failure(out, ctx, &e, &place, env).await,
+                Err(e) => {
+                    return upstream_failure(out, ctx, &FetchError::from(&e), &place, env).await;
+                }
             };
             if !env_found && env.spec.create {
                 let request = CreateEnvironmentRequest {
@@ -308,7 +312,10 @@ async fn apply(env: &Environment, ctx: &Context) -> Result<Action, Error> {
                             .snapshot(&key, &conn.client, interval, true, &reader)
                             .await;
                     }
-                    Err(e) => return upstream_failure(out, ctx, &e, &place, env).await,
+                    Err(e) => {
+                        return upstream_failure(out, ctx, &FetchError::from(&e), &place, env)
+                            .await;
+                    }
                 }
             } else if !env_found {
                 return environment_gone(out, ctx, env, &place, interval).await;
@@ -431,11 +438,11 @@ async fn apply(env: &Environment, ctx: &Context) -> Result<Action, Error> {
 async fn upstream_failure(
     mut out: Outcome<'_>,
     ctx: &Context,
-    error: &coffer_client::Error,
+    error: &FetchError,
     place: &str,
     env: &Environment,
 ) -> Result<Action, Error> {
-    let reason = reason_for(error);
+    let reason = error.reason;
     let message = format!(
         "reading {place} from coffer-server failed: {error}; the Secret keeps its last synced data"
     );

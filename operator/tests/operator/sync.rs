@@ -345,7 +345,7 @@ async fn an_unreachable_or_refusing_server_never_empties_the_secret() {
 
 #[tokio::test]
 async fn twenty_environments_on_one_environment_share_one_fetch_per_interval() {
-    let Some(scene) = Scene::new(&[("A", "1")]).await else {
+    let Some(mut scene) = Scene::new(&[("A", "1")]).await else {
         return;
     };
     let operator = scene.start().await;
@@ -381,6 +381,24 @@ async fn twenty_environments_on_one_environment_share_one_fetch_per_interval() {
     scene.coffer.set("web", "production", &[("A", "2")]).await;
     for name in &names {
         scene.wait_for_data(name, &[("A", "2")]).await;
+    }
+
+    // An outage costs one request per hold period (5 s) too, not one per resource and retry.
+    scene.coffer.stop().await;
+    for name in &names {
+        scene
+            .wait_for_condition(name, "Ready", "False", "ServerUnreachable")
+            .await;
+    }
+    let failed = operator.metrics.upstream_count(UpstreamOutcome::Error);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let retries = operator.metrics.upstream_count(UpstreamOutcome::Error) - failed;
+    assert!(
+        (1..=3).contains(&retries),
+        "{retries} requests in 10 s of outage"
+    );
+    for name in &names {
+        assert_eq!(scene.data(name).await.unwrap(), pairs(&[("A", "2")]));
     }
 }
 
