@@ -105,6 +105,13 @@ async fn the_examples_sync_end_to_end_under_the_documented_rbac_only() {
         .wait_for_condition("web-production", "Ready", "True", "Synced")
         .await;
 
+    // Events, written with the documented permissions.
+    wait_until("a Synced event", TIMEOUT, || async {
+        (!scene.events("Synced").await.is_empty()).then_some(())
+    })
+    .await
+    .unwrap();
+
     // Probes and metrics.
     for path in ["/healthz", "/readyz"] {
         let r = reqwest::get(format!("{http}{path}")).await.unwrap();

@@ -298,6 +298,15 @@ async fn an_unreachable_or_refusing_server_never_empties_the_secret() {
     scene
         .wait_for_condition("web-prod", "Ready", "False", "ServerUnreachable")
         .await;
+    wait_until("a warning event says why", TIMEOUT, || async {
+        let found = scene.events("ServerUnreachable").await;
+        found
+            .iter()
+            .any(|e| e.type_.as_deref() == Some("Warning"))
+            .then_some(())
+    })
+    .await
+    .unwrap();
     tokio::time::sleep(Duration::from_secs(8)).await;
     let during = scene.secret("web-prod").await;
     assert_eq!(during.resource_version(), before.resource_version());
