@@ -91,15 +91,18 @@ const FAILURE_HOLD: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FetchError {
     pub reason: Reason,
-    not_found: bool,
+    /// Set when coffer-server confirmed that something does not exist.
+    pub missing: Option<Missing>,
     message: String,
 }
 
-impl FetchError {
-    /// coffer-server answered 404.
-    pub fn is_not_found(&self) -> bool {
-        self.not_found
-    }
+/// What coffer-server confirmed missing after a 404.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    /// The project (or the credentials may not see it).
+    Project,
+    /// The environment, in a project the credentials see.
+    Environment,
 }
 
 impl std::fmt::Display for FetchError {
@@ -112,8 +115,34 @@ impl From<&ClientError> for FetchError {
     fn from(e: &ClientError) -> Self {
         Self {
             reason: reason_for(e),
-            not_found: e.is_not_found(),
+            missing: None,
             message: e.to_string(),
+        }
+    }
+}
+
+impl FetchError {
+    fn missing(what: Missing, key: &SourceKey) -> Self {
+        let (reason, message) = match what {
+            Missing::Project => (
+                Reason::ProjectNotFound,
+                format!(
+                    "coffer-server has no project {}/{} (or the credentials may not see it)",
+                    key.org, key.project
+                ),
+            ),
+            Missing::Environment => (
+                Reason::EnvironmentNotFound,
+                format!(
+                    "coffer-server has no environment {}/{}/{}",
+                    key.org, key.project, key.environment
+                ),
+            ),
+        };
+        Self {
+            reason,
+            missing: Some(what),
+            message,
         }
     }
 }
@@ -256,10 +285,40 @@ impl Upstream {
             }
             Err(e) => {
                 self.metrics.upstream_request(UpstreamOutcome::Error);
-                let failure = FetchError::from(&e);
+                let failure = if e.is_not_found() {
+                    Self::confirm_missing(key, client).await
+                } else {
+                    FetchError::from(&e)
+                };
                 state.failure = Some((Instant::now(), failure.clone()));
                 Err(failure)
             }
+        }
+    }
+
+    /// After a 404 on the secrets: which of project and environment is missing (only a
+    /// confirmed "environment missing" may ever remove a Secret's data).
+    async fn confirm_missing(key: &SourceKey, client: &Client) -> FetchError {
+        match client.get_project(&key.org, &key.project).await {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => return FetchError::missing(Missing::Project, key),
+            Err(e) => return FetchError::from(&e),
+        }
+        match client
+            .get_environment(&key.org, &key.project, &key.environment)
+            .await
+        {
+            Err(e) if e.is_not_found() => FetchError::missing(Missing::Environment, key),
+            Err(e) => FetchError::from(&e),
+            // It exists again (a race with its creation): try again soon.
+            Ok(_) => FetchError {
+                reason: Reason::ServerError,
+                missing: None,
+                message: format!(
+                    "coffer-server answered 404 for the secrets of {}/{}/{}, which exists",
+                    key.org, key.project, key.environment
+                ),
+            },
         }
     }
 

@@ -29,7 +29,7 @@ use crate::context::{
 use crate::crd::{
     CONDITION_READY, CONDITION_SYNCED, DeletionPolicy, Environment, EnvironmentStatus, Project,
 };
-use crate::upstream::{ConnectionError, FetchError, SourceKey};
+use crate::upstream::{ConnectionError, FetchError, Missing, SourceKey};
 use build::{MANAGED_BY, MANAGED_BY_LABEL, Ownership, Update};
 
 /// Set (to any new value, e.g. a timestamp) to make the operator fetch from coffer-server now.
@@ -258,68 +258,42 @@ async fn apply(env: &Environment, ctx: &Context) -> Result<Action, Error> {
         .snapshot(&key, &conn.client, interval, force, &reader)
         .await;
     if let Err(e) = &fetched {
-        if e.is_not_found() {
-            // Confirm: the project is visible and the environment is not.
-            let project_found = match conn.client.get_project(&org, &project_slug).await {
-                Ok(_) => true,
-                Err(e) if e.is_not_found() => false,
-                Err(e) => {
-                    return upstream_failure(out, ctx, &FetchError::from(&e), &place, env).await;
-                }
-            };
-            if !project_found {
-                out.ready(
-                    false,
-                    Reason::ProjectNotFound,
-                    format!("coffer-server has no project {org}/{project_slug} (or the credentials may not see it)"),
-                );
-                out.save(ctx).await?;
-                return Ok(Action::requeue(interval));
-            }
-            let env_found = match conn
-                .client
-                .get_environment(&org, &project_slug, &env.spec.environment)
-                .await
-            {
-                Ok(_) => true,
-                Err(e) if e.is_not_found() => false,
-                Err(e) => {
-                    return upstream_failure(out, ctx, &FetchError::from(&e), &place, env).await;
-                }
-            };
-            if !env_found && env.spec.create {
+        match e.missing {
+            Some(Missing::Environment) if env.spec.create => {
                 let request = CreateEnvironmentRequest {
                     slug: env.spec.environment.clone(),
                     name: None,
                 };
-                match conn
+                if let Err(e) = conn
                     .client
                     .create_environment(&org, &project_slug, &request)
                     .await
                 {
-                    Ok(_) => {
-                        ctx.event(
-                            &env.object_ref(&()),
-                            false,
-                            Reason::EnvironmentCreated.as_str(),
-                            "Create",
-                            format!("created environment {place} in coffer-server"),
-                        )
-                        .await;
-                        ctx.upstream.invalidate(&key).await;
-                        fetched = ctx
-                            .upstream
-                            .snapshot(&key, &conn.client, interval, true, &reader)
-                            .await;
-                    }
-                    Err(e) => {
-                        return upstream_failure(out, ctx, &FetchError::from(&e), &place, env)
-                            .await;
-                    }
+                    return upstream_failure(out, ctx, &FetchError::from(&e), &place, env).await;
                 }
-            } else if !env_found {
+                ctx.event(
+                    &env.object_ref(&()),
+                    false,
+                    Reason::EnvironmentCreated.as_str(),
+                    "Create",
+                    format!("created environment {place} in coffer-server"),
+                )
+                .await;
+                ctx.upstream.invalidate(&key).await;
+                fetched = ctx
+                    .upstream
+                    .snapshot(&key, &conn.client, interval, true, &reader)
+                    .await;
+            }
+            Some(Missing::Environment) => {
                 return environment_gone(out, ctx, env, &place, interval).await;
             }
+            Some(Missing::Project) => {
+                out.ready(false, Reason::ProjectNotFound, e.to_string());
+                out.save(ctx).await?;
+                return Ok(Action::requeue(interval));
+            }
+            None => {}
         }
     }
     let snapshot = match fetched {
