@@ -106,11 +106,7 @@ async fn the_examples_sync_end_to_end_under_the_documented_rbac_only() {
         .await;
 
     // Events, written with the documented permissions.
-    wait_until("a Synced event", TIMEOUT, || async {
-        (!scene.events("Synced").await.is_empty()).then_some(())
-    })
-    .await
-    .unwrap();
+    scene.wait_for_event("Synced", false).await;
 
     // Probes and metrics.
     for path in ["/healthz", "/readyz"] {

@@ -438,6 +438,20 @@ impl Scene {
         .unwrap();
     }
 
+    /// Waits until an event with `reason` (and type `Warning` when `warning`) was published.
+    pub async fn wait_for_event(&self, reason: &str, warning: bool) {
+        let type_ = if warning { "Warning" } else { "Normal" };
+        wait_until(&format!("a {type_} event {reason}"), TIMEOUT, || async {
+            let found = self.events(reason).await;
+            found
+                .iter()
+                .any(|e| e.type_.as_deref() == Some(type_))
+                .then_some(())
+        })
+        .await
+        .unwrap();
+    }
+
     /// The events in the namespace with `reason`.
     pub async fn events(&self, reason: &str) -> Vec<k8s_openapi::api::events::v1::Event> {
         self.api::<k8s_openapi::api::events::v1::Event>()
