@@ -22,7 +22,7 @@ pub struct Config {
     pub namespaces: Vec<String>,
 
     /// Address of the HTTP server for `/healthz`, `/readyz` and `/metrics`.
-    #[arg(long, env = "COFFER_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    #[arg(long, env = "COFFER_METRICS_ADDR", default_value = "0.0.0.0:8081")]
     pub metrics_addr: SocketAddr,
 
     /// Take part in leader election, so that of several replicas only one acts at a time.
@@ -129,7 +129,7 @@ mod tests {
         assert_eq!(c.token.unwrap().expose_secret(), "cfr_abc");
         assert_eq!(c.namespaces, ["apps", "payments"]);
         assert!(!c.leader_election);
-        assert_eq!(c.metrics_addr.port(), 8080);
+        assert_eq!(c.metrics_addr.port(), 8081);
         assert_eq!(c.lease_name, "coffer-operator");
     }
 
