@@ -145,7 +145,11 @@ impl std::fmt::Debug for Context {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
+    Kube(kube::Error),
+    /// The object changed since it was read (the watch cache was a step behind): retried at
+    /// once.
+    #[error("conflict: {0}")]
+    Conflict(kube::Error),
     /// coffer-server failed; the status says why.
     #[error("{reason}: {message}")]
     Upstream { reason: Reason, message: String },
@@ -158,8 +162,18 @@ impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Kube(_) => Reason::KubernetesError.as_str(),
+            Self::Conflict(_) => "Conflict",
             Self::Upstream { reason, .. } => reason.as_str(),
             Self::Finalizer(_) => "FinalizerFailed",
+        }
+    }
+}
+
+impl From<kube::Error> for Error {
+    fn from(e: kube::Error) -> Self {
+        match &e {
+            kube::Error::Api(status) if status.code == 409 => Self::Conflict(e),
+            _ => Self::Kube(e),
         }
     }
 }
@@ -171,11 +185,38 @@ impl<E: std::error::Error + Into<Error> + 'static> From<kube::runtime::finalizer
         use kube::runtime::finalizer::Error as F;
         match e {
             F::ApplyFailed(e) | F::CleanupFailed(e) => e.into(),
-            F::AddFinalizer(e) | F::RemoveFinalizer(e) => Error::Kube(e),
+            // The finalizer patch tests the finalizers it read: 422 when they changed since.
+            F::AddFinalizer(e) | F::RemoveFinalizer(e) => match &e {
+                kube::Error::Api(status) if status.code == 422 => Error::Conflict(e),
+                _ => e.into(),
+            },
             other => Error::Finalizer(other.to_string()),
         }
     }
 }
+
+/// What a controller does after a failed reconciliation of `object`: after a conflict, retry
+/// soon (the watch cache catches up within moments); otherwise retry with exponential backoff,
+/// at most `cap`. Either way the failure is logged without secret material.
+pub fn retry<K: Resource>(
+    ctx: &Context,
+    kind: &str,
+    object: &K,
+    error: &Error,
+    cap: Duration,
+) -> Action {
+    let (name, namespace) = (object.name_any(), object.namespace().unwrap_or_default());
+    if let Error::Conflict(_) = error {
+        tracing::debug!(kind, %name, %namespace, %error, "conflict; retrying");
+        return Action::requeue(CONFLICT_RETRY);
+    }
+    let delay = ctx.backoff(&object_key(kind, object), cap);
+    tracing::info!(kind, %name, %namespace, %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// The retry after a conflict.
+const CONFLICT_RETRY: Duration = Duration::from_millis(500);
 
 /// First retry after a failure; doubles with each further failure.
 const BACKOFF_BASE: Duration = Duration::from_secs(1);

@@ -44,15 +44,7 @@ async fn reconcile(project: Arc<Project>, ctx: Arc<Context>) -> Result<Action, E
 }
 
 fn error_policy(project: Arc<Project>, error: &Error, ctx: Arc<Context>) -> Action {
-    let delay = ctx.backoff(&object_key(&project), RECHECK);
-    tracing::info!(
-        project = %project.name_any(),
-        namespace = project.namespace().unwrap_or_default(),
-        error = %error,
-        retry_in = ?delay,
-        "project check failed"
-    );
-    Action::requeue(delay)
+    context::retry(&ctx, KIND, &*project, error, RECHECK)
 }
 
 async fn save(

@@ -101,15 +101,7 @@ fn error_policy(env: Arc<Environment>, error: &Error, ctx: Arc<Context>) -> Acti
         .refresh_interval()
         .unwrap_or(Duration::from_secs(300))
         .min(Duration::from_secs(300));
-    let delay = ctx.backoff(&object_key(&env), cap);
-    tracing::info!(
-        environment = %env.name_any(),
-        namespace = env.namespace().unwrap_or_default(),
-        error = %error,
-        retry_in = ?delay,
-        "sync failed"
-    );
-    Action::requeue(delay)
+    context::retry(&ctx, KIND, &*env, error, cap)
 }
 
 /// The status being built for one reconciliation, written once at the end if it changed.
