@@ -297,49 +297,44 @@ async fn apply(env: &Environment, ctx: &Context) -> Result<Action, Error> {
     let desired = build::desired_secret(env, &snapshot.values, &ctx.hash_key);
     let secret_name = env.secret_name();
     let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), &namespace);
-    let post = post_params();
-    let wrote = match secrets.get_opt(&secret_name).await? {
-        None => {
-            secrets.create(&post, &desired.secret).await?;
-            true
+    let current = secrets.get_opt(&secret_name).await?;
+    if current
+        .as_ref()
+        .is_some_and(|c| build::ownership(c, env) == Ownership::Foreign)
+    {
+        let message = format!(
+            "Secret {secret_name:?} exists and is not managed by this Environment; \
+             it was left untouched (delete it, or choose another spec.sync.secretName)"
+        );
+        out.ready(false, Reason::SecretNotOwned, message.clone());
+        out.synced(false, Reason::SecretNotOwned, message);
+        out.save(ctx).await?;
+        return Ok(Action::requeue(interval));
+    }
+    let wrote = match write_secret(&secrets, current, &desired.secret).await {
+        Ok(wrote) => wrote,
+        // The API server refuses what the spec asks for (a bad name, label or type).
+        Err(kube::Error::Api(e)) if e.code == 400 || e.code == 422 => {
+            out.ready(
+                false,
+                Reason::InvalidSpec,
+                format!("Kubernetes refused Secret {secret_name:?}: {}", e.message),
+            );
+            out.save(ctx).await?;
+            return Ok(Action::requeue(interval));
         }
-        Some(current) => match build::ownership(&current, env) {
-            Ownership::Foreign => {
-                let message = format!(
-                    "Secret {secret_name:?} exists and is not managed by this Environment; \
-                     it was left untouched (delete it, or choose another spec.sync.secretName)"
+        Err(e) => {
+            let error = Error::from(e);
+            if !matches!(error, Error::Conflict(_)) {
+                out.ready(
+                    false,
+                    Reason::KubernetesError,
+                    format!("writing Secret {secret_name:?} failed: {error}"),
                 );
-                out.ready(false, Reason::SecretNotOwned, message.clone());
-                out.synced(false, Reason::SecretNotOwned, message);
                 out.save(ctx).await?;
-                return Ok(Action::requeue(interval));
             }
-            Ownership::Owned | Ownership::Released => {
-                match build::update(&current, &desired.secret) {
-                    Update::None => false,
-                    Update::Replace(next) => {
-                        secrets.replace(&secret_name, &post, &next).await?;
-                        true
-                    }
-                    Update::Recreate => {
-                        secrets
-                            .delete(
-                                &secret_name,
-                                &DeleteParams {
-                                    preconditions: Some(Preconditions {
-                                        uid: current.metadata.uid.clone(),
-                                        resource_version: current.metadata.resource_version,
-                                    }),
-                                    ..DeleteParams::default()
-                                },
-                            )
-                            .await?;
-                        secrets.create(&post, &desired.secret).await?;
-                        true
-                    }
-                }
-            }
-        },
+            return Err(error);
+        }
     };
 
     // Restart the workloads when the data changed since the last sync (not on the first one,
@@ -397,6 +392,39 @@ async fn apply(env: &Environment, ctx: &Context) -> Result<Action, Error> {
     ctx.metrics
         .set_sync_lag(&namespace, &env.name_any(), Duration::ZERO);
     Ok(Action::requeue(interval))
+}
+
+/// Makes the Secret `desired` exist as given, starting from `current` (absent, or ours).
+/// Returns whether anything was written.
+async fn write_secret(
+    secrets: &Api<Secret>,
+    current: Option<Secret>,
+    desired: &Secret,
+) -> Result<bool, kube::Error> {
+    let post = post_params();
+    let Some(current) = current else {
+        secrets.create(&post, desired).await?;
+        return Ok(true);
+    };
+    match build::update(&current, desired) {
+        Update::None => Ok(false),
+        Update::Replace(next) => {
+            secrets.replace(&current.name_any(), &post, &next).await?;
+            Ok(true)
+        }
+        Update::Recreate => {
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: current.metadata.uid.clone(),
+                    resource_version: current.metadata.resource_version.clone(),
+                }),
+                ..DeleteParams::default()
+            };
+            secrets.delete(&current.name_any(), &params).await?;
+            secrets.create(&post, desired).await?;
+            Ok(true)
+        }
+    }
 }
 
 /// coffer-server failed: the Secret keeps its last good data; the status says why and the

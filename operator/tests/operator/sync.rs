@@ -507,6 +507,14 @@ async fn invalid_specs_are_reported_with_a_reason_and_no_retry_storm() {
             json!({ "project": "web", "serverUrl": "http://127.0.0.1:9" }),
         )
         .await;
+    // A Secret name Kubernetes refuses.
+    scene
+        .environment(
+            "bad-name",
+            "production",
+            json!({ "secretName": "Not_A_Name", "refreshInterval": "1m" }),
+        )
+        .await;
     for (name, project, environment, interval, _) in cases {
         scene
             .environment_of(
@@ -536,6 +544,9 @@ async fn invalid_specs_are_reported_with_a_reason_and_no_retry_storm() {
         matches!(&refused, Err(kube::Error::Api(e)) if e.code == 422),
         "{refused:?}"
     );
+    scene
+        .wait_for_condition("bad-name", "Ready", "False", "InvalidSpec")
+        .await;
     let message = scene
         .get_environment("bad-interval")
         .await
