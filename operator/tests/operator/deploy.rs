@@ -194,5 +194,26 @@ async fn of_two_replicas_only_the_leader_writes() {
     scene.wait_for_data("web-prod", &[("A", "3")]).await;
     assert!(b.metrics.reconcile_count("Environment") > 0);
     assert_eq!(a_metrics.reconcile_count("Environment"), a_reconciles);
-    b.stop().await;
+
+    // A leader that dies without handing over: the standby waits for the lease to expire,
+    // and acts only then.
+    let c = replica("replica-c");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    b.crash().await;
+    scene.coffer.set("web", "production", &[("A", "4")]).await;
+    wait_until("replica-c leads", TIMEOUT, || async {
+        let holder = holder(kube, ns).await;
+        if holder.as_deref() == Some("replica-b") {
+            assert_eq!(
+                c.metrics.reconcile_count("Environment"),
+                0,
+                "c acted while b held the lease"
+            );
+        }
+        (holder.as_deref() == Some("replica-c")).then_some(())
+    })
+    .await
+    .unwrap();
+    scene.wait_for_data("web-prod", &[("A", "4")]).await;
+    c.stop().await;
 }

@@ -254,6 +254,14 @@ impl RunningOperator {
             task.await.unwrap().unwrap();
         }
     }
+
+    /// Ends the operator abruptly, as a killed process would: nothing is handed over.
+    pub async fn crash(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            assert!(task.await.unwrap_err().is_cancelled());
+        }
+    }
 }
 
 impl Drop for RunningOperator {
