@@ -110,11 +110,10 @@ async fn apply(project: &Project, ctx: &Context) -> Result<Action, Error> {
         }
     };
     let failed = |e: &coffer_client::Error| {
-        let reason = match reason_for(e) {
-            Reason::EnvironmentNotFound => Reason::ProjectNotFound,
-            other => other,
-        };
-        (reason, format!("coffer-server project {org}/{slug}: {e}"))
+        (
+            reason_for(e),
+            format!("coffer-server project {org}/{slug}: {e}"),
+        )
     };
     let (reason, message, id) = match conn.client.get_project(org, &slug).await {
         Ok(found) => (

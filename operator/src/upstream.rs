@@ -473,7 +473,9 @@ pub fn reason_for(error: &ClientError) -> Reason {
         ClientError::Api { status, .. } => match *status {
             401 => Reason::Unauthorized,
             403 => Reason::Forbidden,
-            404 => Reason::EnvironmentNotFound,
+            // Environments are told apart by `Upstream::confirm_missing`; any other 404 is a
+            // project (or organization) the credentials do not see.
+            404 => Reason::ProjectNotFound,
             429 => Reason::RateLimited,
             s if s >= 500 => Reason::ServerError,
             _ => Reason::RequestRejected,
