@@ -176,9 +176,15 @@ pub struct Config {
     #[arg(long = "allow-plaintext", env = "COFFER_ALLOW_PLAINTEXT", value_name = "COFFER_ALLOW_PLAINTEXT", default_value_t = false, action = clap::ArgAction::Set)]
     pub allow_plaintext: bool,
 
-    /// Take the client address from the first `X-Forwarded-For` entry (behind a trusted proxy only).
+    /// Behind one trusted proxy: take the client address from the rightmost `X-Forwarded-For`
+    /// entry. The same as `COFFER_TRUSTED_PROXIES=1`, which takes precedence when set.
     #[arg(long = "trust-forwarded-for", env = "COFFER_TRUST_FORWARDED_FOR", value_name = "COFFER_TRUST_FORWARDED_FOR", default_value_t = false, action = clap::ArgAction::Set)]
     pub trust_forwarded_for: bool,
+
+    /// Proxies in front of coffer-server that each append to `X-Forwarded-For`: the client
+    /// address is the entry this many places from the right. 0 ignores the header.
+    #[arg(long = "trusted-proxies", env = "COFFER_TRUSTED_PROXIES", value_name = "COFFER_TRUSTED_PROXIES", value_parser = clap::value_parser!(u32).range(0..=16))]
+    pub trusted_proxies: Option<u32>,
 
     /// Lifetime of an access token, in seconds.
     #[arg(long = "access-token-ttl", env = "COFFER_ACCESS_TOKEN_TTL", value_name = "COFFER_ACCESS_TOKEN_TTL", default_value_t = 900, value_parser = clap::value_parser!(u64).range(30..=86_400))]
@@ -281,6 +287,13 @@ impl Config {
         Ok(())
     }
 
+    /// How many proxies' `X-Forwarded-For` entries to believe: `COFFER_TRUSTED_PROXIES`, else
+    /// one with `COFFER_TRUST_FORWARDED_FOR=true`, else none.
+    pub fn trusted_proxy_hops(&self) -> u32 {
+        self.trusted_proxies
+            .unwrap_or(u32::from(self.trust_forwarded_for))
+    }
+
     pub fn access_token_ttl(&self) -> Duration {
         Duration::from_secs(self.access_token_ttl_secs)
     }
@@ -345,6 +358,31 @@ mod tests {
     fn an_invalid_listen_address_is_reported_with_its_variable() {
         let err = Cli::try_parse_from(["coffer-server", "--listen", "nowhere"]).unwrap_err();
         assert!(err.to_string().contains("COFFER_LISTEN"), "{err}");
+    }
+
+    #[test]
+    fn trust_forwarded_for_means_one_hop_unless_the_hop_count_is_set() {
+        let hops = |args: &[&str]| {
+            let mut argv = vec!["coffer-server"];
+            argv.extend_from_slice(args);
+            Cli::try_parse_from(argv)
+                .unwrap()
+                .config
+                .trusted_proxy_hops()
+        };
+        assert_eq!(Config::defaults().trusted_proxy_hops(), 0);
+        assert_eq!(hops(&["--trust-forwarded-for", "true"]), 1);
+        assert_eq!(hops(&["--trusted-proxies", "2"]), 2);
+        assert_eq!(
+            hops(&["--trust-forwarded-for", "true", "--trusted-proxies", "0"]),
+            0
+        );
+        assert_eq!(
+            hops(&["--trust-forwarded-for", "true", "--trusted-proxies", "3"]),
+            3
+        );
+        let err = Cli::try_parse_from(["coffer-server", "--trusted-proxies", "17"]).unwrap_err();
+        assert!(err.to_string().contains("COFFER_TRUSTED_PROXIES"), "{err}");
     }
 
     #[test]

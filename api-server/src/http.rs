@@ -1,7 +1,7 @@
 //! HTTP plumbing shared by every route: middleware, the JSON and query extractors whose
 //! rejections use the API error shape, the client's address, and pagination.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::body::Body;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -192,30 +192,71 @@ impl FromRequestParts<AppState> for ClientMeta {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let forwarded = state
-            .config
-            .trust_forwarded_for
-            .then(|| parts.headers.get("x-forwarded-for"))
-            .flatten()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .map(|v| v.trim())
-            .and_then(|v| v.parse::<std::net::IpAddr>().ok());
         // The extractor (not the bare extension) so that tests' `MockConnectInfo` is honoured.
         let peer = ConnectInfo::<SocketAddr>::from_request_parts(parts, state)
             .await
             .ok()
             .map(|c| c.0.ip());
+        let ip = client_ip(
+            peer,
+            parts.headers.get_all(FORWARDED_FOR),
+            state.config.trusted_proxy_hops(),
+        );
         let user_agent = parts
             .headers
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(|v| v.chars().take(256).collect());
         Ok(Self {
-            ip: forwarded.or(peer).map(|ip| ip.to_string()),
+            ip: ip.map(|ip| ip.to_string()),
             user_agent,
         })
     }
+}
+
+const FORWARDED_FOR: &str = "x-forwarded-for";
+
+/// The client's address behind `trusted_hops` proxies that each append the address they were
+/// connected from to `X-Forwarded-For` (several header lines are one list, in order).
+///
+/// Only the entries the trusted proxies appended can be believed: the client's own are to
+/// their left. So the client is the entry `trusted_hops` places from the right (with one proxy,
+/// the rightmost). With no trusted hops, fewer entries than hops, or an entry there that is not
+/// an IP address, the peer address is used: never an entry the client could have written.
+pub fn client_ip<'a>(
+    peer: Option<IpAddr>,
+    forwarded: impl IntoIterator<Item = &'a HeaderValue>,
+    trusted_hops: u32,
+) -> Option<IpAddr> {
+    let peer = peer.map(|ip| ip.to_canonical());
+    let Some(skip) = (trusted_hops as usize).checked_sub(1) else {
+        return peer;
+    };
+    let lines: Vec<&HeaderValue> = forwarded.into_iter().collect();
+    let entry = lines
+        .iter()
+        .rev()
+        .flat_map(|line| line.as_bytes().rsplit(|b| *b == b','))
+        .nth(skip);
+    entry.and_then(parse_forwarded_ip).or(peer)
+}
+
+/// An `X-Forwarded-For` entry: an IPv4 or IPv6 address, bracketed or not, with or without a
+/// port (some proxies add one). Anything else is not an address.
+fn parse_forwarded_ip(entry: &[u8]) -> Option<IpAddr> {
+    let entry = std::str::from_utf8(entry).ok()?.trim();
+    let ip = entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| {
+            entry
+                .strip_prefix('[')
+                .and_then(|e| e.strip_suffix(']'))
+                .and_then(|e| e.parse::<std::net::Ipv6Addr>().ok())
+                .map(IpAddr::V6)
+        })?;
+    Some(ip.to_canonical())
 }
 
 /// `?limit=&cursor=` of every list endpoint.
@@ -299,6 +340,88 @@ impl<T> PageExt<T> for Page<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().unwrap_or_else(|e| panic!("{s}: {e}")))
+    }
+
+    fn pick(lines: &[&str], hops: u32) -> Option<IpAddr> {
+        let values: Vec<HeaderValue> = lines
+            .iter()
+            .map(|l| HeaderValue::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+            .collect();
+        client_ip(ip("10.0.0.1"), &values, hops)
+    }
+
+    #[test]
+    fn without_trusted_hops_the_header_is_ignored() {
+        assert_eq!(pick(&["203.0.113.7"], 0), ip("10.0.0.1"));
+        assert_eq!(pick(&[], 0), ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn one_hop_takes_the_rightmost_entry_whatever_the_client_put_before_it() {
+        assert_eq!(pick(&["203.0.113.7"], 1), ip("203.0.113.7"));
+        assert_eq!(pick(&["1.2.3.4, 203.0.113.7"], 1), ip("203.0.113.7"));
+        assert_eq!(
+            pick(&["garbage,1.2.3.4 ,  203.0.113.7 "], 1),
+            ip("203.0.113.7")
+        );
+    }
+
+    #[test]
+    fn two_hops_take_the_second_entry_from_the_right() {
+        // client → load balancer (appends the client) → nginx (appends the balancer) → us
+        assert_eq!(
+            pick(&["6.6.6.6, 203.0.113.7, 10.0.0.2"], 2),
+            ip("203.0.113.7")
+        );
+        assert_eq!(pick(&["203.0.113.7, 10.0.0.2"], 2), ip("203.0.113.7"));
+    }
+
+    #[test]
+    fn several_header_lines_are_one_list_in_order() {
+        assert_eq!(pick(&["6.6.6.6", "203.0.113.7"], 1), ip("203.0.113.7"));
+        assert_eq!(
+            pick(&["6.6.6.6, 203.0.113.7", "10.0.0.2"], 2),
+            ip("203.0.113.7")
+        );
+        assert_eq!(
+            pick(&["6.6.6.6", "203.0.113.7, 10.0.0.2"], 2),
+            ip("203.0.113.7")
+        );
+    }
+
+    #[test]
+    fn a_missing_or_malformed_entry_at_the_trusted_position_falls_back_to_the_peer() {
+        assert_eq!(pick(&[], 1), ip("10.0.0.1"));
+        assert_eq!(
+            pick(&["203.0.113.7"], 2),
+            ip("10.0.0.1"),
+            "fewer entries than hops"
+        );
+        assert_eq!(pick(&["203.0.113.7, unknown"], 1), ip("10.0.0.1"));
+        assert_eq!(pick(&["203.0.113.7, "], 1), ip("10.0.0.1"));
+        assert_eq!(pick(&["203.0.113.7, 1.2.3.4.5"], 1), ip("10.0.0.1"));
+        assert_eq!(pick(&["1.2.3.4, 203.0.113.7 10.0.0.2"], 1), ip("10.0.0.1"));
+        // Not UTF-8 to the left of the trusted entry does not matter; at it, it is not an address.
+        let odd =
+            HeaderValue::from_bytes(b"\xff\xfe, 203.0.113.7").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(client_ip(ip("10.0.0.1"), [&odd], 1), ip("203.0.113.7"));
+        assert_eq!(client_ip(ip("10.0.0.1"), [&odd], 2), ip("10.0.0.1"));
+        assert_eq!(client_ip(None, [&odd], 2), None);
+    }
+
+    #[test]
+    fn addresses_with_ports_brackets_and_mapped_ipv4_are_understood() {
+        assert_eq!(pick(&["203.0.113.7:4711"], 1), ip("203.0.113.7"));
+        assert_eq!(pick(&["[2001:db8::7]:443"], 1), ip("2001:db8::7"));
+        assert_eq!(pick(&["[2001:db8::7]"], 1), ip("2001:db8::7"));
+        assert_eq!(pick(&["2001:db8::7"], 1), ip("2001:db8::7"));
+        assert_eq!(pick(&["::ffff:203.0.113.7"], 1), ip("203.0.113.7"));
+        let mapped_peer = client_ip(ip("::ffff:10.0.0.9"), std::iter::empty(), 0);
+        assert_eq!(mapped_peer, ip("10.0.0.9"));
+    }
 
     #[test]
     fn serde_messages_lose_the_offending_value() {

@@ -177,6 +177,37 @@ impl TestApp {
         .await
     }
 
+    /// A login through a proxy that sent `x_forwarded_for`.
+    pub async fn login_from(
+        &self,
+        x_forwarded_for: &str,
+        email: &str,
+        password: &str,
+    ) -> TestResponse {
+        let body = json!({ "email": email, "password": password });
+        let request = Request::post("/api/v1/auth/login")
+            .header("content-type", "application/json")
+            .header("x-forwarded-for", x_forwarded_for)
+            .body(Body::from(serde_json::to_vec(&body).expect("json")))
+            .expect("request");
+        self.send(request).await
+    }
+
+    /// The caller's audit events with `action`, newest first.
+    pub async fn audit_events(&self, token: &str, action: &str) -> Vec<Value> {
+        let r = self
+            .get("/api/v1/audit-events?limit=200", Some(token))
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        r.json()["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter(|e| e["action"] == action)
+            .cloned()
+            .collect()
+    }
+
     /// Creates an API key for `session` and returns its token.
     pub async fn api_key(&self, session: &Session, body: Value) -> (String, String) {
         let r = self

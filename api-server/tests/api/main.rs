@@ -7,6 +7,7 @@ mod helpers;
 mod api_keys;
 mod audit;
 mod auth;
+mod client_address;
 mod errors;
 mod health;
 mod isolation;
