@@ -1,5 +1,8 @@
 //! Cost of authentication, as ratios to an unauthenticated `/health` measured in the same run:
 //! an authenticated no-op (`GET /api/v1/auth/me`, JWT + session lookup) and a login (argon2id).
+//! Then the timing of a failed login for a known account against an unknown email, sampled
+//! alternately: their medians should be within noise of each other (ratio ≈ 1.00), or the
+//! time of an answer tells whether an account exists.
 //!
 //! `cargo bench -p coffer-server --bench auth`
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
@@ -9,7 +12,7 @@ mod support;
 use support::{call, json};
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::connect_info::MockConnectInfo;
@@ -69,6 +72,8 @@ async fn main() {
     })
     .await;
 
+    let (wrong, unknown) = failed_logins(&router, 41).await;
+
     let ratio = |d: Duration| d.as_secs_f64() / health.as_secs_f64();
     println!(
         "{:<34} {:>12}   {:>10}",
@@ -90,4 +95,61 @@ async fn main() {
         login,
         ratio(login)
     );
+
+    println!();
+    println!(
+        "{:<34} {:>12} {:>12} {:>12}",
+        "failed login (n = 41 each)", "p25", "median", "p75"
+    );
+    for (name, samples) in [("wrong password", &wrong), ("unknown email", &unknown)] {
+        println!(
+            "{:<34} {:>12.1?} {:>12.1?} {:>12.1?}",
+            name,
+            samples[samples.len() / 4],
+            samples[samples.len() / 2],
+            samples[samples.len() * 3 / 4]
+        );
+    }
+    let (w, u) = (wrong[wrong.len() / 2], unknown[unknown.len() / 2]);
+    println!(
+        "{:<34} {:>12.2}   (≈ 1.00: no account enumeration by time)",
+        "median unknown / wrong",
+        u.as_secs_f64() / w.as_secs_f64()
+    );
+}
+
+/// `n` timings each of a wrong password for a known account and of an unknown email, taken
+/// in turns so that drift in the machine's load affects both alike; sorted.
+async fn failed_logins(router: &axum::Router, n: usize) -> (Vec<Duration>, Vec<Duration>) {
+    let mut wrong = Vec::with_capacity(n);
+    let mut unknown = Vec::with_capacity(n);
+    for i in 0..=n {
+        let mut pair = [
+            ("bench@example.com", &mut wrong),
+            ("nobody@example.com", &mut unknown),
+        ];
+        // Neither always goes first.
+        if i % 2 == 1 {
+            pair.reverse();
+        }
+        for (email, into) in pair {
+            let req = json(
+                "POST",
+                "/api/v1/auth/login",
+                None,
+                serde_json::json!({ "email": email, "password": "not the password at all" }),
+            );
+            let start = Instant::now();
+            let (s, _, _) = call(router, req).await;
+            let took = start.elapsed();
+            assert_eq!(s, StatusCode::UNAUTHORIZED);
+            // The first round warms up.
+            if i > 0 {
+                into.push(took);
+            }
+        }
+    }
+    wrong.sort();
+    unknown.sort();
+    (wrong, unknown)
 }

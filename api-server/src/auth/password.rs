@@ -32,9 +32,12 @@ pub struct PasswordHasher {
     permits: Arc<Semaphore>,
     waiting: Arc<AtomicUsize>,
     max_waiting: usize,
-    /// A hash of a random password, verified when an account is unknown so that the answer
-    /// takes as long as for a wrong password.
+    /// A hash of a random password with the current parameters, verified when an account is
+    /// unknown so that the answer takes as long as for a wrong password.
     dummy_hash: Arc<String>,
+    /// The parameters (m, t, p) of every hash argon2 verified, for the tests to see the work done.
+    #[cfg(test)]
+    verified_with: Arc<std::sync::Mutex<Vec<(u32, u32, u32)>>>,
 }
 
 impl PasswordHasher {
@@ -54,6 +57,8 @@ impl PasswordHasher {
             waiting: Arc::new(AtomicUsize::new(0)),
             max_waiting: concurrency * 64,
             dummy_hash: Arc::new(dummy),
+            #[cfg(test)]
+            verified_with: Arc::default(),
         })
     }
 
@@ -103,30 +108,43 @@ impl PasswordHasher {
             .map_err(|e| ApiError::internal(anyhow::anyhow!("password hashing failed: {e}")))
     }
 
-    /// Checks `password` against `stored`; with `None` checks against a dummy hash (and fails)
-    /// so that unknown accounts cost the same time as wrong passwords.
+    /// Checks `password` against `stored`; with `None` (or a stored hash that cannot be read)
+    /// checks against a dummy hash made with the current parameters, and fails: every answer
+    /// costs one argon2 verification, so unknown accounts cannot be told apart by time.
     pub async fn verify(
         &self,
         password: &SecretString,
         stored: Option<&str>,
     ) -> Result<Verified, ApiError> {
-        let known = stored.is_some();
-        let stored = stored.map_or_else(|| self.dummy_hash.as_str().to_owned(), ToOwned::to_owned);
+        let stored = stored.map(ToOwned::to_owned);
+        let dummy = Arc::clone(&self.dummy_hash);
         let params = self.params.clone();
         let password = password.clone();
+        #[cfg(test)]
+        let verified_with = Arc::clone(&self.verified_with);
         self.run(move || {
-            let Ok(parsed) = PasswordHash::new(&stored) else {
+            let stored = stored.as_deref().and_then(|s| PasswordHash::new(s).ok());
+            let known = stored.is_some();
+            let Some(hash) = stored.or_else(|| PasswordHash::new(&dummy).ok()) else {
                 return Verified {
                     matches: false,
                     needs_rehash: false,
                 };
             };
+            #[cfg(test)]
+            if let Ok(p) = Params::try_from(&hash) {
+                verified_with
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push((p.m_cost(), p.t_cost(), p.p_cost()));
+            }
+            // Always verify, then combine: `known && verify(…)` would skip the work.
             let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
-            let matches = known
-                && argon
-                    .verify_password(password.expose_secret().as_bytes(), &parsed)
-                    .is_ok();
-            let needs_rehash = matches && !uses_params(&parsed, &params);
+            let correct = argon
+                .verify_password(password.expose_secret().as_bytes(), &hash)
+                .is_ok();
+            let matches = known && correct;
+            let needs_rehash = matches && !uses_params(&hash, &params);
             Verified {
                 matches,
                 needs_rehash,
@@ -211,6 +229,30 @@ mod tests {
         let wrong = SecretString::from("correct horse battery stapler");
         assert!(!hasher.verify(&wrong, Some(&hash)).await.unwrap().matches);
         assert!(!hasher.verify(&pw, None).await.unwrap().matches);
+    }
+
+    #[tokio::test]
+    async fn unknown_accounts_and_unreadable_hashes_cost_one_verification_with_the_current_parameters()
+     {
+        let hasher = PasswordHasher::new(19_456, 3, 1).unwrap();
+        let pw = SecretString::from("correct horse battery staple");
+        let hash = hasher.hash(&pw).await.unwrap();
+        assert!(hasher.verify(&pw, Some(&hash)).await.unwrap().matches);
+        assert!(!hasher.verify(&pw, None).await.unwrap().matches);
+        assert!(
+            !hasher
+                .verify(&pw, Some("not a PHC string"))
+                .await
+                .unwrap()
+                .matches
+        );
+        let known = SecretString::from("the dummy's password is never known");
+        assert!(!hasher.verify(&known, None).await.unwrap().matches);
+        assert_eq!(
+            *hasher.verified_with.lock().unwrap(),
+            vec![(19_456, 3, 1); 4],
+            "every check ran argon2 once, with the parameters of a real hash"
+        );
     }
 
     #[tokio::test]
