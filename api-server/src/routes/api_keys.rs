@@ -98,10 +98,15 @@ fn parse_id(id: &str) -> Result<ApiKeyId, ApiError> {
     id.parse().map_err(|_| ApiError::not_found("api key"))
 }
 
-/// Create an API key acting as the caller.
+/// Create an API key acting as the caller. Needs a login session: an API key cannot make keys.
 #[utoipa::path(
     post, path = "/", tag = "api-keys", security(("bearer" = [])), request_body = CreateApiKeyRequest,
-    responses((status = 201, body = IssuedApiKey), (status = 401, body = ErrorResponse), (status = 422, body = ErrorResponse))
+    responses(
+        (status = 201, body = IssuedApiKey),
+        (status = 401, body = ErrorResponse),
+        (status = 403, description = "not a login session", body = ErrorResponse),
+        (status = 422, body = ErrorResponse),
+    )
 )]
 pub async fn create_key(
     State(state): State<AppState>,
@@ -157,11 +162,17 @@ pub async fn delete_key(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Replace an API key's token; the old token keeps working for the grace period only.
+/// Replace an API key's token; the old token keeps working for the grace period only. Needs a
+/// login session.
 #[utoipa::path(
     post, path = "/{id}/rotate", tag = "api-keys", security(("bearer" = [])),
     params(("id" = ApiKeyId, Path)), request_body(content = RotateApiKeyRequest, description = "optional"),
-    responses((status = 200, body = IssuedApiKey), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse))
+    responses(
+        (status = 200, body = IssuedApiKey),
+        (status = 401, body = ErrorResponse),
+        (status = 403, description = "not a login session", body = ErrorResponse),
+        (status = 404, body = ErrorResponse),
+    )
 )]
 pub async fn rotate_key(
     State(state): State<AppState>,

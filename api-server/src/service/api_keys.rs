@@ -63,6 +63,9 @@ pub async fn create(
     expires_in_days: Option<u32>,
     read_only: bool,
 ) -> ApiResult<IssuedKey> {
+    // A key that could make keys could outlive its own expiry, revocation and a password
+    // change; only a person at a login may make one.
+    principal.require_session("creating an API key")?;
     let name = check_name(name)?;
     let now = Timestamp::now();
     let expires_at = expiry(now, expires_in_days)?;
@@ -148,6 +151,7 @@ pub async fn rotate(
     id: ApiKeyId,
     grace: Duration,
 ) -> ApiResult<IssuedKey> {
+    principal.require_session("rotating an API key")?;
     check_grace(grace)?;
     let now = Timestamp::now();
     let token = tokens::generate(API_KEY_PREFIX);

@@ -145,3 +145,24 @@ db_test!(async fn bad_api_key_requests_are_refused(app) {
     app.post("/api/v1/api-keys", None, json!({ "name": "x" })).await.assert_error(StatusCode::UNAUTHORIZED, "missing_credentials");
     assert!(app.get("/api/v1/api-keys", Some(&s.access)).await.json()["items"].as_array().unwrap().is_empty());
 });
+
+db_test!(async fn an_api_key_can_neither_create_nor_rotate_api_keys(app) {
+    let s = app.register("kim@example.com").await;
+    let (id, key) = app.api_key(&s, json!({ "name": "ci", "expires_in_days": 1 })).await;
+    let m = app.post("/api/v1/api-keys", Some(&key), json!({ "name": "forever" })).await
+        .assert_error(StatusCode::FORBIDDEN, "session_required");
+    assert!(m.contains("login session"), "{m}");
+    app.post(&format!("/api/v1/api-keys/{id}/rotate"), Some(&key), json!({})).await
+        .assert_error(StatusCode::FORBIDDEN, "session_required");
+    // Nothing was made or changed: one key, its token still the same.
+    let items = app.get("/api/v1/api-keys", Some(&s.access)).await.json()["items"].as_array().unwrap().clone();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["prefix"], &key[..12]);
+    let actions: Vec<String> = app.audit_events(&s.access, "api_key.created").await.iter()
+        .chain(app.audit_events(&s.access, "api_key.rotated").await.iter())
+        .map(|e| e["action"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(actions, ["api_key.created"]);
+    // The key still reads, lists and can revoke itself.
+    assert_eq!(app.get("/api/v1/api-keys", Some(&key)).await.status, StatusCode::OK);
+    assert_eq!(app.call(Method::DELETE, &format!("/api/v1/api-keys/{id}"), Some(&key), None).await.status, StatusCode::NO_CONTENT);
+});
