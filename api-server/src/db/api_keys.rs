@@ -108,3 +108,20 @@ pub async fn get<'e>(
     .fetch_optional(ex)
     .await
 }
+
+/// Revokes every live (unexpired, unrevoked) key of the user; how many there were.
+pub async fn revoke_all<'e>(
+    ex: impl AnyExecutor<'e>,
+    user_id: UserId,
+    now: Timestamp,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE api_keys SET revoked_at = $1 \
+         WHERE user_id = $2 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1)",
+    )
+    .bind(now)
+    .bind(user_id)
+    .execute(ex)
+    .await?;
+    Ok(done.rows_affected())
+}

@@ -60,6 +60,15 @@ pub struct ChangePasswordRequest {
     pub current_password: SecretString,
     #[schema(value_type = String, format = Password)]
     pub new_password: SecretString,
+    /// Revoke all of the user's API keys as well (default: true), since whoever knew the old
+    /// password may have made some.
+    #[serde(default = "yes")]
+    #[schema(default = true)]
+    pub revoke_api_keys: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A user account.
@@ -198,14 +207,16 @@ pub async fn me(
     Ok(Json(service::auth::me(&state, &principal).await?.into()))
 }
 
-/// Change the password; every other session of the user ends.
+/// Change the password; every other session of the user ends, and (unless
+/// `revoke_api_keys` is false) every API key of the user is revoked. Needs a login session.
 #[utoipa::path(
     put, path = "/change-password", tag = "auth", security(("bearer" = [])), request_body = ChangePasswordRequest,
     responses(
         (status = 204),
         (status = 401, body = ErrorResponse),
-        (status = 403, description = "wrong current password", body = ErrorResponse),
+        (status = 403, description = "wrong current password, or not a login session", body = ErrorResponse),
         (status = 422, body = ErrorResponse),
+        (status = 429, description = "too many wrong current passwords", body = ErrorResponse),
     )
 )]
 pub async fn change_password(
@@ -220,6 +231,7 @@ pub async fn change_password(
         &principal,
         &req.current_password,
         &req.new_password,
+        req.revoke_api_keys,
     )
     .await?;
     Ok(StatusCode::NO_CONTENT)

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::auth::Principal;
 use crate::auth::password::check_password_policy;
-use crate::auth::rate_limit::Limit;
+use crate::auth::rate_limit::{FailureReservation, Limit};
 use crate::auth::tokens::{self, REFRESH_TOKEN_PREFIX};
 use crate::db::sessions::RefreshTokenRow;
 use crate::db::users::UserRow;
@@ -68,18 +68,45 @@ async fn rate_limit(
     user: Option<UserId>,
     meta: &ClientMeta,
 ) -> ApiResult<()> {
-    let Err(retry_after) = state.limits.check(limit, key) else {
-        return Ok(());
-    };
-    let first_refusal = state.limits.first_refusal(limit, key);
-    if first_refusal {
-        AuditEvent::new(action::RATE_LIMITED, Outcome::Denied, meta)
+    match state.limits.check(limit, key) {
+        Ok(()) => Ok(()),
+        Err(retry_after) => Err(refused(state, limit, key, user, meta, retry_after).await),
+    }
+}
+
+/// Takes a failure of `account`'s password from the client's address ahead of checking it:
+/// failures, not attempts, are counted, so a right password never spends anything.
+async fn reserve_failure<'a>(
+    state: &'a AppState,
+    account: &str,
+    user: Option<UserId>,
+    meta: &ClientMeta,
+) -> ApiResult<FailureReservation<'a>> {
+    match state.limits.reserve_failure(account, meta.ip_key()) {
+        Ok(reservation) => Ok(reservation),
+        Err(r) => Err(refused(state, r.limit, &r.key, user, meta, r.retry_after).await),
+    }
+}
+
+async fn refused(
+    state: &AppState,
+    limit: Limit,
+    key: &str,
+    user: Option<UserId>,
+    meta: &ClientMeta,
+    retry_after: Duration,
+) -> ApiError {
+    if state.limits.first_refusal(limit, key) {
+        let audited = AuditEvent::new(action::RATE_LIMITED, Outcome::Denied, meta)
             .about_user(user)
             .details(json!({ "limit": limit.as_str() }))
             .record(state.db.pool())
-            .await?;
+            .await;
+        if let Err(e) = audited {
+            return e.into();
+        }
     }
-    Err(ApiError::RateLimited { retry_after })
+    ApiError::RateLimited { retry_after }
 }
 
 /// Opens a session for `user` inside `tx`: the session row, its first refresh token.
@@ -193,21 +220,15 @@ pub async fn login(
     } else {
         db::users::by_email(state.db.pool(), &email).await?
     };
-    rate_limit(
-        state,
-        Limit::LoginPerAccount,
-        &email,
-        user.as_ref().map(|u| u.id),
-        meta,
-    )
-    .await?;
+    let user_id = user.as_ref().map(|u| u.id);
+    let reservation = reserve_failure(state, &email, user_id, meta).await?;
 
     let verified = state
         .passwords
         .verify(password, user.as_ref().map(|u| u.password_hash.as_str()))
         .await?;
-    let user_id = user.as_ref().map(|u| u.id);
     let Some(user) = user.filter(|_| verified.matches) else {
+        reservation.failed();
         AuditEvent::new(action::LOGIN, Outcome::Failure, meta)
             .about_user(user_id)
             .details(json!({ "reason": "invalid_credentials" }))
@@ -215,6 +236,7 @@ pub async fn login(
             .await?;
         return Err(invalid());
     };
+    drop(reservation);
 
     let now = Timestamp::now();
     let new_hash = if verified.needs_rehash {
@@ -351,29 +373,26 @@ pub async fn me(state: &AppState, principal: &Principal) -> ApiResult<UserRow> {
         .ok_or_else(|| ApiError::unauthorized("invalid_token", "the account no longer exists"))
 }
 
+/// Changes the password; every other session of the user ends, and with `revoke_api_keys`
+/// their personal API keys are revoked too, in the same transaction.
 pub async fn change_password(
     state: &AppState,
     meta: &ClientMeta,
     principal: &Principal,
     current: &SecretString,
     new: &SecretString,
+    revoke_api_keys: bool,
 ) -> ApiResult<()> {
     let session = principal.require_session("changing the password")?;
     let user = me(state, principal).await?;
-    rate_limit(
-        state,
-        Limit::LoginPerAccount,
-        &user.email,
-        Some(user.id),
-        meta,
-    )
-    .await?;
+    let reservation = reserve_failure(state, &user.email, Some(user.id), meta).await?;
     if !state
         .passwords
         .verify(current, Some(&user.password_hash))
         .await?
         .matches
     {
+        reservation.failed();
         AuditEvent::new(action::PASSWORD_CHANGED, Outcome::Failure, meta)
             .by(principal)
             .details(json!({ "reason": "wrong_current_password" }))
@@ -384,6 +403,7 @@ pub async fn change_password(
             "the current password is not correct",
         ));
     }
+    drop(reservation);
     check_password_policy(new, &[&user.email, &user.name])?;
     if new.expose_secret() == current.expose_secret() {
         return Err(ApiError::validation(
@@ -403,9 +423,14 @@ pub async fn change_password(
         now,
     )
     .await?;
+    let keys_revoked = if revoke_api_keys {
+        db::api_keys::revoke_all(&mut *tx, user.id, now).await?
+    } else {
+        0
+    };
     AuditEvent::new(action::PASSWORD_CHANGED, Outcome::Success, meta)
         .by(principal)
-        .details(json!({ "sessions_ended": ended.len() }))
+        .details(json!({ "sessions_ended": ended.len(), "api_keys_revoked": keys_revoked }))
         .record(&mut *tx)
         .await?;
     tx.commit().await?;

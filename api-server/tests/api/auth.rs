@@ -180,3 +180,39 @@ db_test!(async fn change_password_needs_the_current_one_and_a_strong_new_one(app
     // The session that changed it goes on.
     assert_eq!(app.get("/api/v1/auth/me", Some(&s.access)).await.status, StatusCode::OK);
 });
+
+db_test!(async fn changing_the_password_revokes_the_users_api_keys_by_default(app) {
+    let s = app.register("ned@example.com").await;
+    let (_, first) = app.api_key(&s, json!({ "name": "ci" })).await;
+    let (_, second) = app.api_key(&s, json!({ "name": "laptop", "read_only": true })).await;
+    let (old_id, _) = app.api_key(&s, json!({ "name": "old" })).await;
+    app.call(Method::DELETE, &format!("/api/v1/api-keys/{old_id}"), Some(&s.access), None).await;
+    let other = app.register("oda@example.com").await;
+    let (_, others) = app.api_key(&other, json!({ "name": "ci" })).await;
+
+    let r = app.call(Method::PUT, "/api/v1/auth/change-password", Some(&s.access), Some(json!({
+        "current_password": PASSWORD, "new_password": "a brand new passphrase 42",
+    }))).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
+    for key in [&first, &second] {
+        app.get("/api/v1/auth/me", Some(key)).await.assert_error(StatusCode::UNAUTHORIZED, "invalid_token");
+    }
+    assert!(app.get("/api/v1/api-keys", Some(&s.access)).await.json()["items"].as_array().unwrap().is_empty());
+    assert_eq!(app.get("/api/v1/auth/me", Some(&others)).await.status, StatusCode::OK, "another user's key is untouched");
+    let changed = app.audit_events(&s.access, "auth.password_changed").await;
+    assert_eq!(changed[0]["details"], json!({ "sessions_ended": 0, "api_keys_revoked": 2 }));
+});
+
+db_test!(async fn changing_the_password_may_keep_the_api_keys(app) {
+    let s = app.register("pia@example.com").await;
+    let (_, key) = app.api_key(&s, json!({ "name": "ci" })).await;
+    let put = |body: serde_json::Value| app.call(Method::PUT, "/api/v1/auth/change-password", Some(&s.access), Some(body));
+    put(json!({ "current_password": PASSWORD, "new_password": "a brand new passphrase 42", "revoke_api_keys": "no" })).await
+        .assert_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+    assert_eq!(app.login("pia@example.com", PASSWORD).await.status, StatusCode::OK, "a bad request changes nothing");
+    let r = put(json!({ "current_password": PASSWORD, "new_password": "a brand new passphrase 42", "revoke_api_keys": false })).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
+    assert_eq!(app.get("/api/v1/auth/me", Some(&key)).await.status, StatusCode::OK);
+    let changed = app.audit_events(&s.access, "auth.password_changed").await;
+    assert_eq!(changed[0]["details"]["api_keys_revoked"], 0);
+});

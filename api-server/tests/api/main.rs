@@ -12,6 +12,7 @@ mod errors;
 mod health;
 mod isolation;
 mod keys;
+mod login_failures;
 mod openapi;
 mod org_audit;
 mod orgs;
