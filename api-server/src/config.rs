@@ -234,6 +234,23 @@ pub struct Config {
     #[arg(long = "max-body-bytes", env = "COFFER_MAX_BODY_BYTES", value_name = "COFFER_MAX_BODY_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=64 * 1024 * 1024))]
     pub max_body_bytes: u64,
 
+    /// Most entries one bulk write or import may hold.
+    #[arg(long = "max-bulk-entries", env = "COFFER_MAX_BULK_ENTRIES", value_name = "COFFER_MAX_BULK_ENTRIES", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_bulk_entries: u32,
+
+    /// Most live secrets one environment may hold.
+    #[arg(long = "max-secrets-per-environment", env = "COFFER_MAX_SECRETS_PER_ENVIRONMENT", value_name = "COFFER_MAX_SECRETS_PER_ENVIRONMENT", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_secrets_per_environment: u32,
+
+    /// Most bytes that resolving references may produce for one request (every resolved value,
+    /// intermediate ones included).
+    #[arg(long = "max-resolved-bytes", env = "COFFER_MAX_RESOLVED_BYTES", value_name = "COFFER_MAX_RESOLVED_BYTES", default_value_t = 16 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=1024 * 1024 * 1024))]
+    pub max_resolved_bytes: u64,
+
+    /// Most references that one request may resolve (each `${…}` counts every time it is met).
+    #[arg(long = "max-resolved-references", env = "COFFER_MAX_RESOLVED_REFERENCES", value_name = "COFFER_MAX_RESOLVED_REFERENCES", default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub max_resolved_references: u32,
+
     /// Longest a request may take, in seconds.
     #[arg(long = "request-timeout", env = "COFFER_REQUEST_TIMEOUT", value_name = "COFFER_REQUEST_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub request_timeout_secs: u64,

@@ -129,16 +129,21 @@ pub async fn role_of<'e>(
     .await
 }
 
+/// A page of the project's grants, oldest first: `limit` of them after the first `offset`.
 pub async fn grants<'e>(
     ex: impl AnyExecutor<'e>,
     project: ProjectId,
+    offset: i64,
+    limit: i64,
 ) -> Result<Vec<GrantRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT g.user_id, g.team_id, COALESCE(u.email, t.slug) AS subject_name, g.role, g.created_at \
          FROM project_grants g LEFT JOIN users u ON u.id = g.user_id LEFT JOIN teams t ON t.id = g.team_id \
-         WHERE g.project_id = $1 ORDER BY g.created_at, g.id",
+         WHERE g.project_id = $1 ORDER BY g.created_at, g.id LIMIT $2 OFFSET $3",
     )
     .bind(project)
+    .bind(limit)
+    .bind(offset)
     .fetch_all(ex)
     .await
 }
@@ -242,6 +247,24 @@ pub async fn environments<'e>(
         "SELECT {ENV_COLUMNS} FROM environments WHERE project_id = $1 ORDER BY position, slug"
     ))
     .bind(project)
+    .fetch_all(ex)
+    .await
+}
+
+/// A page of the project's environments, in order: `limit` of them after the first `offset`.
+pub async fn environments_page<'e>(
+    ex: impl AnyExecutor<'e>,
+    project: ProjectId,
+    offset: i64,
+    limit: i64,
+) -> Result<Vec<EnvironmentRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {ENV_COLUMNS} FROM environments WHERE project_id = $1 ORDER BY position, slug \
+         LIMIT $2 OFFSET $3"
+    ))
+    .bind(project)
+    .bind(limit)
+    .bind(offset)
     .fetch_all(ex)
     .await
 }

@@ -255,6 +255,33 @@ pub async fn restore<'e>(
     Ok(done.rows_affected() == 1)
 }
 
+/// Takes the environment's write lock for the rest of the transaction (a row lock on
+/// PostgreSQL; SQLite has one writer anyway), so writers of one environment run one at a time:
+/// what one counts is not changed by another before it commits.
+pub async fn lock_environment<'e>(
+    ex: impl AnyExecutor<'e>,
+    env: EnvironmentId,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE environments SET revision = revision WHERE id = $1")
+        .bind(env)
+        .execute(ex)
+        .await?;
+    Ok(())
+}
+
+/// How many live secrets the environment holds.
+pub async fn count_live<'e>(
+    ex: impl AnyExecutor<'e>,
+    env: EnvironmentId,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM secrets WHERE environment_id = $1 AND deleted_at IS NULL",
+    )
+    .bind(env)
+    .fetch_one(ex)
+    .await
+}
+
 /// Bumps the environment's revision and the organization's; returns the new environment revision.
 pub async fn bump_revisions(
     conn: &mut sqlx::AnyConnection,

@@ -219,18 +219,38 @@ pub async fn delete_project(
 /// Who holds which role on the project.
 #[utoipa::path(
     get, path = "/{org}/projects/{project}/access", tag = "projects", security(("bearer" = [])),
-    params(("org" = String, Path), ("project" = String, Path)),
+    params(("org" = String, Path), ("project" = String, Path), PageParams),
     responses((status = 200, body = Page<Grant>), (status = 404, body = ErrorResponse))
 )]
 pub async fn list_access(
     State(state): State<AppState>,
     principal: Principal,
     Path((org, project)): Path<OrgProject>,
+    Query(page): Query<PageParams>,
 ) -> Result<Json<Page<Grant>>, ApiError> {
-    let grants = service::projects::grants(&state, &principal, &org, &project).await?;
-    Ok(Json(Page::complete(
-        grants.into_iter().map(Grant::from).collect(),
-    )))
+    let (offset, limit) = offset_page(&page)?;
+    let grants = service::projects::grants(
+        &state,
+        &principal,
+        &org,
+        &project,
+        offset,
+        i64::from(limit) + 1,
+    )
+    .await?;
+    Ok(Json(offset_rows(grants, offset, limit, Grant::from)))
+}
+
+/// The offset and limit of a list paged by position (small lists with a stable order).
+fn offset_page(page: &PageParams) -> Result<(i64, u32), ApiError> {
+    let offset: u32 = page.cursor()?.unwrap_or(0);
+    Ok((i64::from(offset), page.limit()?))
+}
+
+/// A page of `rows` fetched from `offset` with `limit + 1`; the cursor is the next offset.
+fn offset_rows<R, T>(rows: Vec<R>, offset: i64, limit: u32, map: impl Fn(R) -> T) -> Page<T> {
+    let rows: Vec<(i64, R)> = (offset + 1..).zip(rows).collect();
+    Page::from_rows(rows, limit, |(next, _)| next.to_string(), |(_, r)| map(r))
 }
 
 /// Give a member a project role (or change it).
@@ -333,18 +353,26 @@ pub async fn create_environment(
 /// The project's environments, in order.
 #[utoipa::path(
     get, path = "/{org}/projects/{project}/environments", tag = "projects", security(("bearer" = [])),
-    params(("org" = String, Path), ("project" = String, Path)),
+    params(("org" = String, Path), ("project" = String, Path), PageParams),
     responses((status = 200, body = Page<Environment>), (status = 404, body = ErrorResponse))
 )]
 pub async fn list_environments(
     State(state): State<AppState>,
     principal: Caller,
     Path((org, project)): Path<OrgProject>,
+    Query(page): Query<PageParams>,
 ) -> Result<Json<Page<Environment>>, ApiError> {
-    let (_, envs) = service::projects::get(&state, &principal, &org, &project).await?;
-    Ok(Json(Page::complete(
-        envs.into_iter().map(Environment::from).collect(),
-    )))
+    let (offset, limit) = offset_page(&page)?;
+    let envs = service::projects::environments(
+        &state,
+        &principal,
+        &org,
+        &project,
+        offset,
+        i64::from(limit) + 1,
+    )
+    .await?;
+    Ok(Json(offset_rows(envs, offset, limit, Environment::from)))
 }
 
 /// An environment and its role policies.

@@ -9,8 +9,13 @@
 //! `project.env.KEY` with the key being everything after the second dot (so a key containing
 //! dots can be referenced fully qualified).
 //!
-//! Reference text and places (slugs and keys) are not secret and appear in errors; the values
-//! around and behind references never do.
+//! A value is secret, and so is every part of it, references included (a generated password may
+//! well contain `${`). Errors therefore name places (the secret whose value holds the problem)
+//! and byte offsets, never text taken from a value.
+//!
+//! Resolution is bounded by [`Limits`]: every resolved value, and what one call produces and
+//! substitutes in total, are checked before the text is copied, so no value can make the resolver
+//! allocate beyond them however its references fan out.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -24,8 +29,17 @@ pub const MAX_DEPTH: usize = 8;
 
 const MAX_SLUG_LEN: usize = 63;
 const MAX_KEY_LEN: usize = 256;
-/// The longest reference text quoted in an error: the longest valid `${project.env.KEY}`.
-const MAX_QUOTED_LEN: usize = 2 * MAX_SLUG_LEN + MAX_KEY_LEN + 5;
+
+/// How much one call of the resolver may produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest value once resolved, in bytes.
+    pub max_value_bytes: usize,
+    /// The most bytes one call may write into resolved values, intermediate ones included.
+    pub max_total_bytes: usize,
+    /// The most references one call may substitute (each `${…}` counts each time it is met).
+    pub max_references: usize,
+}
 
 /// A fully qualified place of a secret (slugs, not ids).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -73,16 +87,24 @@ impl fmt::Debug for Segment {
     }
 }
 
-/// One `${…}` reference.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One `${…}` reference. Its text is part of a secret value: `Debug` shows only its offset.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Reference {
-    /// The text inside `${}`.
-    pub raw: String,
+    /// Where its `${` starts in the value, in bytes.
+    pub offset: usize,
     /// Set for `${project.env.KEY}`.
     pub project: Option<String>,
     /// Set for `${env.KEY}` and `${project.env.KEY}`.
     pub env: Option<String>,
     pub key: String,
+}
+
+impl fmt::Debug for Reference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reference")
+            .field("offset", &self.offset)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Reference {
@@ -96,26 +118,23 @@ impl Reference {
     }
 }
 
-/// `${raw}`, as written.
-impl fmt::Display for Reference {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "${{{}}}", self.raw)
-    }
-}
-
 /// Why a lookup of another environment's value failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LookupError {
-    /// The caller may not read that place.
+    /// The caller may see the environment but not read its secrets.
     #[error("forbidden")]
     Forbidden,
+    /// The environment does not exist, or the caller may not see it (the same answer).
+    #[error("no such environment")]
+    Hidden,
     /// A storage or decryption failure; the text holds no secrets.
     #[error("{0}")]
     Internal(String),
 }
 
 /// What the resolver needs from storage: the raw (unresolved) value at a place, after checking
-/// that the caller may read it. `Ok(None)` when there is no such secret.
+/// that the caller may read it. `Ok(None)` when the environment is readable but has no such
+/// secret.
 pub trait Lookup {
     fn raw_value(
         &mut self,
@@ -123,20 +142,40 @@ pub trait Lookup {
     ) -> impl Future<Output = Result<Option<SecretString>, LookupError>> + Send;
 }
 
-/// Why a value's references could not be resolved. Names references (as written, `${…}`
-/// included) and places, never a value.
+/// What is wrong with the syntax of a value, and where (a byte offset into the value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("at byte {offset}: {problem}")]
+pub struct SyntaxError {
+    pub offset: usize,
+    pub problem: &'static str,
+}
+
+/// Why a value's references could not be resolved. Names places and byte offsets, never text
+/// taken from a value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RefError {
-    #[error("invalid reference `{reference}`: {message}")]
-    Syntax { reference: String, message: String },
-    #[error("`{reference}` in {from} refers to a secret that does not exist")]
-    NotFound { reference: String, from: Place },
-    #[error("`{reference}` in {from} refers to a secret you may not read")]
-    Forbidden { reference: String, from: Place },
+    #[error(
+        "the value of {place} holds an invalid reference at byte {}: {} (write `$${{` for a literal `${{`)",
+        error.offset,
+        error.problem
+    )]
+    Syntax { place: Place, error: SyntaxError },
+    #[error("the reference at byte {offset} of {from} names a secret that does not exist")]
+    NotFound { from: Place, offset: usize },
+    #[error("the reference at byte {offset} of {from} names a secret you may not read")]
+    Forbidden { from: Place, offset: usize },
     #[error("reference cycle: {}", CyclePath(path))]
     Cycle { path: Vec<Place> },
     #[error("references from {from} are nested more than {max_depth} levels deep")]
     TooDeep { max_depth: usize, from: Place },
+    #[error("the value of {place} is over {} KiB once its references are resolved", max_bytes / 1024)]
+    ValueTooLarge { place: Place, max_bytes: usize },
+    #[error("resolving {place} goes over the {max_bytes} bytes that one request may resolve")]
+    TooManyBytes { place: Place, max_bytes: usize },
+    #[error(
+        "resolving {place} goes over the {max_references} references that one request may resolve"
+    )]
+    TooManyReferences { place: Place, max_references: usize },
     #[error("could not read a referenced secret: {0}")]
     Lookup(String),
 }
@@ -169,77 +208,53 @@ pub fn has_references(value: &str) -> bool {
         .any(|(i, _)| i == 0 || value.as_bytes()[i - 1] != b'$')
 }
 
+/// Whether resolving `value` can change it: it holds a reference or an escaped `$${`.
+pub fn needs_resolution(value: &str) -> bool {
+    value.contains("${")
+}
+
 /// Splits a value into literal text and references, checking every reference's syntax.
 /// Adjacent literal text is merged; an empty value gives no segments.
-pub fn parse(value: &str) -> Result<Vec<Segment>, RefError> {
+pub fn parse(value: &str) -> Result<Vec<Segment>, SyntaxError> {
     let mut segments = Vec::new();
     let mut literal = Zeroizing::new(String::new());
-    let mut rest = value;
-    while let Some(dollar) = rest.find('$') {
-        literal.push_str(&rest[..dollar]);
-        let from_dollar = &rest[dollar..];
-        if let Some(after) = from_dollar.strip_prefix("$${") {
+    let mut pos = 0;
+    while let Some(dollar) = value[pos..].find('$').map(|d| pos + d) {
+        literal.push_str(&value[pos..dollar]);
+        let from_dollar = &value[dollar..];
+        if from_dollar.starts_with("$${") {
             literal.push_str("${");
-            rest = after;
+            pos = dollar + 3;
         } else if let Some(after) = from_dollar.strip_prefix("${") {
             let Some(close) = after.find('}') else {
-                return Err(RefError::Syntax {
-                    reference: format!("${{{}", quotable(after, false)),
-                    message: "missing the closing `}`".to_owned(),
+                return Err(SyntaxError {
+                    offset: dollar,
+                    problem: "`${` without a closing `}`",
                 });
             };
-            let reference = parse_reference(&after[..close])?;
+            let reference = parse_reference(dollar, &after[..close])?;
             if !literal.is_empty() {
                 segments.push(Segment::Literal(Zeroizing::new(std::mem::take(
                     &mut *literal,
                 ))));
             }
             segments.push(Segment::Ref(reference));
-            rest = &after[close + 1..];
+            pos = dollar + 2 + close + 1;
         } else {
             literal.push('$');
-            rest = &from_dollar[1..];
+            pos = dollar + 1;
         }
     }
-    literal.push_str(rest);
+    literal.push_str(&value[pos..]);
     if !literal.is_empty() {
         segments.push(Segment::Literal(literal));
     }
     Ok(segments)
 }
 
-fn is_reference_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')
-}
-
-/// Reference text fit to quote in an error: as written when it is short and on one line (and,
-/// after an unterminated `${`, made only of reference characters); otherwise its leading run of
-/// reference characters and `…`, so that a stray `${` cannot pull the rest of a value into an
-/// error.
-fn quotable(text: &str, terminated: bool) -> String {
-    let name_len = text
-        .find(|c: char| !is_reference_char(c))
-        .unwrap_or(text.len());
-    let fits = text.len() <= MAX_QUOTED_LEN
-        && if terminated {
-            !text.contains(char::is_control)
-        } else {
-            name_len == text.len()
-        };
-    if fits {
-        text.to_owned()
-    } else {
-        // Reference characters are ASCII, so any cut within them is a character boundary.
-        format!("{}…", &text[..name_len.min(MAX_QUOTED_LEN)])
-    }
-}
-
-/// Parses the text inside `${}`.
-fn parse_reference(raw: &str) -> Result<Reference, RefError> {
-    let syntax = |message: &str| RefError::Syntax {
-        reference: format!("${{{}}}", quotable(raw, true)),
-        message: message.to_owned(),
-    };
+/// Parses the text inside `${}`, which starts at byte `offset` of its value.
+fn parse_reference(offset: usize, raw: &str) -> Result<Reference, SyntaxError> {
+    let syntax = |problem: &'static str| SyntaxError { offset, problem };
     if raw.is_empty() {
         return Err(syntax("the reference is empty"));
     }
@@ -271,7 +286,7 @@ fn parse_reference(raw: &str) -> Result<Reference, RefError> {
         ));
     }
     Ok(Reference {
-        raw: raw.to_owned(),
+        offset,
         project: project.map(str::to_owned),
         env: env.map(str::to_owned),
         key: key.to_owned(),
@@ -300,36 +315,70 @@ fn is_key(text: &str) -> bool {
 /// environment are served from `values` (a missing key is [`RefError::NotFound`]); other places
 /// come through `lookup`, and their own references are resolved relative to their place (a
 /// `${KEY}` inside prod's `DB` means prod's `KEY`). Each place is fetched and resolved at most
-/// once per call. The first error fails the whole call.
+/// once per call. Values without references are returned as they are. The first error fails
+/// the whole call.
 pub async fn resolve_all<L: Lookup + Send>(
     origin_project: &str,
     origin_env: &str,
     values: &BTreeMap<String, SecretString>,
     lookup: &mut L,
+    limits: Limits,
 ) -> Result<BTreeMap<String, SecretString>, RefError> {
-    let mut resolver = Resolver::new(origin_project, origin_env, values, lookup);
+    let mut resolver = Resolver::new(origin_project, origin_env, values, lookup, limits, false);
+    let mut out = BTreeMap::new();
     for (key, raw) in values {
-        let place = Place::new(origin_project, origin_env, key.as_str());
-        resolver.resolve(place, raw.expose_secret()).await?;
+        let value = if needs_resolution(raw.expose_secret()) {
+            let place = Place::new(origin_project, origin_env, key.as_str());
+            resolver.resolve(place, raw.expose_secret()).await?
+        } else {
+            raw.clone()
+        };
+        out.insert(key.clone(), value);
     }
-    Ok(resolver
-        .done
-        .into_iter()
-        .filter(|(place, _)| place.same_env(origin_project, origin_env))
-        .map(|(place, resolved)| (place.key, resolved.value))
-        .collect())
+    Ok(out)
 }
 
-/// Resolves one value found (or about to be stored) at `place`; `same_env` holds the raw values
-/// of `place`'s environment. Same rules as [`resolve_all`].
+/// Resolves one value found at `place`; `same_env` holds the raw values of `place`'s
+/// environment. Same rules as [`resolve_all`].
 pub async fn resolve_one<L: Lookup + Send>(
     place: &Place,
     raw: &SecretString,
     same_env: &BTreeMap<String, SecretString>,
     lookup: &mut L,
+    limits: Limits,
 ) -> Result<SecretString, RefError> {
-    let mut resolver = Resolver::new(&place.project, &place.env, same_env, lookup);
+    let mut resolver = Resolver::new(&place.project, &place.env, same_env, lookup, limits, false);
     resolver.resolve(place.clone(), raw.expose_secret()).await
+}
+
+/// Checks values about to be written, before they are stored: `same_env` holds the
+/// environment's values as they will be after the write, `written` the keys being written.
+///
+/// Each written value must parse, and the chain of references it starts must have no cycle,
+/// stay within [`MAX_DEPTH`] and [`Limits`], and name secrets that exist. A place the writer
+/// may not read (`LookupError::Forbidden` or `Hidden`) is not followed and not reported: the
+/// reference is resolved with each reader's own permissions, and the writer learns nothing
+/// about it. Nothing resolved leaves this function.
+pub async fn check_written<L: Lookup + Send>(
+    project: &str,
+    env: &str,
+    same_env: &BTreeMap<String, SecretString>,
+    written: &[&str],
+    lookup: &mut L,
+    limits: Limits,
+) -> Result<(), RefError> {
+    let mut resolver = Resolver::new(project, env, same_env, lookup, limits, true);
+    for &key in written {
+        let Some(raw) = same_env.get(key) else {
+            continue;
+        };
+        if needs_resolution(raw.expose_secret()) {
+            resolver
+                .resolve(Place::new(project, env, key), raw.expose_secret())
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 struct Resolved {
@@ -364,8 +413,22 @@ struct Resolver<'a, L> {
     env: &'a str,
     same_env: &'a BTreeMap<String, SecretString>,
     lookup: &'a mut L,
+    limits: Limits,
+    /// Checking a write: places the caller may not read stand for an empty value.
+    skip_unreadable: bool,
     /// Every place resolved so far in this call.
     done: HashMap<Place, Resolved>,
+    /// Bytes written into resolved values so far in this call.
+    bytes: usize,
+    /// References substituted so far in this call.
+    references: usize,
+}
+
+/// What fetching a referenced place gave.
+enum Fetched {
+    Segments(Vec<Segment>),
+    /// A place the writer may not read, while checking a write.
+    Opaque,
 }
 
 impl<'a, L: Lookup + Send> Resolver<'a, L> {
@@ -374,13 +437,19 @@ impl<'a, L: Lookup + Send> Resolver<'a, L> {
         env: &'a str,
         same_env: &'a BTreeMap<String, SecretString>,
         lookup: &'a mut L,
+        limits: Limits,
+        skip_unreadable: bool,
     ) -> Self {
         Self {
             project,
             env,
             same_env,
             lookup,
+            limits,
+            skip_unreadable,
             done: HashMap::new(),
+            bytes: 0,
+            references: 0,
         }
     }
 
@@ -400,31 +469,50 @@ impl<'a, L: Lookup + Send> Resolver<'a, L> {
                     "reference resolution lost its place".to_owned(),
                 ));
             };
-            let (target, reference) = match frame.segments.get(frame.next) {
+            let (target, offset) = match frame.segments.get(frame.next) {
                 None => {
-                    if let Some(value) = self.finish(&mut stack) {
+                    if let Some(value) = self.finish(&root, &mut stack)? {
                         return Ok(value);
                     }
                     continue;
                 }
                 Some(Segment::Literal(text)) => {
-                    frame.out.push_str(text);
+                    append(
+                        &self.limits,
+                        &mut self.bytes,
+                        &root,
+                        (&frame.place, &mut frame.out),
+                        text,
+                    )?;
                     frame.next += 1;
                     continue;
                 }
-                Some(Segment::Ref(reference)) => (reference.place(&frame.place), reference),
+                Some(Segment::Ref(reference)) => (reference.place(&frame.place), reference.offset),
             };
+            self.references += 1;
+            if self.references > self.limits.max_references {
+                return Err(RefError::TooManyReferences {
+                    place: root.clone(),
+                    max_references: self.limits.max_references,
+                });
+            }
             if let Some(done) = self.done.get(&target) {
                 // Already resolved, but the chain through it still counts towards the depth.
                 if depth + done.height > MAX_DEPTH {
                     return Err(too_deep(&root));
                 }
-                frame.out.push_str(done.value.expose_secret());
+                let value = done.value.expose_secret();
+                append(
+                    &self.limits,
+                    &mut self.bytes,
+                    &root,
+                    (&frame.place, &mut frame.out),
+                    value,
+                )?;
                 frame.height = frame.height.max(done.height + 1);
                 frame.next += 1;
                 continue;
             }
-            let reference = reference.to_string();
             let from = frame.place.clone();
             if let Some(start) = stack.iter().position(|f| f.place == target) {
                 let mut path: Vec<Place> = stack[start..].iter().map(|f| f.place.clone()).collect();
@@ -434,19 +522,46 @@ impl<'a, L: Lookup + Send> Resolver<'a, L> {
             if depth > MAX_DEPTH {
                 return Err(too_deep(&root));
             }
-            let segments = self.fetch(&target, reference, from).await?;
-            stack.push(Frame::new(target, segments));
+            match self.fetch(&target, from, offset).await? {
+                Fetched::Segments(segments) => stack.push(Frame::new(target, segments)),
+                Fetched::Opaque => {
+                    // Stands for nothing, and is not followed further.
+                    self.done.insert(
+                        target,
+                        Resolved {
+                            value: SecretString::from(String::new()),
+                            height: 0,
+                        },
+                    );
+                    if let Some(frame) = stack.last_mut() {
+                        frame.next += 1;
+                    }
+                }
+            }
         }
     }
 
     /// Pops the finished top frame into `done` and hands its value to the frame below; returns
     /// the value when it was the root.
-    fn finish(&mut self, stack: &mut Vec<Frame>) -> Option<SecretString> {
-        let finished = stack.pop()?;
+    fn finish(
+        &mut self,
+        root: &Place,
+        stack: &mut Vec<Frame>,
+    ) -> Result<Option<SecretString>, RefError> {
+        let Some(finished) = stack.pop() else {
+            return Ok(None);
+        };
         let value = SecretString::from(finished.out.as_str());
         let root_value = match stack.last_mut() {
             Some(parent) => {
-                parent.out.push_str(value.expose_secret());
+                let text = value.expose_secret();
+                append(
+                    &self.limits,
+                    &mut self.bytes,
+                    root,
+                    (&parent.place, &mut parent.out),
+                    text,
+                )?;
                 parent.height = parent.height.max(finished.height + 1);
                 parent.next += 1;
                 None
@@ -460,7 +575,7 @@ impl<'a, L: Lookup + Send> Resolver<'a, L> {
                 height: finished.height,
             },
         );
-        root_value
+        Ok(root_value)
     }
 
     /// The parsed raw value at `target`: from `same_env` for the environment being resolved,
@@ -468,32 +583,60 @@ impl<'a, L: Lookup + Send> Resolver<'a, L> {
     async fn fetch(
         &mut self,
         target: &Place,
-        reference: String,
         from: Place,
-    ) -> Result<Vec<Segment>, RefError> {
+        offset: usize,
+    ) -> Result<Fetched, RefError> {
         if target.same_env(self.project, self.env) {
             return match self.same_env.get(&target.key) {
-                Some(raw) => parse_at(target, raw.expose_secret()),
-                None => Err(RefError::NotFound { reference, from }),
+                Some(raw) => parse_at(target, raw.expose_secret()).map(Fetched::Segments),
+                None => Err(RefError::NotFound { from, offset }),
             };
         }
         match self.lookup.raw_value(target).await {
-            Ok(Some(raw)) => parse_at(target, raw.expose_secret()),
-            Ok(None) => Err(RefError::NotFound { reference, from }),
-            Err(LookupError::Forbidden) => Err(RefError::Forbidden { reference, from }),
+            Ok(Some(raw)) => parse_at(target, raw.expose_secret()).map(Fetched::Segments),
+            Ok(None) => Err(RefError::NotFound { from, offset }),
+            Err(LookupError::Forbidden | LookupError::Hidden) if self.skip_unreadable => {
+                Ok(Fetched::Opaque)
+            }
+            Err(LookupError::Forbidden) => Err(RefError::Forbidden { from, offset }),
+            // What the caller may not see does not exist for them.
+            Err(LookupError::Hidden) => Err(RefError::NotFound { from, offset }),
             Err(LookupError::Internal(message)) => Err(RefError::Lookup(message)),
         }
     }
 }
 
+/// Appends `text` to the value being built at `place`, within the limits: checked before
+/// anything is copied, so nothing grows past them.
+fn append(
+    limits: &Limits,
+    bytes: &mut usize,
+    root: &Place,
+    (place, out): (&Place, &mut Zeroizing<String>),
+    text: &str,
+) -> Result<(), RefError> {
+    if out.len() + text.len() > limits.max_value_bytes {
+        return Err(RefError::ValueTooLarge {
+            place: place.clone(),
+            max_bytes: limits.max_value_bytes,
+        });
+    }
+    if *bytes + text.len() > limits.max_total_bytes {
+        return Err(RefError::TooManyBytes {
+            place: root.clone(),
+            max_bytes: limits.max_total_bytes,
+        });
+    }
+    *bytes += text.len();
+    out.push_str(text);
+    Ok(())
+}
+
 /// [`parse`], saying in a syntax error whose value held the reference.
 fn parse_at(place: &Place, raw: &str) -> Result<Vec<Segment>, RefError> {
-    parse(raw).map_err(|err| match err {
-        RefError::Syntax { reference, message } => RefError::Syntax {
-            reference,
-            message: format!("{message} (in the value of {place})"),
-        },
-        other => other,
+    parse(raw).map_err(|error| RefError::Syntax {
+        place: place.clone(),
+        error,
     })
 }
 
@@ -514,11 +657,19 @@ mod tests {
 
     const SECRET: &str = "s3cr3t-VALUE-9f";
 
-    /// Other environments' raw values; answers Forbidden for chosen places and counts calls.
+    const LIMITS: Limits = Limits {
+        max_value_bytes: 64 * 1024,
+        max_total_bytes: 1024 * 1024,
+        max_references: 1000,
+    };
+
+    /// Other environments' raw values; answers Forbidden or Hidden for chosen places and
+    /// counts calls.
     #[derive(Default)]
     struct MemLookup {
         values: HashMap<Place, String>,
         forbidden: HashSet<Place>,
+        hidden: HashSet<Place>,
         failing: bool,
         calls: HashMap<Place, usize>,
     }
@@ -531,6 +682,11 @@ mod tests {
 
         fn forbid(mut self, place: &str) -> Self {
             self.forbidden.insert(place_of(place));
+            self
+        }
+
+        fn hide(mut self, place: &str) -> Self {
+            self.hidden.insert(place_of(place));
             self
         }
 
@@ -549,6 +705,8 @@ mod tests {
                 Err(LookupError::Internal("database unavailable".to_owned()))
             } else if self.forbidden.contains(place) {
                 Err(LookupError::Forbidden)
+            } else if self.hidden.contains(place) {
+                Err(LookupError::Hidden)
             } else {
                 Ok(self
                     .values
@@ -581,7 +739,15 @@ mod tests {
         pairs: &[(&str, &str)],
         lookup: &mut MemLookup,
     ) -> Result<Vec<(String, String)>, RefError> {
-        let resolved = resolve_all("app", "dev", &env_values(pairs), lookup).await?;
+        resolve_dev_with(pairs, lookup, LIMITS).await
+    }
+
+    async fn resolve_dev_with(
+        pairs: &[(&str, &str)],
+        lookup: &mut MemLookup,
+        limits: Limits,
+    ) -> Result<Vec<(String, String)>, RefError> {
+        let resolved = resolve_all("app", "dev", &env_values(pairs), lookup, limits).await?;
         Ok(resolved
             .into_iter()
             .map(|(k, v)| (k, v.expose_secret().to_owned()))
@@ -606,13 +772,13 @@ mod tests {
         }
     }
 
-    fn syntax_error(value: &str) -> (String, String) {
+    /// The offset and problem of a value that must not parse; the error leaks no value.
+    fn syntax_error(value: &str) -> (usize, &'static str) {
         let err = parse(value).unwrap_err();
-        assert_no_value(&err);
-        match err {
-            RefError::Syntax { reference, message } => (reference, message),
-            other => panic!("expected a syntax error, got {other:?}"),
+        for text in [err.to_string(), format!("{err:?}")] {
+            assert!(!text.contains(SECRET), "{text}");
         }
+        (err.offset, err.problem)
     }
 
     #[tokio::test]
@@ -768,23 +934,31 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_missing_key_is_not_found_naming_the_reference() {
+    async fn a_missing_key_is_not_found_naming_the_place_and_offset_only() {
         let mut lookup = MemLookup::default();
-        let err = resolve_error(&[("A", &format!("{SECRET}${{MISSING}}"))], &mut lookup).await;
+        let value = format!("{SECRET}${{MISSING_Tr0ub4dor}}");
+        let err = resolve_error(&[("A", &value)], &mut lookup).await;
         assert_eq!(
             err,
             RefError::NotFound {
-                reference: "${MISSING}".to_owned(),
                 from: place_of("app/dev/A"),
+                offset: SECRET.len(),
             }
         );
         assert_eq!(
             err.to_string(),
-            "`${MISSING}` in app/dev/A refers to a secret that does not exist"
+            format!(
+                "the reference at byte {} of app/dev/A names a secret that does not exist",
+                SECRET.len()
+            )
         );
+        assert!(!format!("{err} {err:?}").contains("Tr0ub4dor"));
+        // A hidden environment is reported as missing, not as forbidden.
+        let mut lookup = MemLookup::default().hide("app/prod/GONE");
         let err = resolve_error(&[("A", "${prod.GONE}")], &mut lookup).await;
         assert!(
-            matches!(err, RefError::NotFound { ref reference, .. } if reference == "${prod.GONE}")
+            matches!(err, RefError::NotFound { offset: 0, .. }),
+            "{err:?}"
         );
     }
 
@@ -798,8 +972,8 @@ mod tests {
         assert_eq!(
             err,
             RefError::Forbidden {
-                reference: "${secret.vault.KEY}".to_owned(),
                 from: place_of("app/prod/OK"),
+                offset: 0,
             }
         );
     }
@@ -926,43 +1100,42 @@ mod tests {
     }
 
     #[test]
-    fn syntax_errors_name_the_reference() {
-        let (reference, message) = syntax_error(&format!("{SECRET}${{}}"));
-        assert_eq!(reference, "${}");
-        assert_eq!(message, "the reference is empty");
-        let (reference, message) = syntax_error(&format!("{SECRET} ${{a..b}}"));
-        assert_eq!(reference, "${a..b}");
-        assert!(
-            message.starts_with("the environment must be a slug"),
-            "{message}"
+    fn syntax_errors_give_the_offset_and_the_problem() {
+        let n = SECRET.len();
+        assert_eq!(
+            syntax_error(&format!("{SECRET}${{}}")),
+            (n, "the reference is empty")
         );
-        let (reference, message) = syntax_error(&format!("${{Bad Slug.KEY}}{SECRET}"));
-        assert_eq!(reference, "${Bad Slug.KEY}");
+        let (offset, problem) = syntax_error(&format!("{SECRET} ${{a..b}}"));
+        assert_eq!(offset, n + 1);
         assert!(
-            message.starts_with("the environment must be a slug"),
-            "{message}"
+            problem.starts_with("the environment must be a slug"),
+            "{problem}"
         );
-        let (reference, message) = syntax_error("${KEY");
-        assert_eq!(reference, "${KEY");
-        assert_eq!(message, "missing the closing `}`");
-        let (reference, _) = syntax_error("${Prod.dev.KEY}");
-        assert_eq!(reference, "${Prod.dev.KEY}");
-        let (_, message) = syntax_error("${dev.9KEY}");
-        assert!(message.starts_with("the key must start with"), "{message}");
-        let (_, message) = syntax_error("${dev.}");
-        assert!(message.starts_with("the key must start with"), "{message}");
-        let (_, message) = syntax_error("${.KEY}");
+        let (offset, problem) = syntax_error(&format!("${{Bad Slug.KEY}}{SECRET}"));
+        assert_eq!(offset, 0);
         assert!(
-            message.starts_with("the environment must be a slug"),
-            "{message}"
+            problem.starts_with("the environment must be a slug"),
+            "{problem}"
         );
-        let (_, message) = syntax_error(&format!("${{{}.KEY}}", "a".repeat(64)));
+        assert_eq!(syntax_error("ab${KEY"), (2, "`${` without a closing `}`"));
+        assert_eq!(syntax_error("$${ok} ${Prod.dev.KEY}").0, 7);
+        let (_, problem) = syntax_error("${dev.9KEY}");
+        assert!(problem.starts_with("the key must start with"), "{problem}");
+        let (_, problem) = syntax_error("${dev.}");
+        assert!(problem.starts_with("the key must start with"), "{problem}");
+        let (_, problem) = syntax_error("${.KEY}");
         assert!(
-            message.starts_with("the environment must be a slug"),
-            "{message}"
+            problem.starts_with("the environment must be a slug"),
+            "{problem}"
         );
-        let (_, message) = syntax_error(&format!("${{{}}}", "K".repeat(257)));
-        assert!(message.starts_with("the key must start with"), "{message}");
+        let (_, problem) = syntax_error(&format!("${{{}.KEY}}", "a".repeat(64)));
+        assert!(
+            problem.starts_with("the environment must be a slug"),
+            "{problem}"
+        );
+        let (_, problem) = syntax_error(&format!("${{{}}}", "K".repeat(257)));
+        assert!(problem.starts_with("the key must start with"), "{problem}");
         assert!(
             parse(&format!(
                 "${{{}.{}.{}}}",
@@ -972,16 +1145,31 @@ mod tests {
             ))
             .is_ok()
         );
+        // Offsets count bytes, also after multi-byte text.
+        assert_eq!(syntax_error("🔑${").0, 4);
     }
 
     #[test]
-    fn syntax_errors_never_quote_the_rest_of_the_value() {
-        let (reference, _) = syntax_error(&format!("${{KEY {SECRET}"));
-        assert_eq!(reference, "${KEY…");
-        let (reference, _) = syntax_error(&format!("${{KEY\n{SECRET}}}"));
-        assert_eq!(reference, "${KEY…}");
-        let (reference, _) = syntax_error(&format!("${{{}{SECRET}}}", "x ".repeat(200)));
-        assert_eq!(reference, "${x…}");
+    fn syntax_errors_never_quote_any_of_the_value() {
+        // A generated password with a stray `${`: nothing after it, nor before, is quoted.
+        for value in [
+            format!("${{KEY {SECRET}"),
+            format!("${{KEY\n{SECRET}}}"),
+            format!("{SECRET}${{{}{SECRET}}}", "x ".repeat(200)),
+            format!("pa${{{SECRET}"),
+        ] {
+            let err = parse_at(&place_of("app/dev/PASSWORD"), &value).unwrap_err();
+            let text = err.to_string();
+            assert_no_value(&err);
+            assert!(!text.contains("KEY") && !text.contains("x x"), "{text}");
+            assert!(
+                text.starts_with(
+                    "the value of app/dev/PASSWORD holds an invalid reference at byte "
+                ),
+                "{text}"
+            );
+            assert!(text.ends_with("(write `$${` for a literal `${`)"), "{text}");
+        }
     }
 
     #[tokio::test]
@@ -990,7 +1178,11 @@ mod tests {
         let err = resolve_error(&[("A", "${prod.B}")], &mut lookup).await;
         assert_eq!(
             err.to_string(),
-            "invalid reference `${`: missing the closing `}` (in the value of app/prod/B)"
+            format!(
+                "the value of app/prod/B holds an invalid reference at byte {}: `${{` without a \
+                 closing `}}` (write `$${{` for a literal `${{`)",
+                SECRET.len()
+            )
         );
     }
 
@@ -1029,13 +1221,13 @@ mod tests {
         let stored = env_values(&[("A", "a"), ("B", "${NEW}")]);
         let place = place_of("app/dev/NEW");
         let value = SecretString::from("${A}+${prod.P}");
-        let resolved = resolve_one(&place, &value, &stored, &mut lookup)
+        let resolved = resolve_one(&place, &value, &stored, &mut lookup, LIMITS)
             .await
             .unwrap();
         assert_eq!(resolved.expose_secret(), "a+p");
         // A new value that would close a cycle through the stored ones.
         let value = SecretString::from(format!("{SECRET}${{B}}"));
-        let err = resolve_one(&place, &value, &stored, &mut lookup)
+        let err = resolve_one(&place, &value, &stored, &mut lookup, LIMITS)
             .await
             .unwrap_err();
         assert_no_value(&err);
@@ -1046,12 +1238,19 @@ mod tests {
     }
 
     #[test]
-    fn segment_debug_redacts_literals() {
-        let segments = parse(&format!("{SECRET}${{dev.KEY}}")).unwrap();
+    fn segment_debug_shows_no_text_of_the_value() {
+        let segments = parse(&format!("{SECRET}${{dev.KEY_Tr0ub4dor}}")).unwrap();
         let debug = format!("{segments:?}");
         assert!(!debug.contains(SECRET), "{debug}");
         assert!(debug.contains("Literal([REDACTED])"), "{debug}");
-        assert!(debug.contains("dev.KEY"), "{debug}");
+        assert!(
+            !debug.contains("Tr0ub4dor") && !debug.contains("dev"),
+            "{debug}"
+        );
+        assert!(
+            debug.contains(&format!("offset: {}", SECRET.len())),
+            "{debug}"
+        );
     }
 
     #[test]
@@ -1059,9 +1258,178 @@ mod tests {
         fn assert_send<T: Send>(_: &T) {}
         let values = BTreeMap::new();
         let mut lookup = MemLookup::default();
-        assert_send(&resolve_all("app", "dev", &values, &mut lookup));
+        assert_send(&resolve_all("app", "dev", &values, &mut lookup, LIMITS));
         let place = place_of("app/dev/A");
         let raw = SecretString::from("x");
-        assert_send(&resolve_one(&place, &raw, &values, &mut lookup));
+        assert_send(&resolve_one(&place, &raw, &values, &mut lookup, LIMITS));
+        assert_send(&check_written(
+            "app",
+            "dev",
+            &values,
+            &["A"],
+            &mut lookup,
+            LIMITS,
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_fan_out_stops_at_the_value_limit_before_copying_past_it() {
+        // The shape of the attack: C is a full value, B repeats it 16,384 times, A repeats B.
+        let c = "c".repeat(64 * 1024);
+        let b = "${C}".repeat(16 * 1024);
+        let a = "${B}".repeat(16 * 1024);
+        let mut lookup = MemLookup::default();
+        let err = resolve_error(&[("A", &a), ("B", &b), ("C", &c)], &mut lookup).await;
+        assert_eq!(
+            err,
+            RefError::ValueTooLarge {
+                place: place_of("app/dev/B"),
+                max_bytes: 64 * 1024,
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "the value of app/dev/B is over 64 KiB once its references are resolved"
+        );
+        // Exactly at the limit is fine.
+        let half = "h".repeat(32 * 1024);
+        let resolved = resolve_dev(&[("A", "${H}${H}"), ("H", &half)], &mut lookup)
+            .await
+            .unwrap();
+        assert_eq!(resolved[0].1.len(), 64 * 1024);
+    }
+
+    #[tokio::test]
+    async fn the_bytes_one_call_resolves_are_bounded_however_they_are_spread() {
+        let limits = Limits {
+            max_total_bytes: 10_000,
+            ..LIMITS
+        };
+        let b = "b".repeat(3_000);
+        let mut lookup = MemLookup::default();
+        let pairs = [
+            ("B", b.as_str()),
+            ("D1", "${B}"),
+            ("D2", "${B}"),
+            ("D3", "${B}"),
+            ("D4", "${B}"),
+        ];
+        let err = resolve_dev_with(&pairs, &mut lookup, limits)
+            .await
+            .unwrap_err();
+        // B is plain and not built as a root; B's value built for D1 (3,000), then D1 (3,000)
+        // and D2 (3,000) make 9,000, and D3 goes over.
+        assert_eq!(
+            err,
+            RefError::TooManyBytes {
+                place: place_of("app/dev/D3"),
+                max_bytes: 10_000,
+            }
+        );
+        assert!(
+            resolve_dev_with(&pairs[..3], &mut lookup, limits)
+                .await
+                .is_ok()
+        );
+        // Values without references are not built, and cost nothing.
+        let big = "p".repeat(20_000);
+        let plain = [("P", big.as_str()), ("Q", big.as_str()), ("R", "$${R}")];
+        assert!(resolve_dev_with(&plain, &mut lookup, limits).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn the_references_one_call_substitutes_are_bounded() {
+        let limits = Limits {
+            max_references: 10,
+            ..LIMITS
+        };
+        let mut lookup = MemLookup::default();
+        let ten = "${E}".repeat(10);
+        assert!(
+            resolve_dev_with(&[("A", &ten), ("E", "")], &mut lookup, limits)
+                .await
+                .is_ok()
+        );
+        let eleven = "${E}".repeat(11);
+        let err = resolve_dev_with(&[("A", &eleven), ("E", "")], &mut lookup, limits)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            RefError::TooManyReferences {
+                place: place_of("app/dev/A"),
+                max_references: 10,
+            }
+        );
+    }
+
+    async fn check(
+        pairs: &[(&str, &str)],
+        written: &[&str],
+        lookup: &mut MemLookup,
+    ) -> Result<(), RefError> {
+        let values = env_values(pairs);
+        let result = check_written("app", "dev", &values, written, lookup, LIMITS).await;
+        if let Err(err) = &result {
+            assert_no_value(err);
+        }
+        result
+    }
+
+    #[tokio::test]
+    async fn a_write_is_checked_against_the_values_it_writes_with() {
+        let mut lookup = MemLookup::default()
+            .with("app/prod/P", "p")
+            .forbid("app/vault/K")
+            .hide("other/prod/K");
+        // Targets written in the same request count; unreadable places are not followed.
+        check(
+            &[
+                ("A", "${B}-${prod.P}-${vault.K}-${other.prod.K}"),
+                ("B", "b"),
+            ],
+            &["A", "B"],
+            &mut lookup,
+        )
+        .await
+        .unwrap();
+        // A missing target where the writer can look is refused, naming the place.
+        let err = check(&[("A", "x${prod.MISSING}")], &["A"], &mut lookup)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            RefError::NotFound {
+                from: place_of("app/dev/A"),
+                offset: 1,
+            }
+        );
+        let err = check(&[("A", "${NOPE}")], &["A"], &mut lookup)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RefError::NotFound { .. }), "{err:?}");
+        // A cycle closed by the request itself.
+        let err = check(&[("A", "${B}"), ("B", "${A}")], &["B"], &mut lookup)
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_string(), "reference cycle: dev/B -> dev/A -> dev/B");
+        // An unescaped `${` is refused; the escape is accepted.
+        let err = check(&[("PW", &format!("{SECRET}${{"))], &["PW"], &mut lookup)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RefError::Syntax { .. }), "{err:?}");
+        check(&[("PW", &format!("{SECRET}$${{"))], &["PW"], &mut lookup)
+            .await
+            .unwrap();
+        // Too large once resolved.
+        let half = "h".repeat(40 * 1024);
+        let err = check(&[("A", "${H}${H}"), ("H", &half)], &["A"], &mut lookup)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RefError::ValueTooLarge { .. }), "{err:?}");
+        // Only the written values are checked.
+        check(&[("OLD", "${GONE}"), ("NEW", "n")], &["NEW"], &mut lookup)
+            .await
+            .unwrap();
     }
 }

@@ -352,14 +352,30 @@ pub async fn set_policy(
     Ok(())
 }
 
+/// A page of the project's grants: `limit` after the first `offset`.
 pub async fn grants(
     state: &AppState,
     principal: &Principal,
     org: &str,
     project: &str,
+    offset: i64,
+    limit: i64,
 ) -> ApiResult<Vec<GrantRow>> {
     let ctx = tenancy::project(state, principal, org, project, Action::ProjectRead).await?;
-    Ok(db::projects::grants(state.db.pool(), ctx.project.id).await?)
+    Ok(db::projects::grants(state.db.pool(), ctx.project.id, offset, limit).await?)
+}
+
+/// A page of the project's environments, in order: `limit` after the first `offset`.
+pub async fn environments(
+    state: &AppState,
+    principal: &(impl Subject + Sync),
+    org: &str,
+    project: &str,
+    offset: i64,
+    limit: i64,
+) -> ApiResult<Vec<EnvironmentRow>> {
+    let ctx = tenancy::project(state, principal, org, project, Action::ProjectRead).await?;
+    Ok(db::projects::environments_page(state.db.pool(), ctx.project.id, offset, limit).await?)
 }
 
 /// Gives an organization member a project role (or changes it).

@@ -317,11 +317,13 @@ async fn current_values(
 }
 
 /// Reads referenced places for the resolver, checking the caller may read each environment.
+/// Only the referenced secret is fetched and decrypted, never a whole environment, so what a
+/// resolution loads is bounded by what it substitutes.
 struct OrgLookup<'a> {
     state: &'a AppState,
     principal: &'a Caller,
     org: &'a str,
-    envs: HashMap<(String, String), Result<BTreeMap<String, SecretString>, LookupError>>,
+    envs: HashMap<(String, String), Result<EnvCtx, LookupError>>,
     /// The environments read through references, and which of their keys: audited after.
     read: BTreeMap<(String, String), (ProjectId, EnvironmentId, BTreeSet<String>)>,
 }
@@ -362,44 +364,64 @@ impl Lookup for OrgLookup<'_> {
                 project: &place.project,
                 env: &place.env,
             };
-            let loaded =
+            let ctx =
                 match tenancy::environment(self.state, self.principal, path, Action::SecretsRead)
                     .await
                 {
-                    Ok(ctx) => {
-                        self.read.insert(
-                            at.clone(),
-                            (ctx.project.project.id, ctx.env.id, BTreeSet::new()),
-                        );
-                        current_values(self.state, &ctx)
-                            .await
-                            .map(|m| m.into_iter().map(|(k, v)| (k, v.value)).collect())
-                            .map_err(|e| LookupError::Internal(e.to_string()))
-                    }
-                    // What the caller may not see does not exist for them.
-                    Err(ApiError::NotFound { .. }) => Ok(BTreeMap::new()),
+                    Ok(ctx) => Ok(ctx),
+                    Err(ApiError::NotFound { .. }) => Err(LookupError::Hidden),
                     Err(ApiError::Forbidden { .. }) => Err(LookupError::Forbidden),
                     Err(e) => Err(LookupError::Internal(e.to_string())),
                 };
-            self.envs.insert(at.clone(), loaded);
+            self.envs.insert(at.clone(), ctx);
         }
-        match &self.envs[&at] {
-            Ok(values) => {
-                let value = values.get(&place.key).cloned();
-                if let (Some(_), Some((_, _, keys))) = (&value, self.read.get_mut(&at)) {
-                    keys.insert(place.key.clone());
-                }
-                Ok(value)
-            }
-            Err(LookupError::Forbidden) => Err(LookupError::Forbidden),
-            Err(LookupError::Internal(e)) => Err(LookupError::Internal(e.clone())),
+        let ctx = match &self.envs[&at] {
+            Ok(ctx) => ctx.clone(),
+            Err(e) => return Err(e.clone()),
+        };
+        let internal = |e: ApiError| LookupError::Internal(e.to_string());
+        let row = db::secrets::one(self.state.db.pool(), ctx.env.id, &place.key, None)
+            .await
+            .map_err(|e| internal(e.into()))?
+            .filter(|r| r.deleted_at.is_none());
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let value = open_rows(self.state, &ctx, vec![row])
+            .await
+            .map_err(internal)?
+            .pop()
+            .map(|s| s.value);
+        if value.is_some() {
+            self.read
+                .entry(at)
+                .or_insert_with(|| (ctx.project.project.id, ctx.env.id, BTreeSet::new()))
+                .2
+                .insert(place.key.clone());
         }
+        Ok(value)
+    }
+}
+
+/// The limits of one request's reference resolution.
+fn limits(state: &AppState) -> references::Limits {
+    references::Limits {
+        max_value_bytes: MAX_VALUE_BYTES,
+        max_total_bytes: usize::try_from(state.config.max_resolved_bytes).unwrap_or(usize::MAX),
+        max_references: usize::try_from(state.config.max_resolved_references).unwrap_or(usize::MAX),
     }
 }
 
 fn reference_error(e: references::RefError) -> ApiError {
+    use references::RefError;
     match e {
-        references::RefError::Lookup(cause) => ApiError::internal(anyhow::anyhow!(cause)),
+        RefError::Lookup(cause) => ApiError::internal(anyhow::anyhow!(cause)),
+        e @ RefError::ValueTooLarge { .. } => {
+            ApiError::validation("resolved_value_too_large", e.to_string())
+        }
+        e @ (RefError::TooManyBytes { .. } | RefError::TooManyReferences { .. }) => {
+            ApiError::validation("resolution_limit_exceeded", e.to_string())
+        }
         other => ApiError::validation("reference_error", other.to_string()),
     }
 }
@@ -412,10 +434,10 @@ async fn resolve(
     ctx: &EnvCtx,
     values: &mut [SecretValue],
 ) -> ApiResult<()> {
-    if !values.iter().any(|v| {
-        references::has_references(v.value.expose_secret())
-            || v.value.expose_secret().contains("$${")
-    }) {
+    if !values
+        .iter()
+        .any(|v| references::needs_resolution(v.value.expose_secret()))
+    {
         return Ok(());
     }
     let raw: BTreeMap<String, SecretString> = values
@@ -423,10 +445,15 @@ async fn resolve(
         .map(|v| (v.key.clone(), v.value.clone()))
         .collect();
     let mut lookup = OrgLookup::new(state, principal, &ctx.project.org.org.slug);
-    let resolved =
-        references::resolve_all(&ctx.project.project.slug, &ctx.env.slug, &raw, &mut lookup)
-            .await
-            .map_err(reference_error)?;
+    let resolved = references::resolve_all(
+        &ctx.project.project.slug,
+        &ctx.env.slug,
+        &raw,
+        &mut lookup,
+        limits(state),
+    )
+    .await
+    .map_err(reference_error)?;
     lookup.audit_reads(meta, ctx.project.org.org.id).await?;
     for v in values.iter_mut() {
         if let Some(r) = resolved.get(&v.key) {
@@ -524,9 +551,15 @@ pub async fn read_one(
             .map(|(k, v)| (k, v.value))
             .collect();
         let mut lookup = OrgLookup::new(state, principal, &ctx.project.org.org.slug);
-        let resolved = references::resolve_one(&place, &values[0].value, &same_env, &mut lookup)
-            .await
-            .map_err(reference_error)?;
+        let resolved = references::resolve_one(
+            &place,
+            &values[0].value,
+            &same_env,
+            &mut lookup,
+            limits(state),
+        )
+        .await
+        .map_err(reference_error)?;
         lookup.audit_reads(meta, ctx.project.org.org.id).await?;
         values[0].value = resolved;
     }
@@ -551,6 +584,61 @@ pub async fn versions(
         .await?
         .ok_or_else(|| ApiError::not_found("secret"))?;
     Ok(db::secrets::versions(state.db.pool(), row.id, before, i64::from(limit) + 1).await?)
+}
+
+/// Checks the references of the values about to be written, taking the environment's other
+/// values and the rest of the request into account (see [`references::check_written`]).
+async fn check_references(
+    state: &AppState,
+    principal: &Caller,
+    ctx: &EnvCtx,
+    current: &BTreeMap<String, SecretValue>,
+    to_write: &[SecretInput],
+) -> ApiResult<()> {
+    if !to_write
+        .iter()
+        .any(|i| references::needs_resolution(i.value.expose_secret()))
+    {
+        return Ok(());
+    }
+    let mut after: BTreeMap<String, SecretString> = current
+        .iter()
+        .map(|(k, v)| (k.clone(), v.value.clone()))
+        .collect();
+    for input in to_write {
+        after.insert(input.key.clone(), input.value.clone());
+    }
+    let written: Vec<&str> = to_write.iter().map(|i| i.key.as_str()).collect();
+    let mut lookup = OrgLookup::new(state, principal, &ctx.project.org.org.slug);
+    references::check_written(
+        &ctx.project.project.slug,
+        &ctx.env.slug,
+        &after,
+        &written,
+        &mut lookup,
+        limits(state),
+    )
+    .await
+    .map_err(reference_error)
+}
+
+fn too_many_secrets(max: i64) -> ApiError {
+    ApiError::validation(
+        "too_many_secrets",
+        format!("an environment holds at most {max} secrets; delete some first"),
+    )
+}
+
+/// Refuses a bulk write or import of more entries than configured, before any other work.
+fn check_entry_count(state: &AppState, entries: usize) -> ApiResult<()> {
+    let max = state.config.max_bulk_entries;
+    if entries > usize::try_from(max).unwrap_or(usize::MAX) {
+        return Err(ApiError::validation(
+            "too_many_entries",
+            format!("a bulk write or import holds at most {max} entries; this one has {entries}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Writes `inputs` in one transaction: creating, updating, and (with `skip_unchanged`) leaving
@@ -599,11 +687,23 @@ async fn upsert(
             }
         }
     }
+    let max_secrets = i64::from(state.config.max_secrets_per_environment);
+    let live = i64::try_from(current.len()).unwrap_or(i64::MAX);
+    let created = i64::try_from(report.created.len()).unwrap_or(i64::MAX);
+    if live.saturating_add(created) > max_secrets {
+        return Err(too_many_secrets(max_secrets));
+    }
+    check_references(state, principal, ctx, &current, &to_write).await?;
     let now = Timestamp::now();
     let mut tx = state.db.begin().await?;
+    db::secrets::lock_environment(&mut *tx, ctx.env.id).await?;
     if !to_write.is_empty() {
         let written =
             write_versions(state, &mut tx, ctx, principal, &to_write, &current, now).await?;
+        // Counted again under the lock: concurrent writers may have added secrets since.
+        if db::secrets::count_live(&mut *tx, ctx.env.id).await? > max_secrets {
+            return Err(too_many_secrets(max_secrets));
+        }
         report.revision = Some(
             db::secrets::bump_revisions(&mut tx, ctx.project.org.org.id, ctx.env.id, now).await?,
         );
@@ -703,6 +803,7 @@ pub async fn bulk_upsert(
     inputs: Vec<SecretInput>,
 ) -> ApiResult<UpsertReport> {
     let ctx = tenancy::environment(state, principal, at, Action::SecretsWrite).await?;
+    check_entry_count(state, inputs.len())?;
     upsert(
         state,
         meta,
@@ -726,6 +827,8 @@ pub async fn delete(
     let ctx = tenancy::environment(state, principal, at, Action::SecretsWrite).await?;
     let now = Timestamp::now();
     let mut tx = state.db.begin().await?;
+    // The same lock order as every write of the environment: environment first, then secrets.
+    db::secrets::lock_environment(&mut *tx, ctx.env.id).await?;
     if !db::secrets::mark_deleted(&mut *tx, ctx.env.id, key, now).await? {
         return Err(ApiError::not_found("secret"));
     }
@@ -749,8 +852,13 @@ pub async fn restore(
     let ctx = tenancy::environment(state, principal, at, Action::SecretsWrite).await?;
     let now = Timestamp::now();
     let mut tx = state.db.begin().await?;
+    db::secrets::lock_environment(&mut *tx, ctx.env.id).await?;
     if !db::secrets::restore(&mut *tx, ctx.env.id, key, now).await? {
         return Err(ApiError::not_found("deleted secret"));
+    }
+    let max_secrets = i64::from(state.config.max_secrets_per_environment);
+    if db::secrets::count_live(&mut *tx, ctx.env.id).await? > max_secrets {
+        return Err(too_many_secrets(max_secrets));
     }
     db::secrets::bump_revisions(&mut tx, ctx.project.org.org.id, ctx.env.id, now).await?;
     audit(meta, principal, &ctx, action::RESTORED)
@@ -815,6 +923,7 @@ pub async fn import(
     let ctx = tenancy::environment(state, principal, at, Action::SecretsWrite).await?;
     let entries = formats::parse(format, body)
         .map_err(|e| ApiError::validation("invalid_file", e.to_string()))?;
+    check_entry_count(state, entries.len())?;
     for entry in &entries {
         check_key(&entry.key).map_err(|_| {
             let line = entry

@@ -116,3 +116,40 @@ db_test!(async fn environment_policies_are_set_shown_and_cleared(app) {
         .assert_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_role");
     app.put(url, Some(&ann.access), json!({ "access": "everything" })).await.assert_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
 });
+
+db_test!(async fn environments_and_project_access_are_listed_in_bounded_pages(app) {
+    let ann = app.register("ann@example.com").await;
+    app.org(&ann, "acme").await;
+    app.project(&ann, "acme", "web").await;
+    let envs = "/api/v1/orgs/acme/projects/web/environments";
+    let first = app.get(&format!("{envs}?limit=2"), Some(&ann.access)).await.json();
+    let slugs = |page: &serde_json::Value| -> Vec<String> { page["items"].as_array().unwrap().iter().map(|e| e["slug"].as_str().unwrap().to_owned()).collect() };
+    assert_eq!(slugs(&first), ["development", "staging"]);
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let rest = app.get(&format!("{envs}?limit=2&cursor={cursor}"), Some(&ann.access)).await.json();
+    assert_eq!(slugs(&rest), ["production"]);
+    assert!(rest["next_cursor"].is_null());
+    app.get(&format!("{envs}?limit=201"), Some(&ann.access)).await.assert_error(StatusCode::BAD_REQUEST, "invalid_query");
+    app.get(&format!("{envs}?cursor=nonsense"), Some(&ann.access)).await.assert_error(StatusCode::BAD_REQUEST, "invalid_cursor");
+
+    for i in 0..3 {
+        let user = app.member(&ann, "acme", &format!("u{i}@example.com"), "member").await;
+        let r = app.put(&format!("/api/v1/orgs/acme/projects/web/access/users/{}", user.user_id), Some(&ann.access), json!({ "role": "viewer" })).await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
+    }
+    let access = "/api/v1/orgs/acme/projects/web/access";
+    let all = app.get(access, Some(&ann.access)).await.json();
+    let total = all["items"].as_array().unwrap().len();
+    assert!(total >= 3, "{all}");
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..=total {
+        let url = match &cursor { Some(c) => format!("{access}?limit=2&cursor={c}"), None => format!("{access}?limit=2") };
+        let page = app.get(&url, Some(&ann.access)).await.json();
+        let items = page["items"].as_array().unwrap();
+        assert!(items.len() <= 2, "{page}");
+        seen.extend(items.iter().cloned());
+        match page["next_cursor"].as_str() { Some(c) => cursor = Some(c.to_owned()), None => break }
+    }
+    assert_eq!(serde_json::Value::Array(seen), all["items"]);
+});
