@@ -123,6 +123,12 @@ impl Db {
     }
 }
 
+/// True when `conn` talks to PostgreSQL. Row and table locks are taken only there: on SQLite a
+/// write transaction (`BEGIN IMMEDIATE`, see [`Db::begin`]) already excludes every other writer.
+pub fn is_postgres(conn: &sqlx::AnyConnection) -> bool {
+    conn.backend_name() == <sqlx::Postgres as sqlx::Database>::NAME
+}
+
 /// True when `err` is a unique-constraint violation (to be answered with 409).
 pub fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())

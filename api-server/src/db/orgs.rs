@@ -184,10 +184,19 @@ pub async fn member<'e>(
     .await
 }
 
-pub async fn count_owners<'e>(ex: impl AnyExecutor<'e>, org: OrgId) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT COUNT(*) FROM org_members WHERE org_id = $1 AND role = 'owner'")
+/// The organization's owners, locked until the end of the transaction (on PostgreSQL `FOR
+/// UPDATE`, in user order so concurrent callers cannot deadlock; on SQLite the write transaction
+/// is the lock). A change that could take away the last owner takes this before reading any
+/// member, so two owners demoting or removing each other at once are decided one after the other.
+pub async fn lock_owners(conn: &mut AnyConnection, org: OrgId) -> Result<Vec<UserId>, sqlx::Error> {
+    let sql = if super::is_postgres(conn) {
+        "SELECT user_id FROM org_members WHERE org_id = $1 AND role = 'owner' ORDER BY user_id FOR UPDATE"
+    } else {
+        "SELECT user_id FROM org_members WHERE org_id = $1 AND role = 'owner' ORDER BY user_id"
+    };
+    sqlx::query_scalar(sql)
         .bind(org)
-        .fetch_one(ex)
+        .fetch_all(&mut *conn)
         .await
 }
 

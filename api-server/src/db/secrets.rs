@@ -1,7 +1,7 @@
 //! Data-encryption keys, secrets and their versions. Values and comments are stored sealed.
 
-use sqlx::FromRow;
 use sqlx::any::AnyExecutor;
+use sqlx::{AnyConnection, FromRow};
 
 use crate::ids::{EnvironmentId, OrgId, ProjectId, SecretId, Timestamp};
 
@@ -61,6 +61,44 @@ pub async fn insert_dek<'e>(
     .execute(ex)
     .await?;
     Ok(())
+}
+
+/// Takes the project's key lock until the end of the transaction. Every path that picks,
+/// creates or retires a project's DEK (a write, its automatic rotation when the nonce budget is
+/// spent, a rotation on request) takes it first, before reading any DEK: so a write never seals
+/// under a DEK that a concurrent rotation retires, and two writers never both start the next DEK.
+/// On PostgreSQL it is the project row's `FOR NO KEY UPDATE` lock (rows of other tables that
+/// reference the project can still be inserted); on SQLite the write transaction is the lock.
+/// False when the project is gone.
+pub async fn lock_project_keys(
+    conn: &mut AnyConnection,
+    project: ProjectId,
+) -> Result<bool, sqlx::Error> {
+    let sql = if super::is_postgres(conn) {
+        "SELECT id FROM projects WHERE id = $1 FOR NO KEY UPDATE"
+    } else {
+        "SELECT id FROM projects WHERE id = $1"
+    };
+    let found: Option<String> = sqlx::query_scalar(sql)
+        .bind(project)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(found.is_some())
+}
+
+/// How many versions of the project's secrets are sealed under a retired DEK (after a rotation
+/// this must be none).
+pub async fn versions_under_retired_deks<'e>(
+    ex: impl AnyExecutor<'e>,
+    project: ProjectId,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM secret_versions v JOIN deks d ON d.id = v.dek_id \
+         WHERE d.project_id = $1 AND d.retired_at IS NOT NULL",
+    )
+    .bind(project)
+    .fetch_one(ex)
+    .await
 }
 
 /// The project's newest DEK that is not retired.
@@ -328,6 +366,29 @@ pub struct WrappedDekRow {
     pub project_id: ProjectId,
     pub kek_id: String,
     pub wrapped: Vec<u8>,
+}
+
+/// Keeps every other transaction from adding, changing or deleting DEKs until the end of this
+/// one (they wait; reads go on). A master-key rotation takes it first, so the DEKs it rewraps are
+/// all there are when it commits. PostgreSQL only: on SQLite the write transaction is the lock.
+pub async fn lock_deks_table(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+    if super::is_postgres(conn) {
+        sqlx::query("LOCK TABLE deks IN SHARE ROW EXCLUSIVE MODE")
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// How many DEKs `kek_id` does not wrap.
+pub async fn count_deks_not_wrapped_by<'e>(
+    ex: impl AnyExecutor<'e>,
+    kek_id: &str,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM deks WHERE kek_id <> $1")
+        .bind(kek_id)
+        .fetch_one(ex)
+        .await
 }
 
 /// The DEKs not wrapped by `kek_id`.

@@ -150,6 +150,18 @@ pub async fn members(
     Ok(db::orgs::members(state.db.pool(), ctx.org.id, after, i64::from(limit) + 1).await?)
 }
 
+/// True when the caller acts as an owner and still is one under the owner lock: an owner that
+/// a concurrent change demoted or removed has lost the right.
+fn still_owner(ctx: &OrgCtx, locked_owners: &[UserId], caller: UserId) -> bool {
+    ctx.role == Some(OrgRole::Owner) && locked_owners.contains(&caller)
+}
+
+/// True when an owner other than `user` stays, among the locked owners (which nobody else can
+/// change before this transaction ends).
+fn other_owner(locked_owners: &[UserId], user: UserId) -> bool {
+    locked_owners.iter().any(|owner| *owner != user)
+}
+
 /// Changes a member's role. Only owners grant or take away ownership; the last owner stays.
 pub async fn change_role(
     state: &AppState,
@@ -161,6 +173,8 @@ pub async fn change_role(
 ) -> ApiResult<MemberRow> {
     let ctx = tenancy::org(state, principal, slug, Action::MembersManage).await?;
     let mut tx = state.db.begin().await?;
+    // The owners first, then the member: what is checked below is what commits.
+    let owners = db::orgs::lock_owners(&mut tx, ctx.org.id).await?;
     let mut member = db::orgs::member(&mut *tx, ctx.org.id, user)
         .await?
         .ok_or_else(|| ApiError::not_found("member"))?;
@@ -168,16 +182,15 @@ pub async fn change_role(
         .role
         .parse()
         .map_err(|e: String| ApiError::internal(anyhow::anyhow!(e)))?;
-    if (current == OrgRole::Owner || role == OrgRole::Owner) && ctx.role != Some(OrgRole::Owner) {
+    if (current == OrgRole::Owner || role == OrgRole::Owner)
+        && !still_owner(&ctx, &owners, principal.user_id)
+    {
         return Err(ApiError::forbidden(
             "forbidden",
             "only an owner can grant or take away the owner role",
         ));
     }
-    if current == OrgRole::Owner
-        && role != OrgRole::Owner
-        && db::orgs::count_owners(&mut *tx, ctx.org.id).await? <= 1
-    {
+    if current == OrgRole::Owner && role != OrgRole::Owner && !other_owner(&owners, user) {
         return Err(ApiError::conflict(
             "last_owner",
             "the last owner cannot be demoted; make someone else owner first",
@@ -212,17 +225,19 @@ pub async fn remove_member(
     };
     let ctx = tenancy::org(state, principal, slug, action).await?;
     let mut tx = state.db.begin().await?;
+    // The owners first, then the member: what is checked below is what commits.
+    let owners = db::orgs::lock_owners(&mut tx, ctx.org.id).await?;
     let member = db::orgs::member(&mut *tx, ctx.org.id, user)
         .await?
         .ok_or_else(|| ApiError::not_found("member"))?;
     if member.role == OrgRole::Owner.as_str() {
-        if !leaving && ctx.role != Some(OrgRole::Owner) {
+        if !leaving && !still_owner(&ctx, &owners, principal.user_id) {
             return Err(ApiError::forbidden(
                 "forbidden",
                 "only an owner can remove an owner",
             ));
         }
-        if db::orgs::count_owners(&mut *tx, ctx.org.id).await? <= 1 {
+        if !other_owner(&owners, user) {
             return Err(ApiError::conflict(
                 "last_owner",
                 "the last owner cannot leave or be removed; make someone else owner first",

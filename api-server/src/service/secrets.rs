@@ -120,7 +120,18 @@ fn dek_context(org: OrgId, project: ProjectId, dek_id: &str) -> DekContext {
     }
 }
 
-/// Creates a project's first (or next) DEK inside the caller's transaction.
+/// Takes the project's key lock (see [`db::secrets::lock_project_keys`]) in `conn`'s
+/// transaction; the project being gone by now is a 404.
+async fn lock_project_keys(conn: &mut sqlx::AnyConnection, project: ProjectId) -> ApiResult<()> {
+    if db::secrets::lock_project_keys(conn, project).await? {
+        Ok(())
+    } else {
+        Err(ApiError::not_found("project"))
+    }
+}
+
+/// Creates a project's first (or next) DEK inside the caller's transaction. The caller holds the
+/// project's key lock, or created the project in this same transaction.
 pub async fn create_dek(
     state: &AppState,
     conn: &mut sqlx::AnyConnection,
@@ -238,6 +249,8 @@ async fn write_versions(
 ) -> ApiResult<Vec<(String, i64)>> {
     let org = ctx.project.org.org.id;
     let project = ctx.project.project.id;
+    // Before the DEK is read: a rotation that commits first is seen, one that starts later waits.
+    lock_project_keys(tx, project).await?;
     let dek_row = match db::secrets::active_dek(&mut **tx, project).await? {
         Some(row)
             if u64::try_from(row.encryptions).unwrap_or(0)
@@ -998,6 +1011,8 @@ pub async fn rotate_project_dek(
     let (org_id, project_id) = (ctx.org.org.id, ctx.project.id);
     let now = Timestamp::now();
     let mut tx = state.db.begin().await?;
+    // Writes in flight finish first (their versions are re-encrypted below); later ones wait.
+    lock_project_keys(&mut tx, project_id).await?;
     let version = db::secrets::active_dek(&mut *tx, project_id)
         .await?
         .map_or(1, |d| d.version + 1);
@@ -1046,6 +1061,14 @@ pub async fn rotate_project_dek(
     }
     db::secrets::count_encryptions(&mut *tx, &new_row.id, seals).await?;
     db::secrets::retire_deks_except(&mut *tx, project_id, &new_row.id, now).await?;
+    // The key lock makes this impossible; a rotation that reported success while a value stayed
+    // under a retired key would be worse than one that fails, so it is checked before commit.
+    let stale = db::secrets::versions_under_retired_deks(&mut *tx, project_id).await?;
+    if stale != 0 {
+        return Err(ApiError::internal(anyhow::anyhow!(
+            "data-key rotation of project {project_id} rolled back: {stale} version(s) are still sealed under a retired key"
+        )));
+    }
     AuditEvent::new(action::KEY_ROTATED, Outcome::Success, meta)
         .by(principal)
         .org(org_id)

@@ -412,3 +412,135 @@ impl TestApp {
         user
     }
 }
+
+/// A PostgreSQL session of its own on a test's schema, in a transaction that holds a lock while
+/// requests run into it: a deterministic way to stop a request at a chosen statement.
+pub struct LockHolder {
+    conn: sqlx::AnyConnection,
+    pid: i32,
+}
+
+impl TestApp {
+    /// Opens a session on the app's PostgreSQL schema, begins a transaction and runs `sql` in it
+    /// (a statement that takes a lock), holding the lock until [`LockHolder::release`].
+    pub async fn hold_lock(&self, sql: &str) -> LockHolder {
+        let url = self.state.config.effective_database_url();
+        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&url)
+            .await
+            .expect("connect to PostgreSQL");
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut conn)
+            .await
+            .expect("backend pid");
+        sqlx::raw_sql("BEGIN")
+            .execute(&mut conn)
+            .await
+            .expect("begin");
+        sqlx::raw_sql(sql)
+            .execute(&mut conn)
+            .await
+            .expect("take the lock");
+        LockHolder { conn, pid }
+    }
+}
+
+impl LockHolder {
+    /// Waits until `n` sessions wait on this one's lock, directly or behind one another; panics
+    /// when that does not happen within 30 seconds.
+    pub async fn wait_for_waiters(&mut self, n: usize) {
+        let root = self.pid;
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            loop {
+                // `pg_locks` is read afresh each time (`pg_stat_activity` would be the snapshot
+                // taken at its first use in this transaction, missing sessions opened since).
+                let rows: Vec<(i32, String)> = sqlx::query_as(
+                    "SELECT pid, array_to_string(pg_blocking_pids(pid), ',') \
+                     FROM (SELECT DISTINCT pid FROM pg_locks WHERE NOT granted AND pid IS NOT NULL) w",
+                )
+                .fetch_all(&mut self.conn)
+                .await
+                .expect("pg_stat_activity");
+                let mut behind = std::collections::BTreeSet::from([root]);
+                loop {
+                    let before = behind.len();
+                    for (pid, blockers) in &rows {
+                        if blockers
+                            .split(',')
+                            .filter_map(|b| b.parse::<i32>().ok())
+                            .any(|b| behind.contains(&b))
+                        {
+                            behind.insert(*pid);
+                        }
+                    }
+                    if behind.len() == before {
+                        break;
+                    }
+                }
+                if behind.len() > n {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        if waited.is_err() {
+            // What the sessions are doing instead (statements only: values are bound parameters).
+            let _ = sqlx::query("SELECT pg_stat_clear_snapshot()")
+                .execute(&mut self.conn)
+                .await;
+            let sessions: Option<String> = sqlx::query_scalar(
+                "SELECT string_agg(format('%s %s %s blocked by [%s]: %s', pid, state, wait_event_type, \
+                 array_to_string(pg_blocking_pids(pid), ','), left(query, 120)), E'\\n') \
+                 FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            )
+            .fetch_one(&mut self.conn)
+            .await
+            .unwrap_or_default();
+            panic!(
+                "{n} session(s) never came to wait on the held lock (held by {root}):\n{}",
+                sessions.unwrap_or_default()
+            );
+        }
+    }
+
+    /// Ends the transaction (rolling back), letting the waiting sessions go on.
+    pub async fn release(mut self) {
+        sqlx::raw_sql("ROLLBACK")
+            .execute(&mut self.conn)
+            .await
+            .expect("rollback");
+    }
+}
+
+/// Runs `first` until it waits on `holder`'s lock; only then starts `second`, until it waits
+/// too (behind the lock or behind `first`) or finishes; then releases the lock and lets both
+/// end. Returns their outputs, and whether `second` had to wait.
+pub async fn interleave<A, B>(
+    mut holder: LockHolder,
+    first: A,
+    second: B,
+) -> (TestResponse, B::Output, bool)
+where
+    A: Future<Output = TestResponse>,
+    B: Future,
+{
+    let mut first = std::pin::pin!(first);
+    tokio::select! {
+        out = &mut first => panic!("the first request ended without waiting: {} {}", out.status, out.text()),
+        () = holder.wait_for_waiters(1) => {}
+    }
+    let control = async move {
+        let mut second = std::pin::pin!(second);
+        let early = tokio::select! {
+            out = &mut second => Some(out),
+            () = holder.wait_for_waiters(2) => None,
+        };
+        holder.release().await;
+        match early {
+            Some(out) => (out, false),
+            None => (second.await, true),
+        }
+    };
+    let (a, (b, waited)) = tokio::join!(first, control);
+    (a, b, waited)
+}

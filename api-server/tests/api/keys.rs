@@ -12,7 +12,7 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
-use crate::helpers::db_test;
+use crate::helpers::{TestApp, db_test, interleave};
 
 async fn read(router: &axum::Router, token: &str, url: &str) -> Value {
     let req = Request::get(url)
@@ -113,3 +113,237 @@ db_test!(async fn rotating_a_project_data_key_reencrypts_every_version_and_loses
     let audit = app.get("/api/v1/orgs/acme/audit-events?action=project.key_rotated", Some(&ann.access)).await.json();
     assert_eq!(audit["items"].as_array().unwrap().len(), 1);
 });
+
+/// Every data key of the test's database at the edge of its random-nonce budget: the next write
+/// under it starts a new one.
+async fn spend_nonce_budgets(app: &TestApp) {
+    let budget = i64::try_from(coffer_server::crypto::envelope::DEK_ROTATE_AFTER).unwrap();
+    sqlx::query("UPDATE deks SET encryptions = $1")
+        .bind(budget)
+        .execute(app.state.db.pool())
+        .await
+        .unwrap();
+}
+
+/// How many stored versions are sealed under a retired data key.
+async fn versions_under_retired_keys(app: &TestApp) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM secret_versions v JOIN deks d ON d.id = v.dek_id WHERE d.retired_at IS NOT NULL")
+        .fetch_one(app.state.db.pool()).await.unwrap()
+}
+
+/// Holds the development environment's row: a secret write there stops just before it commits,
+/// after it has picked its data key and sealed its values.
+const HOLD_DEVELOPMENT: &str =
+    "SELECT id FROM environments WHERE slug = 'development' FOR NO KEY UPDATE";
+
+const WEB: &str = "/api/v1/orgs/acme/projects/web";
+
+db_test!(async fn a_rotation_after_automatic_key_changes_leaves_no_version_under_a_retired_key(app) {
+    let ann = app.register("ann@example.com").await;
+    app.org(&ann, "acme").await;
+    app.project(&ann, "acme", "web").await;
+    let dev = format!("{WEB}/environments/development/secrets");
+    app.post(&dev, Some(&ann.access), json!({ "key": "A", "value": "a1", "comment": "first" })).await;
+    // The first key's nonce budget is spent: the next write starts the project's second key.
+    spend_nonce_budgets(&app).await;
+    app.put(&format!("{dev}/A"), Some(&ann.access), json!({ "value": "a2" })).await;
+    app.post(&dev, Some(&ann.access), json!({ "key": "B", "value": "b1" })).await;
+    let keys: Vec<(i64, i64)> = sqlx::query_as("SELECT d.version, COUNT(v.secret_id) FROM deks d LEFT JOIN secret_versions v ON v.dek_id = d.id GROUP BY d.version ORDER BY d.version")
+        .fetch_all(app.state.db.pool()).await.unwrap();
+    assert_eq!(keys, [(1, 1), (2, 2)], "versions under both keys before the rotation");
+
+    let r = app.post(&format!("{WEB}/rotate-key"), Some(&ann.access), json!({})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json(), json!({ "dek_version": 3, "reencrypted_versions": 3 }));
+    assert_eq!(versions_under_retired_keys(&app).await, 0);
+    let live: Vec<i64> = sqlx::query_scalar("SELECT version FROM deks WHERE retired_at IS NULL").fetch_all(app.state.db.pool()).await.unwrap();
+    assert_eq!(live, [3], "every key but the new one is retired");
+    app.state.deks.clear();
+    let a = app.get(&format!("{dev}/A"), Some(&ann.access)).await.json();
+    assert_eq!((a["value"].as_str(), a["comment"].as_str()), (Some("a2"), Some("first")));
+    assert_eq!(app.get(&format!("{dev}/A/versions/1"), Some(&ann.access)).await.json()["value"], "a1");
+    assert_eq!(app.get(&format!("{dev}/B"), Some(&ann.access)).await.json()["value"], "b1");
+});
+
+/// PostgreSQL only (SQLite has a single writer, so nothing interleaves there); skipped, saying
+/// so, when `COFFER_TEST_DATABASE_URL` is not set.
+#[tokio::test]
+async fn a_data_key_rotation_waits_for_a_write_in_flight_and_reencrypts_its_version() {
+    let Some(app) = TestApp::postgres(|_| {}).await else {
+        return;
+    };
+    let ann = app.register("ann@example.com").await;
+    app.org(&ann, "acme").await;
+    app.project(&ann, "acme", "web").await;
+    let dev = format!("{WEB}/environments/development/secrets");
+    assert_eq!(
+        app.post(
+            &dev,
+            Some(&ann.access),
+            json!({ "key": "A", "value": "a1" })
+        )
+        .await
+        .status,
+        StatusCode::CREATED
+    );
+
+    // A write that has read the active data key and sealed under it is held before its commit;
+    // the rotation starts meanwhile.
+    let holder = app.hold_lock(HOLD_DEVELOPMENT).await;
+    let (written, rotated, waited) = interleave(
+        holder,
+        app.put(
+            &format!("{dev}/B"),
+            Some(&ann.access),
+            json!({ "value": "b1" }),
+        ),
+        app.post(&format!("{WEB}/rotate-key"), Some(&ann.access), json!({})),
+    )
+    .await;
+    assert_eq!(written.status, StatusCode::OK, "{}", written.text());
+    assert_eq!(rotated.status, StatusCode::OK, "{}", rotated.text());
+    assert!(waited, "the rotation waits for the write in flight");
+    assert_eq!(
+        rotated.json(),
+        json!({ "dek_version": 2, "reencrypted_versions": 2 }),
+        "the write's version is re-encrypted too"
+    );
+    assert_eq!(versions_under_retired_keys(&app).await, 0);
+    let keys: Vec<String> = sqlx::query_scalar("SELECT DISTINCT v.dek_id FROM secret_versions v")
+        .fetch_all(app.state.db.pool())
+        .await
+        .unwrap();
+    let live: Vec<String> = sqlx::query_scalar("SELECT id FROM deks WHERE retired_at IS NULL")
+        .fetch_all(app.state.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(keys, live, "every version is sealed under the one live key");
+    app.state.deks.clear();
+    assert_eq!(
+        app.get(&format!("{dev}/A"), Some(&ann.access)).await.json()["value"],
+        "a1"
+    );
+    assert_eq!(
+        app.get(&format!("{dev}/B"), Some(&ann.access)).await.json()["value"],
+        "b1"
+    );
+}
+
+/// PostgreSQL only; skipped, saying so, when `COFFER_TEST_DATABASE_URL` is not set.
+#[tokio::test]
+async fn two_writes_that_find_the_data_key_spent_start_one_new_key_between_them() {
+    let Some(app) = TestApp::postgres(|_| {}).await else {
+        return;
+    };
+    let ann = app.register("ann@example.com").await;
+    app.org(&ann, "acme").await;
+    app.project(&ann, "acme", "web").await;
+    let dev = format!("{WEB}/environments/development/secrets");
+    spend_nonce_budgets(&app).await;
+
+    let holder = app.hold_lock(HOLD_DEVELOPMENT).await;
+    let (a, b, _) = interleave(
+        holder,
+        app.post(
+            &dev,
+            Some(&ann.access),
+            json!({ "key": "A", "value": "a1" }),
+        ),
+        app.post(
+            &dev,
+            Some(&ann.access),
+            json!({ "key": "B", "value": "b1" }),
+        ),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text());
+    assert_eq!(b.status, StatusCode::CREATED, "{}", b.text());
+    let keys: Vec<(i64, i64)> =
+        sqlx::query_as("SELECT version, encryptions FROM deks ORDER BY version")
+            .fetch_all(app.state.db.pool())
+            .await
+            .unwrap();
+    let budget = i64::try_from(coffer_server::crypto::envelope::DEK_ROTATE_AFTER).unwrap();
+    assert_eq!(
+        keys,
+        [(1, budget), (2, 2)],
+        "one new key, counting both writes"
+    );
+    app.state.deks.clear();
+    assert_eq!(
+        app.get(&format!("{dev}/A"), Some(&ann.access)).await.json()["value"],
+        "a1"
+    );
+    assert_eq!(
+        app.get(&format!("{dev}/B"), Some(&ann.access)).await.json()["value"],
+        "b1"
+    );
+}
+
+/// PostgreSQL only; skipped, saying so, when `COFFER_TEST_DATABASE_URL` is not set.
+#[tokio::test]
+async fn a_master_key_rotation_waits_for_a_data_key_being_created_and_rewraps_it() {
+    let Some(app) = TestApp::postgres(|_| {}).await else {
+        return;
+    };
+    let ann = app.register("ann@example.com").await;
+    let (_, token) = app.api_key(&ann, json!({ "name": "reader" })).await;
+    app.org(&ann, "acme").await;
+    app.project(&ann, "acme", "web").await;
+    let dev = format!("{WEB}/environments/development/secrets");
+    app.post(
+        &dev,
+        Some(&ann.access),
+        json!({ "key": "A", "value": "a1" }),
+    )
+    .await;
+    spend_nonce_budgets(&app).await;
+
+    let old_key = STANDARD.encode(app.state.keys.master.bytes());
+    let new_key = STANDARD.encode([42u8; 32]);
+    let start = |master: &str, previous: Option<&str>| {
+        let mut config = app.state.config.clone();
+        config.master_key = Some(SecretString::from(master.to_owned()));
+        config.previous_master_keys = previous.map(|p| SecretString::from(p.to_owned()));
+        coffer_server::start(config)
+    };
+    let rotating = start(&new_key, Some(&old_key)).await.unwrap();
+
+    // `app` still has the old key as its active one: its write starts a data key wrapped by the
+    // old key, and is held before it commits while the rotation starts.
+    let holder = app.hold_lock(HOLD_DEVELOPMENT).await;
+    let (written, rewrapped, waited) = interleave(
+        holder,
+        app.post(
+            &dev,
+            Some(&ann.access),
+            json!({ "key": "B", "value": "b1" }),
+        ),
+        coffer_server::service::keys::rewrap_all(&rotating),
+    )
+    .await;
+    assert_eq!(written.status, StatusCode::CREATED, "{}", written.text());
+    assert!(waited, "the rotation waits for the data key being created");
+    assert_eq!(
+        rewrapped.unwrap(),
+        2,
+        "the data key created meanwhile is rewrapped too"
+    );
+    let others: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM deks WHERE kek_id <> $1")
+        .bind(rotating.keyring.active_id())
+        .fetch_one(app.state.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(others, 0, "no data key is left under the old master key");
+    rotating.db.close().await;
+
+    // So the old key can go, as the rotation said.
+    let rotated = start(&new_key, None).await.unwrap();
+    let router =
+        coffer_server::app(rotated).layer(MockConnectInfo(SocketAddr::from(([127, 0, 0, 1], 1))));
+    let secrets = read(&router, &token, &dev).await["secrets"].clone();
+    assert_eq!(
+        (secrets[0]["value"].as_str(), secrets[1]["value"].as_str()),
+        (Some("a1"), Some("b1"))
+    );
+}

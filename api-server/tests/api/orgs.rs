@@ -1,7 +1,7 @@
 use axum::http::{Method, StatusCode};
 use serde_json::json;
 
-use crate::helpers::db_test;
+use crate::helpers::{Session, TestApp, TestResponse, db_test, interleave};
 
 db_test!(async fn creating_an_organization_makes_the_creator_its_owner(app) {
     let ann = app.register("ann@example.com").await;
@@ -140,3 +140,113 @@ db_test!(async fn admins_remove_members_and_members_leave(app) {
     assert_eq!(members["items"].as_array().unwrap().len(), 1);
     app.delete("/api/v1/orgs/acme/members/not-a-user", Some(&ann.access)).await.assert_error(StatusCode::NOT_FOUND, "not_found");
 });
+
+/// Two owners, `ann` and `bob`, of `acme`; returns their sessions and member paths.
+async fn two_owners(app: &TestApp) -> (Session, Session, String, String) {
+    let ann = app.register("ann@example.com").await;
+    app.org(&ann, "acme").await;
+    let bob = app.member(&ann, "acme", "bob@example.com", "owner").await;
+    let ann_path = format!("/api/v1/orgs/acme/members/{}", ann.user_id);
+    let bob_path = format!("/api/v1/orgs/acme/members/{}", bob.user_id);
+    (ann, bob, ann_path, bob_path)
+}
+
+/// How many owners `acme` has, as read by the first of `who` who still belongs to it.
+async fn owners(app: &TestApp, who: &[&Session]) -> usize {
+    for session in who {
+        let r = app
+            .get("/api/v1/orgs/acme/members", Some(&session.access))
+            .await;
+        if r.status == StatusCode::OK {
+            return r.json()["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|m| m["role"] == "owner")
+                .count();
+        }
+    }
+    panic!("no one can read the members");
+}
+
+/// Exactly one of two responses succeeded; the other met the last-owner rule (or, no longer
+/// being an owner, the owner-only rule).
+#[track_caller]
+fn exactly_one_succeeded(a: &TestResponse, b: &TestResponse, success: StatusCode) {
+    let (ok, refused) = match (a.status == success, b.status == success) {
+        (true, false) => (a, b),
+        (false, true) => (b, a),
+        _ => panic!(
+            "exactly one must succeed: {} {} / {} {}",
+            a.status,
+            a.text(),
+            b.status,
+            b.text()
+        ),
+    };
+    assert_eq!(ok.status, success);
+    let code = refused.json()["error"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    match refused.status {
+        StatusCode::CONFLICT => assert_eq!(code, "last_owner", "{}", refused.text()),
+        StatusCode::FORBIDDEN => assert_eq!(code, "forbidden", "{}", refused.text()),
+        other => panic!("unexpected {other}: {}", refused.text()),
+    }
+}
+
+db_test!(async fn two_owners_demoting_or_leaving_at_once_leave_one_owner(app) {
+    let (ann, bob, ann_path, bob_path) = two_owners(&app).await;
+    let (a, b) = tokio::join!(
+        app.patch(&bob_path, Some(&ann.access), json!({ "role": "admin" })),
+        app.patch(&ann_path, Some(&bob.access), json!({ "role": "admin" })),
+    );
+    exactly_one_succeeded(&a, &b, StatusCode::OK);
+    assert_eq!(owners(&app, &[&ann, &bob]).await, 1);
+
+    // The remaining owner makes the other owner again; then both leave at once.
+    let (owner, other) = if a.status == StatusCode::OK { (&ann, &bob) } else { (&bob, &ann) };
+    let r = app.patch(&format!("/api/v1/orgs/acme/members/{}", other.user_id), Some(&owner.access), json!({ "role": "owner" })).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let (a, b) = tokio::join!(app.delete(&ann_path, Some(&ann.access)), app.delete(&bob_path, Some(&bob.access)));
+    exactly_one_succeeded(&a, &b, StatusCode::NO_CONTENT);
+    assert_eq!(owners(&app, &[&ann, &bob]).await, 1);
+});
+
+/// PostgreSQL only (SQLite has a single writer, so nothing interleaves there); skipped, saying
+/// so, when `COFFER_TEST_DATABASE_URL` is not set.
+#[tokio::test]
+async fn an_owner_demoted_while_demoting_the_other_owner_is_refused() {
+    let Some(app) = TestApp::postgres(|_| {}).await else {
+        return;
+    };
+    let (ann, bob, ann_path, bob_path) = two_owners(&app).await;
+    // Each demotion is held just before it commits (its audit event cannot be written yet).
+    let holder = app.hold_lock("LOCK TABLE audit_events IN SHARE MODE").await;
+    let (a, b, _) = interleave(
+        holder,
+        app.patch(&bob_path, Some(&ann.access), json!({ "role": "admin" })),
+        app.patch(&ann_path, Some(&bob.access), json!({ "role": "admin" })),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    b.assert_error(StatusCode::FORBIDDEN, "forbidden");
+    assert_eq!(owners(&app, &[&ann]).await, 1);
+
+    // Likewise two owners leaving at once: the second to decide is the last owner.
+    let r = app
+        .patch(&bob_path, Some(&ann.access), json!({ "role": "owner" }))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let holder = app.hold_lock("LOCK TABLE audit_events IN SHARE MODE").await;
+    let (a, b, _) = interleave(
+        holder,
+        app.delete(&ann_path, Some(&ann.access)),
+        app.delete(&bob_path, Some(&bob.access)),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.text());
+    b.assert_error(StatusCode::CONFLICT, "last_owner");
+    assert_eq!(owners(&app, &[&bob]).await, 1);
+}
