@@ -813,7 +813,7 @@ pub async fn import(
     body: &str,
 ) -> ApiResult<UpsertReport> {
     let ctx = tenancy::environment(state, principal, at, Action::SecretsWrite).await?;
-    let entries = formats::parse(format, body)
+    let entries = formats::parse(format, body, MAX_VALUE_BYTES)
         .map_err(|e| ApiError::validation("invalid_file", e.to_string()))?;
     for entry in &entries {
         check_key(&entry.key).map_err(|_| {

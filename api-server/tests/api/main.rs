@@ -9,6 +9,7 @@ mod audit;
 mod auth;
 mod errors;
 mod health;
+mod imports;
 mod isolation;
 mod keys;
 mod openapi;
