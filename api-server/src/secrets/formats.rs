@@ -4,14 +4,20 @@
 //! caller can validate key names and point at the offending line. Values are secrets: a
 //! [`ParseError`] never quotes input text other than key names, and [`Entry`] redacts its value
 //! in `Debug`.
+//!
+//! Files come from any user, so reading one costs no more than its size: every value is
+//! checked against a size limit as soon as it is read (the first one over it ends the read),
+//! and YAML anchors and aliases, which let a small file stand for huge values, are refused.
+//! The decoded values together are never larger than the file.
 
-use std::cell::Cell;
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::fmt::{self, Write as _};
 use std::str::FromStr;
 
+use saphyr_parser::{Event, Parser, ScalarStyle, StrInput, Tag};
 use secrecy::SecretString;
-use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use serde::de::IgnoredAny;
 use zeroize::Zeroizing;
 
 /// A file format for importing and exporting an environment's secrets.
@@ -123,12 +129,19 @@ impl fmt::Display for ParseError {
 impl std::error::Error for ParseError {}
 
 /// Reads the entries of a file, in file order. A leading UTF-8 byte order mark is ignored.
-pub fn parse(format: Format, input: &str) -> Result<Vec<Entry>, ParseError> {
+///
+/// A value longer than `max_value_bytes` (in UTF-8, once unescaped) is an error naming its key
+/// and line; reading stops there, before any later entry is read.
+pub fn parse(
+    format: Format,
+    input: &str,
+    max_value_bytes: usize,
+) -> Result<Vec<Entry>, ParseError> {
     let input = input.strip_prefix('\u{feff}').unwrap_or(input);
     match format {
-        Format::Dotenv => parse_dotenv(input),
-        Format::Json => parse_json(input),
-        Format::Yaml => parse_yaml(input),
+        Format::Dotenv => parse_dotenv(input, max_value_bytes),
+        Format::Json => parse_json(input, max_value_bytes),
+        Format::Yaml => parse_yaml(input, max_value_bytes),
     }
 }
 
@@ -182,6 +195,30 @@ fn secret(value: &str) -> SecretString {
     SecretString::from(value)
 }
 
+/// Like [`secret`], wiping the parser's own copy when it made one.
+fn secret_from_cow(value: Cow<'_, str>) -> SecretString {
+    match value {
+        Cow::Borrowed(value) => secret(value),
+        Cow::Owned(value) => secret(&Zeroizing::new(value)),
+    }
+}
+
+/// Refuses a value of more than `max` bytes, before it is copied anywhere.
+fn check_value_size(key: &str, line: usize, len: usize, max: usize) -> Result<(), ParseError> {
+    if len <= max {
+        return Ok(());
+    }
+    let limit = if max >= 1024 && max % 1024 == 0 {
+        format!("{} KiB", max / 1024)
+    } else {
+        format!("{max} bytes")
+    };
+    Err(ParseError::at(
+        line,
+        format!("the value of `{key}` is over {limit}"),
+    ))
+}
+
 /// Rejects empty keys and a key seen before (naming the second occurrence's line).
 fn check_keys(entries: &[Entry]) -> Result<(), ParseError> {
     let mut seen: HashMap<&str, Option<usize>> = HashMap::with_capacity(entries.len());
@@ -212,11 +249,12 @@ fn duplicate_key_message(key: &str, first_line: Option<usize>) -> String {
 // ---------------------------------------------------------------------------------------------
 // dotenv
 
-fn parse_dotenv(input: &str) -> Result<Vec<Entry>, ParseError> {
+fn parse_dotenv(input: &str, max_value_bytes: usize) -> Result<Vec<Entry>, ParseError> {
     let mut cursor = DotenvCursor {
         src: input,
         pos: 0,
         line: 1,
+        max_value_bytes,
     };
     let mut entries = Vec::new();
     while let Some(entry) = cursor.next_entry()? {
@@ -232,6 +270,7 @@ struct DotenvCursor<'a> {
     src: &'a str,
     pos: usize,
     line: usize,
+    max_value_bytes: usize,
 }
 
 impl DotenvCursor<'_> {
@@ -288,12 +327,24 @@ impl DotenvCursor<'_> {
         while matches!(self.peek(), Some(b' ' | b'\t')) {
             self.pos += 1;
         }
+        let max = self.max_value_bytes;
+        let check = |value: &str| check_value_size(&key, line, value.len(), max);
         let value = match self.peek() {
-            Some(b'\'') => secret(&self.single_quoted(line)?),
-            Some(b'"') => secret(&self.double_quoted(line)?),
+            Some(b'\'') => {
+                let value = self.single_quoted(line)?;
+                check(&value)?;
+                secret(&value)
+            }
+            Some(b'"') => {
+                let value = self.double_quoted(line)?;
+                check(&value)?;
+                secret(&value)
+            }
             _ => {
                 self.pos = end;
-                secret(unquoted(&self.src[value_start..end]))
+                let value = unquoted(&self.src[value_start..end]);
+                check(value)?;
+                secret(value)
             }
         };
         Ok(Some(Entry {
@@ -427,7 +478,7 @@ fn escape_dotenv(out: &mut String, value: &str) {
 
 /// serde_json checks the syntax; a small scanner over the (then valid) text finds the top-level
 /// entries, which gives file order, lines, duplicate keys and numbers exactly as written.
-fn parse_json(input: &str) -> Result<Vec<Entry>, ParseError> {
+fn parse_json(input: &str, max_value_bytes: usize) -> Result<Vec<Entry>, ParseError> {
     if let Err(err) = serde_json::from_str::<IgnoredAny>(input) {
         // serde_json's message may quote the input: only its position is used.
         let message = match err.classify() {
@@ -480,13 +531,17 @@ fn parse_json(input: &str) -> Result<Vec<Entry>, ParseError> {
                 let value: Zeroizing<String> = serde_json::from_str(token)
                     .map(Zeroizing::new)
                     .map_err(|_| ParseError::at(value_line, "invalid JSON string"))?;
+                check_value_size(&key, line, value.len(), max_value_bytes)?;
                 secret(&value)
             }
             Some(b'n') => return Err(not_scalar(value_line, &key, "null")),
             Some(b'[') => return Err(not_scalar(value_line, &key, "an array")),
             Some(b'{') => return Err(not_scalar(value_line, &key, "an object")),
             // Numbers and booleans: their JSON text, exactly as written.
-            _ => secret(token),
+            _ => {
+                check_value_size(&key, line, token.len(), max_value_bytes)?;
+                secret(token)
+            }
         };
         entries.push(Entry {
             key,
@@ -615,359 +670,298 @@ fn escape_json(out: &mut String, text: &str) {
 // ---------------------------------------------------------------------------------------------
 // YAML
 
-/// A value as first read: strings are kept, numbers and booleans are re-read as written.
-enum YamlValue {
-    Str(SecretString),
+/// What an import needs to know of a scalar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum YamlScalar {
+    /// `~`, `null`, an empty plain scalar, or `!!null`.
+    Null,
+    /// A string: quoted, block, plain text, or tagged `!!str`.
+    Str,
+    /// A plain (or `!!bool`, `!!int`, `!!float`) boolean or number. Kept as written, so that
+    /// `1.10` stays `1.10` and `0x1F` stays `0x1F`.
     NumberOrBool,
+    /// A core-schema tag whose text does not read as that type (`!!int abc`).
+    Mismatch,
+    /// Any tag outside the core schema (`!custom`).
+    Tagged,
 }
 
-/// Three passes over the document, all through serde_yaml: a syntax check (whose message is
-/// dropped, as it may quote the input), a typed read of the top-level mapping, and, only when
-/// a value is a number or boolean, a read of those values' text as written (`1.10` stays
-/// `1.10`, `0x1F` stays `0x1F`).
-fn parse_yaml(input: &str) -> Result<Vec<Entry>, ParseError> {
-    if let Err(err) = serde_yaml::from_str::<IgnoredAny>(input) {
-        let location = err.location();
-        return Err(ParseError {
-            line: location.as_ref().map(|l| l.line()),
-            message: match location {
-                Some(l) => format!("invalid YAML at column {}", l.column()),
-                None => "invalid YAML (expected one document holding a mapping)".to_owned(),
-            },
+const NOT_A_YAML_MAPPING: &str =
+    "expected a mapping of KEY: value pairs with string keys and scalar values";
+
+/// Two reads of the document, event by event: a syntax check that keeps nothing, then the
+/// entries. The first anchor or alias, the first value that is not a scalar and the first value
+/// over `max_value_bytes` end the second read before any later entry is looked at.
+///
+/// Anchors and aliases are refused outright. An alias repeats its anchor's value, so a file of
+/// a few hundred kilobytes could otherwise stand for gigabytes of values. Without them, the
+/// decoded values together are never larger than the file.
+fn parse_yaml(input: &str, max_value_bytes: usize) -> Result<Vec<Entry>, ParseError> {
+    let mut events = YamlEvents {
+        parser: Parser::new_from_str(input),
+    };
+    // The parser holds one event at a time; an alias is only an id here, never a copy.
+    loop {
+        match events.next()?.0 {
+            Event::StreamEnd => break,
+            Event::Scalar(Cow::Owned(text), ..) => drop(Zeroizing::new(text)),
+            _ => {}
+        }
+    }
+
+    let mut events = YamlEvents {
+        parser: Parser::new_from_str(input),
+    };
+    let mut entries = Vec::new();
+    let mut documents = 0;
+    loop {
+        let (event, line) = events.next()?;
+        match event {
+            Event::StreamEnd => return Ok(entries),
+            Event::DocumentStart(_) => {
+                documents += 1;
+                if documents > 1 {
+                    return Err(ParseError::at(
+                        line,
+                        "invalid YAML (expected one document holding a mapping)",
+                    ));
+                }
+            }
+            Event::MappingStart(anchor, tag) => {
+                refuse_anchor(anchor, line)?;
+                if tag.is_some_and(|tag| !is_core_tag(&tag, "map")) {
+                    return Err(ParseError::at(line, NOT_A_YAML_MAPPING));
+                }
+                entries = read_yaml_mapping(&mut events, max_value_bytes)?;
+            }
+            // An empty document, or one holding only `~`, has no entries.
+            Event::Scalar(text, style, anchor, tag) => {
+                refuse_anchor(anchor, line)?;
+                if yaml_scalar(&text, style, tag.as_deref()) != YamlScalar::Null {
+                    return Err(ParseError::at(line, NOT_A_YAML_MAPPING));
+                }
+            }
+            Event::SequenceStart(anchor, _) => {
+                refuse_anchor(anchor, line)?;
+                return Err(ParseError::at(line, NOT_A_YAML_MAPPING));
+            }
+            Event::Alias(_) => return Err(alias_refused(line)),
+            Event::StreamStart
+            | Event::DocumentEnd
+            | Event::Nothing
+            | Event::SequenceEnd
+            | Event::MappingEnd => {}
+        }
+    }
+}
+
+/// The entries of the top-level mapping, whose start has just been read.
+fn read_yaml_mapping(
+    events: &mut YamlEvents<'_>,
+    max_value_bytes: usize,
+) -> Result<Vec<Entry>, ParseError> {
+    let mut entries = Vec::new();
+    let mut seen = HashSet::new();
+    loop {
+        let (event, line) = events.next()?;
+        let key = match event {
+            Event::MappingEnd => return Ok(entries),
+            Event::Scalar(text, style, anchor, tag) => {
+                refuse_anchor(anchor, line)?;
+                yaml_key(text, style, tag.as_deref(), line)?
+            }
+            Event::Alias(_) => return Err(alias_refused(line)),
+            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+                refuse_anchor(anchor, line)?;
+                return Err(ParseError::at(line, NOT_A_YAML_MAPPING));
+            }
+            _ => return Err(ParseError::at(line, "invalid YAML")),
+        };
+        if !seen.insert(key.clone()) {
+            return Err(ParseError::at(line, duplicate_key_message(&key, None)));
+        }
+
+        let (event, value_line) = events.next()?;
+        let not_scalar = |what: &str| not_scalar(value_line, &key, what);
+        let value = match event {
+            Event::Scalar(text, style, anchor, tag) => {
+                refuse_anchor(anchor, value_line)?;
+                match yaml_scalar(&text, style, tag.as_deref()) {
+                    YamlScalar::Str | YamlScalar::NumberOrBool => {}
+                    YamlScalar::Null => return Err(not_scalar("null")),
+                    YamlScalar::Tagged => return Err(not_scalar("a tagged value")),
+                    YamlScalar::Mismatch => {
+                        return Err(ParseError::at(
+                            value_line,
+                            format!("the value of `{key}` does not read as the type of its tag"),
+                        ));
+                    }
+                }
+                check_value_size(&key, line, text.len(), max_value_bytes)?;
+                secret_from_cow(text)
+            }
+            Event::Alias(_) => return Err(alias_refused(value_line)),
+            Event::SequenceStart(anchor, tag) => {
+                refuse_anchor(anchor, value_line)?;
+                let tagged = tag.is_some_and(|tag| !tag.is_yaml_core_schema());
+                return Err(not_scalar(if tagged {
+                    "a tagged value"
+                } else {
+                    "a sequence"
+                }));
+            }
+            Event::MappingStart(anchor, tag) => {
+                refuse_anchor(anchor, value_line)?;
+                let tagged = tag.is_some_and(|tag| !tag.is_yaml_core_schema());
+                return Err(not_scalar(if tagged {
+                    "a tagged value"
+                } else {
+                    "a mapping"
+                }));
+            }
+            _ => return Err(ParseError::at(value_line, "invalid YAML")),
+        };
+        entries.push(Entry {
+            key,
+            value,
+            line: Some(line),
         });
     }
+}
 
-    let problem = Cell::new(None);
-    let items = YamlDocument { problem: &problem }
-        .deserialize(serde_yaml::Deserializer::from_str(input))
-        .map_err(|err| ParseError {
-            line: err.location().map(|l| l.line()),
-            message: problem.take().unwrap_or_else(|| {
-                "expected a mapping of KEY: value pairs with string keys and scalar values"
-                    .to_owned()
-            }),
-        })?;
+/// The parser's events with the line each starts on. A syntax error keeps only its position:
+/// the parser's message may quote the input.
+struct YamlEvents<'a> {
+    parser: Parser<'a, StrInput<'a>>,
+}
 
-    let wanted: Vec<bool> = items
-        .iter()
-        .map(|(_, v)| matches!(v, YamlValue::NumberOrBool))
-        .collect();
-    let mut texts = if wanted.contains(&true) {
-        YamlTexts { wanted: &wanted }
-            .deserialize(serde_yaml::Deserializer::from_str(input))
-            .map_err(|err| ParseError {
-                line: err.location().map(|l| l.line()),
-                message: "invalid YAML".to_owned(),
-            })?
-    } else {
-        Vec::new()
-    }
-    .into_iter();
-
-    let keys: Vec<&str> = items.iter().map(|(k, _)| k.as_str()).collect();
-    let lines = yaml_key_lines(input, &keys);
-    let mut entries = Vec::with_capacity(items.len());
-    for (i, (key, value)) in items.into_iter().enumerate() {
-        let value = match value {
-            YamlValue::Str(value) => value,
-            YamlValue::NumberOrBool => texts.next().flatten().ok_or_else(|| ParseError {
+impl<'a> YamlEvents<'a> {
+    fn next(&mut self) -> Result<(Event<'a>, usize), ParseError> {
+        match self.parser.next_event() {
+            Some(Ok((event, span))) => Ok((event, span.start.line())),
+            Some(Err(err)) => Err(ParseError::at(
+                err.marker().line(),
+                format!("invalid YAML at column {}", err.marker().col() + 1),
+            )),
+            // Only after the end of the stream, which the callers never read past.
+            None => Err(ParseError {
                 line: None,
                 message: "invalid YAML".to_owned(),
-            })?,
-        };
-        let line = lines.as_ref().and_then(|lines| lines.get(i).copied());
-        entries.push(Entry { key, value, line });
-    }
-    Ok(entries)
-}
-
-/// The top level: a mapping (or an empty document).
-struct YamlDocument<'p> {
-    problem: &'p Cell<Option<String>>,
-}
-
-impl<'de> DeserializeSeed<'de> for YamlDocument<'_> {
-    type Value = Vec<(String, YamlValue)>;
-
-    fn deserialize<D: de::Deserializer<'de>>(
-        self,
-        deserializer: D,
-    ) -> Result<Self::Value, D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for YamlDocument<'_> {
-    type Value = Vec<(String, YamlValue)>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a mapping")
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(Vec::new())
-    }
-
-    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(Vec::new())
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut items = Vec::new();
-        let mut seen = HashSet::new();
-        while let Some(key) = map.next_key_seed(YamlKey {
-            problem: self.problem,
-            seen: &seen,
-        })? {
-            let value = map.next_value_seed(YamlScalar {
-                problem: self.problem,
-                key: &key,
-            })?;
-            seen.insert(key.clone());
-            items.push((key, value));
+            }),
         }
-        Ok(items)
     }
 }
 
-/// Errors raised inside a visitor get the position of the YAML node being visited; the
-/// message travels beside the error because serde_yaml's own text may quote the input.
-fn yaml_problem<E: de::Error>(problem: &Cell<Option<String>>, message: String) -> E {
-    problem.set(Some(message));
-    E::custom("invalid entry")
-}
-
-struct YamlKey<'p> {
-    problem: &'p Cell<Option<String>>,
-    seen: &'p HashSet<String>,
-}
-
-impl<'de> DeserializeSeed<'de> for YamlKey<'_> {
-    type Value = String;
-
-    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<String, D::Error> {
-        deserializer.deserialize_any(self)
+/// A node carrying an anchor (`&name`) ends the read before its content is used.
+fn refuse_anchor(anchor_id: usize, line: usize) -> Result<(), ParseError> {
+    if anchor_id == 0 {
+        Ok(())
+    } else {
+        Err(ParseError::at(
+            line,
+            "YAML anchors (`&name`) are not supported; write each value out in full",
+        ))
     }
 }
 
-impl YamlKey<'_> {
-    fn not_a_string<E: de::Error>(&self, key: impl fmt::Display) -> E {
-        yaml_problem(
-            self.problem,
-            format!("key `{key}` is not a string; put it in quotes"),
-        )
+fn alias_refused(line: usize) -> ParseError {
+    ParseError::at(
+        line,
+        "YAML aliases (`*name`) are not supported; write each value out in full",
+    )
+}
+
+/// A key must be a string: quoted, or plain text that does not read as null, a boolean or a
+/// number (which would be another key for most YAML readers).
+fn yaml_key(
+    text: Cow<'_, str>,
+    style: ScalarStyle,
+    tag: Option<&Tag>,
+    line: usize,
+) -> Result<String, ParseError> {
+    match yaml_scalar(&text, style, tag) {
+        YamlScalar::Str if text.is_empty() => Err(ParseError::at(line, "empty key")),
+        YamlScalar::Str => Ok(text.into_owned()),
+        YamlScalar::Null => Err(ParseError::at(line, "a key is null")),
+        YamlScalar::NumberOrBool => Err(ParseError::at(
+            line,
+            format!("key `{text}` is not a string; put it in quotes"),
+        )),
+        YamlScalar::Mismatch | YamlScalar::Tagged => Err(ParseError::at(line, NOT_A_YAML_MAPPING)),
     }
 }
 
-impl<'de> Visitor<'de> for YamlKey<'_> {
-    type Value = String;
+fn is_core_tag(tag: &Tag, suffix: &str) -> bool {
+    tag.is_yaml_core_schema() && tag.suffix == suffix
+}
 
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a string key")
-    }
-
-    fn visit_str<E: de::Error>(self, key: &str) -> Result<String, E> {
-        if key.is_empty() {
-            Err(yaml_problem(self.problem, "empty key".to_owned()))
-        } else if self.seen.contains(key) {
-            Err(yaml_problem(self.problem, duplicate_key_message(key, None)))
+/// Resolves a scalar as serde_yaml did (YAML 1.2 core schema, with YAML 1.1's `0o`/`0b`
+/// integers), which is as much as an import needs: values are kept as written either way.
+fn yaml_scalar(text: &str, style: ScalarStyle, tag: Option<&Tag>) -> YamlScalar {
+    let Some(tag) = tag else {
+        return if style != ScalarStyle::Plain {
+            YamlScalar::Str
+        } else if text.is_empty() || is_yaml_null(text) {
+            YamlScalar::Null
+        } else if is_yaml_bool(text) || is_yaml_int(text) || is_yaml_float(text) {
+            YamlScalar::NumberOrBool
         } else {
-            Ok(key.to_owned())
-        }
+            YamlScalar::Str
+        };
+    };
+    if !tag.is_yaml_core_schema() {
+        return YamlScalar::Tagged;
     }
-
-    fn visit_bool<E: de::Error>(self, key: bool) -> Result<String, E> {
-        Err(self.not_a_string(key))
-    }
-
-    fn visit_i64<E: de::Error>(self, key: i64) -> Result<String, E> {
-        Err(self.not_a_string(key))
-    }
-
-    fn visit_u64<E: de::Error>(self, key: u64) -> Result<String, E> {
-        Err(self.not_a_string(key))
-    }
-
-    fn visit_f64<E: de::Error>(self, key: f64) -> Result<String, E> {
-        Err(self.not_a_string(key))
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<String, E> {
-        Err(yaml_problem(self.problem, "a key is null".to_owned()))
-    }
+    let (matches, kind) = match tag.suffix.as_str() {
+        "null" => (text.is_empty() || is_yaml_null(text), YamlScalar::Null),
+        "bool" => (is_yaml_bool(text), YamlScalar::NumberOrBool),
+        "int" => (is_yaml_int(text), YamlScalar::NumberOrBool),
+        "float" => (is_yaml_float(text), YamlScalar::NumberOrBool),
+        // `!!str`, and core tags that mean nothing to an import (`!!binary`…): the text.
+        _ => (true, YamlScalar::Str),
+    };
+    if matches { kind } else { YamlScalar::Mismatch }
 }
 
-struct YamlScalar<'p> {
-    problem: &'p Cell<Option<String>>,
-    key: &'p str,
+fn is_yaml_null(text: &str) -> bool {
+    matches!(text, "~" | "null" | "Null" | "NULL")
 }
 
-impl<'de> DeserializeSeed<'de> for YamlScalar<'_> {
-    type Value = YamlValue;
-
-    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<YamlValue, D::Error> {
-        deserializer.deserialize_any(self)
-    }
+fn is_yaml_bool(text: &str) -> bool {
+    matches!(text, "true" | "True" | "TRUE" | "false" | "False" | "FALSE")
 }
 
-impl YamlScalar<'_> {
-    fn not_scalar<E: de::Error>(&self, what: &str) -> E {
-        let key = self.key;
-        yaml_problem(
-            self.problem,
-            format!("the value of `{key}` is {what}; expected a string, number or boolean"),
-        )
-    }
+/// Decimal, `0x`, `0o` or `0b` integers with an optional sign; `007` is a string.
+fn is_yaml_int(text: &str) -> bool {
+    let (negative, unsigned) = match text.as_bytes().first() {
+        Some(b'-') => (true, &text[1..]),
+        Some(b'+') => (false, &text[1..]),
+        _ => (false, text),
+    };
+    let radix_digits = [("0x", 16), ("0o", 8), ("0b", 2)]
+        .into_iter()
+        .find_map(|(prefix, radix)| unsigned.strip_prefix(prefix).map(|d| (d, radix)));
+    let (digits, radix) = radix_digits.unwrap_or((unsigned, 10));
+    let leading_zero = radix == 10 && digits.len() > 1 && digits.starts_with('0');
+    // The sign of a `-0x…` belongs to the number: `0x-1` and `+-1` are strings.
+    !leading_zero
+        && !digits.is_empty()
+        && digits.chars().all(|c| c.is_digit(radix))
+        && (!negative || i128::from_str_radix(&format!("-{digits}"), radix).is_ok())
+        && (negative || u128::from_str_radix(digits, radix).is_ok())
 }
 
-impl<'de> Visitor<'de> for YamlScalar<'_> {
-    type Value = YamlValue;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a string, number or boolean")
+fn is_yaml_float(text: &str) -> bool {
+    let unsigned = text.strip_prefix(['+', '-']).unwrap_or(text);
+    if matches!(unsigned, ".inf" | ".Inf" | ".INF") || matches!(text, ".nan" | ".NaN" | ".NAN") {
+        return true;
     }
-
-    fn visit_str<E: de::Error>(self, value: &str) -> Result<YamlValue, E> {
-        Ok(YamlValue::Str(secret(value)))
-    }
-
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<YamlValue, E> {
-        Ok(YamlValue::NumberOrBool)
-    }
-
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<YamlValue, E> {
-        Ok(YamlValue::NumberOrBool)
-    }
-
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<YamlValue, E> {
-        Ok(YamlValue::NumberOrBool)
-    }
-
-    fn visit_i128<E: de::Error>(self, _: i128) -> Result<YamlValue, E> {
-        Ok(YamlValue::NumberOrBool)
-    }
-
-    fn visit_u128<E: de::Error>(self, _: u128) -> Result<YamlValue, E> {
-        Ok(YamlValue::NumberOrBool)
-    }
-
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<YamlValue, E> {
-        Ok(YamlValue::NumberOrBool)
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<YamlValue, E> {
-        Err(self.not_scalar("null"))
-    }
-
-    fn visit_none<E: de::Error>(self) -> Result<YamlValue, E> {
-        Err(self.not_scalar("null"))
-    }
-
-    fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<YamlValue, A::Error> {
-        Err(self.not_scalar("a sequence"))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<YamlValue, A::Error> {
-        Err(self.not_scalar("a mapping"))
-    }
-
-    fn visit_enum<A: de::EnumAccess<'de>>(self, _: A) -> Result<YamlValue, A::Error> {
-        Err(self.not_scalar("a tagged value"))
-    }
-}
-
-/// The second read: the text of the values marked in `wanted` (by position), as written.
-struct YamlTexts<'w> {
-    wanted: &'w [bool],
-}
-
-impl<'de> DeserializeSeed<'de> for YamlTexts<'_> {
-    type Value = Vec<Option<SecretString>>;
-
-    fn deserialize<D: de::Deserializer<'de>>(
-        self,
-        deserializer: D,
-    ) -> Result<Self::Value, D::Error> {
-        deserializer.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for YamlTexts<'_> {
-    type Value = Vec<Option<SecretString>>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a mapping")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut texts = Vec::new();
-        let mut index = 0;
-        while map.next_key::<IgnoredAny>()?.is_some() {
-            if self.wanted.get(index).copied().unwrap_or(false) {
-                texts.push(Some(map.next_value_seed(YamlText)?));
-            } else {
-                map.next_value::<IgnoredAny>()?;
-            }
-            index += 1;
-        }
-        Ok(texts)
-    }
-}
-
-/// A scalar's text as written (serde_yaml's `deserialize_str` does not resolve plain scalars).
-struct YamlText;
-
-impl<'de> DeserializeSeed<'de> for YamlText {
-    type Value = SecretString;
-
-    fn deserialize<D: de::Deserializer<'de>>(
-        self,
-        deserializer: D,
-    ) -> Result<Self::Value, D::Error> {
-        deserializer.deserialize_str(self)
-    }
-}
-
-impl<'de> Visitor<'de> for YamlText {
-    type Value = SecretString;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a scalar")
-    }
-
-    fn visit_str<E: de::Error>(self, value: &str) -> Result<SecretString, E> {
-        Ok(secret(value))
-    }
-}
-
-/// The lines of the top-level keys when the document has the usual layout, where every line
-/// starting in column 0 (other than comments, directives and document markers) starts an
-/// entry. Any other layout (flow style, explicit keys, anchors on keys) gets no lines.
-fn yaml_key_lines(input: &str, keys: &[&str]) -> Option<Vec<usize>> {
-    let mut lines = Vec::with_capacity(keys.len());
-    for (index, text) in input.lines().enumerate() {
-        let starts_entry = text.starts_with(|c: char| !matches!(c, ' ' | '\t' | '#' | '%'))
-            && !text.starts_with("---")
-            && !text.starts_with("...");
-        if !starts_entry {
-            continue;
-        }
-        let key = keys.get(lines.len())?;
-        // Quoted keys are taken on trust; plain ones must read as the key serde_yaml found.
-        if !text.starts_with(['"', '\'']) && plain_yaml_key(text) != Some(key) {
-            return None;
-        }
-        lines.push(index + 1);
-    }
-    (lines.len() == keys.len()).then_some(lines)
-}
-
-/// The text before the first `:` that is followed by a blank or the end of the line.
-fn plain_yaml_key(line: &str) -> Option<&str> {
-    line.match_indices(':')
-        .map(|(i, _)| i)
-        .find(|&i| matches!(line.as_bytes().get(i + 1), None | Some(b' ' | b'\t')))
-        .map(|i| line[..i].trim_end())
+    let leading_zero_digits = unsigned.len() > 1
+        && unsigned.starts_with('0')
+        && unsigned.bytes().all(|b| b.is_ascii_digit());
+    !leading_zero_digits
+        && !unsigned.starts_with(['+', '-'])
+        && unsigned.parse::<f64>().is_ok_and(f64::is_finite)
 }
 
 /// Whether a key can be written without quotes and still read back as the same string
@@ -1018,6 +1012,21 @@ mod tests {
     use super::*;
 
     const SECRET: &str = "s3cr3t-VALUE-9f";
+
+    /// Most tests are about syntax and read without a size limit; the limit has tests of its own.
+    fn parse(format: Format, input: &str) -> Result<Vec<Entry>, ParseError> {
+        super::parse(format, input, usize::MAX)
+    }
+
+    /// Like `error`, with a size limit.
+    fn error_within(limit: usize, format: Format, input: &str) -> ParseError {
+        let Err(err) = super::parse(format, input, limit) else {
+            panic!("{format} input should not parse");
+        };
+        assert!(!err.to_string().contains(SECRET), "{err}");
+        assert!(!format!("{err:?}").contains(SECRET), "{err:?}");
+        err
+    }
 
     fn pairs(format: Format, input: &str) -> Vec<(String, String)> {
         parse(format, input)
@@ -1378,8 +1387,8 @@ mod tests {
             lines(Format::Yaml, input),
             [Some(3), Some(4), Some(8), Some(9)]
         );
-        // Flow style: entries without lines rather than wrong ones.
-        assert_eq!(lines(Format::Yaml, "{A: 1, B: 2}"), [None, None]);
+        // Flow style too: the parser reports where each key is.
+        assert_eq!(lines(Format::Yaml, "{A: 1,\n B: 2}"), [Some(1), Some(2)]);
     }
 
     #[test]
@@ -1445,6 +1454,159 @@ mod tests {
         assert_eq!(err.line, Some(2));
         let err = error(Format::Yaml, &format!("A: 1\n---\nB: {SECRET}\n"));
         assert!(err.message.starts_with("invalid YAML"), "{err}");
+    }
+
+    #[test]
+    fn a_value_over_the_limit_is_refused_in_every_format_naming_its_key_and_line() {
+        let long = "123456789";
+        for (format, input) in [
+            (Format::Dotenv, format!("A=12345678\nB={long}\n")),
+            (Format::Dotenv, format!("A=12345678\nB='{long}'\n")),
+            (Format::Dotenv, format!("A=12345678\nB=\"{long}\"\n")),
+            (
+                Format::Json,
+                format!("{{\"A\": \"12345678\",\n\"B\": \"{long}\"}}"),
+            ),
+            (Format::Json, format!("{{\"A\": 12345678,\n\"B\": {long}}}")),
+            (Format::Yaml, format!("A: '12345678'\nB: {long}\n")),
+            (Format::Yaml, format!("A: 12345678\nB: \"{long}\"\n")),
+            (Format::Yaml, format!("A: 12345678\nB: |\n  {long}\n")),
+        ] {
+            let err = error_within(8, format, &input);
+            assert_eq!(
+                err.to_string(),
+                "line 2: the value of `B` is over 8 bytes",
+                "{format}: {input}"
+            );
+        }
+        // The message names the key, never the value.
+        error_within(8, Format::Dotenv, &format!("A=\"{SECRET}\""));
+        error_within(8, Format::Json, &format!("{{\"A\": \"{SECRET}\"}}"));
+        error_within(8, Format::Yaml, &format!("A: {SECRET}"));
+        // The production limit reads in KiB.
+        let err = error_within(
+            64 * 1024,
+            Format::Dotenv,
+            &format!("BIG={}", "x".repeat(64 * 1024 + 1)),
+        );
+        assert_eq!(err.to_string(), "line 1: the value of `BIG` is over 64 KiB");
+    }
+
+    #[test]
+    fn the_limit_counts_the_bytes_of_the_value_once_unescaped() {
+        // Escaped, the text is longer than the limit; the values are exactly 8 bytes.
+        for (format, input) in [
+            (Format::Dotenv, "A=\"\\n\\n\\t\\t\\\\\\\\\\$\\$\"\n"),
+            (
+                Format::Json,
+                "{\"A\": \"\\u0041\\u0042\\n\\n\\t\\t\\\\\\\\\"}",
+            ),
+            (Format::Yaml, "A: \"\\x41\\x42\\n\\n\\t\\t\\\\\\\\\"\n"),
+            (Format::Yaml, "A: \"éééé\"\n"),
+        ] {
+            let entries = super::parse(format, input, 8).unwrap();
+            assert_eq!(
+                entries[0].value.expose_secret().len(),
+                8,
+                "{format}: {input}"
+            );
+        }
+        // `é` is two bytes: five of them are over 8.
+        let err = error_within(8, Format::Yaml, "A: ééééé\n");
+        assert_eq!(err.to_string(), "line 1: the value of `A` is over 8 bytes");
+    }
+
+    #[test]
+    fn reading_stops_at_the_first_value_over_the_limit() {
+        // What follows the oversized value would be an error of its own: it is never reached.
+        for (format, input) in [
+            (Format::Dotenv, "A=123456789\nB=2\nB=\"unterminated\n"),
+            (
+                Format::Json,
+                "{\"A\": \"123456789\",\n\"B\": [1],\n\"A\": \"1\"}",
+            ),
+            (Format::Yaml, "A: 123456789\nB: [1]\nA: x\n"),
+            (
+                Format::Yaml,
+                "A: 123456789\nB: &anchor 1\nC: [1]\nD: *anchor\n",
+            ),
+        ] {
+            let err = error_within(8, format, input);
+            assert_eq!(
+                err.to_string(),
+                "line 1: the value of `A` is over 8 bytes",
+                "{format}"
+            );
+        }
+    }
+
+    #[test]
+    fn yaml_anchors_and_aliases_are_refused_naming_the_line() {
+        let err = error(Format::Yaml, &format!("A: 1\nB: &v {SECRET}\nC: *v\n"));
+        assert_eq!(
+            err.to_string(),
+            "line 2: YAML anchors (`&name`) are not supported; write each value out in full"
+        );
+        // Anchors anywhere: on a key, a mapping, the document, a quoted or empty value.
+        for (input, line) in [
+            (format!("&k A: {SECRET}\n"), 1),
+            (format!("A: 1\nM: &m {{x: {SECRET}}}\n"), 2),
+            (format!("&top\nA: {SECRET}\n"), 1),
+            (format!("A: 1\nB: &v \"{SECRET}\"\n"), 2),
+            ("A: &v\nB: 1\n".to_owned(), 1),
+        ] {
+            let err = error(Format::Yaml, &input);
+            assert_eq!(err.line, Some(line), "{input}");
+            assert!(err.message.starts_with("YAML anchors"), "{input}: {err}");
+        }
+        // An alias of an anchor that was never defined is not valid YAML.
+        let err = error(Format::Yaml, "A: 1\nB: *nowhere\n");
+        assert!(err.message.starts_with("invalid YAML"), "{err}");
+    }
+
+    #[test]
+    fn a_yaml_alias_bomb_is_refused_at_its_anchor() {
+        // The shape of a file whose aliases would each repeat a large value.
+        let mut input = format!("x: &a \"{}\"\n", SECRET.repeat(64));
+        for i in 0..2000 {
+            input.push_str(&format!("k{i}: *a\n"));
+        }
+        let err = error_within(64 * 1024, Format::Yaml, &input);
+        assert_eq!(err.line, Some(1));
+        assert!(err.message.starts_with("YAML anchors"), "{err}");
+    }
+
+    #[test]
+    fn yaml_core_schema_tags_are_honoured_and_others_refused() {
+        assert_eq!(
+            pairs(
+                Format::Yaml,
+                "A: !!str 5\nB: !!int 0x1F\n!!str 7: x\nC: !!binary aGk=\n"
+            ),
+            [
+                pair("A", "5"),
+                pair("B", "0x1F"),
+                pair("7", "x"),
+                pair("C", "aGk=")
+            ]
+        );
+        let err = error(Format::Yaml, &format!("OK: {SECRET}\nC: !!int abc\n"));
+        assert_eq!(
+            err.to_string(),
+            "line 2: the value of `C` does not read as the type of its tag"
+        );
+        let err = error(Format::Yaml, &format!("N: !!null {SECRET}\n"));
+        assert_eq!(err.line, Some(1));
+        let err = error(Format::Yaml, &format!("S: !custom [{SECRET}]\n"));
+        assert!(
+            err.to_string()
+                .contains("the value of `S` is a tagged value")
+        );
+        let err = error(Format::Yaml, "!!int 5: x\n");
+        assert_eq!(
+            err.to_string(),
+            "line 1: key `5` is not a string; put it in quotes"
+        );
     }
 
     #[test]

@@ -934,7 +934,7 @@ pub async fn import(
     body: &str,
 ) -> ApiResult<UpsertReport> {
     let ctx = tenancy::environment(state, principal, at, Action::SecretsWrite).await?;
-    let entries = formats::parse(format, body)
+    let entries = formats::parse(format, body, MAX_VALUE_BYTES)
         .map_err(|e| ApiError::validation("invalid_file", e.to_string()))?;
     check_entry_count(state, entries.len())?;
     for entry in &entries {

@@ -10,6 +10,7 @@ mod auth;
 mod client_address;
 mod errors;
 mod health;
+mod imports;
 mod isolation;
 mod keys;
 mod limits;
