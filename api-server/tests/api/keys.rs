@@ -131,10 +131,10 @@ async fn versions_under_retired_keys(app: &TestApp) -> i64 {
         .fetch_one(app.state.db.pool()).await.unwrap()
 }
 
-/// Holds the development environment's row: a secret write there stops just before it commits,
-/// after it has picked its data key and sealed its values.
-const HOLD_DEVELOPMENT: &str =
-    "SELECT id FROM environments WHERE slug = 'development' FOR NO KEY UPDATE";
+/// Holds the organization's row: a secret write stops at its revision bump just before it
+/// commits, after it has locked its environment, picked its data key and sealed its values.
+const HOLD_WRITES: &str =
+    "SELECT id FROM organizations WHERE slug = 'acme' FOR NO KEY UPDATE";
 
 const WEB: &str = "/api/v1/orgs/acme/projects/web";
 
@@ -189,7 +189,7 @@ async fn a_data_key_rotation_waits_for_a_write_in_flight_and_reencrypts_its_vers
 
     // A write that has read the active data key and sealed under it is held before its commit;
     // the rotation starts meanwhile.
-    let holder = app.hold_lock(HOLD_DEVELOPMENT).await;
+    let holder = app.hold_lock(HOLD_WRITES).await;
     let (written, rotated, waited) = interleave(
         holder,
         app.put(
@@ -241,7 +241,7 @@ async fn two_writes_that_find_the_data_key_spent_start_one_new_key_between_them(
     let dev = format!("{WEB}/environments/development/secrets");
     spend_nonce_budgets(&app).await;
 
-    let holder = app.hold_lock(HOLD_DEVELOPMENT).await;
+    let holder = app.hold_lock(HOLD_WRITES).await;
     let (a, b, _) = interleave(
         holder,
         app.post(
@@ -311,7 +311,7 @@ async fn a_master_key_rotation_waits_for_a_data_key_being_created_and_rewraps_it
 
     // `app` still has the old key as its active one: its write starts a data key wrapped by the
     // old key, and is held before it commits while the rotation starts.
-    let holder = app.hold_lock(HOLD_DEVELOPMENT).await;
+    let holder = app.hold_lock(HOLD_WRITES).await;
     let (written, rewrapped, waited) = interleave(
         holder,
         app.post(
