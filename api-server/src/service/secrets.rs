@@ -939,15 +939,17 @@ pub async fn import(
     check_entry_count(state, entries.len())?;
     for entry in &entries {
         check_key(&entry.key).map_err(|_| {
-            let line = entry
-                .line
-                .map(|l| format!("line {l}: "))
-                .unwrap_or_default();
+            // A malformed line may be a piece of a value (a continuation of a multi-line
+            // one): where the line says which entry it is, the key is not quoted at all.
+            let which = match entry.line {
+                Some(line) => format!("line {line}: the key"),
+                None => format!("the key `{}`", quoted_key(&entry.key)),
+            };
             ApiError::validation(
                 "invalid_file",
                 format!(
-                    "{line}`{}` is not a valid key (^[A-Za-z_][A-Za-z0-9_.-]*$)",
-                    entry.key
+                    "{which} is not valid (keys match ^[A-Za-z_][A-Za-z0-9_.-]*$, at most \
+                     {MAX_KEY_LEN} characters)"
                 ),
             )
         })?;
@@ -961,6 +963,20 @@ pub async fn import(
         })
         .collect();
     upsert(state, meta, principal, &ctx, inputs, true, action::IMPORTED).await
+}
+
+/// At most 64 characters of an invalid key, with control characters left out.
+fn quoted_key(key: &str) -> String {
+    const MAX_CHARS: usize = 64;
+    let mut quoted: String = key
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_CHARS)
+        .collect();
+    if key.chars().filter(|c| !c.is_control()).nth(MAX_CHARS).is_some() {
+        quoted.push('…');
+    }
+    quoted
 }
 
 /// The environment's secrets as a file.

@@ -57,3 +57,13 @@ db_test!(async fn an_imported_value_over_64_kib_is_refused_by_the_parser_in_ever
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(r.json()["created"], 1);
 });
+
+db_test!(async fn an_invalid_key_is_named_by_its_line_without_quoting_it(app) {
+    let ann = setup(&app).await;
+    // A broken line of a multi-line value reads as a key: its text must not come back.
+    let body = "GOOD=1\n9kq2-PRIVATE-material-x7=tail\n".to_owned();
+    let m = import(&app, &ann, "dotenv", body).await.assert_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_file");
+    assert!(m.starts_with("line 2: the key is not valid"), "{m}");
+    assert!(!m.contains("PRIVATE"), "{m}");
+    assert_untouched(&app, &ann).await;
+});
