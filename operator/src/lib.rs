@@ -28,7 +28,7 @@ const GENERATED_HEADER: &str =
     reason = "a CRD is strings, numbers and maps with string keys: always representable in YAML"
 )]
 pub fn crd_yaml(crd: &CustomResourceDefinition) -> String {
-    let yaml = serde_yaml::to_string(crd).expect("a CRD serialises to YAML");
+    let yaml = serde_norway::to_string(crd).expect("a CRD serialises to YAML");
     format!("{GENERATED_HEADER}{yaml}")
 }
 

@@ -99,18 +99,18 @@ impl TestEnvBuilder {
     /// When a document is not a CustomResourceDefinition: the fixture is broken.
     #[must_use]
     pub fn crd_yaml(mut self, yaml: &str) -> Self {
-        for document in serde_yaml::Deserializer::from_str(yaml) {
-            let value = serde_yaml::Value::deserialize(document)
+        for document in serde_norway::Deserializer::from_str(yaml) {
+            let value = serde_norway::Value::deserialize(document)
                 .unwrap_or_else(|e| panic!("kube-testenv: invalid CRD YAML: {e}"));
             if value.is_null() {
                 continue;
             }
-            if value.get("kind").and_then(serde_yaml::Value::as_str)
+            if value.get("kind").and_then(serde_norway::Value::as_str)
                 != Some("CustomResourceDefinition")
             {
                 panic!("kube-testenv: not a CustomResourceDefinition: {value:?}");
             }
-            let crd = serde_yaml::from_value(value)
+            let crd = serde_norway::from_value(value)
                 .unwrap_or_else(|e| panic!("kube-testenv: not a CustomResourceDefinition: {e}"));
             self.crds.push(crd);
         }
