@@ -501,11 +501,16 @@ pub async fn read_all(
     let ctx = tenancy::environment(state, principal, at, Action::SecretsRead).await?;
     let (revision, with_refs, org_revision) =
         db::secrets::validators(state.db.pool(), ctx.project.org.org.id, ctx.env.id).await?;
+    // The environment's id: one deleted and created again starts its revisions afresh.
     // Resolved values may change with other environments: then the tag covers the organization.
+    let env_id = ctx.env.id;
     let etag = if resolve_refs && with_refs > 0 {
-        format!("\"e{revision}.o{org_revision}\"")
+        format!("\"{env_id}.e{revision}.o{org_revision}\"")
     } else {
-        format!("\"e{revision}{}\"", if resolve_refs { "" } else { ".raw" })
+        format!(
+            "\"{env_id}.e{revision}{}\"",
+            if resolve_refs { "" } else { ".raw" }
+        )
     };
     if if_none_match.is_some_and(|tags| {
         tags.split(',')
@@ -973,7 +978,12 @@ fn quoted_key(key: &str) -> String {
         .filter(|c| !c.is_control())
         .take(MAX_CHARS)
         .collect();
-    if key.chars().filter(|c| !c.is_control()).nth(MAX_CHARS).is_some() {
+    if key
+        .chars()
+        .filter(|c| !c.is_control())
+        .nth(MAX_CHARS)
+        .is_some()
+    {
         quoted.push('…');
     }
     quoted
