@@ -222,6 +222,14 @@ impl TestApp {
     }
 }
 
+/// Ann, owner of the organization `acme` and its project `web` (with the default environments).
+pub async fn acme_web(app: &TestApp) -> Session {
+    let ann = app.register("ann@example.com").await;
+    app.org(&ann, "acme").await;
+    app.project(&ann, "acme", "web").await;
+    ann
+}
+
 /// A logged-in user.
 #[derive(Debug, Clone)]
 pub struct Session {

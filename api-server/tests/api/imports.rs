@@ -4,16 +4,9 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use serde_json::Value;
 
-use crate::helpers::{Session, TestApp, TestResponse, db_test};
+use crate::helpers::{Session, TestApp, TestResponse, acme_web, db_test};
 
 const ENV: &str = "/api/v1/orgs/acme/projects/web/environments/development/secrets";
-
-async fn setup(app: &TestApp) -> Session {
-    let ann = app.register("ann@example.com").await;
-    app.org(&ann, "acme").await;
-    app.project(&ann, "acme", "web").await;
-    ann
-}
 
 async fn import(app: &TestApp, who: &Session, format: &str, body: String) -> TestResponse {
     let request = Request::post(format!("{ENV}/import?format={format}"))
@@ -32,7 +25,7 @@ async fn assert_untouched(app: &TestApp, who: &Session) {
 }
 
 db_test!(async fn a_yaml_import_with_an_anchor_and_aliases_is_refused_naming_the_line(app) {
-    let ann = setup(&app).await;
+    let ann = acme_web(&app).await;
     let body = "GOOD: 1\nSHARED: &v shared-value-7d1\nA: *v\nB: *v\n".to_owned();
     let m = import(&app, &ann, "yaml", body).await.assert_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_file");
     assert_eq!(m, "line 2: YAML anchors (`&name`) are not supported; write each value out in full");
@@ -40,7 +33,7 @@ db_test!(async fn a_yaml_import_with_an_anchor_and_aliases_is_refused_naming_the
 });
 
 db_test!(async fn an_imported_value_over_64_kib_is_refused_by_the_parser_in_every_format(app) {
-    let ann = setup(&app).await;
+    let ann = acme_web(&app).await;
     let big = "b".repeat(64 * 1024 + 1);
     for (format, body) in [
         ("dotenv", format!("GOOD=1\nBIG=\"{big}\"\nBAD KEY=x\n")),
@@ -59,7 +52,7 @@ db_test!(async fn an_imported_value_over_64_kib_is_refused_by_the_parser_in_ever
 });
 
 db_test!(async fn an_invalid_key_is_named_by_its_line_without_quoting_it(app) {
-    let ann = setup(&app).await;
+    let ann = acme_web(&app).await;
     // A broken line of a multi-line value reads as a key: its text must not come back.
     let body = "GOOD=1\n9kq2-PRIVATE-material-x7=tail\n".to_owned();
     let m = import(&app, &ann, "dotenv", body).await.assert_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_file");

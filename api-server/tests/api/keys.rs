@@ -133,8 +133,7 @@ async fn versions_under_retired_keys(app: &TestApp) -> i64 {
 
 /// Holds the organization's row: a secret write stops at its revision bump just before it
 /// commits, after it has locked its environment, picked its data key and sealed its values.
-const HOLD_WRITES: &str =
-    "SELECT id FROM organizations WHERE slug = 'acme' FOR NO KEY UPDATE";
+const HOLD_WRITES: &str = "SELECT id FROM organizations WHERE slug = 'acme' FOR NO KEY UPDATE";
 
 const WEB: &str = "/api/v1/orgs/acme/projects/web";
 

@@ -5,16 +5,9 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{Session, TestApp, TestResponse, db_test};
+use crate::helpers::{Session, TestApp, TestResponse, acme_web, db_test};
 
 const ENV: &str = "/api/v1/orgs/acme/projects/web/environments";
-
-async fn setup(app: &TestApp) -> Session {
-    let ann = app.register("ann@example.com").await;
-    app.org(&ann, "acme").await;
-    app.project(&ann, "acme", "web").await;
-    ann
-}
 
 fn entries(prefix: &str, n: usize) -> Value {
     let secrets: Vec<Value> = (0..n)
@@ -46,7 +39,7 @@ async fn count(app: &TestApp, session: &Session, env: &str) -> usize {
 }
 
 db_test!(async fn a_bulk_write_or_import_of_more_entries_than_allowed_changes_nothing(app, |c| c.max_bulk_entries = 5) {
-    let ann = setup(&app).await;
+    let ann = acme_web(&app).await;
     let base = format!("{ENV}/development/secrets");
     let m = app.put(&base, Some(&ann.access), entries("K", 6)).await
         .assert_error(StatusCode::UNPROCESSABLE_ENTITY, "too_many_entries");
@@ -59,7 +52,7 @@ db_test!(async fn a_bulk_write_or_import_of_more_entries_than_allowed_changes_no
 });
 
 db_test!(async fn an_environment_holds_at_most_the_configured_number_of_secrets(app, |c| c.max_secrets_per_environment = 10) {
-    let ann = setup(&app).await;
+    let ann = acme_web(&app).await;
     let base = format!("{ENV}/development/secrets");
     assert_eq!(app.put(&base, Some(&ann.access), entries("K", 9)).await.status, StatusCode::OK);
     let m = app.put(&base, Some(&ann.access), entries("N", 2)).await
@@ -81,7 +74,7 @@ db_test!(async fn an_environment_holds_at_most_the_configured_number_of_secrets(
 });
 
 db_test!(async fn concurrent_writers_cannot_take_an_environment_past_its_cap(app, |c| c.max_secrets_per_environment = 10) {
-    let ann = setup(&app).await;
+    let ann = acme_web(&app).await;
     let base = format!("{ENV}/development/secrets");
     assert_eq!(app.put(&base, Some(&ann.access), entries("K", 8)).await.status, StatusCode::OK);
     // Each fits alone; together they would make 12.
@@ -98,7 +91,7 @@ db_test!(async fn concurrent_writers_cannot_take_an_environment_past_its_cap(app
 });
 
 db_test!(async fn a_maximum_size_import_is_accepted_without_blocking_another_tenants_writes(app) {
-    let ann = setup(&app).await;
+    let ann = acme_web(&app).await;
     let bob = app.register("bob@example.com").await;
     app.org(&bob, "bobco").await;
     app.project(&bob, "bobco", "api").await;

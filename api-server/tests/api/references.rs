@@ -5,16 +5,9 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use serde_json::json;
 
-use crate::helpers::{Session, TestApp, TestResponse, db_test};
+use crate::helpers::{Session, TestApp, TestResponse, acme_web, db_test};
 
 const DEV: &str = "/api/v1/orgs/acme/projects/web/environments/development/secrets";
-
-async fn setup(app: &TestApp) -> Session {
-    let ann = app.register("ann@example.com").await;
-    app.org(&ann, "acme").await;
-    app.project(&ann, "acme", "web").await;
-    ann
-}
 
 async fn put(app: &TestApp, who: &Session, key: &str, value: &str) -> TestResponse {
     app.put(
@@ -31,7 +24,7 @@ fn ok(r: &TestResponse) {
 }
 
 db_test!(async fn a_value_that_fans_out_past_the_value_limit_is_refused_when_written(app) {
-    let ann = setup(&app).await;
+    let ann = acme_web(&app).await;
     ok(&put(&app, &ann, "C", &"c".repeat(64 * 1024)).await);
     // The review's shape: B repeats a full value 16,384 times (its own text is exactly 64 KiB).
     let m = put(&app, &ann, "B", &"${C}".repeat(16 * 1024)).await
@@ -49,7 +42,7 @@ db_test!(async fn a_value_that_fans_out_past_the_value_limit_is_refused_when_wri
 });
 
 db_test!(async fn a_value_grown_past_the_limit_by_its_references_fails_every_resolving_read(app) {
-    let ann = setup(&app).await;
+    let ann = acme_web(&app).await;
     ok(&put(&app, &ann, "H", "h").await);
     ok(&put(&app, &ann, "B", "${H}${H}").await);
     // H has no references of its own, so its write is fine; B now resolves to 80 KiB.
@@ -69,7 +62,7 @@ db_test!(async fn the_bytes_and_references_one_request_resolves_are_bounded(app,
     c.max_resolved_bytes = 10_000;
     c.max_resolved_references = 50;
 }) {
-    let ann = setup(&app).await;
+    let ann = acme_web(&app).await;
     ok(&put(&app, &ann, "B", &"b".repeat(3_000)).await);
     // Each write resolves 6,000 bytes (B, then D); the whole environment resolves more.
     for key in ["D1", "D2", "D3"] {
@@ -87,7 +80,7 @@ db_test!(async fn the_bytes_and_references_one_request_resolves_are_bounded(app,
 });
 
 db_test!(async fn reference_errors_name_the_place_and_never_quote_the_value(app) {
-    let ann = setup(&app).await;
+    let ann = acme_web(&app).await;
     // A generated password with a stray `${` is refused when written, not at every read.
     let r = put(&app, &ann, "PW", "hunter2${Tr0ub4dor&3").await;
     let m = r.assert_error(StatusCode::UNPROCESSABLE_ENTITY, "reference_error");
@@ -123,7 +116,7 @@ db_test!(async fn reference_errors_name_the_place_and_never_quote_the_value(app)
 });
 
 db_test!(async fn cycles_are_refused_when_written_including_by_a_rollback(app) {
-    let ann = setup(&app).await;
+    let ann = acme_web(&app).await;
     let r = app.put(DEV, Some(&ann.access), json!({ "secrets": [
         { "key": "X", "value": "${Y}" },
         { "key": "Y", "value": "${X}" },
@@ -143,7 +136,7 @@ db_test!(async fn cycles_are_refused_when_written_including_by_a_rollback(app) {
 });
 
 db_test!(async fn a_writer_may_reference_a_place_it_cannot_read_and_readers_resolve_with_their_own_rights(app) {
-    let ann = setup(&app).await;
+    let ann = acme_web(&app).await;
     let dev = app.member(&ann, "acme", "dev@example.com", "member").await;
     app.put(&format!("/api/v1/orgs/acme/projects/web/access/users/{}", dev.user_id), Some(&ann.access), json!({ "role": "developer" })).await;
     app.put("/api/v1/orgs/acme/projects/web/environments/production/policies/developer", Some(&ann.access), json!({ "access": "none" })).await;

@@ -2,16 +2,9 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{Session, TestApp, db_test};
+use crate::helpers::{Session, TestApp, acme_web, db_test};
 
 const ENV: &str = "/api/v1/orgs/acme/projects/web/environments";
-
-async fn setup(app: &TestApp) -> Session {
-    let ann = app.register("ann@example.com").await;
-    app.org(&ann, "acme").await;
-    app.project(&ann, "acme", "web").await;
-    ann
-}
 
 fn secrets_of(v: &Value) -> Vec<(String, String)> {
     v["secrets"]
@@ -28,7 +21,7 @@ fn secrets_of(v: &Value) -> Vec<(String, String)> {
 }
 
 db_test!(async fn a_secret_is_created_read_updated_versioned_rolled_back_deleted_and_restored(app) {
-    let ann = setup(&app).await;
+    let ann = acme_web(&app).await;
     let base = format!("{ENV}/development/secrets");
     let r = app.post(&base, Some(&ann.access), json!({ "key": "DATABASE_URL", "value": "postgres://one", "comment": "primary" })).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
@@ -69,7 +62,7 @@ db_test!(async fn a_secret_is_created_read_updated_versioned_rolled_back_deleted
 });
 
 db_test!(async fn bad_keys_values_and_comments_are_refused_and_change_nothing(app) {
-    let ann = setup(&app).await;
+    let ann = acme_web(&app).await;
     let base = format!("{ENV}/development/secrets");
     for key in ["", "1ABC", "A B", "A=B", &"K".repeat(257)] {
         app.post(&base, Some(&ann.access), json!({ "key": key, "value": "v" })).await.assert_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_key");
@@ -87,7 +80,7 @@ db_test!(async fn bad_keys_values_and_comments_are_refused_and_change_nothing(ap
 });
 
 db_test!(async fn the_bulk_read_has_a_revision_and_an_etag_and_answers_304_when_unchanged(app) {
-    let ann = setup(&app).await;
+    let ann = acme_web(&app).await;
     let base = format!("{ENV}/staging/secrets");
     let r = app.put(&base, Some(&ann.access), json!({ "secrets": [{ "key": "A", "value": "1" }, { "key": "B", "value": "2" }] })).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
@@ -113,8 +106,26 @@ db_test!(async fn the_bulk_read_has_a_revision_and_an_etag_and_answers_304_when_
     assert_ne!(r.headers.get("etag").unwrap().to_str().unwrap(), etag);
 });
 
+db_test!(async fn an_environment_created_again_never_matches_the_etag_of_the_one_deleted(app) {
+    let ann = acme_web(&app).await;
+    let base = format!("{ENV}/preview/secrets");
+    let create = || app.post(ENV, Some(&ann.access), json!({ "slug": "preview" }));
+    assert_eq!(create().await.status, StatusCode::CREATED);
+    app.put(&base, Some(&ann.access), json!({ "secrets": [{ "key": "A", "value": "old" }] })).await;
+    let etag = app.get(&base, Some(&ann.access)).await.headers.get("etag").unwrap().to_str().unwrap().to_owned();
+    assert_eq!(app.delete(&format!("{ENV}/preview"), Some(&ann.access)).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(create().await.status, StatusCode::CREATED);
+    // The same revision (1) as before, but other data: a conditional read must not answer 304.
+    app.put(&base, Some(&ann.access), json!({ "secrets": [{ "key": "A", "value": "new" }] })).await;
+    let request = Request::get(&base).header("authorization", format!("Bearer {}", ann.access)).header("if-none-match", &etag).body(Body::empty()).unwrap();
+    let r = app.send(request).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["revision"], 1);
+    assert_eq!(secrets_of(&r.json()), [("A".to_owned(), "new".to_owned())]);
+});
+
 db_test!(async fn references_resolve_across_environments_and_projects_with_cycles_reported(app) {
-    let ann = setup(&app).await;
+    let ann = acme_web(&app).await;
     app.project(&ann, "acme", "shared").await;
     app.post("/api/v1/orgs/acme/projects/shared/environments/production/secrets", Some(&ann.access), json!({ "key": "HOST", "value": "db.internal" })).await;
     app.post(&format!("{ENV}/production/secrets"), Some(&ann.access), json!({ "key": "PASSWORD", "value": "s3cr3t" })).await;
@@ -154,7 +165,7 @@ db_test!(async fn references_resolve_across_environments_and_projects_with_cycle
 });
 
 db_test!(async fn a_reference_to_an_environment_the_reader_may_not_read_is_refused(app) {
-    let ann = setup(&app).await;
+    let ann = acme_web(&app).await;
     let dev = app.member(&ann, "acme", "dev@example.com", "member").await;
     app.put(&format!("/api/v1/orgs/acme/projects/web/access/users/{}", dev.user_id), Some(&ann.access), json!({ "role": "developer" })).await;
     app.put(&format!("{ENV}/production/policies/developer"), Some(&ann.access), json!({ "access": "none" })).await;
@@ -170,7 +181,7 @@ db_test!(async fn a_reference_to_an_environment_the_reader_may_not_read_is_refus
 });
 
 db_test!(async fn project_roles_and_environment_policies_decide_who_reads_and_writes(app) {
-    let ann = setup(&app).await;
+    let ann = acme_web(&app).await;
     app.post(&format!("{ENV}/production/secrets"), Some(&ann.access), json!({ "key": "K", "value": "v" })).await;
     let viewer = app.member(&ann, "acme", "viewer@example.com", "member").await;
     let developer = app.member(&ann, "acme", "developer@example.com", "member").await;
@@ -202,7 +213,7 @@ db_test!(async fn project_roles_and_environment_policies_decide_who_reads_and_wr
 });
 
 db_test!(async fn reading_values_is_audited_with_keys_but_never_values(app) {
-    let ann = setup(&app).await;
+    let ann = acme_web(&app).await;
     app.post(&format!("{ENV}/development/secrets"), Some(&ann.access), json!({ "key": "TOKEN", "value": "tok-9f8e7d" })).await;
     app.get(&format!("{ENV}/development/secrets"), Some(&ann.access)).await;
     app.get(&format!("{ENV}/development/secrets/TOKEN"), Some(&ann.access)).await;
@@ -217,7 +228,7 @@ db_test!(async fn reading_values_is_audited_with_keys_but_never_values(app) {
 });
 
 db_test!(async fn export_then_import_into_an_empty_environment_gives_identical_secrets(app) {
-    let ann = setup(&app).await;
+    let ann = acme_web(&app).await;
     let tricky = json!({ "secrets": [
         { "key": "EMPTY", "value": "" },
         { "key": "SPACES", "value": "  padded  " },
@@ -258,7 +269,7 @@ db_test!(async fn export_then_import_into_an_empty_environment_gives_identical_s
 });
 
 db_test!(async fn a_malformed_import_names_the_line_and_changes_nothing(app) {
-    let ann = setup(&app).await;
+    let ann = acme_web(&app).await;
     let send = |format: &str, body: &str| {
         let req = Request::builder().method(Method::POST).uri(format!("{ENV}/development/secrets/import?format={format}"))
             .header("authorization", format!("Bearer {}", ann.access)).body(Body::from(body.to_owned())).unwrap();
@@ -278,7 +289,7 @@ db_test!(async fn a_malformed_import_names_the_line_and_changes_nothing(app) {
 });
 
 db_test!(async fn a_ciphertext_moved_to_another_row_fails_to_decrypt_and_reveals_nothing(app) {
-    let ann = setup(&app).await;
+    let ann = acme_web(&app).await;
     let base = format!("{ENV}/development/secrets");
     app.put(&base, Some(&ann.access), json!({ "secrets": [{ "key": "A", "value": "value-of-a" }, { "key": "B", "value": "value-of-b" }] })).await;
     // Copy A's sealed value over B's: same DEK, same environment, different place.
@@ -294,7 +305,7 @@ db_test!(async fn a_ciphertext_moved_to_another_row_fails_to_decrypt_and_reveals
 });
 
 db_test!(async fn no_secret_value_is_stored_in_plaintext(app) {
-    let ann = setup(&app).await;
+    let ann = acme_web(&app).await;
     let marker = "plaintext-marker-5c1e7a";
     app.post(&format!("{ENV}/development/secrets"), Some(&ann.access), json!({ "key": "M", "value": marker, "comment": format!("comment {marker}") })).await;
     app.put(&format!("{ENV}/development/secrets/M"), Some(&ann.access), json!({ "value": format!("{marker}-2") })).await;
@@ -349,7 +360,7 @@ async fn no_secret_value_reaches_the_logs() {
 
     let marker = "log-marker-3b9d1f";
     let app = TestApp::sqlite(|_| {}).await;
-    let ann = setup(&app).await;
+    let ann = acme_web(&app).await;
     let base = format!("{ENV}/development/secrets");
     app.post(
         &base,
