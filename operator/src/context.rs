@@ -24,8 +24,9 @@ use zeroize::Zeroizing;
 use crate::conditions::Reason;
 use crate::config::Config;
 use crate::crd::Project;
+use crate::credentials::{Connection, ConnectionError, Connector};
 use crate::metrics::Metrics;
-use crate::upstream::{Connection, ConnectionError, Upstream};
+use crate::source::Sources;
 
 /// The field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "coffer-operator";
@@ -123,7 +124,9 @@ pub struct Context {
     pub kube: kube::Client,
     pub config: Config,
     pub metrics: Arc<Metrics>,
-    pub upstream: Upstream,
+    pub connector: Connector,
+    /// What the `Environment` resources read from coffer-server.
+    pub sources: Sources,
     /// Key of the HMAC over synced data; the same across restarts and replicas.
     pub hash_key: Zeroizing<Vec<u8>>,
     recorder: Recorder,
@@ -136,7 +139,7 @@ impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Context")
             .field("config", &self.config)
-            .field("upstream", &self.upstream)
+            .field("sources", &self.sources)
             .finish_non_exhaustive()
     }
 }
@@ -226,7 +229,8 @@ impl Context {
         kube: kube::Client,
         config: Config,
         metrics: Arc<Metrics>,
-        upstream: Upstream,
+        connector: Connector,
+        sources: Sources,
         hash_key: Zeroizing<Vec<u8>>,
         identity: String,
     ) -> Self {
@@ -241,7 +245,8 @@ impl Context {
             kube,
             config,
             metrics,
-            upstream,
+            connector,
+            sources,
             hash_key,
             recorder,
             failures: Mutex::default(),
@@ -249,9 +254,9 @@ impl Context {
         }
     }
 
-    /// The server and credentials of `project` (see [`Upstream::connection`]).
+    /// The server and credentials of `project` (see [`Connector::connection`]).
     pub async fn connection(&self, project: &Project) -> Result<Connection, ConnectionError> {
-        self.upstream
+        self.connector
             .connection(&self.kube, &self.config, project)
             .await
     }

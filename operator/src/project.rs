@@ -16,7 +16,8 @@ use serde_json::json;
 use crate::conditions::{self, Reason};
 use crate::context::{self, Context, Error, drain, finalized, patch_params, spec_changes};
 use crate::crd::{CONDITION_READY, DeletionPolicy, Project, ProjectStatus};
-use crate::upstream::{ConnectionError, reason_for};
+use crate::credentials::ConnectionError;
+use crate::source::reason_for;
 
 const KIND: &str = "Project";
 /// How often a healthy project is checked again.

@@ -29,7 +29,8 @@ use crate::context::{
 use crate::crd::{
     CONDITION_READY, CONDITION_SYNCED, DeletionPolicy, Environment, EnvironmentStatus, Project,
 };
-use crate::upstream::{ConnectionError, FetchError, Missing, SourceKey};
+use crate::credentials::ConnectionError;
+use crate::source::{FetchError, Missing};
 use build::{MANAGED_BY, MANAGED_BY_LABEL, Ownership, Update};
 
 /// Set (to any new value, e.g. a timestamp) to make the operator fetch from coffer-server now.
@@ -234,7 +235,7 @@ async fn apply(env: &Environment, ctx: &Context) -> Result<Action, Error> {
     };
     let org = project.spec.organization.clone();
     let project_slug = project.project_slug();
-    let key = SourceKey::new(&conn, &org, &project_slug, &env.spec.environment);
+    let key = conn.source(&org, &project_slug, &env.spec.environment);
     let place = format!("{org}/{project_slug}/{}", env.spec.environment);
 
     // The environment's secrets.
@@ -246,7 +247,7 @@ async fn apply(env: &Environment, ctx: &Context) -> Result<Action, Error> {
             .map(String::as_str),
     );
     let mut fetched = ctx
-        .upstream
+        .sources
         .snapshot(&key, &conn.client, interval, force, &reader)
         .await;
     if let Err(e) = &fetched {
@@ -271,9 +272,9 @@ async fn apply(env: &Environment, ctx: &Context) -> Result<Action, Error> {
                     format!("created environment {place} in coffer-server"),
                 )
                 .await;
-                ctx.upstream.invalidate(&key).await;
+                ctx.sources.invalidate(&key).await;
                 fetched = ctx
-                    .upstream
+                    .sources
                     .snapshot(&key, &conn.client, interval, true, &reader)
                     .await;
             }
@@ -543,7 +544,7 @@ async fn cleanup(env: &Environment, ctx: &Context) -> Result<Action, Error> {
             }
         }
     }
-    ctx.upstream.forget_reader(&ObjectRef::from_obj(env));
+    ctx.sources.forget_reader(&ObjectRef::from_obj(env));
     ctx.forget(&object_key(env), env.metadata.uid.as_deref());
     ctx.metrics.forget_object(&namespace, &env.name_any());
     Ok(Action::await_change())
