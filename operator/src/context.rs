@@ -153,9 +153,10 @@ pub enum Error {
     /// once.
     #[error("conflict: {0}")]
     Conflict(kube::Error),
-    /// coffer-server failed; the status says why.
+    /// A reconciliation halted on a failure worth retrying (coffer-server failed, say); the
+    /// status says why.
     #[error("{reason}: {message}")]
-    Upstream { reason: Reason, message: String },
+    Halted { reason: Reason, message: String },
     #[error("finalizer: {0}")]
     Finalizer(String),
 }
@@ -166,7 +167,7 @@ impl Error {
         match self {
             Self::Kube(_) => Reason::KubernetesError.as_str(),
             Self::Conflict(_) => "Conflict",
-            Self::Upstream { reason, .. } => reason.as_str(),
+            Self::Halted { reason, .. } => reason.as_str(),
             Self::Finalizer(_) => "FinalizerFailed",
         }
     }
@@ -194,6 +195,52 @@ impl<E: std::error::Error + Into<Error> + 'static> From<kube::runtime::finalizer
                 _ => e.into(),
             },
             other => Error::Finalizer(other.to_string()),
+        }
+    }
+}
+
+/// When to look at a resource again after a [`Halt`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requeue {
+    /// Only when something it depends on changes (its spec, a watched object).
+    AwaitChange,
+    /// After this long (the refresh interval, a recheck period).
+    After(Duration),
+    /// With the exponential backoff of failures (see [`retry`]).
+    Backoff,
+    /// At once: this pass made a change that the next one builds on.
+    Now,
+}
+
+/// A reconciliation stopped short: why (the `Ready` condition's reason and message) and when
+/// to try again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Halt {
+    pub reason: Reason,
+    pub message: String,
+    pub requeue: Requeue,
+}
+
+impl Halt {
+    pub fn new(reason: Reason, message: impl Into<String>, requeue: Requeue) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+            requeue,
+        }
+    }
+
+    /// What the controller does next; a halt to retry with backoff is an error for the
+    /// controller's error policy.
+    pub fn action(self) -> Result<Action, Error> {
+        match self.requeue {
+            Requeue::AwaitChange => Ok(Action::await_change()),
+            Requeue::After(delay) => Ok(Action::requeue(delay)),
+            Requeue::Now => Ok(Action::requeue(Duration::ZERO)),
+            Requeue::Backoff => Err(Error::Halted {
+                reason: self.reason,
+                message: self.message,
+            }),
         }
     }
 }

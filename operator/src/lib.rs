@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod project;
 pub mod run;
 pub mod source;
+pub mod status;
 
 pub use config::Config;
 pub use run::Operator;

@@ -290,6 +290,11 @@ impl Sources {
                 } else {
                     FetchError::from(&e)
                 };
+                if failure.missing.is_some() {
+                    // What was read is gone: an environment created again under the same name
+                    // may reuse the entity tag, so the next read must not be conditional.
+                    state.snapshot = None;
+                }
                 state.failure = Some((Instant::now(), failure.clone()));
                 Err(failure)
             }
@@ -446,6 +451,8 @@ mod tests {
     /// environment exist, and a gate that holds reads until the test opens it.
     struct Fake {
         reads: StdMutex<VecDeque<Result<Read, ClientError>>>,
+        /// The `If-None-Match` of every read.
+        tags: StdMutex<Vec<Option<String>>>,
         calls: AtomicUsize,
         project: bool,
         environment: bool,
@@ -456,6 +463,7 @@ mod tests {
         fn new(reads: Vec<Result<Read, ClientError>>) -> Self {
             Self {
                 reads: StdMutex::new(reads.into()),
+                tags: StdMutex::default(),
                 calls: AtomicUsize::new(0),
                 project: true,
                 environment: true,
@@ -479,8 +487,9 @@ mod tests {
     }
 
     impl Origin for Fake {
-        async fn read(&self, _: &SourceKey, _: Option<&str>) -> Result<Read, ClientError> {
+        async fn read(&self, _: &SourceKey, etag: Option<&str>) -> Result<Read, ClientError> {
             let _permit = self.gate.acquire().await.unwrap();
+            self.tags.lock().unwrap().push(etag.map(str::to_owned));
             self.calls.fetch_add(1, Ordering::SeqCst);
             self.reads.lock().unwrap().pop_front().unwrap()
         }
@@ -588,6 +597,32 @@ mod tests {
             (e.missing, e.reason),
             (Some(Missing::Project), Reason::ProjectNotFound)
         );
+    }
+
+    #[tokio::test]
+    async fn after_a_confirmed_missing_environment_the_next_read_is_unconditional() {
+        let (sources, _changed) = Sources::new(Arc::new(Metrics::new()));
+        let mut origin = Fake::new(vec![
+            modified("\"e1\"", 1, &[("A", "1")]),
+            Err(api_error(404)),
+            // Created again: the server's tag repeats, the data does not.
+            modified("\"e1\"", 1, &[("A", "2")]),
+        ]);
+        origin.environment = false;
+        let r = reader("a");
+        sources
+            .snapshot(&key(), &origin, HOUR, true, &r)
+            .await
+            .unwrap();
+        let gone = sources.snapshot(&key(), &origin, HOUR, true, &r).await;
+        assert_eq!(gone.unwrap_err().missing, Some(Missing::Environment));
+        let back = sources
+            .snapshot(&key(), &origin, HOUR, true, &r)
+            .await
+            .unwrap();
+        assert_eq!(back.values["A"].expose_secret(), "2");
+        let tags = origin.tags.lock().unwrap().clone();
+        assert_eq!(tags, [None, Some("\"e1\"".to_owned()), None]);
     }
 
     #[tokio::test]
