@@ -84,18 +84,43 @@ impl std::fmt::Display for Reason {
     }
 }
 
+/// The status of a condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    True,
+    False,
+    /// Cannot be told now (coffer-server cannot be read, say).
+    Unknown,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::True => "True",
+            Self::False => "False",
+            Self::Unknown => "Unknown",
+        }
+    }
+}
+
+impl From<bool> for State {
+    fn from(ok: bool) -> Self {
+        if ok { Self::True } else { Self::False }
+    }
+}
+
 /// Sets condition `type_` in `conditions` at time `now`. The transition time moves only when
 /// the status does, so setting the same state twice changes nothing.
 pub fn set(
     conditions: &mut Vec<Condition>,
     type_: &str,
-    status: bool,
+    status: impl Into<State>,
     reason: Reason,
     message: impl Into<String>,
     generation: Option<i64>,
     now: Timestamp,
 ) {
-    let status = if status { "True" } else { "False" };
+    let status = status.into().as_str();
     let message = message.into();
     match conditions.iter_mut().find(|c| c.type_ == type_) {
         Some(c) => {

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use coffer_client::{Client, Error as ClientError, Fetched};
 use kube::runtime::reflector::ObjectRef;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret as _, SecretString};
+use sha2::{Digest as _, Sha256};
 use tokio::sync::{Mutex, mpsc};
 
 use crate::conditions::Reason;
@@ -65,19 +66,50 @@ pub struct Snapshot {
     etag: Option<String>,
     /// Values are wiped from memory when the last reader drops them.
     pub values: Arc<BTreeMap<String, SecretString>>,
+    /// SHA-256 of the values: the data can change under one revision (a reference to another
+    /// environment resolves to a new value), and this tells.
+    digest: [u8; 32],
     fetched_at: Instant,
 }
 
 impl Snapshot {
     /// A snapshot of `values` at `revision`, fetched now without an entity tag.
     pub fn new(revision: i64, values: BTreeMap<String, SecretString>) -> Self {
+        Self::fetched(revision, None, values)
+    }
+
+    fn fetched(
+        revision: i64,
+        etag: Option<String>,
+        values: BTreeMap<String, SecretString>,
+    ) -> Self {
         Self {
             revision,
-            etag: None,
+            etag,
+            digest: digest(&values),
             values: Arc::new(values),
             fetched_at: Instant::now(),
         }
     }
+
+    /// Whether `self` holds other data than `previous`.
+    fn differs_from(&self, previous: &Snapshot) -> bool {
+        self.revision != previous.revision || self.digest != previous.digest
+    }
+}
+
+/// SHA-256 over the values in an unambiguous encoding (length-prefixed keys and values, in
+/// key order).
+fn digest(values: &BTreeMap<String, SecretString>) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    for (key, value) in values {
+        let value = value.expose_secret().as_bytes();
+        hash.update((key.len() as u64).to_be_bytes());
+        hash.update(key.as_bytes());
+        hash.update((value.len() as u64).to_be_bytes());
+        hash.update(value);
+    }
+    hash.finalize().into()
 }
 
 /// A read of an environment's secrets, as an [`Origin`] answers it.
@@ -271,7 +303,7 @@ impl Sources {
                 let changed = state
                     .snapshot
                     .as_ref()
-                    .is_some_and(|previous| previous.revision != next.revision);
+                    .is_some_and(|previous| next.differs_from(previous));
                 let next = Arc::new(next);
                 *state = SlotState {
                     snapshot: Some(next.clone()),
@@ -339,6 +371,7 @@ impl Sources {
                     revision: previous.revision,
                     etag: etag.or_else(|| previous.etag.clone()),
                     values: previous.values.clone(),
+                    digest: previous.digest,
                     fetched_at: Instant::now(),
                 })
             }
@@ -354,12 +387,7 @@ impl Sources {
                 _,
             ) => {
                 self.metrics.upstream_request(UpstreamOutcome::Modified);
-                Ok(Snapshot {
-                    revision,
-                    etag,
-                    values: Arc::new(values),
-                    fetched_at: Instant::now(),
-                })
+                Ok(Snapshot::fetched(revision, etag, values))
             }
         }
     }
@@ -597,6 +625,34 @@ mod tests {
             (e.missing, e.reason),
             (Some(Missing::Project), Reason::ProjectNotFound)
         );
+    }
+
+    #[tokio::test]
+    async fn new_data_under_the_same_revision_wakes_the_other_readers() {
+        let (sources, mut changed) = Sources::new(Arc::new(Metrics::new()));
+        // A reference to another environment resolved to a new value: same revision, new tag.
+        let origin = Fake::new(vec![
+            modified("\"e4.o1\"", 4, &[("URL", "${staging.URL}=a")]),
+            modified("\"e4.o2\"", 4, &[("URL", "${staging.URL}=b")]),
+            modified("\"e4.o3\"", 4, &[("URL", "${staging.URL}=b")]),
+        ]);
+        for r in ["a", "b"] {
+            sources
+                .snapshot(&key(), &origin, HOUR, false, &reader(r))
+                .await
+                .unwrap();
+        }
+        sources
+            .snapshot(&key(), &origin, HOUR, true, &reader("a"))
+            .await
+            .unwrap();
+        assert_eq!(changed.try_recv().unwrap(), reader("b"));
+        // A new tag over the same data changes nothing.
+        sources
+            .snapshot(&key(), &origin, HOUR, true, &reader("a"))
+            .await
+            .unwrap();
+        assert!(changed.try_recv().is_err());
     }
 
     #[tokio::test]

@@ -26,6 +26,8 @@ pub struct Acted {
 pub enum Failure {
     /// Reported in the status.
     Halt(Halt),
+    /// coffer-server failed; reported in the status.
+    Unread(Halt),
     /// Left to the controller's retry policy (a conflict, say).
     Error(Error),
 }
@@ -112,7 +114,7 @@ async fn create_environment(read: &Read, env: &Environment, ctx: &Context) -> Re
         .create_environment(&key.org, &key.project, &request)
         .await
     {
-        return Err(Failure::Halt(upstream_failure(
+        return Err(Failure::Unread(upstream_failure(
             &FetchError::from(&e),
             &key.place(),
         )));

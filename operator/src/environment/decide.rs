@@ -11,7 +11,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt as _;
 
 use super::build::{self, Ownership, Update};
-use crate::conditions::{self, Reason};
+use crate::conditions::{self, Reason, State};
 use crate::context::{Halt, Requeue};
 use crate::crd::{
     CONDITION_READY, CONDITION_SYNCED, DeletionPolicy, Environment, EnvironmentStatus,
@@ -117,7 +117,13 @@ impl<'a> Draft<'a> {
         Self { env, now, status }
     }
 
-    fn set(&mut self, type_: &str, state: bool, reason: Reason, message: impl Into<String>) {
+    fn set(
+        &mut self,
+        type_: &str,
+        state: impl Into<State>,
+        reason: Reason,
+        message: impl Into<String>,
+    ) {
         conditions::set(
             &mut self.status.conditions,
             type_,
@@ -127,6 +133,19 @@ impl<'a> Draft<'a> {
             self.env.metadata.generation,
             self.now,
         );
+    }
+
+    /// A plan that stops because coffer-server could not be read: `Ready` says why, and
+    /// whether the Secret is current is unknown (it keeps its last synced data).
+    fn unread(mut self, halt: Halt) -> Plan {
+        self.set(
+            CONDITION_SYNCED,
+            State::Unknown,
+            halt.reason,
+            "coffer-server cannot be read: whether the Secret holds the environment's current \
+             data is unknown; it keeps its last synced data",
+        );
+        self.halt(halt, Vec::new())
     }
 
     /// A plan that stops here, with `Ready` saying why.
@@ -193,7 +212,7 @@ pub fn decide(observed: &Observed<'_>, hash_key: &[u8], now: Timestamp) -> Plan 
                 );
                 draft.halt(halt, Vec::new())
             }
-            None => draft.halt(upstream_failure(e, &place), Vec::new()),
+            None => draft.unread(upstream_failure(e, &place)),
         },
     }
 }
@@ -211,9 +230,15 @@ pub fn upstream_failure(error: &FetchError, place: &str) -> Halt {
     )
 }
 
-/// The status after `halt` ended a pass that [`decide`] meant to finish (an action failed).
-pub fn halted(env: &Environment, halt: Halt, now: Timestamp) -> EnvironmentStatus {
-    Draft::new(env, now).halt(halt, Vec::new()).status
+/// The status after `halt` ended a pass that [`decide`] meant to finish (an action failed);
+/// `unread` when the failure was coffer-server's.
+pub fn halted(env: &Environment, halt: Halt, unread: bool, now: Timestamp) -> EnvironmentStatus {
+    let draft = Draft::new(env, now);
+    if unread {
+        draft.unread(halt).status
+    } else {
+        draft.halt(halt, Vec::new()).status
+    }
 }
 
 /// coffer-server confirmed the environment does not exist (the project does). With
@@ -601,6 +626,11 @@ mod tests {
             env.status.as_ref().unwrap().secret_hash
         );
         assert_eq!(ready(&p.status, "Ready"), pair("False", "ServerError"));
+        assert_eq!(
+            ready(&p.status, "Synced"),
+            pair("Unknown", "ServerError"),
+            "whether the kept data is current cannot be told"
+        );
     }
 
     #[test]

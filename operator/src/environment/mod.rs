@@ -118,7 +118,11 @@ async fn apply(env: &Environment, ctx: &Context) -> Result<Action, Error> {
             plan.then
         }
         Err(Failure::Halt(halt)) => {
-            plan.status = decide::halted(env, halt.clone(), Timestamp::now());
+            plan.status = decide::halted(env, halt.clone(), false, Timestamp::now());
+            Then::Halt(halt)
+        }
+        Err(Failure::Unread(halt)) => {
+            plan.status = decide::halted(env, halt.clone(), true, Timestamp::now());
             Then::Halt(halt)
         }
         Err(Failure::Error(e)) => return Err(e),

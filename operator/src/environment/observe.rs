@@ -53,17 +53,22 @@ async fn stage(env: &Environment, ctx: &Context) -> Result<Stage, Error> {
         &env.spec.environment,
     );
 
-    let force = ctx.take_refresh(
-        env.metadata.uid.as_deref().unwrap_or_default(),
-        env.annotations()
-            .get(REFRESH_ANNOTATION)
-            .map(String::as_str),
-    );
+    let uid = env.metadata.uid.as_deref().unwrap_or_default();
+    let refresh = env
+        .annotations()
+        .get(REFRESH_ANNOTATION)
+        .map(String::as_str);
+    let force = ctx.refresh_pending(uid, refresh);
     let reader = ObjectRef::from_obj(env);
     let data = ctx
         .sources
         .snapshot(&key, &conn.client, interval, force, &reader)
         .await;
+    // Carried out only once the data was fetched: a refresh asked for during an outage
+    // happens when coffer-server is back.
+    if let (true, Ok(_), Some(refresh)) = (force, &data, refresh) {
+        ctx.refresh_done(uid, refresh);
+    }
     let wanted = match &data {
         Ok(_) => true,
         Err(e) => e.missing == Some(Missing::Environment),
