@@ -213,3 +213,54 @@ async fn cleanup(project: &Project, ctx: &Context) -> Result<Action, Error> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::crd::ProjectSpec;
+
+    fn project() -> Project {
+        let spec: ProjectSpec =
+            serde_json::from_value(serde_json::json!({ "organization": "acme" })).unwrap();
+        let mut project = Project::new("web", spec);
+        project.metadata.generation = Some(2);
+        project
+    }
+
+    fn ready(status: &ProjectStatus) -> (&str, &str) {
+        let c = &status.conditions[0];
+        (c.status.as_str(), c.reason.as_str())
+    }
+
+    #[test]
+    fn a_found_project_is_ready_with_its_id_and_a_failure_keeps_the_id() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let mut project = project();
+        let found = Ok(Found {
+            reason: Reason::ProjectFound,
+            message: "found".into(),
+            project_id: "p-1".into(),
+        });
+        let status = next_status(&project, &found, now);
+        assert_eq!(ready(&status), ("True", "ProjectFound"));
+        assert_eq!(
+            (status.project_id.as_deref(), status.observed_generation),
+            (Some("p-1"), Some(2))
+        );
+
+        project.status = Some(status.clone());
+        let down = Err(Halt::new(
+            Reason::ServerUnreachable,
+            "down",
+            Requeue::Backoff,
+        ));
+        let failed = next_status(&project, &down, now);
+        assert_eq!(ready(&failed), ("False", "ServerUnreachable"));
+        assert_eq!(failed.project_id.as_deref(), Some("p-1"));
+        // The same state again is the same status: nothing to write.
+        project.status = Some(failed.clone());
+        assert_eq!(next_status(&project, &down, now), failed);
+    }
+}

@@ -2,17 +2,17 @@
 //! that say what was done. A failure ends the pass: either as a [`Halt`] the status reports,
 //! or as an error for the controller's retry policy.
 
+use coffer_client::CreateEnvironmentRequest;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, Preconditions, PropagationPolicy};
 use kube::{Api, Resource as _, ResourceExt as _};
 
-use super::decide::{Act, Observed, Read, Stage, Write, upstream_failure};
+use super::decide::{Act, Read, Write, upstream_failure};
 use super::rollout;
 use crate::conditions::Reason;
 use crate::context::{Context, Error, Halt, Requeue, post_params};
 use crate::crd::Environment;
 use crate::source::FetchError;
-use coffer_client::CreateEnvironmentRequest;
 
 /// What the actions did that the status reports.
 #[derive(Debug, Default)]
@@ -44,25 +44,22 @@ impl From<Error> for Failure {
     }
 }
 
-/// Does `actions` for `observed`.
+/// Does `actions` for `env`, whose environment was read as `read` (actions arise only once
+/// coffer-server was reached).
 pub async fn act(
-    observed: &Observed<'_>,
+    env: &Environment,
+    read: &Read,
     actions: &[Act],
     ctx: &Context,
 ) -> Result<Acted, Failure> {
-    let env = observed.env;
     let namespace = env.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), &namespace);
     let mut acted = Acted::default();
     for action in actions {
         match action {
-            Act::CreateEnvironment => {
-                if let Stage::Read(read) = &observed.stage {
-                    create_environment(read, env, ctx).await?;
-                }
-            }
+            Act::CreateEnvironment => create_environment(read, env, ctx).await?,
             Act::WriteSecret { write, note } => {
-                write_secret(observed, &secrets, write).await?;
+                write_secret(env, read, &secrets, write).await?;
                 event(ctx, env, false, "Synced", "Sync", note.clone()).await;
             }
             Act::DeleteSecret { secret, note } => {
@@ -129,7 +126,8 @@ async fn create_environment(read: &Read, env: &Environment, ctx: &Context) -> Re
 /// Writes the Secret; a Secret Kubernetes refuses (a bad name, label or type) is the spec's
 /// fault and reported as such.
 async fn write_secret(
-    observed: &Observed<'_>,
+    env: &Environment,
+    read: &Read,
     secrets: &Api<Secret>,
     write: &Write,
 ) -> Result<(), Failure> {
@@ -154,18 +152,14 @@ async fn write_secret(
             }
         }
     };
-    let name = observed.env.secret_name();
+    let name = env.secret_name();
     match written {
         Ok(()) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 400 || e.code == 422 => {
-            let interval = match &observed.stage {
-                Stage::Read(read) => read.interval,
-                _ => Default::default(),
-            };
             Err(Failure::Halt(Halt::new(
                 Reason::InvalidSpec,
                 format!("Kubernetes refused Secret {name:?}: {}", e.message),
-                Requeue::After(interval),
+                Requeue::After(read.interval),
             )))
         }
         Err(e) => match Error::from(e) {

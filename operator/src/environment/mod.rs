@@ -110,7 +110,12 @@ fn error_policy(env: Arc<Environment>, error: &Error, ctx: Arc<Context>) -> Acti
 async fn apply(env: &Environment, ctx: &Context) -> Result<Action, Error> {
     let observed = observe(env, ctx).await?;
     let mut plan = decide(&observed, &ctx.hash_key, Timestamp::now());
-    let then = match act::act(&observed, &plan.actions, ctx).await {
+    let acted = match &observed.stage {
+        Stage::Read(read) => act::act(env, read, &plan.actions, ctx).await,
+        // Nothing to do before coffer-server is reached.
+        _ => Ok(act::Acted::default()),
+    };
+    let then = match acted {
         Ok(acted) => {
             if let Some(restarted) = acted.restarted {
                 plan.status.restarted_workloads = restarted;
