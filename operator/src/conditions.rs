@@ -84,22 +84,48 @@ impl std::fmt::Display for Reason {
     }
 }
 
-/// Sets condition `type_` in `conditions`. The transition time moves only when the status
-/// does, so setting the same state twice changes nothing.
+/// The status of a condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    True,
+    False,
+    /// Cannot be told now (coffer-server cannot be read, say).
+    Unknown,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::True => "True",
+            Self::False => "False",
+            Self::Unknown => "Unknown",
+        }
+    }
+}
+
+impl From<bool> for State {
+    fn from(ok: bool) -> Self {
+        if ok { Self::True } else { Self::False }
+    }
+}
+
+/// Sets condition `type_` in `conditions` at time `now`. The transition time moves only when
+/// the status does, so setting the same state twice changes nothing.
 pub fn set(
     conditions: &mut Vec<Condition>,
     type_: &str,
-    status: bool,
+    status: impl Into<State>,
     reason: Reason,
     message: impl Into<String>,
     generation: Option<i64>,
+    now: Timestamp,
 ) {
-    let status = if status { "True" } else { "False" };
+    let status = status.into().as_str();
     let message = message.into();
     match conditions.iter_mut().find(|c| c.type_ == type_) {
         Some(c) => {
             if c.status != status {
-                c.last_transition_time = Time(Timestamp::now());
+                c.last_transition_time = Time(now);
             }
             c.status = status.to_owned();
             c.reason = reason.as_str().to_owned();
@@ -112,7 +138,7 @@ pub fn set(
             reason: reason.as_str().to_owned(),
             message,
             observed_generation: generation,
-            last_transition_time: Time(Timestamp::now()),
+            last_transition_time: Time(now),
         }),
     }
 }
@@ -139,6 +165,7 @@ mod tests {
             Reason::ServerUnreachable,
             "down",
             Some(1),
+            Timestamp::now(),
         );
         let before = c.clone();
         set(
@@ -148,6 +175,7 @@ mod tests {
             Reason::ServerUnreachable,
             "down",
             Some(1),
+            Timestamp::now(),
         );
         assert_eq!(c, before);
     }
@@ -162,14 +190,31 @@ mod tests {
             Reason::ServerUnreachable,
             "down",
             Some(1),
+            Timestamp::now(),
         );
         let mut t = c[0].last_transition_time.clone();
         t.0 = Timestamp::UNIX_EPOCH;
         c[0].last_transition_time = t.clone();
-        set(&mut c, "Ready", false, Reason::Unauthorized, "401", Some(1));
+        set(
+            &mut c,
+            "Ready",
+            false,
+            Reason::Unauthorized,
+            "401",
+            Some(1),
+            Timestamp::now(),
+        );
         assert_eq!(c[0].last_transition_time, t);
         assert_eq!(reason_of(&c, "Ready"), Some("Unauthorized"));
-        set(&mut c, "Ready", true, Reason::Synced, "ok", Some(2));
+        set(
+            &mut c,
+            "Ready",
+            true,
+            Reason::Synced,
+            "ok",
+            Some(2),
+            Timestamp::now(),
+        );
         assert_ne!(c[0].last_transition_time, t);
         assert_eq!(
             (c[0].status.as_str(), c[0].observed_generation),

@@ -24,8 +24,9 @@ use zeroize::Zeroizing;
 use crate::conditions::Reason;
 use crate::config::Config;
 use crate::crd::Project;
+use crate::credentials::{Connection, ConnectionError, Connector};
 use crate::metrics::Metrics;
-use crate::upstream::{Connection, ConnectionError, Upstream};
+use crate::source::Sources;
 
 /// The field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "coffer-operator";
@@ -123,12 +124,14 @@ pub struct Context {
     pub kube: kube::Client,
     pub config: Config,
     pub metrics: Arc<Metrics>,
-    pub upstream: Upstream,
+    pub connector: Connector,
+    /// What the `Environment` resources read from coffer-server.
+    pub sources: Sources,
     /// Key of the HMAC over synced data; the same across restarts and replicas.
     pub hash_key: Zeroizing<Vec<u8>>,
     recorder: Recorder,
     failures: Mutex<HashMap<String, u32>>,
-    /// The `coffer.dev/refresh-at` value last acted on, per `Environment` uid.
+    /// The `coffer.dev/refresh-at` value last carried out, per `Environment` uid.
     refreshes: Mutex<HashMap<String, String>>,
 }
 
@@ -136,7 +139,7 @@ impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Context")
             .field("config", &self.config)
-            .field("upstream", &self.upstream)
+            .field("sources", &self.sources)
             .finish_non_exhaustive()
     }
 }
@@ -150,9 +153,10 @@ pub enum Error {
     /// once.
     #[error("conflict: {0}")]
     Conflict(kube::Error),
-    /// coffer-server failed; the status says why.
+    /// A reconciliation halted on a failure worth retrying (coffer-server failed, say); the
+    /// status says why.
     #[error("{reason}: {message}")]
-    Upstream { reason: Reason, message: String },
+    Halted { reason: Reason, message: String },
     #[error("finalizer: {0}")]
     Finalizer(String),
 }
@@ -163,7 +167,7 @@ impl Error {
         match self {
             Self::Kube(_) => Reason::KubernetesError.as_str(),
             Self::Conflict(_) => "Conflict",
-            Self::Upstream { reason, .. } => reason.as_str(),
+            Self::Halted { reason, .. } => reason.as_str(),
             Self::Finalizer(_) => "FinalizerFailed",
         }
     }
@@ -195,9 +199,57 @@ impl<E: std::error::Error + Into<Error> + 'static> From<kube::runtime::finalizer
     }
 }
 
-/// What a controller does after a failed reconciliation of `object`: after a conflict, retry
-/// soon (the watch cache catches up within moments); otherwise retry with exponential backoff,
-/// at most `cap`. Either way the failure is logged without secret material.
+/// When to look at a resource again after a [`Halt`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requeue {
+    /// Only when something it depends on changes (its spec, a watched object).
+    AwaitChange,
+    /// After this long (the refresh interval, a recheck period).
+    After(Duration),
+    /// With the exponential backoff of failures (see [`retry`]).
+    Backoff,
+    /// At once: this pass made a change that the next one builds on.
+    Now,
+}
+
+/// A reconciliation stopped short: why (the `Ready` condition's reason and message) and when
+/// to try again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Halt {
+    pub reason: Reason,
+    pub message: String,
+    pub requeue: Requeue,
+}
+
+impl Halt {
+    pub fn new(reason: Reason, message: impl Into<String>, requeue: Requeue) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+            requeue,
+        }
+    }
+
+    /// What the controller does next; a halt to retry with backoff is an error for the
+    /// controller's error policy.
+    pub fn action(self) -> Result<Action, Error> {
+        match self.requeue {
+            Requeue::AwaitChange => Ok(Action::await_change()),
+            Requeue::After(delay) => Ok(Action::requeue(delay)),
+            Requeue::Now => Ok(Action::requeue(Duration::ZERO)),
+            Requeue::Backoff => Err(Error::Halted {
+                reason: self.reason,
+                message: self.message,
+            }),
+        }
+    }
+}
+
+/// What a controller does after a failed reconciliation of `object`: retry with exponential
+/// backoff, at most `cap`. A conflict (the watch cache a step behind) starts sooner and is
+/// retried quietly a few times; conflicts that go on are logged like any failure and back off
+/// like one, so an object something else keeps changing costs a request every `cap` at most.
+/// The failure is logged without secret material.
 pub fn retry<K: Resource>(
     ctx: &Context,
     kind: &str,
@@ -206,17 +258,33 @@ pub fn retry<K: Resource>(
     cap: Duration,
 ) -> Action {
     let (name, namespace) = (object.name_any(), object.namespace().unwrap_or_default());
+    let failures = ctx.failed(&object_key(kind, object));
     if let Error::Conflict(_) = error {
-        tracing::debug!(kind, %name, %namespace, %error, "conflict; retrying");
-        return Action::requeue(CONFLICT_RETRY);
+        let delay = backoff(CONFLICT_RETRY, failures, cap);
+        if failures <= QUIET_CONFLICTS {
+            tracing::debug!(kind, %name, %namespace, %error, retry_in = ?delay, "conflict; retrying");
+        } else {
+            tracing::info!(kind, %name, %namespace, %error, failures, retry_in = ?delay,
+                "conflicts go on; retrying with backoff");
+        }
+        return Action::requeue(delay);
     }
-    let delay = ctx.backoff(&object_key(kind, object), cap);
+    let delay = backoff(BACKOFF_BASE, failures, cap);
     tracing::info!(kind, %name, %namespace, %error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
 
-/// The retry after a conflict.
+/// The delay before the next try after `failures` failures in a row (at least one): `base`,
+/// doubled with each further failure, at most `cap`.
+pub fn backoff(base: Duration, failures: u32, cap: Duration) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    base.saturating_mul(1u32 << doublings).min(cap)
+}
+
+/// The first retry after a conflict.
 const CONFLICT_RETRY: Duration = Duration::from_millis(500);
+/// Conflicts in a row retried without a log line above debug.
+const QUIET_CONFLICTS: u32 = 3;
 
 /// First retry after a failure; doubles with each further failure.
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
@@ -226,7 +294,8 @@ impl Context {
         kube: kube::Client,
         config: Config,
         metrics: Arc<Metrics>,
-        upstream: Upstream,
+        connector: Connector,
+        sources: Sources,
         hash_key: Zeroizing<Vec<u8>>,
         identity: String,
     ) -> Self {
@@ -241,7 +310,8 @@ impl Context {
             kube,
             config,
             metrics,
-            upstream,
+            connector,
+            sources,
             hash_key,
             recorder,
             failures: Mutex::default(),
@@ -249,9 +319,9 @@ impl Context {
         }
     }
 
-    /// The server and credentials of `project` (see [`Upstream::connection`]).
+    /// The server and credentials of `project` (see [`Connector::connection`]).
     pub async fn connection(&self, project: &Project) -> Result<Connection, ConnectionError> {
-        self.upstream
+        self.connector
             .connection(&self.kube, &self.config, project)
             .await
     }
@@ -282,13 +352,12 @@ impl Context {
         }
     }
 
-    /// The delay before retrying `key` after one more failure: exponential, at most `cap`.
-    pub fn backoff(&self, key: &str, cap: Duration) -> Duration {
+    /// Counts one more failure of `key` in a row; returns how many there were.
+    fn failed(&self, key: &str) -> u32 {
         let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         let n = failures.entry(key.to_owned()).or_insert(0);
         *n = n.saturating_add(1);
-        let delay = BACKOFF_BASE.saturating_mul(1u32 << (*n - 1).min(16));
-        delay.min(cap)
+        *n
     }
 
     /// `key` succeeded: its next failure starts the backoff afresh.
@@ -299,17 +368,23 @@ impl Context {
             .remove(key);
     }
 
-    /// Whether `value` is a refresh request not yet acted on for the object `uid`; records it.
-    pub fn take_refresh(&self, uid: &str, value: Option<&str>) -> bool {
+    /// Whether `value` is a refresh request not yet carried out for the object `uid`.
+    pub fn refresh_pending(&self, uid: &str, value: Option<&str>) -> bool {
         let Some(value) = value else {
             return false;
         };
-        let mut seen = self.refreshes.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.get(uid).map(String::as_str) == Some(value) {
-            return false;
-        }
-        seen.insert(uid.to_owned(), value.to_owned());
-        true
+        let done = self.refreshes.lock().unwrap_or_else(|e| e.into_inner());
+        done.get(uid).map(String::as_str) != Some(value)
+    }
+
+    /// The refresh request `value` of the object `uid` was carried out: the data was fetched.
+    /// Until then it stays pending, so a request made during an outage is carried out when
+    /// coffer-server is back rather than forgotten.
+    pub fn refresh_done(&self, uid: &str, value: &str) {
+        self.refreshes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(uid.to_owned(), value.to_owned());
     }
 
     /// Forgets what was kept about a deleted object.
@@ -321,5 +396,30 @@ impl Context {
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(uid);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_exponentially_up_to_the_cap() {
+        let cap = Duration::from_secs(60);
+        let delays: Vec<_> = (1..=9)
+            .map(|n| backoff(BACKOFF_BASE, n, cap).as_secs())
+            .collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(backoff(BACKOFF_BASE, u32::MAX, cap), cap);
+    }
+
+    #[test]
+    fn conflicts_start_sooner_but_back_off_too() {
+        let cap = Duration::from_secs(300);
+        let delays: Vec<_> = (1..=5)
+            .map(|n| backoff(CONFLICT_RETRY, n, cap).as_millis())
+            .collect();
+        assert_eq!(delays, [500, 1000, 2000, 4000, 8000]);
+        assert_eq!(backoff(CONFLICT_RETRY, 40, cap), cap);
     }
 }

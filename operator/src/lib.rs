@@ -1,18 +1,20 @@
 //! coffer-operator: syncs environments of coffer-server into Kubernetes Secrets.
 //!
 //! The custom resources ([`crd`]) and their manifests ([`crds_yaml`]); the two controllers,
-//! [`project`] and [`environment`]; what they share ([`context`], [`upstream`],
-//! [`conditions`]); and the process around them ([`run`]: leader election, probes, metrics).
+//! [`project`] and [`environment`]; what they share ([`context`], [`credentials`],
+//! [`source`], [`conditions`]); and the process around them ([`run`]: leader election, probes, metrics).
 
 pub mod conditions;
 pub mod config;
 pub mod context;
 pub mod crd;
+pub mod credentials;
 pub mod environment;
 pub mod metrics;
 pub mod project;
 pub mod run;
-pub mod upstream;
+pub mod source;
+pub mod status;
 
 pub use config::Config;
 pub use run::Operator;

@@ -71,6 +71,7 @@ pub struct Metrics {
     failures: Family<FailureLabels, Counter>,
     duration: HistogramFamily,
     upstream: Family<OutcomeLabels, Counter>,
+    status_writes: Family<KindLabels, Counter>,
     sync_lag: Family<ObjectLabels, Gauge<f64, AtomicU64>>,
     leader: Gauge,
     ready: AtomicBool,
@@ -93,6 +94,7 @@ impl Metrics {
         let failures = Family::<FailureLabels, Counter>::default();
         let duration: HistogramFamily = Family::new_with_constructor(duration_histogram);
         let upstream = Family::<OutcomeLabels, Counter>::default();
+        let status_writes = Family::<KindLabels, Counter>::default();
         let sync_lag = Family::<ObjectLabels, Gauge<f64, AtomicU64>>::default();
         let leader = Gauge::default();
         registry.register(
@@ -117,6 +119,11 @@ impl Metrics {
             upstream.clone(),
         );
         registry.register(
+            "status_writes",
+            "Status updates written, by resource kind (an unchanged status is never written)",
+            status_writes.clone(),
+        );
+        registry.register(
             "sync_lag_seconds",
             "Seconds since the Secret of an Environment last matched coffer-server \
              (0 right after a successful sync)",
@@ -133,6 +140,7 @@ impl Metrics {
             failures,
             duration,
             upstream,
+            status_writes,
             sync_lag,
             leader,
             ready: AtomicBool::new(false),
@@ -159,6 +167,16 @@ impl Metrics {
                 reason: reason.to_owned(),
             })
             .inc();
+    }
+
+    /// A status update of a `kind` resource was written.
+    pub fn status_written(&self, kind: &str) {
+        self.status_writes.get_or_create(&Self::kind(kind)).inc();
+    }
+
+    /// Status updates written for `kind` so far.
+    pub fn status_write_count(&self, kind: &str) -> u64 {
+        self.status_writes.get_or_create(&Self::kind(kind)).get()
     }
 
     pub fn upstream_request(&self, outcome: UpstreamOutcome) {

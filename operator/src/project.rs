@@ -6,17 +6,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coffer_client::CreateProjectRequest;
-use kube::api::Patch;
+use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::Event as Finalizer;
 use kube::runtime::{Controller, reflector};
-use kube::{Api, Resource as _, ResourceExt as _};
-use serde_json::json;
+use kube::{Api, Resource as _};
 
 use crate::conditions::{self, Reason};
-use crate::context::{self, Context, Error, drain, finalized, patch_params, spec_changes};
+use crate::context::{self, Context, Error, Halt, Requeue, drain, finalized, spec_changes};
 use crate::crd::{CONDITION_READY, DeletionPolicy, Project, ProjectStatus};
-use crate::upstream::{ConnectionError, reason_for};
+use crate::credentials::ConnectionError;
+use crate::source::reason_for;
+use crate::status;
 
 const KIND: &str = "Project";
 /// How often a healthy project is checked again.
@@ -47,80 +48,90 @@ fn error_policy(project: Arc<Project>, error: &Error, ctx: Arc<Context>) -> Acti
     context::retry(&ctx, KIND, &*project, error, RECHECK)
 }
 
-async fn save(
-    project: &Project,
-    ctx: &Context,
-    ok: bool,
+/// What the check of a `Project` found when it passed.
+struct Found {
     reason: Reason,
     message: String,
-    project_id: Option<String>,
-) -> Result<(), Error> {
-    let before = project.status.clone().unwrap_or_default();
-    let mut status = ProjectStatus {
-        project_id: project_id.or_else(|| before.project_id.clone()),
-        conditions: before.conditions.clone(),
-        observed_generation: project.metadata.generation,
+    project_id: String,
+}
+
+/// The status of `project` after a check that found `found` (or halted), at `now`. The
+/// project id stays known through failures.
+fn next_status(project: &Project, found: &Result<Found, Halt>, now: Timestamp) -> ProjectStatus {
+    let mut status = project.status.clone().unwrap_or_default();
+    status.observed_generation = project.metadata.generation;
+    let (ok, reason, message) = match found {
+        Ok(found) => {
+            status.project_id = Some(found.project_id.clone());
+            (true, found.reason, found.message.clone())
+        }
+        Err(halt) => (false, halt.reason, halt.message.clone()),
     };
     conditions::set(
         &mut status.conditions,
         CONDITION_READY,
         ok,
         reason,
-        message.clone(),
+        message,
         project.metadata.generation,
+        now,
     );
-    if status == before {
-        return Ok(());
+    status
+}
+
+/// Writes the status for `found` and says what the controller does next.
+async fn conclude(
+    project: &Project,
+    ctx: &Context,
+    found: Result<Found, Halt>,
+) -> Result<Action, Error> {
+    let status = next_status(project, &found, Timestamp::now());
+    status::write(ctx, project, &status, "Check").await?;
+    match found {
+        Ok(_) => {
+            ctx.succeeded(&object_key(project));
+            Ok(Action::requeue(RECHECK))
+        }
+        Err(halt) => halt.action(),
     }
-    let api: Api<Project> =
-        Api::namespaced(ctx.kube.clone(), &project.namespace().unwrap_or_default());
-    api.patch_status(
-        &project.name_any(),
-        &patch_params(),
-        &Patch::Merge(json!({ "status": status })),
-    )
-    .await?;
-    let was = conditions::reason_of(&before.conditions, CONDITION_READY);
-    if !ok && was != Some(reason.as_str()) {
-        ctx.event(
-            &project.object_ref(&()),
-            true,
-            reason.as_str(),
-            "Check",
-            message,
-        )
-        .await;
-    }
-    Ok(())
 }
 
 async fn apply(project: &Project, ctx: &Context) -> Result<Action, Error> {
+    let found = check(project, ctx).await;
+    conclude(project, ctx, found).await
+}
+
+/// Whether the project exists in coffer-server (creating it when the spec asks to).
+async fn check(project: &Project, ctx: &Context) -> Result<Found, Halt> {
     let org = &project.spec.organization;
     let slug = project.project_slug();
     if org.is_empty() {
-        let message = "spec.organization is empty".to_owned();
-        save(project, ctx, false, Reason::InvalidSpec, message, None).await?;
-        return Ok(Action::await_change());
+        let message = "spec.organization is empty";
+        return Err(Halt::new(
+            Reason::InvalidSpec,
+            message,
+            Requeue::AwaitChange,
+        ));
     }
-    let conn = match ctx.connection(project).await {
-        Ok(conn) => conn,
-        Err(ConnectionError { reason, message }) => {
-            save(project, ctx, false, reason, message, None).await?;
-            return Ok(Action::requeue(RECHECK));
-        }
-    };
+    let conn = ctx
+        .connection(project)
+        .await
+        .map_err(|ConnectionError { reason, message }| {
+            Halt::new(reason, message, Requeue::After(RECHECK))
+        })?;
     let failed = |e: &coffer_client::Error| {
-        (
+        Halt::new(
             reason_for(e),
             format!("coffer-server project {org}/{slug}: {e}"),
+            Requeue::Backoff,
         )
     };
-    let (reason, message, id) = match conn.client.get_project(org, &slug).await {
-        Ok(found) => (
-            Reason::ProjectFound,
-            format!("project {org}/{slug} found in coffer-server"),
-            found.id.to_string(),
-        ),
+    match conn.client.get_project(org, &slug).await {
+        Ok(found) => Ok(Found {
+            reason: Reason::ProjectFound,
+            message: format!("project {org}/{slug} found in coffer-server"),
+            project_id: found.id.to_string(),
+        }),
         Err(e) if e.is_not_found() && project.spec.create => {
             let request = CreateProjectRequest {
                 name: project
@@ -132,43 +143,36 @@ async fn apply(project: &Project, ctx: &Context) -> Result<Action, Error> {
                 slug: slug.clone(),
                 environments: None,
             };
-            match conn.client.create_project(org, &request).await {
-                Ok(created) => {
-                    let message = format!("created project {org}/{slug} in coffer-server");
-                    ctx.event(
-                        &project.object_ref(&()),
-                        false,
-                        Reason::ProjectCreated.as_str(),
-                        "Create",
-                        message.clone(),
-                    )
-                    .await;
-                    (Reason::ProjectCreated, message, created.id.to_string())
-                }
-                Err(e) => {
-                    let (reason, message) = failed(&e);
-                    save(project, ctx, false, reason, message.clone(), None).await?;
-                    return Err(Error::Upstream { reason, message });
-                }
-            }
+            let created = conn
+                .client
+                .create_project(org, &request)
+                .await
+                .map_err(|e| failed(&e))?;
+            let message = format!("created project {org}/{slug} in coffer-server");
+            ctx.event(
+                &project.object_ref(&()),
+                false,
+                Reason::ProjectCreated.as_str(),
+                "Create",
+                message.clone(),
+            )
+            .await;
+            Ok(Found {
+                reason: Reason::ProjectCreated,
+                message,
+                project_id: created.id.to_string(),
+            })
         }
-        Err(e) if e.is_not_found() => {
-            let message = format!(
+        Err(e) if e.is_not_found() => Err(Halt::new(
+            Reason::ProjectNotFound,
+            format!(
                 "coffer-server has no project {org}/{slug} (or the credentials may not see it); \
                  set spec.create to create it"
-            );
-            save(project, ctx, false, Reason::ProjectNotFound, message, None).await?;
-            return Ok(Action::requeue(RECHECK));
-        }
-        Err(e) => {
-            let (reason, message) = failed(&e);
-            save(project, ctx, false, reason, message.clone(), None).await?;
-            return Err(Error::Upstream { reason, message });
-        }
-    };
-    save(project, ctx, true, reason, message, Some(id)).await?;
-    ctx.succeeded(&object_key(project));
-    Ok(Action::requeue(RECHECK))
+            ),
+            Requeue::After(RECHECK),
+        )),
+        Err(e) => Err(failed(&e)),
+    }
 }
 
 async fn cleanup(project: &Project, ctx: &Context) -> Result<Action, Error> {
@@ -180,10 +184,10 @@ async fn cleanup(project: &Project, ctx: &Context) -> Result<Action, Error> {
     let slug = project.project_slug();
     let conn = match ctx.connection(project).await {
         Ok(conn) => conn,
+        // Without credentials the project cannot be deleted; keep the finalizer and say so.
         Err(ConnectionError { reason, message }) => {
-            // Without credentials the project cannot be deleted; keep the finalizer and say so.
-            save(project, ctx, false, reason, message.clone(), None).await?;
-            return Err(Error::Upstream { reason, message });
+            let halt = Halt::new(reason, message, Requeue::Backoff);
+            return conclude(project, ctx, Err(halt)).await;
         }
     };
     match conn.client.delete_project(org, &slug).await {
@@ -200,10 +204,63 @@ async fn cleanup(project: &Project, ctx: &Context) -> Result<Action, Error> {
         }
         Err(e) if e.is_not_found() => Ok(Action::await_change()),
         Err(e) => {
-            let reason = reason_for(&e);
-            let message = format!("deleting project {org}/{slug} in coffer-server failed: {e}");
-            save(project, ctx, false, reason, message.clone(), None).await?;
-            Err(Error::Upstream { reason, message })
+            let halt = Halt::new(
+                reason_for(&e),
+                format!("deleting project {org}/{slug} in coffer-server failed: {e}"),
+                Requeue::Backoff,
+            );
+            conclude(project, ctx, Err(halt)).await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::crd::ProjectSpec;
+
+    fn project() -> Project {
+        let spec: ProjectSpec =
+            serde_json::from_value(serde_json::json!({ "organization": "acme" })).unwrap();
+        let mut project = Project::new("web", spec);
+        project.metadata.generation = Some(2);
+        project
+    }
+
+    fn ready(status: &ProjectStatus) -> (&str, &str) {
+        let c = &status.conditions[0];
+        (c.status.as_str(), c.reason.as_str())
+    }
+
+    #[test]
+    fn a_found_project_is_ready_with_its_id_and_a_failure_keeps_the_id() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let mut project = project();
+        let found = Ok(Found {
+            reason: Reason::ProjectFound,
+            message: "found".into(),
+            project_id: "p-1".into(),
+        });
+        let status = next_status(&project, &found, now);
+        assert_eq!(ready(&status), ("True", "ProjectFound"));
+        assert_eq!(
+            (status.project_id.as_deref(), status.observed_generation),
+            (Some("p-1"), Some(2))
+        );
+
+        project.status = Some(status.clone());
+        let down = Err(Halt::new(
+            Reason::ServerUnreachable,
+            "down",
+            Requeue::Backoff,
+        ));
+        let failed = next_status(&project, &down, now);
+        assert_eq!(ready(&failed), ("False", "ServerUnreachable"));
+        assert_eq!(failed.project_id.as_deref(), Some("p-1"));
+        // The same state again is the same status: nothing to write.
+        project.status = Some(failed.clone());
+        assert_eq!(next_status(&project, &down, now), failed);
     }
 }

@@ -18,8 +18,9 @@ use zeroize::Zeroizing;
 use crate::config::Config;
 use crate::context::{Context, FIELD_MANAGER, post_params};
 use crate::crd::{Environment, Project};
+use crate::credentials::Connector;
 use crate::metrics::{self, Metrics};
-use crate::upstream::Upstream;
+use crate::source::Sources;
 use crate::{environment, project};
 
 /// Seconds a leader's lease is valid after its last renewal.
@@ -143,20 +144,22 @@ impl Operator {
                 .map(|n| Some(n.as_str()))
                 .collect()
         };
+        let connector = match Connector::new() {
+            Ok(connector) => connector,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build the HTTP client");
+                return;
+            }
+        };
         let mut running = Vec::new();
         for scope in scopes {
-            let (upstream, changed) = match Upstream::new(self.metrics.clone()) {
-                Ok(u) => u,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot build the HTTP client");
-                    return;
-                }
-            };
+            let (sources, changed) = Sources::new(self.metrics.clone());
             let ctx = Arc::new(Context::new(
                 self.kube.clone(),
                 self.config.clone(),
                 self.metrics.clone(),
-                upstream,
+                connector.clone(),
+                sources,
                 hash_key.clone(),
                 identity.to_owned(),
             ));

@@ -171,3 +171,87 @@ async fn workloads_restart_exactly_once_per_data_change() {
     assert_eq!(last[1].1, restarted[1].1 + 1);
     assert_eq!(last[2].1, restarted[2].1);
 }
+
+#[tokio::test]
+async fn a_recreated_environment_is_a_first_sync_again_and_an_idle_one_writes_no_status() {
+    let Some(scene) = Scene::new(&[]).await else {
+        return;
+    };
+    scene.coffer.set("web", "staging", &[("A", "1")]).await;
+    let deployments = scene.api::<Deployment>();
+    deployments
+        .create(
+            &PostParams::default(),
+            &deployment("worker", false, json!({})),
+        )
+        .await
+        .unwrap();
+    let operator = scene.start().await;
+    scene
+        .environment(
+            "web-staging",
+            "staging",
+            json!({ "refreshInterval": "5s", "deletionPolicy": "Delete",
+                    "rolloutRestart": [{ "kind": "Deployment", "name": "worker" }] }),
+        )
+        .await;
+    scene.wait_for_data("web-staging", &[("A", "1")]).await;
+    scene
+        .wait_for_condition("web-staging", "Ready", "True", "Synced")
+        .await;
+    let before = deployments.get("worker").await.unwrap();
+
+    // Deleted in coffer-server: the Secret goes, and so does what the status said of it.
+    reqwest::Client::new()
+        .delete(format!(
+            "{}/api/v1/orgs/{ORG}/projects/web/environments/staging",
+            scene.coffer.url
+        ))
+        .bearer_auth(&scene.coffer.admin_token)
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    scene
+        .wait_for_condition("web-staging", "Synced", "False", "SecretDeleted")
+        .await;
+    assert!(scene.data("web-staging").await.is_none());
+    let status = scene.get_environment("web-staging").await.status.unwrap();
+    assert_eq!(
+        (status.revision, status.secret_hash, status.synced_keys),
+        (None, None, None)
+    );
+
+    // Nothing changes, so passes write nothing.
+    let writes = operator.metrics.status_write_count("Environment");
+    let reconciles = operator.metrics.reconcile_count("Environment");
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert!(operator.metrics.reconcile_count("Environment") >= reconciles + 2);
+    assert_eq!(operator.metrics.status_write_count("Environment"), writes);
+
+    // Created again with other data: a first sync, which restarts nothing.
+    scene
+        .coffer
+        .admin()
+        .create_environment(
+            ORG,
+            "web",
+            &coffer_client::CreateEnvironmentRequest {
+                slug: "staging".to_owned(),
+                name: None,
+            },
+        )
+        .await
+        .unwrap();
+    scene.coffer.set("web", "staging", &[("A", "2")]).await;
+    scene.wait_for_data("web-staging", &[("A", "2")]).await;
+    scene
+        .wait_for_condition("web-staging", "Ready", "True", "Synced")
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = deployments.get("worker").await.unwrap();
+    assert_eq!(after.metadata.generation, before.metadata.generation);
+    let status = scene.get_environment("web-staging").await.status.unwrap();
+    assert!(status.restarted_workloads.is_empty());
+}

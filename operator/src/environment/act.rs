@@ -1,0 +1,191 @@
+//! Carries out what [`super::decide`] asked for, in order, and publishes the Normal events
+//! that say what was done. A failure ends the pass: either as a [`Halt`] the status reports,
+//! or as an error for the controller's retry policy.
+
+use coffer_client::CreateEnvironmentRequest;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{DeleteParams, Preconditions, PropagationPolicy};
+use kube::{Api, Resource as _, ResourceExt as _};
+
+use super::decide::{Act, Read, Write, upstream_failure};
+use super::rollout;
+use crate::conditions::Reason;
+use crate::context::{Context, Error, Halt, Requeue, post_params};
+use crate::crd::Environment;
+use crate::source::FetchError;
+
+/// What the actions did that the status reports.
+#[derive(Debug, Default)]
+pub struct Acted {
+    /// The workloads restarted, when a restart was asked for.
+    pub restarted: Option<Vec<String>>,
+}
+
+/// Why the actions stopped.
+#[derive(Debug)]
+pub enum Failure {
+    /// Reported in the status.
+    Halt(Halt),
+    /// coffer-server failed; reported in the status.
+    Unread(Halt),
+    /// Left to the controller's retry policy (a conflict, say).
+    Error(Error),
+}
+
+impl From<kube::Error> for Failure {
+    fn from(e: kube::Error) -> Self {
+        Self::Error(e.into())
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Self::Error(e)
+    }
+}
+
+/// Does `actions` for `env`, whose environment was read as `read` (actions arise only once
+/// coffer-server was reached).
+pub async fn act(
+    env: &Environment,
+    read: &Read,
+    actions: &[Act],
+    ctx: &Context,
+) -> Result<Acted, Failure> {
+    let namespace = env.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), &namespace);
+    let mut acted = Acted::default();
+    for action in actions {
+        match action {
+            Act::CreateEnvironment => create_environment(read, env, ctx).await?,
+            Act::WriteSecret { write, note } => {
+                write_secret(env, read, &secrets, write).await?;
+                event(ctx, env, false, "Synced", "Sync", note.clone()).await;
+            }
+            Act::DeleteSecret { secret, note } => {
+                delete_owned(&secrets, secret).await?;
+                let reason = Reason::SecretDeleted.as_str();
+                event(ctx, env, false, reason, "Delete", note.clone()).await;
+            }
+            Act::Restart { secret, hash } => {
+                let restarts = rollout::restart(&ctx.kube, env, secret, hash).await?;
+                if !restarts.missing.is_empty() {
+                    let note = format!(
+                        "spec.sync.rolloutRestart: not found: {}",
+                        restarts.missing.join(", ")
+                    );
+                    event(ctx, env, true, "RolloutTargetNotFound", "Restart", note).await;
+                }
+                if !restarts.restarted.is_empty() {
+                    let note = format!("restarted {}", restarts.restarted.join(", "));
+                    event(ctx, env, false, "RolloutRestarted", "Restart", note).await;
+                }
+                acted.restarted = Some(restarts.restarted);
+            }
+        }
+    }
+    Ok(acted)
+}
+
+async fn event(
+    ctx: &Context,
+    env: &Environment,
+    warning: bool,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    ctx.event(&env.object_ref(&()), warning, reason, action, note)
+        .await;
+}
+
+async fn create_environment(read: &Read, env: &Environment, ctx: &Context) -> Result<(), Failure> {
+    let key = &read.source;
+    let request = CreateEnvironmentRequest {
+        slug: key.environment.clone(),
+        name: None,
+    };
+    if let Err(e) = read
+        .connection
+        .client
+        .create_environment(&key.org, &key.project, &request)
+        .await
+    {
+        return Err(Failure::Unread(upstream_failure(
+            &FetchError::from(&e),
+            &key.place(),
+        )));
+    }
+    let note = format!("created environment {} in coffer-server", key.place());
+    let reason = Reason::EnvironmentCreated.as_str();
+    event(ctx, env, false, reason, "Create", note).await;
+    ctx.sources.invalidate(key).await;
+    Ok(())
+}
+
+/// Writes the Secret; a Secret Kubernetes refuses (a bad name, label or type) is the spec's
+/// fault and reported as such.
+async fn write_secret(
+    env: &Environment,
+    read: &Read,
+    secrets: &Api<Secret>,
+    write: &Write,
+) -> Result<(), Failure> {
+    let post = post_params();
+    let written = match write {
+        Write::Create(desired) => secrets.create(&post, desired).await.map(drop),
+        Write::Replace(next) => secrets
+            .replace(&next.name_any(), &post, next)
+            .await
+            .map(drop),
+        Write::Recreate { current, desired } => {
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: current.metadata.uid.clone(),
+                    resource_version: current.metadata.resource_version.clone(),
+                }),
+                ..DeleteParams::default()
+            };
+            match secrets.delete(&current.name_any(), &params).await {
+                Ok(_) => secrets.create(&post, desired).await.map(drop),
+                Err(e) => Err(e),
+            }
+        }
+    };
+    let name = env.secret_name();
+    match written {
+        Ok(()) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 400 || e.code == 422 => {
+            Err(Failure::Halt(Halt::new(
+                Reason::InvalidSpec,
+                format!("Kubernetes refused Secret {name:?}: {}", e.message),
+                Requeue::After(read.interval),
+            )))
+        }
+        Err(e) => match Error::from(e) {
+            conflict @ Error::Conflict(_) => Err(Failure::Error(conflict)),
+            error => Err(Failure::Halt(Halt::new(
+                Reason::KubernetesError,
+                format!("writing Secret {name:?} failed: {error}"),
+                Requeue::Backoff,
+            ))),
+        },
+    }
+}
+
+/// Deletes `current` (ours), unless it is already gone or was replaced meanwhile.
+pub async fn delete_owned(secrets: &Api<Secret>, current: &Secret) -> Result<(), Error> {
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: current.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        propagation_policy: Some(PropagationPolicy::Background),
+        ..DeleteParams::default()
+    };
+    match secrets.delete(&current.name_any(), &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
