@@ -10,6 +10,7 @@ pub mod context;
 pub mod crd;
 pub mod credentials;
 pub mod environment;
+pub mod lease;
 pub mod metrics;
 pub mod project;
 pub mod run;

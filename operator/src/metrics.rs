@@ -208,6 +208,11 @@ impl Metrics {
     }
 
     /// Reconciliations of `kind` so far.
+    /// Whether this replica acts as the leader now.
+    pub fn is_leader(&self) -> bool {
+        self.leader.get() == 1
+    }
+
     pub fn reconcile_count(&self, kind: &str) -> u64 {
         self.reconciles.get_or_create(&Self::kind(kind)).get()
     }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use k8s_openapi::ByteString;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::ObjectMeta;
@@ -21,7 +22,7 @@ use crate::crd::{Environment, Project};
 use crate::credentials::Connector;
 use crate::metrics::{self, Metrics};
 use crate::source::Sources;
-use crate::{environment, project};
+use crate::{environment, lease, project};
 
 /// Seconds a leader's lease is valid after its last renewal.
 const LEASE_SECONDS: u64 = 15;
@@ -99,6 +100,8 @@ impl Operator {
             .context("setting up leader election")?;
         let (mut leader, task) = manager.watch().await;
         tracing::info!(%identity, lease = %self.config.lease_name, %namespace, "waiting for leadership");
+        let leases: Api<Lease> = Api::namespaced(self.kube.clone(), &namespace);
+        let lease_name = self.config.lease_name.as_str();
         loop {
             tokio::select! {
                 won = leader.wait_for(|l| *l) => {
@@ -106,11 +109,21 @@ impl Operator {
                 }
                 () = stop.cancelled() => break,
             }
+            // Acting needs a lease seen held, and ends before it could run out unseen renewed.
+            let until = tokio::select! {
+                until = lease::confirm(&leases, lease_name, &identity) => until,
+                lost = leader.wait_for(|l| !*l) => {
+                    if lost.is_err() { break; }
+                    continue;
+                }
+                () = stop.cancelled() => break,
+            };
             tracing::info!(%identity, "leading: controllers start");
             self.metrics.set_leader(true);
             let lost = tokio::select! {
                 () = self.controllers(&hash_key, &identity) => false,
                 lost = leader.wait_for(|l| !*l) => lost.is_ok(),
+                () = lease::watch(leases.clone(), lease_name, &identity, until) => true,
                 () = stop.cancelled() => false,
             };
             self.metrics.set_leader(false);

@@ -217,3 +217,104 @@ async fn of_two_replicas_only_the_leader_writes() {
     scene.wait_for_data("web-prod", &[("A", "4")]).await;
     c.stop().await;
 }
+
+/// A TCP relay to the API server that can be cut, as a network partition cuts one replica off.
+struct Relay {
+    port: u16,
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+impl Relay {
+    async fn start(env: &TestEnv) -> Self {
+        let upstream = env.config().cluster_url.authority().unwrap().to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (open, _) = tokio::sync::watch::channel(true);
+        let gate = open.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut cut = gate.subscribe();
+                if !*cut.borrow() {
+                    continue;
+                }
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.wait_for(|open| !*open) => {}
+                    }
+                });
+            }
+        });
+        Self { port, open }
+    }
+
+    /// A client of the admin user whose every connection goes through the relay.
+    fn client(&self, env: &TestEnv) -> kube::Client {
+        let mut config = env.config().clone();
+        config.cluster_url = format!("https://127.0.0.1:{}", self.port).parse().unwrap();
+        kube::Client::try_from(config).unwrap()
+    }
+
+    fn set_open(&self, open: bool) {
+        self.open.send_replace(open);
+    }
+}
+
+#[tokio::test]
+async fn a_leader_cut_off_from_the_api_server_stops_before_another_can_take_over() {
+    let Some(scene) = Scene::new(&[("A", "1")]).await else {
+        return;
+    };
+    let (kube, ns) = (&scene.kube, scene.ns.as_str());
+    let config = |identity: &str| {
+        let mut cfg = scene.config(Some(&scene.coffer.admin_token));
+        cfg.leader_election = true;
+        cfg.identity = Some(identity.to_owned());
+        cfg
+    };
+    let relay = Relay::start(scene.env).await;
+    let a = start_operator_as(relay.client(scene.env), config("replica-a"));
+    wait_until("replica-a leads", TIMEOUT, || async {
+        (holder(kube, ns).await.as_deref() == Some("replica-a") && a.metrics.is_leader())
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    scene.project("web", json!({})).await;
+    scene
+        .environment("web-prod", "production", json!({ "refreshInterval": "5s" }))
+        .await;
+    scene.wait_for_data("web-prod", &[("A", "1")]).await;
+
+    // Cut off, replica-a cannot renew; its lease manager still believes it leads.
+    let b = scene.operator(config("replica-b"));
+    relay.set_open(false);
+    wait_until("replica-b leads", TIMEOUT, || async {
+        let holder = holder(kube, ns).await;
+        if holder.as_deref() == Some("replica-b") {
+            assert!(
+                !a.metrics.is_leader(),
+                "replica-a still acted as the leader when replica-b took over"
+            );
+        }
+        (holder.as_deref() == Some("replica-b")).then_some(())
+    })
+    .await
+    .unwrap();
+
+    // Back in touch, replica-a acts no more: replica-b syncs the next change alone.
+    let a_reconciles = a.metrics.reconcile_count("Environment");
+    relay.set_open(true);
+    scene.coffer.set("web", "production", &[("A", "2")]).await;
+    scene.wait_for_data("web-prod", &[("A", "2")]).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!a.metrics.is_leader());
+    assert_eq!(a.metrics.reconcile_count("Environment"), a_reconciles);
+    assert!(b.metrics.reconcile_count("Environment") > 0);
+    a.crash().await;
+    b.stop().await;
+}
