@@ -53,6 +53,8 @@ struct Found {
     reason: Reason,
     message: String,
     project_id: String,
+    /// This pass created the project.
+    created: bool,
 }
 
 /// The status of `project` after a check that found `found` (or halted), at `now`. The
@@ -63,6 +65,9 @@ fn next_status(project: &Project, found: &Result<Found, Halt>, now: Timestamp) -
     let (ok, reason, message) = match found {
         Ok(found) => {
             status.project_id = Some(found.project_id.clone());
+            if found.created {
+                status.created_project_id = Some(found.project_id.clone());
+            }
             (true, found.reason, found.message.clone())
         }
         Err(halt) => (false, halt.reason, halt.message.clone()),
@@ -131,6 +136,7 @@ async fn check(project: &Project, ctx: &Context) -> Result<Found, Halt> {
             reason: Reason::ProjectFound,
             message: format!("project {org}/{slug} found in coffer-server"),
             project_id: found.id.to_string(),
+            created: false,
         }),
         Err(e) if e.is_not_found() && project.spec.create => {
             let request = CreateProjectRequest {
@@ -161,6 +167,7 @@ async fn check(project: &Project, ctx: &Context) -> Result<Found, Halt> {
                 reason: Reason::ProjectCreated,
                 message,
                 project_id: created.id.to_string(),
+                created: true,
             })
         }
         Err(e) if e.is_not_found() => Err(Halt::new(
@@ -175,6 +182,40 @@ async fn check(project: &Project, ctx: &Context) -> Result<Found, Halt> {
     }
 }
 
+/// The id of the project that deleting `project` may delete in coffer-server, or why none
+/// may be: only a project this resource created, and never with the operator's own
+/// credentials (anyone who may create a `Project` could otherwise delete another team's).
+fn deletable(project: &Project) -> Result<&str, &'static str> {
+    let created = project
+        .status
+        .as_ref()
+        .and_then(|s| s.created_project_id.as_deref());
+    match (created, &project.spec.credentials_ref) {
+        (None, _) => Err("this resource did not create it"),
+        (Some(_), None) => {
+            Err("spec.credentialsRef is not set, and the operator's own credentials never delete")
+        }
+        (Some(id), Some(_)) => Ok(id),
+    }
+}
+
+/// `deletionPolicy: Delete` does not apply to the project: a Warning event says why, and the
+/// resource goes while the project stays.
+async fn kept(project: &Project, ctx: &Context, why: &str) -> Result<Action, Error> {
+    let (org, slug) = (&project.spec.organization, project.project_slug());
+    ctx.event(
+        &project.object_ref(&()),
+        true,
+        "ProjectKept",
+        "Delete",
+        format!(
+            "project {org}/{slug} is kept in coffer-server despite deletionPolicy Delete: {why}"
+        ),
+    )
+    .await;
+    Ok(Action::await_change())
+}
+
 async fn cleanup(project: &Project, ctx: &Context) -> Result<Action, Error> {
     ctx.forget(&object_key(project), project.metadata.uid.as_deref());
     if project.spec.deletion_policy != DeletionPolicy::Delete {
@@ -182,6 +223,10 @@ async fn cleanup(project: &Project, ctx: &Context) -> Result<Action, Error> {
     }
     let org = &project.spec.organization;
     let slug = project.project_slug();
+    let created = match deletable(project) {
+        Ok(id) => id,
+        Err(why) => return kept(project, ctx, why).await,
+    };
     let conn = match ctx.connection(project).await {
         Ok(conn) => conn,
         // Without credentials the project cannot be deleted; keep the finalizer and say so.
@@ -190,6 +235,26 @@ async fn cleanup(project: &Project, ctx: &Context) -> Result<Action, Error> {
             return conclude(project, ctx, Err(halt)).await;
         }
     };
+    let failed = |e: &coffer_client::Error, doing: &str| {
+        Halt::new(
+            reason_for(e),
+            format!("{doing} project {org}/{slug} in coffer-server failed: {e}"),
+            Requeue::Backoff,
+        )
+    };
+    match conn.client.get_project(org, &slug).await {
+        Ok(found) if found.id.to_string() == created => {}
+        Ok(_) => {
+            return kept(
+                project,
+                ctx,
+                "it is no longer the project this resource created",
+            )
+            .await;
+        }
+        Err(e) if e.is_not_found() => return Ok(Action::await_change()),
+        Err(e) => return conclude(project, ctx, Err(failed(&e, "reading"))).await,
+    }
     match conn.client.delete_project(org, &slug).await {
         Ok(()) => {
             ctx.event(
@@ -203,14 +268,7 @@ async fn cleanup(project: &Project, ctx: &Context) -> Result<Action, Error> {
             Ok(Action::await_change())
         }
         Err(e) if e.is_not_found() => Ok(Action::await_change()),
-        Err(e) => {
-            let halt = Halt::new(
-                reason_for(&e),
-                format!("deleting project {org}/{slug} in coffer-server failed: {e}"),
-                Requeue::Backoff,
-            );
-            conclude(project, ctx, Err(halt)).await
-        }
+        Err(e) => conclude(project, ctx, Err(failed(&e, "deleting"))).await,
     }
 }
 
@@ -242,6 +300,7 @@ mod tests {
             reason: Reason::ProjectFound,
             message: "found".into(),
             project_id: "p-1".into(),
+            created: false,
         });
         let status = next_status(&project, &found, now);
         assert_eq!(ready(&status), ("True", "ProjectFound"));
@@ -262,5 +321,34 @@ mod tests {
         // The same state again is the same status: nothing to write.
         project.status = Some(failed.clone());
         assert_eq!(next_status(&project, &down, now), failed);
+    }
+
+    #[test]
+    fn only_a_project_this_resource_created_is_deleted_and_never_with_the_operators_token() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let mut project = project();
+        project.spec.deletion_policy = DeletionPolicy::Delete;
+        let found = |created| {
+            Ok(Found {
+                reason: Reason::ProjectFound,
+                message: "m".into(),
+                project_id: "p-1".into(),
+                created,
+            })
+        };
+        // Found, not created: nothing may be deleted.
+        project.status = Some(next_status(&project, &found(false), now));
+        assert_eq!(deletable(&project), Err("this resource did not create it"));
+        // Created with the operator's own token: still nothing.
+        project.status = Some(next_status(&project, &found(true), now));
+        assert!(deletable(&project).unwrap_err().contains("credentialsRef"));
+        // Created with its own credentials: that project, and it stays known when later
+        // checks merely find it.
+        project.spec.credentials_ref = Some(crate::crd::CredentialsRef {
+            name: "coffer-token".into(),
+            key: "token".into(),
+        });
+        project.status = Some(next_status(&project, &found(false), now));
+        assert_eq!(deletable(&project), Ok("p-1"));
     }
 }

@@ -69,7 +69,9 @@ pub struct ProjectSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_ref: Option<CredentialsRef>,
     /// What happens to the project in coffer-server when this resource is deleted: `Retain`
-    /// (default) keeps it, `Delete` deletes it.
+    /// (default) keeps it, `Delete` deletes it, but only a project that this resource created
+    /// (`create`) and that is still the one it created, with the credentials of
+    /// `credentialsRef` (never the operator's own); any other project is kept.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 }
@@ -90,6 +92,10 @@ pub struct ProjectStatus {
     /// Id of the project in coffer-server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project_id: Option<String>,
+    /// Id of the project this resource created in coffer-server: the only project that
+    /// `deletionPolicy: Delete` may delete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_project_id: Option<String>,
     /// Current state of the resource; the `Ready` condition says whether the project is
     /// reachable with the configured credentials, and if not, why.
     #[serde(default)]

@@ -633,17 +633,29 @@ async fn a_refresh_asked_for_during_an_outage_happens_when_the_server_is_back() 
 }
 
 #[tokio::test]
-async fn projects_are_created_and_deleted_in_coffer_by_their_spec() {
+async fn projects_are_created_by_their_spec_and_deleted_only_when_they_created_them() {
     let Some(scene) = Scene::new(&[]).await else {
         return;
     };
     let coffer = &scene.coffer;
+    // Creating and deleting projects takes a user's API key, given to the resource itself.
+    let credentials: Secret = serde_json::from_value(json!({
+        "metadata": { "name": "coffer-admin", "labels": { "coffer.dev/credentials": "true" } },
+        "stringData": { "token": coffer.admin_token },
+    }))
+    .unwrap();
+    scene
+        .api::<Secret>()
+        .create(&PostParams::default(), &credentials)
+        .await
+        .unwrap();
     let _operator = scene.operator(scene.config(Some(&coffer.admin_token)));
     scene.project("absent", json!({})).await;
     scene
         .project(
             "shop",
-            json!({ "create": true, "displayName": "Shop", "deletionPolicy": "Delete" }),
+            json!({ "create": true, "displayName": "Shop", "deletionPolicy": "Delete",
+                    "credentialsRef": { "name": "coffer-admin", "key": "token" } }),
         )
         .await;
     let projects = scene.api::<Project>();
@@ -703,7 +715,51 @@ async fn projects_are_created_and_deleted_in_coffer_by_their_spec() {
         .unwrap();
     assert_eq!(scene.data("shop-qa").await.unwrap(), pairs(&[]));
 
-    // deletionPolicy Delete removes the project from coffer-server with the resource.
+    // deletionPolicy Delete never deletes a project the resource did not create, nor one it
+    // created with the operator's own credentials: the resource goes, the project stays.
+    scene
+        .project(
+            "web",
+            json!({ "deletionPolicy": "Delete",
+                    "credentialsRef": { "name": "coffer-admin", "key": "token" } }),
+        )
+        .await;
+    scene
+        .project(
+            "made-by-default",
+            json!({ "create": true, "deletionPolicy": "Delete" }),
+        )
+        .await;
+    for name in ["web", "made-by-default"] {
+        wait_until("the project is checked", TIMEOUT, || async {
+            ready(name)
+                .await
+                .is_some_and(|(status, _)| status == "True")
+                .then_some(())
+        })
+        .await
+        .unwrap();
+        projects
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    wait_until("both resources are gone", TIMEOUT, || async {
+        let web = projects.get_opt("web").await.unwrap();
+        let other = projects.get_opt("made-by-default").await.unwrap();
+        (web.is_none() && other.is_none()).then_some(())
+    })
+    .await
+    .unwrap();
+    coffer.admin().get_project(ORG, "web").await.unwrap();
+    coffer
+        .admin()
+        .get_project(ORG, "made-by-default")
+        .await
+        .unwrap();
+    assert_eq!(scene.events("ProjectKept").await.len(), 2);
+
+    // deletionPolicy Delete removes the project it created from coffer-server with the resource.
     projects
         .delete("shop", &DeleteParams::default())
         .await
