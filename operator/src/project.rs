@@ -20,6 +20,12 @@ use crate::source::reason_for;
 use crate::status;
 
 const KIND: &str = "Project";
+/// Set to `"true"` on a `Project` being deleted to let it go without deleting anything in
+/// coffer-server (e.g. when its credentials are already gone with its namespace).
+pub const SKIP_CLEANUP_ANNOTATION: &str = "coffer.dev/skip-cleanup";
+/// How long the deletion of a `Project` may wait for coffer-server before it lets go and keeps
+/// the project: a namespace being deleted must not hang on it.
+pub const CLEANUP_DEADLINE: Duration = Duration::from_secs(600);
 /// How often a healthy project is checked again.
 const RECHECK: Duration = Duration::from_secs(300);
 
@@ -216,10 +222,29 @@ async fn kept(project: &Project, ctx: &Context, why: &str) -> Result<Action, Err
     Ok(Action::await_change())
 }
 
+/// Why the deletion of `project` stops trying to delete in coffer-server at `now`, if it does:
+/// the override annotation, or the cleanup deadline since the deletion began.
+fn cleanup_given_up(project: &Project, now: Timestamp) -> Option<&'static str> {
+    let skip = project
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(SKIP_CLEANUP_ANNOTATION));
+    if skip.is_some_and(|v| v == "true") {
+        return Some("the coffer.dev/skip-cleanup annotation is set");
+    }
+    let since = project.metadata.deletion_timestamp.as_ref()?;
+    let waited = Duration::try_from(now.duration_since(since.0)).ok()?;
+    (waited >= CLEANUP_DEADLINE).then_some("coffer-server could not be reached in 10 minutes")
+}
+
 async fn cleanup(project: &Project, ctx: &Context) -> Result<Action, Error> {
     ctx.forget(&object_key(project), project.metadata.uid.as_deref());
     if project.spec.deletion_policy != DeletionPolicy::Delete {
         return Ok(Action::await_change());
+    }
+    if let Some(why) = cleanup_given_up(project, Timestamp::now()) {
+        return kept(project, ctx, why).await;
     }
     let org = &project.spec.organization;
     let slug = project.project_slug();
@@ -350,5 +375,20 @@ mod tests {
         });
         project.status = Some(next_status(&project, &found(false), now));
         assert_eq!(deletable(&project), Ok("p-1"));
+    }
+
+    #[test]
+    fn cleanup_gives_up_on_the_annotation_or_after_the_deadline() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let start = Timestamp::from_second(1_800_000_000).unwrap();
+        let mut project = project();
+        assert_eq!(cleanup_given_up(&project, start), None);
+        project.metadata.deletion_timestamp = Some(Time(start));
+        let later = |s: i64| Timestamp::from_second(1_800_000_000 + s).unwrap();
+        assert_eq!(cleanup_given_up(&project, later(599)), None);
+        assert!(cleanup_given_up(&project, later(600)).is_some());
+        project.metadata.annotations =
+            Some([(SKIP_CLEANUP_ANNOTATION.to_owned(), "true".to_owned())].into());
+        assert!(cleanup_given_up(&project, start).is_some_and(|why| why.contains("skip-cleanup")));
     }
 }

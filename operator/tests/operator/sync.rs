@@ -789,3 +789,81 @@ async fn projects_are_created_by_their_spec_and_deleted_only_when_they_created_t
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn a_project_whose_credentials_are_gone_is_let_go_by_annotation_and_kept() {
+    let Some(scene) = Scene::new(&[]).await else {
+        return;
+    };
+    let coffer = &scene.coffer;
+    let secrets = scene.api::<Secret>();
+    let credentials: Secret = serde_json::from_value(json!({
+        "metadata": { "name": "coffer-admin", "labels": { "coffer.dev/credentials": "true" } },
+        "stringData": { "token": coffer.admin_token },
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &credentials)
+        .await
+        .unwrap();
+    let _operator = scene.operator(scene.config(None));
+    scene
+        .project(
+            "shop",
+            json!({ "create": true, "deletionPolicy": "Delete",
+                    "credentialsRef": { "name": "coffer-admin", "key": "token" } }),
+        )
+        .await;
+    let projects = scene.api::<Project>();
+    wait_until("the project is created", TIMEOUT, || async {
+        projects
+            .get("shop")
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.created_project_id)
+    })
+    .await
+    .unwrap();
+
+    // As in a namespace being deleted: the credentials go first, and the deletion waits.
+    secrets
+        .delete("coffer-admin", &DeleteParams::default())
+        .await
+        .unwrap();
+    projects
+        .delete("shop", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_until("the deletion waits, saying why", TIMEOUT, || async {
+        let project = projects.get("shop").await.unwrap();
+        project
+            .status
+            .into_iter()
+            .flat_map(|s| s.conditions)
+            .any(|c| c.type_ == "Ready" && c.reason == "CredentialsNotFound")
+            .then_some(())
+    })
+    .await
+    .unwrap();
+
+    // The override lets it go; the project stays in coffer-server.
+    patch::<Project>(
+        &scene,
+        "shop",
+        json!({ "metadata": { "annotations": { "coffer.dev/skip-cleanup": "true" } } }),
+    )
+    .await;
+    wait_until("the Project resource is gone", TIMEOUT, || async {
+        projects
+            .get_opt("shop")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    coffer.admin().get_project(ORG, "shop").await.unwrap();
+    assert_eq!(scene.events("ProjectKept").await.len(), 1);
+}
