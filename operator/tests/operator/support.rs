@@ -318,6 +318,8 @@ impl Scene {
         Config {
             server_url: Some(self.coffer.url.clone()),
             token: token.map(|t| SecretString::from(t.to_owned())),
+            allowed_servers: Vec::new(),
+            ca_bundle: None,
             namespaces: vec![self.ns.clone()],
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             leader_election: false,
