@@ -10,7 +10,7 @@ use serde_json::json;
 
 use coffer_operator::crd::Project;
 
-use crate::support::Scene;
+use crate::support::{Coffer, Scene};
 
 /// A Secret `name` holding `token` under `token`, with `labels`.
 async fn credentials(scene: &Scene, name: &str, token: &str, labels: serde_json::Value) {
@@ -167,4 +167,40 @@ async fn credentials_go_only_to_allowed_servers_and_never_over_plain_http_to_ano
         .wait_for_condition("web-prod", "Ready", "False", "ServerUnreachable")
         .await;
     assert!(seen.load(Ordering::SeqCst) > 0);
+}
+
+#[tokio::test]
+async fn the_ca_bundle_makes_a_server_with_a_private_ca_trusted() {
+    let Some(mut scene) = Scene::new(&[]).await else {
+        return;
+    };
+    let tls = Coffer::start_tls().await;
+    tls.project("web").await;
+    tls.set("web", "production", &[("A", "value-marker-tls")])
+        .await;
+    let bundle = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(bundle.path(), tls.ca_pem.as_deref().unwrap()).unwrap();
+    scene.coffer = tls;
+
+    // without the bundle the server's certificate is not trusted, and nothing syncs
+    let operator = scene.operator(scene.config(Some(&scene.coffer.admin_token)));
+    scene.project("web", json!({})).await;
+    scene
+        .environment("web-prod", "production", json!({ "refreshInterval": "5s" }))
+        .await;
+    scene
+        .wait_for_condition("web-prod", "Ready", "False", "ServerUnreachable")
+        .await;
+    assert!(scene.data("web-prod").await.is_none());
+    operator.stop().await;
+
+    let mut config = scene.config(Some(&scene.coffer.admin_token));
+    config.ca_bundle = Some(bundle.path().to_owned());
+    let _operator = scene.operator(config);
+    scene
+        .wait_for_data("web-prod", &[("A", "value-marker-tls")])
+        .await;
+    scene
+        .wait_for_condition("web-prod", "Ready", "True", "Synced")
+        .await;
 }
