@@ -32,6 +32,9 @@ pub enum Reason {
     /// The `Project`'s server is not on the operator's allow-list (`COFFER_ALLOWED_SERVERS`),
     /// or is plain http to a host other than this machine without being listed.
     ServerNotAllowed,
+    /// The ConfigMap or key named by `spec.caBundleRef` does not exist, or holds no PEM
+    /// certificate.
+    CaBundleNotFound,
     /// coffer-server has no such project (or the credentials may not see it).
     ProjectNotFound,
     /// coffer-server has no such environment (or the credentials may not see it).
@@ -71,6 +74,7 @@ impl Reason {
             Self::CredentialsNotFound => "CredentialsNotFound",
             Self::CredentialsNotAllowed => "CredentialsNotAllowed",
             Self::ServerNotAllowed => "ServerNotAllowed",
+            Self::CaBundleNotFound => "CaBundleNotFound",
             Self::ProjectNotFound => "ProjectNotFound",
             Self::EnvironmentNotFound => "EnvironmentNotFound",
             Self::ServerUnreachable => "ServerUnreachable",

@@ -7,11 +7,13 @@
 //! sent only to a server the operator allows (its own, or `COFFER_ALLOWED_SERVERS`), never over
 //! plain http to another machine unless that server is listed by name.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use coffer_client::Client;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Api;
 use reqwest::Url;
 use reqwest::tls::Certificate;
@@ -26,6 +28,10 @@ use crate::source::SourceKey;
 
 /// How long a request to coffer-server may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many HTTP clients with a `Project`'s own CA bundle are kept; beyond that the cache
+/// starts again, so changing bundles cannot grow it without bound.
+const MAX_CA_CLIENTS: usize = 64;
 
 /// The label (with the value `"true"`) by which a Secret allows the operator to use it as a
 /// `Project`'s credentials.
@@ -55,7 +61,8 @@ pub enum ConnectorError {
 pub struct Connection {
     pub server: String,
     pub client: Client,
-    /// SHA-256 of the token: tells credentials apart without keeping a copy of them around.
+    /// SHA-256 of the token (and of the `Project`'s CA bundle, if it has one): tells
+    /// credentials and the trust they are sent under apart without keeping a copy of them.
     pub credentials: [u8; 32],
 }
 
@@ -73,27 +80,54 @@ pub struct ConnectionError {
     pub message: String,
 }
 
-/// Makes [`Connection`]s; every client it makes shares one HTTP connection pool.
+/// Makes [`Connection`]s; every client it makes shares one HTTP connection pool, except those
+/// of `Project`s with their own CA bundle, which share one per bundle.
 #[derive(Debug, Clone)]
 pub struct Connector {
     http: reqwest::Client,
+    /// The operator-wide CA certificates (`COFFER_CA_BUNDLE`).
+    roots: Vec<Certificate>,
+    /// Clients by the SHA-256 of a `Project`'s CA bundle.
+    with_bundle: Arc<Mutex<HashMap<[u8; 32], reqwest::Client>>>,
 }
 
 impl Connector {
     /// The client for `config`: trusting the certificates of `COFFER_CA_BUNDLE` besides the
     /// system's.
     pub fn new(config: &Config) -> Result<Self, ConnectorError> {
-        let mut builder = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .user_agent(concat!("coffer-operator/", env!("CARGO_PKG_VERSION")));
-        if let Some(path) = &config.ca_bundle {
-            for certificate in ca_bundle(path)? {
-                builder = builder.add_root_certificate(certificate);
-            }
-        }
+        let roots = match &config.ca_bundle {
+            Some(path) => ca_bundle(path)?,
+            None => Vec::new(),
+        };
         Ok(Self {
-            http: builder.build()?,
+            http: http_client(roots.iter().cloned())?,
+            roots,
+            with_bundle: Arc::default(),
         })
+    }
+
+    /// The HTTP client trusting `pem` besides the operator's roots, and the bundle's SHA-256.
+    fn with_ca_bundle(&self, pem: &[u8]) -> Result<(reqwest::Client, [u8; 32]), String> {
+        let digest: [u8; 32] = Sha256::digest(pem).into();
+        let mut cache = self
+            .with_bundle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(http) = cache.get(&digest) {
+            return Ok((http.clone(), digest));
+        }
+        let certificates =
+            Certificate::from_pem_bundle(pem).map_err(|e| format!("it is not valid PEM: {e}"))?;
+        if certificates.is_empty() {
+            return Err("it holds no PEM certificate".to_owned());
+        }
+        let http = http_client(self.roots.iter().cloned().chain(certificates))
+            .map_err(|e| format!("cannot build an HTTP client with it: {e}"))?;
+        if cache.len() >= MAX_CA_CLIENTS {
+            cache.clear();
+        }
+        cache.insert(digest, http.clone());
+        Ok((http, digest))
     }
 
     /// The server and credentials of `project`: its own, else the operator's defaults.
@@ -105,10 +139,44 @@ impl Connector {
     ) -> Result<Connection, ConnectionError> {
         let fail = |reason, message: String| ConnectionError { reason, message };
         let (server, source) = plan(project, config)?;
+        let namespace = project.metadata.namespace.as_deref().unwrap_or("default");
+        let (http, trust) = match &project.spec.ca_bundle_ref {
+            None => (self.http.clone(), None),
+            Some(reference) => {
+                let missing = |what: &str| {
+                    fail(
+                        Reason::CaBundleNotFound,
+                        format!(
+                            "spec.caBundleRef: {what} (ConfigMap {:?}, key {:?})",
+                            reference.name, reference.key
+                        ),
+                    )
+                };
+                let maps: Api<ConfigMap> = Api::namespaced(kube.clone(), namespace);
+                let map = maps.get_opt(&reference.name).await.map_err(|e| {
+                    fail(
+                        Reason::KubernetesError,
+                        format!("reading the CA bundle ConfigMap: {e}"),
+                    )
+                })?;
+                let map = map.ok_or_else(|| missing("the ConfigMap does not exist"))?;
+                let pem = map
+                    .data
+                    .and_then(|mut data| data.remove(&reference.key))
+                    .map(String::into_bytes)
+                    .or_else(|| {
+                        map.binary_data
+                            .and_then(|mut data| data.remove(&reference.key))
+                            .map(|v| v.0)
+                    })
+                    .ok_or_else(|| missing("the ConfigMap has no such key"))?;
+                let (http, digest) = self.with_ca_bundle(&pem).map_err(|e| missing(&e))?;
+                (http, Some(digest))
+            }
+        };
         let token = match source {
             TokenSource::Default(token) => token.clone(),
             TokenSource::Ref(reference) => {
-                let namespace = project.metadata.namespace.as_deref().unwrap_or("default");
                 let secrets: Api<Secret> = Api::namespaced(kube.clone(), namespace);
                 let not_found = |what: &str| {
                     fail(
@@ -157,8 +225,14 @@ impl Connector {
                 SecretString::from(text.to_owned())
             }
         };
-        let credentials: [u8; 32] = Sha256::digest(token.expose_secret().as_bytes()).into();
-        let client = Client::with_http(self.http.clone(), &server, token).map_err(|e| {
+        let mut digest = Sha256::new();
+        digest.update(token.expose_secret().as_bytes());
+        if let Some(trust) = trust {
+            digest.update(b"\0ca-bundle\0");
+            digest.update(trust);
+        }
+        let credentials: [u8; 32] = digest.finalize().into();
+        let client = Client::with_http(http, &server, token).map_err(|e| {
             fail(
                 Reason::InvalidSpec,
                 format!("the coffer-server URL {server:?} is invalid: {e}"),
@@ -170,6 +244,19 @@ impl Connector {
             credentials,
         })
     }
+}
+
+/// The client of coffer-server: trusting `roots` besides the system's certificates.
+fn http_client(
+    roots: impl IntoIterator<Item = Certificate>,
+) -> Result<reqwest::Client, reqwest::Error> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .user_agent(concat!("coffer-operator/", env!("CARGO_PKG_VERSION")));
+    for certificate in roots {
+        builder = builder.add_root_certificate(certificate);
+    }
+    builder.build()
 }
 
 /// The certificates of the PEM file at `path`.
@@ -288,6 +375,13 @@ fn plan<'a>(
                     Reason::NoCredentials,
                     "spec.serverUrl is not the operator's server, and the operator's own token \
                      is only ever sent to its own server: set spec.credentialsRef",
+                ));
+            }
+            if project.spec.ca_bundle_ref.is_some() {
+                return Err(fail(
+                    Reason::NoCredentials,
+                    "spec.caBundleRef is set, and the operator's own token is only ever sent \
+                     under the operator's own trust: set spec.credentialsRef",
                 ));
             }
             TokenSource::Default(token)
@@ -454,6 +548,35 @@ mod tests {
             Err(ConnectorError::ReadCaBundle { .. })
         ));
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_projects_ca_bundle_gets_one_client_per_bundle() {
+        let connector = Connector::new(&config(None, None)).unwrap();
+        assert!(connector.with_ca_bundle(b"not a certificate").is_err());
+        let pem = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+            .unwrap()
+            .cert
+            .pem();
+        let (_, first) = connector.with_ca_bundle(pem.as_bytes()).unwrap();
+        let (_, again) = connector.with_ca_bundle(pem.as_bytes()).unwrap();
+        assert_eq!(first, again);
+        assert_eq!(connector.with_bundle.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_operator_token_is_never_sent_under_a_projects_own_ca_bundle() {
+        let c = config(Some("https://coffer.example.com"), Some("cfr_op"));
+        let with_bundle = |credentials: bool| {
+            let mut p = project(None, credentials);
+            p.spec.ca_bundle_ref = Some(crate::crd::ConfigMapKeyRef {
+                name: "ca".into(),
+                key: "ca.crt".into(),
+            });
+            p
+        };
+        assert_eq!(planned(&with_bundle(false), &c), Err(Reason::NoCredentials));
+        assert!(planned(&with_bundle(true), &c).is_ok());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
 
@@ -199,6 +199,62 @@ async fn the_ca_bundle_makes_a_server_with_a_private_ca_trusted() {
     let _operator = scene.operator(config);
     scene
         .wait_for_data("web-prod", &[("A", "value-marker-tls")])
+        .await;
+    scene
+        .wait_for_condition("web-prod", "Ready", "True", "Synced")
+        .await;
+}
+
+#[tokio::test]
+async fn a_projects_own_ca_bundle_makes_its_server_trusted() {
+    let Some(mut scene) = Scene::new(&[]).await else {
+        return;
+    };
+    let tls = Coffer::start_tls().await;
+    tls.project("web").await;
+    tls.set("web", "production", &[("A", "value-marker-own-ca")])
+        .await;
+    let pem = tls.ca_pem.clone().unwrap();
+    let token = tls.service_token("web", &["production"]).await;
+    scene.coffer = tls;
+    credentials(
+        &scene,
+        "coffer-token",
+        &token,
+        json!({ "coffer.dev/credentials": "true" }),
+    )
+    .await;
+
+    let _operator = scene.operator(scene.config(Some(&scene.coffer.admin_token)));
+    scene
+        .project(
+            "web",
+            json!({
+                "caBundleRef": { "name": "coffer-ca", "key": "ca.crt" },
+                "credentialsRef": { "name": "coffer-token", "key": "token" },
+            }),
+        )
+        .await;
+    scene
+        .environment("web-prod", "production", json!({ "refreshInterval": "5s" }))
+        .await;
+    scene
+        .wait_for_condition("web-prod", "Ready", "False", "CaBundleNotFound")
+        .await;
+    scene.wait_for_event("CaBundleNotFound", true).await;
+
+    let map: ConfigMap = serde_json::from_value(json!({
+        "metadata": { "name": "coffer-ca" },
+        "data": { "ca.crt": pem },
+    }))
+    .unwrap();
+    scene
+        .api::<ConfigMap>()
+        .create(&PostParams::default(), &map)
+        .await
+        .unwrap();
+    scene
+        .wait_for_data("web-prod", &[("A", "value-marker-own-ca")])
         .await;
     scene
         .wait_for_condition("web-prod", "Ready", "True", "Synced")
