@@ -15,6 +15,10 @@ use crate::types::{
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 const USER_AGENT: &str = concat!("coffer-client/", env!("CARGO_PKG_VERSION"));
+/// The largest answer body a [`Client`] reads unless told otherwise: far above any answer
+/// coffer-server gives (a bulk read of an environment is bounded by the server's own limits),
+/// small enough that a hostile or broken server cannot exhaust the caller's memory.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 
 /// A typed client of coffer-server's HTTP API, authenticated with one token (an API key or a
 /// service token, `cfr_…`). Cheap to clone: clones share the connection pool.
@@ -23,6 +27,7 @@ pub struct Client {
     http: reqwest::Client,
     base: Url,
     token: SecretString,
+    max_response_bytes: usize,
 }
 
 impl std::fmt::Debug for Client {
@@ -98,7 +103,20 @@ impl Client {
                 "the URL must not have a query or a fragment".into(),
             ));
         }
-        Ok(Self { http, base, token })
+        Ok(Self {
+            http,
+            base,
+            token,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+        })
+    }
+
+    /// The same client, reading answer bodies of at most `limit` bytes (default
+    /// [`DEFAULT_MAX_RESPONSE_BYTES`]); a longer answer is cut off and is an [`Error::Decode`].
+    #[must_use]
+    pub fn with_max_response_bytes(mut self, limit: usize) -> Self {
+        self.max_response_bytes = limit;
+        self
     }
 
     /// The server's base URL, normalised (`http://127.0.0.1:8080/`).
@@ -176,7 +194,7 @@ impl Client {
         if response.status() == StatusCode::NOT_MODIFIED {
             return Ok(Fetched::NotModified { etag });
         }
-        let value = Self::decode(response).await?;
+        let value = self.decode(response).await?;
         Ok(Fetched::Modified { etag, value })
     }
 
@@ -278,7 +296,7 @@ impl Client {
 
     async fn json<T: DeserializeOwned>(&self, request: RequestBuilder) -> Result<T, Error> {
         let response = request.send().await.map_err(Error::Transport)?;
-        Self::decode(response).await
+        self.decode(response).await
     }
 
     async fn empty(&self, request: RequestBuilder) -> Result<(), Error> {
@@ -286,28 +304,54 @@ impl Client {
         if response.status().is_success() {
             Ok(())
         } else {
-            Err(api_error(response).await)
+            Err(api_error(response, self.max_response_bytes).await)
         }
     }
 
-    async fn decode<T: DeserializeOwned>(response: Response) -> Result<T, Error> {
+    async fn decode<T: DeserializeOwned>(&self, response: Response) -> Result<T, Error> {
         let status = response.status();
         if !status.is_success() || status == StatusCode::NO_CONTENT {
             return Err(if status.is_success() {
                 Error::Decode(format!("{status} without the documented body"))
             } else {
-                api_error(response).await
+                api_error(response, self.max_response_bytes).await
             });
         }
         let path = response.url().path().to_owned();
-        let body = response.bytes().await.map_err(Error::Transport)?;
+        let body = read_body(response, self.max_response_bytes).await?;
         serde_json::from_slice(&body)
             .map_err(|e| Error::Decode(format!("{path}: {}", describe_json_error(&e))))
     }
 }
 
+/// The body of `response`, refused as soon as it is known to exceed `limit` bytes: from its
+/// `Content-Length`, else while it arrives, so no more than `limit` bytes are ever held. The
+/// error never quotes the body.
+async fn read_body(mut response: Response, limit: usize) -> Result<Vec<u8>, Error> {
+    let path = response.url().path().to_owned();
+    let too_large = || {
+        Error::Decode(format!(
+            "{path}: the answer is larger than the limit of {limit} bytes"
+        ))
+    };
+    if response
+        .content_length()
+        .is_some_and(|length| length > limit as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(Error::Transport)? {
+        if chunk.len() > limit.saturating_sub(body.len()) {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// The error of a non-success answer: the error document if there is one, else the status.
-async fn api_error(response: Response) -> Error {
+async fn api_error(response: Response, limit: usize) -> Error {
     let status = response.status();
     let headers = response.headers();
     let retry_after = headers
@@ -319,8 +363,7 @@ async fn api_error(response: Response) -> Error {
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let document = response
-        .bytes()
+    let document = read_body(response, limit)
         .await
         .ok()
         .and_then(|body| serde_json::from_slice::<ErrorResponse>(&body).ok());
@@ -401,11 +444,14 @@ mod tests {
 
     #[tokio::test]
     async fn an_error_document_and_retry_after_are_read_and_a_bare_status_still_gets_a_code() {
-        let err = api_error(answer(
-            429,
-            &[("retry-after", "7"), ("x-request-id", "from-header")],
-            r#"{"error":{"code":"rate_limited","message":"slow down","request_id":"req-1"}}"#,
-        ))
+        let err = api_error(
+            answer(
+                429,
+                &[("retry-after", "7"), ("x-request-id", "from-header")],
+                r#"{"error":{"code":"rate_limited","message":"slow down","request_id":"req-1"}}"#,
+            ),
+            DEFAULT_MAX_RESPONSE_BYTES,
+        )
         .await;
         let Error::Api {
             status,
@@ -424,11 +470,14 @@ mod tests {
         assert_eq!(request_id.as_deref(), Some("req-1"));
         assert_eq!(retry_after, Some(Duration::from_secs(7)));
 
-        let err = api_error(answer(
-            502,
-            &[("x-request-id", "req-2")],
-            "<html>bad gateway</html>",
-        ))
+        let err = api_error(
+            answer(
+                502,
+                &[("x-request-id", "req-2")],
+                "<html>bad gateway</html>",
+            ),
+            DEFAULT_MAX_RESPONSE_BYTES,
+        )
         .await;
         assert_eq!(
             (err.status(), err.code()),
@@ -448,7 +497,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_that_is_not_the_documented_one_is_a_decode_error_without_its_values() {
-        let err = Client::decode::<SecretsPage>(answer(200, &[], r#"{"revision":"hunter2"}"#))
+        let err = client("http://127.0.0.1:8080")
+            .unwrap()
+            .decode::<SecretsPage>(answer(200, &[], r#"{"revision":"hunter2"}"#))
             .await
             .unwrap_err();
         assert!(matches!(err, Error::Decode(_)), "{err:?}");
@@ -461,5 +512,91 @@ mod tests {
         let debug = format!("{c:?}");
         assert!(!debug.contains("not-a-real-token"), "{debug}");
         assert!(debug.contains("127.0.0.1:8080"), "{debug}");
+    }
+
+    /// A server on a local port answering every request with `head` and then `chunks` pieces
+    /// of `chunk` bytes each (chunked transfer encoding when `head` says so).
+    async fn serve(head: &'static str, chunks: usize, chunk: usize) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut request = [0_u8; 4096];
+                    let _ = socket.read(&mut request).await;
+                    socket.write_all(head.as_bytes()).await?;
+                    let piece = "x".repeat(chunk);
+                    for _ in 0..chunks {
+                        if head.contains("chunked") {
+                            let framed = format!("{chunk:x}\r\n{piece}\r\n");
+                            socket.write_all(framed.as_bytes()).await?;
+                        } else {
+                            socket.write_all(piece.as_bytes()).await?;
+                        }
+                    }
+                    if head.contains("chunked") {
+                        socket.write_all(b"0\r\n\r\n").await?;
+                    }
+                    socket.shutdown().await
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn an_answer_over_the_limit_is_cut_off_with_an_error_that_does_not_quote_it() {
+        // announced by its length
+        let declared = serve(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 4096\r\n\r\n",
+            4,
+            1024,
+        )
+        .await;
+        // streamed without a length, far longer than the limit
+        let streamed = serve(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
+            256,
+            1024,
+        )
+        .await;
+        // an error answer is bounded the same way
+        let failing = serve(
+            "HTTP/1.1 500 Internal Server Error\r\ntransfer-encoding: chunked\r\n\r\n",
+            256,
+            1024,
+        )
+        .await;
+        for base in [&declared, &streamed] {
+            let err = client(base)
+                .unwrap()
+                .with_max_response_bytes(1000)
+                .get_project("acme", "web")
+                .await
+                .unwrap_err();
+            let text = err.to_string();
+            assert!(matches!(err, Error::Decode(_)), "{err:?}");
+            assert!(text.contains("limit of 1000 bytes"), "{text}");
+            assert!(!text.contains("xxx"), "{text}");
+        }
+        let err = client(&failing)
+            .unwrap()
+            .with_max_response_bytes(1000)
+            .get_project("acme", "web")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.status(), err.code()),
+            (Some(500), Some("internal_error"))
+        );
+        // within the limit the same answer is read (and is not a project)
+        let err = client(&declared)
+            .unwrap()
+            .with_max_response_bytes(4096)
+            .get_project("acme", "web")
+            .await
+            .unwrap_err();
+        assert!(!err.to_string().contains("limit"), "{err}");
     }
 }

@@ -39,7 +39,7 @@ mod client;
 mod error;
 
 #[cfg(feature = "http")]
-pub use client::{Client, Fetched};
+pub use client::{Client, DEFAULT_MAX_RESPONSE_BYTES, Fetched};
 #[cfg(feature = "http")]
 pub use error::Error;
 pub use types::*;

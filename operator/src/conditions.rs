@@ -26,6 +26,15 @@ pub enum Reason {
     NoCredentials,
     /// The Secret or key named by `spec.credentialsRef` does not exist or is empty.
     CredentialsNotFound,
+    /// The Secret named by `spec.credentialsRef` does not carry the label
+    /// `coffer.dev/credentials: "true"` that lets the operator send it to a server.
+    CredentialsNotAllowed,
+    /// The `Project`'s server is not on the operator's allow-list (`COFFER_ALLOWED_SERVERS`),
+    /// or is plain http to a host other than this machine without being listed.
+    ServerNotAllowed,
+    /// The ConfigMap or key named by `spec.caBundleRef` does not exist, or holds no PEM
+    /// certificate.
+    CaBundleNotFound,
     /// coffer-server has no such project (or the credentials may not see it).
     ProjectNotFound,
     /// coffer-server has no such environment (or the credentials may not see it).
@@ -63,6 +72,9 @@ impl Reason {
             Self::NoServer => "NoServer",
             Self::NoCredentials => "NoCredentials",
             Self::CredentialsNotFound => "CredentialsNotFound",
+            Self::CredentialsNotAllowed => "CredentialsNotAllowed",
+            Self::ServerNotAllowed => "ServerNotAllowed",
+            Self::CaBundleNotFound => "CaBundleNotFound",
             Self::ProjectNotFound => "ProjectNotFound",
             Self::EnvironmentNotFound => "EnvironmentNotFound",
             Self::ServerUnreachable => "ServerUnreachable",

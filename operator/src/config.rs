@@ -1,6 +1,7 @@
 //! The operator's configuration: every setting is a flag with an environment variable.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use clap::Args;
 use secrecy::SecretString;
@@ -16,6 +17,17 @@ pub struct Config {
     /// `spec.credentialsRef`.
     #[arg(long, env = "COFFER_TOKEN", hide_env_values = true, value_parser = parse_secret)]
     pub token: Option<SecretString>,
+
+    /// coffer-servers a `Project` may name in `spec.serverUrl`, comma-separated origins
+    /// (`https://coffer.example.com`, `http://coffer.coffer.svc:8080`), or `*` for any server
+    /// over https (and plain http to loopback only). `COFFER_SERVER_URL` is always allowed.
+    /// Default: only `COFFER_SERVER_URL`.
+    #[arg(long, env = "COFFER_ALLOWED_SERVERS", value_delimiter = ',', value_parser = parse_allowed_server)]
+    pub allowed_servers: Vec<String>,
+
+    /// PEM file of CA certificates trusted, besides the system's, for coffer-server's TLS.
+    #[arg(long, env = "COFFER_CA_BUNDLE")]
+    pub ca_bundle: Option<PathBuf>,
 
     /// Namespaces to watch, comma-separated. Default: every namespace.
     #[arg(long, env = "COFFER_NAMESPACES", value_delimiter = ',')]
@@ -64,6 +76,20 @@ fn parse_secret(value: &str) -> Result<SecretString, String> {
         return Err("the token is empty".to_owned());
     }
     Ok(SecretString::from(value.to_owned()))
+}
+
+/// An entry of `COFFER_ALLOWED_SERVERS`: `*`, or a URL reduced to its origin
+/// (`https://coffer.example.com:8443`; the default port is left out).
+fn parse_allowed_server(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    if value == "*" {
+        return Ok(value.to_owned());
+    }
+    let url = reqwest::Url::parse(value).map_err(|e| format!("{value:?} is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(format!("{value:?} is not an http or https URL with a host"));
+    }
+    Ok(url.origin().ascii_serialization())
 }
 
 const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
@@ -131,6 +157,32 @@ mod tests {
         assert!(!c.leader_election);
         assert_eq!(c.metrics_addr.port(), 8081);
         assert_eq!(c.lease_name, "coffer-operator");
+        assert!(c.allowed_servers.is_empty());
+        assert_eq!(c.ca_bundle, None);
+    }
+
+    #[test]
+    fn allowed_servers_are_origins() {
+        let cli = Cli::try_parse_from([
+            "coffer-operator",
+            "--allowed-servers",
+            "https://Coffer.Example.com:443/api/,http://coffer.coffer.svc:8080,*",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.config.allowed_servers,
+            [
+                "https://coffer.example.com",
+                "http://coffer.coffer.svc:8080",
+                "*"
+            ]
+        );
+        for bad in ["coffer.example.com", "ftp://coffer.example.com", "https://"] {
+            assert!(
+                Cli::try_parse_from(["coffer-operator", "--allowed-servers", bad]).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

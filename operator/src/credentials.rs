@@ -1,12 +1,22 @@
 //! Which coffer-server a `Project` uses and with which credentials: read from the `Project`
 //! and, when it names one, from a Secret of its namespace. The result, a [`Connection`], is what
 //! [`crate::source::Sources`] reads with; nothing here caches data.
+//!
+//! Whoever may create a `Project` must not be able to use the operator to read what they may
+//! not: a credentials Secret is used only when it carries [`CREDENTIALS_LABEL`], and a token is
+//! sent only to a server the operator allows (its own, or `COFFER_ALLOWED_SERVERS`), never over
+//! plain http to another machine unless that server is listed by name.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use coffer_client::Client;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Api;
+use reqwest::Url;
+use reqwest::tls::Certificate;
 use secrecy::{ExposeSecret as _, SecretString};
 use sha2::{Digest as _, Sha256};
 use zeroize::Zeroizing;
@@ -19,12 +29,40 @@ use crate::source::SourceKey;
 /// How long a request to coffer-server may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How many HTTP clients with a `Project`'s own CA bundle are kept; beyond that the cache
+/// starts again, so changing bundles cannot grow it without bound.
+const MAX_CA_CLIENTS: usize = 64;
+
+/// The label (with the value `"true"`) by which a Secret allows the operator to use it as a
+/// `Project`'s credentials.
+pub const CREDENTIALS_LABEL: &str = "coffer.dev/credentials";
+
+/// Why the operator's HTTP client cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectorError {
+    #[error("cannot read the CA bundle {path:?}: {source}")]
+    ReadCaBundle {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the CA bundle {path:?} holds no PEM certificate")]
+    EmptyCaBundle { path: PathBuf },
+    #[error("the CA bundle {path:?} is not valid PEM: {source}")]
+    InvalidCaBundle {
+        path: PathBuf,
+        source: reqwest::Error,
+    },
+    #[error("cannot build the HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
 /// Where a `Project`'s data comes from, and with which credentials.
 #[derive(Debug, Clone)]
 pub struct Connection {
     pub server: String,
     pub client: Client,
-    /// SHA-256 of the token: tells credentials apart without keeping a copy of them around.
+    /// SHA-256 of the token (and of the `Project`'s CA bundle, if it has one): tells
+    /// credentials and the trust they are sent under apart without keeping a copy of them.
     pub credentials: [u8; 32],
 }
 
@@ -42,19 +80,54 @@ pub struct ConnectionError {
     pub message: String,
 }
 
-/// Makes [`Connection`]s; every client it makes shares one HTTP connection pool.
+/// Makes [`Connection`]s; every client it makes shares one HTTP connection pool, except those
+/// of `Project`s with their own CA bundle, which share one per bundle.
 #[derive(Debug, Clone)]
 pub struct Connector {
     http: reqwest::Client,
+    /// The operator-wide CA certificates (`COFFER_CA_BUNDLE`).
+    roots: Vec<Certificate>,
+    /// Clients by the SHA-256 of a `Project`'s CA bundle.
+    with_bundle: Arc<Mutex<HashMap<[u8; 32], reqwest::Client>>>,
 }
 
 impl Connector {
-    pub fn new() -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .user_agent(concat!("coffer-operator/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(Self { http })
+    /// The client for `config`: trusting the certificates of `COFFER_CA_BUNDLE` besides the
+    /// system's.
+    pub fn new(config: &Config) -> Result<Self, ConnectorError> {
+        let roots = match &config.ca_bundle {
+            Some(path) => ca_bundle(path)?,
+            None => Vec::new(),
+        };
+        Ok(Self {
+            http: http_client(roots.iter().cloned())?,
+            roots,
+            with_bundle: Arc::default(),
+        })
+    }
+
+    /// The HTTP client trusting `pem` besides the operator's roots, and the bundle's SHA-256.
+    fn with_ca_bundle(&self, pem: &[u8]) -> Result<(reqwest::Client, [u8; 32]), String> {
+        let digest: [u8; 32] = Sha256::digest(pem).into();
+        let mut cache = self
+            .with_bundle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(http) = cache.get(&digest) {
+            return Ok((http.clone(), digest));
+        }
+        let certificates =
+            Certificate::from_pem_bundle(pem).map_err(|e| format!("it is not valid PEM: {e}"))?;
+        if certificates.is_empty() {
+            return Err("it holds no PEM certificate".to_owned());
+        }
+        let http = http_client(self.roots.iter().cloned().chain(certificates))
+            .map_err(|e| format!("cannot build an HTTP client with it: {e}"))?;
+        if cache.len() >= MAX_CA_CLIENTS {
+            cache.clear();
+        }
+        cache.insert(digest, http.clone());
+        Ok((http, digest))
     }
 
     /// The server and credentials of `project`: its own, else the operator's defaults.
@@ -66,10 +139,44 @@ impl Connector {
     ) -> Result<Connection, ConnectionError> {
         let fail = |reason, message: String| ConnectionError { reason, message };
         let (server, source) = plan(project, config)?;
+        let namespace = project.metadata.namespace.as_deref().unwrap_or("default");
+        let (http, trust) = match &project.spec.ca_bundle_ref {
+            None => (self.http.clone(), None),
+            Some(reference) => {
+                let missing = |what: &str| {
+                    fail(
+                        Reason::CaBundleNotFound,
+                        format!(
+                            "spec.caBundleRef: {what} (ConfigMap {:?}, key {:?})",
+                            reference.name, reference.key
+                        ),
+                    )
+                };
+                let maps: Api<ConfigMap> = Api::namespaced(kube.clone(), namespace);
+                let map = maps.get_opt(&reference.name).await.map_err(|e| {
+                    fail(
+                        Reason::KubernetesError,
+                        format!("reading the CA bundle ConfigMap: {e}"),
+                    )
+                })?;
+                let map = map.ok_or_else(|| missing("the ConfigMap does not exist"))?;
+                let pem = map
+                    .data
+                    .and_then(|mut data| data.remove(&reference.key))
+                    .map(String::into_bytes)
+                    .or_else(|| {
+                        map.binary_data
+                            .and_then(|mut data| data.remove(&reference.key))
+                            .map(|v| v.0)
+                    })
+                    .ok_or_else(|| missing("the ConfigMap has no such key"))?;
+                let (http, digest) = self.with_ca_bundle(&pem).map_err(|e| missing(&e))?;
+                (http, Some(digest))
+            }
+        };
         let token = match source {
             TokenSource::Default(token) => token.clone(),
             TokenSource::Ref(reference) => {
-                let namespace = project.metadata.namespace.as_deref().unwrap_or("default");
                 let secrets: Api<Secret> = Api::namespaced(kube.clone(), namespace);
                 let not_found = |what: &str| {
                     fail(
@@ -87,6 +194,23 @@ impl Connector {
                     )
                 })?;
                 let secret = secret.ok_or_else(|| not_found("the Secret does not exist"))?;
+                let opted_in = secret
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|labels| labels.get(CREDENTIALS_LABEL))
+                    .is_some_and(|value| value == "true");
+                if !opted_in {
+                    return Err(fail(
+                        Reason::CredentialsNotAllowed,
+                        format!(
+                            "spec.credentialsRef: the Secret {:?} is not labelled \
+                             {CREDENTIALS_LABEL}: \"true\"; the operator sends no other Secret \
+                             to a server",
+                            reference.name
+                        ),
+                    ));
+                }
                 let value = secret
                     .data
                     .and_then(|mut data| data.remove(&reference.key))
@@ -101,8 +225,14 @@ impl Connector {
                 SecretString::from(text.to_owned())
             }
         };
-        let credentials: [u8; 32] = Sha256::digest(token.expose_secret().as_bytes()).into();
-        let client = Client::with_http(self.http.clone(), &server, token).map_err(|e| {
+        let mut digest = Sha256::new();
+        digest.update(token.expose_secret().as_bytes());
+        if let Some(trust) = trust {
+            digest.update(b"\0ca-bundle\0");
+            digest.update(trust);
+        }
+        let credentials: [u8; 32] = digest.finalize().into();
+        let client = Client::with_http(http, &server, token).map_err(|e| {
             fail(
                 Reason::InvalidSpec,
                 format!("the coffer-server URL {server:?} is invalid: {e}"),
@@ -114,6 +244,92 @@ impl Connector {
             credentials,
         })
     }
+}
+
+/// The client of coffer-server: trusting `roots` besides the system's certificates.
+fn http_client(
+    roots: impl IntoIterator<Item = Certificate>,
+) -> Result<reqwest::Client, reqwest::Error> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .user_agent(concat!("coffer-operator/", env!("CARGO_PKG_VERSION")));
+    for certificate in roots {
+        builder = builder.add_root_certificate(certificate);
+    }
+    builder.build()
+}
+
+/// The certificates of the PEM file at `path`.
+fn ca_bundle(path: &std::path::Path) -> Result<Vec<Certificate>, ConnectorError> {
+    let pem = std::fs::read(path).map_err(|source| ConnectorError::ReadCaBundle {
+        path: path.to_owned(),
+        source,
+    })?;
+    let certificates =
+        Certificate::from_pem_bundle(&pem).map_err(|source| ConnectorError::InvalidCaBundle {
+            path: path.to_owned(),
+            source,
+        })?;
+    if certificates.is_empty() {
+        return Err(ConnectorError::EmptyCaBundle {
+            path: path.to_owned(),
+        });
+    }
+    Ok(certificates)
+}
+
+/// Whether the operator may send credentials to `server`: the operator's own server and the
+/// origins of `COFFER_ALLOWED_SERVERS` are allowed; with `*` there, any other server over
+/// https, or over plain http on this machine (loopback), where nobody can listen in.
+fn server_allowed(server: &str, config: &Config) -> Result<(), ConnectionError> {
+    let refuse = |message: String| ConnectionError {
+        reason: Reason::ServerNotAllowed,
+        message,
+    };
+    let url = Url::parse(server).map_err(|e| ConnectionError {
+        reason: Reason::InvalidSpec,
+        message: format!("the coffer-server URL {server:?} is invalid: {e}"),
+    })?;
+    let origin = url.origin();
+    if !matches!(url.scheme(), "http" | "https") || !origin.is_tuple() {
+        return Err(ConnectionError {
+            reason: Reason::InvalidSpec,
+            message: format!("the coffer-server URL {server:?} is not an http or https URL"),
+        });
+    }
+    let origin = origin.ascii_serialization();
+    let own = config
+        .server_url
+        .as_deref()
+        .and_then(|own| Url::parse(own).ok())
+        .map(|own| own.origin().ascii_serialization());
+    if own.as_deref() == Some(origin.as_str()) || config.allowed_servers.contains(&origin) {
+        return Ok(());
+    }
+    if !config.allowed_servers.iter().any(|entry| entry == "*") {
+        return Err(refuse(format!(
+            "the coffer-server {origin} is not one the operator may send credentials to: the \
+             operator's own server and COFFER_ALLOWED_SERVERS name those"
+        )));
+    }
+    if url.scheme() == "http" && !is_loopback(&url) {
+        return Err(refuse(format!(
+            "{origin} is plain http to another machine, where the token could be read on the \
+             way: use https, or name the server in COFFER_ALLOWED_SERVERS"
+        )));
+    }
+    Ok(())
+}
+
+fn is_loopback(url: &Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Where a `Project`'s token comes from.
@@ -161,9 +377,17 @@ fn plan<'a>(
                      is only ever sent to its own server: set spec.credentialsRef",
                 ));
             }
+            if project.spec.ca_bundle_ref.is_some() {
+                return Err(fail(
+                    Reason::NoCredentials,
+                    "spec.caBundleRef is set, and the operator's own token is only ever sent \
+                     under the operator's own trust: set spec.credentialsRef",
+                ));
+            }
             TokenSource::Default(token)
         }
     };
+    server_allowed(server, config)?;
     Ok((server.to_owned(), source))
 }
 
@@ -180,6 +404,8 @@ mod tests {
         Config {
             server_url: server.map(str::to_owned),
             token: token.map(|t| SecretString::from(t.to_owned())),
+            allowed_servers: Vec::new(),
+            ca_bundle: None,
             namespaces: Vec::new(),
             metrics_addr: "127.0.0.1:0".parse().unwrap(),
             leader_election: false,
@@ -238,11 +464,119 @@ mod tests {
             ),
             Err(Reason::NoCredentials)
         );
-        // with its own credentials a Project may use any server
+        // with its own credentials a Project may use an allowed server
+        let mut c = c;
+        c.allowed_servers = vec!["https://other.example".into()];
         assert_eq!(
-            planned(&project(Some("https://other.example"), true), &c),
-            Ok(("https://other.example".into(), "ref:t".into()))
+            planned(&project(Some("https://other.example/"), true), &c),
+            Ok(("https://other.example/".into(), "ref:t".into()))
         );
+    }
+
+    #[test]
+    fn only_the_operators_server_and_the_allowed_ones_are_sent_credentials() {
+        let mut c = config(Some("https://coffer.example.com"), Some("cfr_op"));
+        let reason = |server: &str, c: &Config| planned(&project(Some(server), true), c).err();
+        // by default, only the operator's own server, whatever the path or spelling
+        assert_eq!(reason("https://COFFER.example.com:443/x", &c), None);
+        for refused in [
+            "https://attacker.example",
+            "https://coffer.example.com:8443",
+            "http://coffer.example.com",
+            "http://127.0.0.1:8080",
+        ] {
+            assert_eq!(
+                reason(refused, &c),
+                Some(Reason::ServerNotAllowed),
+                "{refused}"
+            );
+        }
+        // a listed origin, even plain http, since it is named
+        c.allowed_servers = vec!["http://coffer.coffer.svc:8080".into()];
+        assert_eq!(reason("http://coffer.coffer.svc:8080/", &c), None);
+        assert_eq!(
+            reason("http://coffer.coffer.svc:8081", &c),
+            Some(Reason::ServerNotAllowed)
+        );
+        // `*`: any https server, plain http only on this machine
+        c.allowed_servers = vec!["*".into()];
+        for allowed in [
+            "https://anywhere.example",
+            "http://127.0.0.1:9",
+            "http://localhost:8080",
+            "http://[::1]:8080",
+        ] {
+            assert_eq!(reason(allowed, &c), None, "{allowed}");
+        }
+        for refused in [
+            "http://anywhere.example",
+            "http://10.0.0.1:8080",
+            "http://[::2]",
+        ] {
+            assert_eq!(
+                reason(refused, &c),
+                Some(Reason::ServerNotAllowed),
+                "{refused}"
+            );
+        }
+        assert_eq!(
+            reason("ftp://anywhere.example", &c),
+            Some(Reason::InvalidSpec)
+        );
+        // the operator's own server is checked too, through the same path
+        assert_eq!(
+            planned(&project(None, false), &c),
+            Ok(("https://coffer.example.com".into(), "cfr_op".into()))
+        );
+    }
+
+    #[test]
+    fn a_ca_bundle_must_hold_certificates() {
+        let dir = std::env::temp_dir().join(format!("coffer-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let mut c = config(None, None);
+        c.ca_bundle = Some(empty);
+        assert!(matches!(
+            Connector::new(&c),
+            Err(ConnectorError::EmptyCaBundle { .. })
+        ));
+        c.ca_bundle = Some(dir.join("missing.pem"));
+        assert!(matches!(
+            Connector::new(&c),
+            Err(ConnectorError::ReadCaBundle { .. })
+        ));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_projects_ca_bundle_gets_one_client_per_bundle() {
+        let connector = Connector::new(&config(None, None)).unwrap();
+        assert!(connector.with_ca_bundle(b"not a certificate").is_err());
+        let pem = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+            .unwrap()
+            .cert
+            .pem();
+        let (_, first) = connector.with_ca_bundle(pem.as_bytes()).unwrap();
+        let (_, again) = connector.with_ca_bundle(pem.as_bytes()).unwrap();
+        assert_eq!(first, again);
+        assert_eq!(connector.with_bundle.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_operator_token_is_never_sent_under_a_projects_own_ca_bundle() {
+        let c = config(Some("https://coffer.example.com"), Some("cfr_op"));
+        let with_bundle = |credentials: bool| {
+            let mut p = project(None, credentials);
+            p.spec.ca_bundle_ref = Some(crate::crd::ConfigMapKeyRef {
+                name: "ca".into(),
+                key: "ca.crt".into(),
+            });
+            p
+        };
+        assert_eq!(planned(&with_bundle(false), &c), Err(Reason::NoCredentials));
+        assert!(planned(&with_bundle(true), &c).is_ok());
     }
 
     #[test]

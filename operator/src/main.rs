@@ -15,6 +15,10 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once at start-up; boxing would gain nothing"
+)]
 enum Command {
     /// Run the operator against the cluster of the current kubeconfig (or the in-cluster
     /// service account).

@@ -157,10 +157,10 @@ impl Operator {
                 .map(|n| Some(n.as_str()))
                 .collect()
         };
-        let connector = match Connector::new() {
+        let connector = match Connector::new(&self.config) {
             Ok(connector) => connector,
             Err(e) => {
-                tracing::error!(error = %e, "cannot build the HTTP client");
+                tracing::error!(error = %e, "cannot build the HTTP client of coffer-server");
                 return;
             }
         };

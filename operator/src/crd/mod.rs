@@ -10,7 +10,7 @@ pub use environment::{
     Environment, EnvironmentSpec, EnvironmentStatus, MIN_REFRESH_INTERVAL, ProjectRef,
     RolloutTarget, SyncSpec, WorkloadKind, key_selected, parse_refresh_interval,
 };
-pub use project::{CredentialsRef, Project, ProjectSpec, ProjectStatus};
+pub use project::{ConfigMapKeyRef, CredentialsRef, Project, ProjectSpec, ProjectStatus};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt as _;

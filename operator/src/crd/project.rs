@@ -68,6 +68,10 @@ pub struct ProjectSpec {
     /// Defaults to the operator's own token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_ref: Option<CredentialsRef>,
+    /// A key of a ConfigMap in this namespace holding PEM CA certificates to trust, besides
+    /// the system's and the operator's (`COFFER_CA_BUNDLE`), for coffer-server's TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle_ref: Option<ConfigMapKeyRef>,
     /// What happens to the project in coffer-server when this resource is deleted: `Retain`
     /// (default) keeps it, `Delete` deletes it, but only a project that this resource created
     /// (`create`) and that is still the one it created, with the credentials of
@@ -82,6 +86,15 @@ pub struct CredentialsRef {
     /// Name of the Secret.
     pub name: String,
     /// Key in the Secret's data whose value is the token.
+    pub key: String,
+}
+
+/// A key of a ConfigMap in the same namespace as the resource that refers to it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct ConfigMapKeyRef {
+    /// Name of the ConfigMap.
+    pub name: String,
+    /// Key in the ConfigMap's data.
     pub key: String,
 }
 
@@ -127,6 +140,7 @@ mod tests {
             create: false,
             server_url: None,
             credentials_ref: None,
+            ca_bundle_ref: None,
             deletion_policy: DeletionPolicy::default(),
         }
     }

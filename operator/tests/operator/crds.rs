@@ -116,6 +116,7 @@ async fn the_api_server_accepts_the_crds_and_applies_the_defaults() {
             display_name: Some("Storefront".to_owned()),
             create: true,
             server_url: Some("https://coffer.example.com".to_owned()),
+            ca_bundle_ref: None,
             credentials_ref: Some(CredentialsRef {
                 name: "coffer-token".to_owned(),
                 key: "token".to_owned(),

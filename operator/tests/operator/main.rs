@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod crds;
+mod credentials;
 mod deploy;
 mod rollout;
 mod support;

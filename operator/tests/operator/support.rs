@@ -82,6 +82,8 @@ pub struct Coffer {
     pub url: String,
     /// A read-write personal API key of the organization's owner.
     pub admin_token: String,
+    /// With TLS: the PEM of its self-signed certificate, the only one that makes it trusted.
+    pub ca_pem: Option<String>,
     addr: SocketAddr,
     dir: tempfile::TempDir,
     running: Option<(CancellationToken, JoinHandle<()>)>,
@@ -90,20 +92,39 @@ pub struct Coffer {
 impl Coffer {
     /// Starts a server with organization [`ORG`], its owner, and an admin API key.
     pub async fn start() -> Self {
+        Self::start_with(false).await
+    }
+
+    /// Like [`Coffer::start`], serving https with a self-signed certificate ([`Coffer::ca_pem`]).
+    pub async fn start_tls() -> Self {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(tls: bool) -> Self {
         let addr = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ca_pem = tls.then(|| {
+            let cert = rcgen::generate_simple_self_signed(vec![addr.ip().to_string()]).unwrap();
+            std::fs::write(dir.path().join("tls.crt"), cert.cert.pem()).unwrap();
+            std::fs::write(dir.path().join("tls.key"), cert.key_pair.serialize_pem()).unwrap();
+            cert.cert.pem()
+        });
+        let scheme = if tls { "https" } else { "http" };
         let mut coffer = Self {
-            url: format!("http://{addr}"),
+            url: format!("{scheme}://{addr}"),
             admin_token: String::new(),
+            ca_pem,
             addr,
-            dir: tempfile::tempdir().unwrap(),
+            dir,
             running: None,
         };
         coffer.resume().await;
+        let http = coffer.http();
         let post = |path: &str, token: Option<String>, body: Value| {
-            let mut request = reqwest::Client::new()
+            let mut request = http
                 .post(format!("{}/api/v1/{path}", coffer.url))
                 .json(&body);
             if let Some(token) = token {
@@ -145,6 +166,10 @@ impl Coffer {
         config.data_dir = self.dir.path().to_path_buf();
         config.listen = self.addr;
         config.password_hash_concurrency = Some(2);
+        if self.ca_pem.is_some() {
+            config.tls_cert = Some(self.dir.path().join("tls.crt"));
+            config.tls_key = Some(self.dir.path().join("tls.key"));
+        }
         let state = coffer_server::start(config).await.unwrap();
         let stop = CancellationToken::new();
         let task = tokio::spawn({
@@ -157,8 +182,10 @@ impl Coffer {
         });
         self.running = Some((stop, task));
         let url = format!("{}/health", self.url);
+        let http = self.http();
         wait_until("coffer-server answers", TIMEOUT, || async {
-            reqwest::get(&url)
+            http.get(&url)
+                .send()
                 .await
                 .ok()
                 .filter(|r| r.status().is_success())
@@ -176,7 +203,18 @@ impl Coffer {
 
     /// A client with the admin API key.
     pub fn admin(&self) -> Client {
-        Client::new(&self.url, SecretString::from(self.admin_token.clone())).unwrap()
+        let token = SecretString::from(self.admin_token.clone());
+        Client::with_http(self.http(), &self.url, token).unwrap()
+    }
+
+    /// An HTTP client that trusts this server's certificate, if it has one.
+    fn http(&self) -> reqwest::Client {
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(30));
+        if let Some(pem) = &self.ca_pem {
+            builder = builder
+                .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap());
+        }
+        builder.build().unwrap()
     }
 
     /// Creates `project` with the default environments (development, staging, production).
@@ -318,6 +356,8 @@ impl Scene {
         Config {
             server_url: Some(self.coffer.url.clone()),
             token: token.map(|t| SecretString::from(t.to_owned())),
+            allowed_servers: Vec::new(),
+            ca_bundle: None,
             namespaces: vec![self.ns.clone()],
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             leader_election: false,

@@ -262,7 +262,7 @@ async fn an_unreachable_or_refusing_server_never_empties_the_secret() {
     let token = scene.coffer.service_token("web", &["production"]).await;
     let secrets = scene.api::<Secret>();
     let credentials: Secret = serde_json::from_value(json!({
-        "metadata": { "name": "coffer-token" },
+        "metadata": { "name": "coffer-token", "labels": { "coffer.dev/credentials": "true" } },
         "stringData": { "token": token },
     }))
     .unwrap();
