@@ -23,8 +23,8 @@ pub const ENVIRONMENT_LABEL: &str = "coffer.dev/environment";
 #[derive(Debug, Clone)]
 pub struct DesiredSecret {
     pub secret: Secret,
-    /// HMAC-SHA256 of the data under the operator's key: changes exactly when the data does,
-    /// reveals nothing of it.
+    /// `<key id>:<HMAC-SHA256 of the data>` under the operator's key (see [`secret_hash`]):
+    /// changes exactly when the data or the key does, reveals nothing of either.
     pub hash: String,
     pub keys: usize,
 }
@@ -68,9 +68,31 @@ pub fn desired_secret(
     DesiredSecret { secret, hash, keys }
 }
 
-/// HMAC-SHA256 over the data in a canonical, unambiguous encoding (length-prefixed keys and
-/// values in key order), hex-encoded.
+/// `<key id>:<mac>`: the [`key_id`] of `hash_key`, and the HMAC-SHA256 over the data in a
+/// canonical, unambiguous encoding (length-prefixed keys and values in key order),
+/// hex-encoded. The key id says which key a hash was made with, so a hash made with another
+/// key (the key Secret was lost and regenerated) is not taken for changed data.
 pub fn secret_hash(hash_key: &[u8], data: &BTreeMap<String, ByteString>) -> String {
+    format!("{}:{}", key_id(hash_key), data_mac(hash_key, data))
+}
+
+/// Names the hash key without revealing it: the first 8 bytes of an HMAC of a fixed label
+/// under the key, hex-encoded (16 characters).
+pub fn key_id(hash_key: &[u8]) -> String {
+    let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(hash_key) else {
+        unreachable!("HMAC takes keys of any length")
+    };
+    mac.update(b"coffer.dev/secret-hash key id");
+    hex::encode(&mac.finalize().into_bytes()[..8])
+}
+
+/// The key id of a hash made by [`secret_hash`]; `None` for a hash without one (written by
+/// an operator version that did not record it).
+pub fn hash_key_id(hash: &str) -> Option<&str> {
+    hash.split_once(':').map(|(id, _)| id)
+}
+
+fn data_mac(hash_key: &[u8], data: &BTreeMap<String, ByteString>) -> String {
     // HMAC accepts keys of any length.
     let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(hash_key) else {
         unreachable!("HMAC takes keys of any length")
@@ -377,7 +399,17 @@ mod tests {
         assert_ne!(a.hash, changed.hash);
         assert_ne!(a.hash, shifted.hash);
         assert_ne!(a.hash, other_key.hash);
-        assert_eq!(a.hash.len(), 64);
+        assert_eq!(a.hash.len(), 16 + 1 + 64);
         assert!(!a.hash.contains("s3cr3t"));
+        // The key id names the key, and only the key.
+        assert_eq!(hash_key_id(&a.hash), Some(key_id(b"key").as_str()));
+        assert_eq!(hash_key_id(&changed.hash), hash_key_id(&a.hash));
+        assert_eq!(
+            hash_key_id(&other_key.hash),
+            Some(key_id(b"other").as_str())
+        );
+        assert_ne!(key_id(b"key"), key_id(b"other"));
+        assert!(!key_id(b"key").contains(&hex::encode(b"key")));
+        assert_eq!(hash_key_id(&"0".repeat(64)), None);
     }
 }

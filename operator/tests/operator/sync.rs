@@ -67,7 +67,7 @@ async fn an_environment_is_synced_with_exactly_its_keys_and_follows_changes() {
     assert!(status.last_sync_time.is_some());
     assert_eq!(status.observed_generation, resource.metadata.generation);
     let hash = status.secret_hash.clone().unwrap();
-    assert_eq!(hash.len(), 64);
+    assert_eq!(hash.len(), 16 + 1 + 64, "<key id>:<hmac>");
     // Nothing secret in the status or the events.
     let status_text = serde_json::to_string(&status).unwrap();
     let events_text = serde_json::to_string(&scene.events("Synced").await).unwrap();
