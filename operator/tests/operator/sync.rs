@@ -470,6 +470,70 @@ async fn deleting_an_environment_retains_or_deletes_its_secret_by_policy() {
 }
 
 #[tokio::test]
+async fn a_type_the_new_data_does_not_fit_leaves_the_old_secret_in_place() {
+    let Some(scene) = Scene::new(&[("A", "1")]).await else {
+        return;
+    };
+    let _operator = scene.start().await;
+    scene
+        .environment("web-prod", "production", json!({ "refreshInterval": "1h" }))
+        .await;
+    scene.wait_for_data("web-prod", &[("A", "1")]).await;
+    let before = scene.secret("web-prod").await;
+
+    // A TLS Secret needs tls.crt and tls.key, which the environment lacks.
+    patch::<Environment>(
+        &scene,
+        "web-prod",
+        json!({ "spec": { "sync": { "type": "kubernetes.io/tls" } } }),
+    )
+    .await;
+    scene
+        .wait_for_condition("web-prod", "Ready", "False", "InvalidSpec")
+        .await;
+    let status = scene.get_environment("web-prod").await.status.unwrap();
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert!(ready.message.contains("tls.crt"), "{}", ready.message);
+    let after = scene.secret("web-prod").await;
+    assert_eq!(
+        after.metadata.uid, before.metadata.uid,
+        "the old Secret stays"
+    );
+    assert_eq!(after.type_.as_deref(), Some("Opaque"));
+    assert_eq!(scene.data("web-prod").await.unwrap(), pairs(&[("A", "1")]));
+
+    // Once the data fits, the Secret is replaced by one of the new type.
+    scene
+        .coffer
+        .set(
+            "web",
+            "production",
+            &[("tls.crt", "cert"), ("tls.key", "key")],
+        )
+        .await;
+    patch::<Environment>(
+        &scene,
+        "web-prod",
+        json!({ "metadata": { "annotations": { "coffer.dev/refresh-at": "1" } },
+                "spec": { "sync": { "include": ["tls.*"] } } }),
+    )
+    .await;
+    scene
+        .wait_for_data("web-prod", &[("tls.crt", "cert"), ("tls.key", "key")])
+        .await;
+    let replaced = scene.secret("web-prod").await;
+    assert_eq!(replaced.type_.as_deref(), Some("kubernetes.io/tls"));
+    assert_ne!(replaced.metadata.uid, before.metadata.uid);
+    scene
+        .wait_for_condition("web-prod", "Ready", "True", "Synced")
+        .await;
+}
+
+#[tokio::test]
 async fn invalid_specs_are_reported_with_a_reason_and_no_retry_storm() {
     let Some(scene) = Scene::new(&[]).await else {
         return;
