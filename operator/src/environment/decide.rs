@@ -308,7 +308,7 @@ fn sync(mut draft: Draft<'_>, read: &Read, snapshot: &Snapshot, hash_key: &[u8])
     }
     let write = match &read.secret {
         None => Some(Write::Create(Box::new(desired.secret.clone()))),
-        Some(current) => match build::update(current, &desired.secret) {
+        Some(current) => match build::update(current, &desired.secret, env) {
             Update::None => None,
             Update::Replace(next) => Some(Write::Replace(next)),
             Update::Recreate => Some(Write::Recreate {
