@@ -4,7 +4,7 @@
 
 use coffer_client::CreateEnvironmentRequest;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{DeleteParams, Preconditions, PropagationPolicy};
+use kube::api::{DeleteParams, PostParams, Preconditions, PropagationPolicy};
 use kube::{Api, Resource as _, ResourceExt as _};
 
 use super::decide::{Act, Read, Write, upstream_failure};
@@ -123,8 +123,8 @@ async fn create_environment(read: &Read, env: &Environment, ctx: &Context) -> Re
     Ok(())
 }
 
-/// Writes the Secret; a Secret Kubernetes refuses (a bad name, label or type) is the spec's
-/// fault and reported as such.
+/// Writes the Secret. A new type means a new Secret (the type is immutable): the new one is
+/// validated by a dry run first, so a refusal leaves the old one in place.
 async fn write_secret(
     env: &Environment,
     read: &Read,
@@ -139,6 +139,10 @@ async fn write_secret(
             .await
             .map(drop),
         Write::Recreate { current, desired } => {
+            // The old Secret goes only once the API server has accepted the new one.
+            if let Err(e) = validate_new(secrets, desired).await {
+                return Err(refused(env, read, e));
+            }
             let params = DeleteParams {
                 preconditions: Some(Preconditions {
                     uid: current.metadata.uid.clone(),
@@ -152,23 +156,45 @@ async fn write_secret(
             }
         }
     };
-    let name = env.secret_name();
     match written {
         Ok(()) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 400 || e.code == 422 => {
-            Err(Failure::Halt(Halt::new(
-                Reason::InvalidSpec,
-                format!("Kubernetes refused Secret {name:?}: {}", e.message),
-                Requeue::After(read.interval),
-            )))
-        }
-        Err(e) => match Error::from(e) {
-            conflict @ Error::Conflict(_) => Err(Failure::Error(conflict)),
-            error => Err(Failure::Halt(Halt::new(
+        Err(e) => Err(refused(env, read, e)),
+    }
+}
+
+/// Asks the API server whether it would create `desired`, without creating it: a server-side
+/// dry run runs validation and admission as a real create does. The API server validates a
+/// new object before it looks for one of the same name, so `AlreadyExists` (the Secret to be
+/// replaced holds the name) means everything else was accepted.
+async fn validate_new(secrets: &Api<Secret>, desired: &Secret) -> Result<(), kube::Error> {
+    let params = PostParams {
+        dry_run: true,
+        ..post_params()
+    };
+    match secrets.create(&params, desired).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 && e.reason == "AlreadyExists" => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The failure of a write of `env`'s Secret: a Secret Kubernetes refuses (a bad name, label or
+/// type, or data the type does not allow) is the spec's fault and reported as such.
+fn refused(env: &Environment, read: &Read, error: kube::Error) -> Failure {
+    let name = env.secret_name();
+    match error {
+        kube::Error::Api(e) if e.code == 400 || e.code == 422 => Failure::Halt(Halt::new(
+            Reason::InvalidSpec,
+            format!("Kubernetes refused Secret {name:?}: {}", e.message),
+            Requeue::After(read.interval),
+        )),
+        e => match Error::from(e) {
+            conflict @ Error::Conflict(_) => Failure::Error(conflict),
+            error => Failure::Halt(Halt::new(
                 Reason::KubernetesError,
                 format!("writing Secret {name:?} failed: {error}"),
                 Requeue::Backoff,
-            ))),
+            )),
         },
     }
 }

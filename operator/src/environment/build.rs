@@ -11,7 +11,7 @@ use kube::{Resource, ResourceExt};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
 
-use crate::crd::{Environment, key_selected};
+use crate::crd::{DeletionPolicy, Environment, key_selected};
 
 /// `app.kubernetes.io/managed-by` on every Secret the operator writes.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -23,14 +23,18 @@ pub const ENVIRONMENT_LABEL: &str = "coffer.dev/environment";
 #[derive(Debug, Clone)]
 pub struct DesiredSecret {
     pub secret: Secret,
-    /// HMAC-SHA256 of the data under the operator's key: changes exactly when the data does,
-    /// reveals nothing of it.
+    /// `<key id>:<HMAC-SHA256 of the data>` under the operator's key (see [`secret_hash`]):
+    /// changes exactly when the data or the key does, reveals nothing of either.
     pub hash: String,
     pub keys: usize,
 }
 
-/// The Secret for `env` holding the selected `values`. The owner reference makes the Secret
-/// the Environment's (removed on deletion when the policy is `Retain`).
+/// The Secret for `env` holding the selected `values`. Under `deletionPolicy: Delete` a
+/// controller owner reference makes the Secret the Environment's, so the garbage collector
+/// removes it with the Environment in any propagation mode. Under `Retain` it has none: the
+/// garbage collector deletes the dependents of an owner deleted with foreground propagation
+/// before the operator's finalizer runs, so any owner reference would defeat `Retain`. The
+/// Secret is then known by its labels (see [`ownership`]).
 pub fn desired_secret(
     env: &Environment,
     values: &BTreeMap<String, SecretString>,
@@ -58,7 +62,10 @@ pub fn desired_secret(
             namespace: env.namespace(),
             labels: Some(labels),
             annotations: (!sync.annotations.is_empty()).then(|| sync.annotations.clone()),
-            owner_references: env.controller_owner_ref(&()).map(|r| vec![r]),
+            owner_references: match sync.deletion_policy {
+                DeletionPolicy::Delete => env.controller_owner_ref(&()).map(|r| vec![r]),
+                DeletionPolicy::Retain => None,
+            },
             ..ObjectMeta::default()
         },
         type_: Some(sync.type_.clone()),
@@ -68,9 +75,31 @@ pub fn desired_secret(
     DesiredSecret { secret, hash, keys }
 }
 
-/// HMAC-SHA256 over the data in a canonical, unambiguous encoding (length-prefixed keys and
-/// values in key order), hex-encoded.
+/// `<key id>:<mac>`: the [`key_id`] of `hash_key`, and the HMAC-SHA256 over the data in a
+/// canonical, unambiguous encoding (length-prefixed keys and values in key order),
+/// hex-encoded. The key id says which key a hash was made with, so a hash made with another
+/// key (the key Secret was lost and regenerated) is not taken for changed data.
 pub fn secret_hash(hash_key: &[u8], data: &BTreeMap<String, ByteString>) -> String {
+    format!("{}:{}", key_id(hash_key), data_mac(hash_key, data))
+}
+
+/// Names the hash key without revealing it: the first 8 bytes of an HMAC of a fixed label
+/// under the key, hex-encoded (16 characters).
+pub fn key_id(hash_key: &[u8]) -> String {
+    let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(hash_key) else {
+        unreachable!("HMAC takes keys of any length")
+    };
+    mac.update(b"coffer.dev/secret-hash key id");
+    hex::encode(&mac.finalize().into_bytes()[..8])
+}
+
+/// The key id of a hash made by [`secret_hash`]; `None` for a hash without one (written by
+/// an operator version that did not record it).
+pub fn hash_key_id(hash: &str) -> Option<&str> {
+    hash.split_once(':').map(|(id, _)| id)
+}
+
+fn data_mac(hash_key: &[u8], data: &BTreeMap<String, ByteString>) -> String {
     // HMAC accepts keys of any length.
     let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(hash_key) else {
         unreachable!("HMAC takes keys of any length")
@@ -89,8 +118,9 @@ pub fn secret_hash(hash_key: &[u8], data: &BTreeMap<String, ByteString>) -> Stri
 pub enum Ownership {
     /// Its controller owner reference is this `Environment` (same uid).
     Owned,
-    /// Written by the operator for an `Environment` of this name and released (deletion
-    /// policy `Retain`): no controller owner, our labels. Taken back over.
+    /// Written by the operator for an `Environment` of this name under deletion policy
+    /// `Retain` (or released when one was deleted): no controller owner, our labels. Synced
+    /// like an owned one, never deleted.
     Released,
     /// Anyone else's: never overwritten.
     Foreign,
@@ -137,10 +167,10 @@ pub enum Update {
     Recreate,
 }
 
-/// How `current` differs from `desired`. Labels, annotations and owner references that others
-/// added are kept; the data, the type, our labels and annotations and our owner reference are
-/// made to match.
-pub fn update(current: &Secret, desired: &Secret) -> Update {
+/// How `current` differs from `desired`, a Secret for `env`. Labels, annotations and owner
+/// references that others added are kept; the data, the type, our labels and annotations and
+/// our owner reference (present or absent, by the deletion policy) are made to match.
+pub fn update(current: &Secret, desired: &Secret, env: &Environment) -> Update {
     let opaque = |s: &Secret| s.type_.clone().unwrap_or_else(|| "Opaque".to_owned());
     if opaque(current) != opaque(desired) {
         return Update::Recreate;
@@ -166,11 +196,23 @@ pub fn update(current: &Secret, desired: &Secret) -> Update {
             }
         }
     }
-    if let Some(ours) = desired.metadata.owner_references.iter().flatten().next() {
-        let refs = next.metadata.owner_references.get_or_insert_with(Vec::new);
-        if !refs.iter().any(|r| r == ours) {
-            refs.retain(|r| r.uid != ours.uid && r.controller != Some(true));
-            refs.push(ours.clone());
+    match desired.metadata.owner_references.iter().flatten().next() {
+        Some(ours) => {
+            let refs = next.metadata.owner_references.get_or_insert_with(Vec::new);
+            if !refs.iter().any(|r| r == ours) {
+                refs.retain(|r| r.uid != ours.uid && r.controller != Some(true));
+                refs.push(ours.clone());
+            }
+        }
+        None => {
+            if let (Some(refs), Some(uid)) =
+                (&mut next.metadata.owner_references, &env.metadata.uid)
+            {
+                refs.retain(|r| &r.uid != uid);
+                if refs.is_empty() {
+                    next.metadata.owner_references = None;
+                }
+            }
         }
     }
     let mut compare = current.clone();
@@ -251,10 +293,73 @@ mod tests {
             d.secret.type_.as_deref(),
             Some("kubernetes.io/dockerconfigjson")
         );
-        let owner = &meta.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            meta.owner_references, None,
+            "deletionPolicy Retain: no owner"
+        );
+    }
+
+    #[test]
+    fn only_the_delete_policy_makes_the_environment_the_secrets_owner() {
+        let env = environment(serde_json::json!({ "deletionPolicy": "Delete" }));
+        let d = desired_secret(&env, &values(&[("A", "1")]), b"k");
+        let owner = &d.secret.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!(
             (owner.kind.as_str(), owner.name.as_str(), owner.controller),
             ("Environment", "web-prod", Some(true))
+        );
+        assert_eq!(ownership(&d.secret, &env), Ownership::Owned);
+
+        // Retain: the same Secret is ours by its labels alone.
+        let retain = environment(serde_json::json!({}));
+        let d = desired_secret(&retain, &values(&[("A", "1")]), b"k");
+        assert_eq!(d.secret.metadata.owner_references, None);
+        assert_eq!(ownership(&d.secret, &retain), Ownership::Released);
+    }
+
+    #[test]
+    fn switching_the_deletion_policy_adds_or_removes_only_our_owner_reference() {
+        let delete = environment(serde_json::json!({ "deletionPolicy": "Delete" }));
+        let retain = environment(serde_json::json!({}));
+        let data = values(&[("A", "1")]);
+        let mut owned = desired_secret(&delete, &data, b"k").secret;
+        owned.metadata.resource_version = Some("7".into());
+        let other = k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            name: "keeper".into(),
+            uid: "another-uid".into(),
+            ..Default::default()
+        };
+        owned
+            .metadata
+            .owner_references
+            .as_mut()
+            .unwrap()
+            .push(other.clone());
+
+        // Delete -> Retain: our reference goes, another owner's stays.
+        let released = desired_secret(&retain, &data, b"k").secret;
+        let Update::Replace(next) = update(&owned, &released, &retain) else {
+            panic!("expected a replace")
+        };
+        assert_eq!(next.metadata.owner_references, Some(vec![other.clone()]));
+        let mut only_ours = owned.clone();
+        only_ours.metadata.owner_references.as_mut().unwrap().pop();
+        let Update::Replace(next) = update(&only_ours, &released, &retain) else {
+            panic!("expected a replace")
+        };
+        assert_eq!(next.metadata.owner_references, None);
+        assert_eq!(update(&next, &released, &retain), Update::None);
+
+        // Retain -> Delete: our reference comes back.
+        let wanted = desired_secret(&delete, &data, b"k").secret;
+        let Update::Replace(next) = update(&next, &wanted, &delete) else {
+            panic!("expected a replace")
+        };
+        assert_eq!(
+            next.metadata.owner_references,
+            wanted.metadata.owner_references
         );
     }
 
@@ -268,7 +373,7 @@ mod tests {
     }
 
     fn secret(labels: &[(&str, &str)], owner_uid: Option<&str>) -> Secret {
-        let env = environment(serde_json::json!({}));
+        let env = environment(serde_json::json!({ "deletionPolicy": "Delete" }));
         let mut s = desired_secret(&env, &values(&[("A", "1")]), b"k").secret;
         s.metadata.labels = Some(
             labels
@@ -325,12 +430,14 @@ mod tests {
             .as_mut()
             .unwrap()
             .insert("added-by-someone".into(), "x".into());
-        assert_eq!(update(&current, &desired), Update::None);
+        assert_eq!(update(&current, &desired, &env), Update::None);
     }
 
     #[test]
     fn edited_data_labels_and_owners_are_restored_and_other_additions_kept() {
-        let env = environment(serde_json::json!({ "labels": { "team": "a" } }));
+        let env = environment(
+            serde_json::json!({ "labels": { "team": "a" }, "deletionPolicy": "Delete" }),
+        );
         let desired = desired_secret(&env, &values(&[("A", "1"), ("B", "2")]), b"k").secret;
         let mut current = desired.clone();
         current.metadata.resource_version = Some("7".into());
@@ -342,7 +449,7 @@ mod tests {
         labels.remove("team");
         labels.insert("added-by-someone".into(), "x".into());
         current.metadata.owner_references = None;
-        let Update::Replace(next) = update(&current, &desired) else {
+        let Update::Replace(next) = update(&current, &desired, &env) else {
             panic!("expected a replace")
         };
         assert_eq!(next.data, desired.data);
@@ -361,7 +468,7 @@ mod tests {
         let env = environment(serde_json::json!({ "type": "kubernetes.io/tls" }));
         let desired = desired_secret(&env, &values(&[]), b"k").secret;
         let current = secret(&[], None);
-        assert_eq!(update(&current, &desired), Update::Recreate);
+        assert_eq!(update(&current, &desired, &env), Update::Recreate);
     }
 
     #[test]
@@ -377,7 +484,17 @@ mod tests {
         assert_ne!(a.hash, changed.hash);
         assert_ne!(a.hash, shifted.hash);
         assert_ne!(a.hash, other_key.hash);
-        assert_eq!(a.hash.len(), 64);
+        assert_eq!(a.hash.len(), 16 + 1 + 64);
         assert!(!a.hash.contains("s3cr3t"));
+        // The key id names the key, and only the key.
+        assert_eq!(hash_key_id(&a.hash), Some(key_id(b"key").as_str()));
+        assert_eq!(hash_key_id(&changed.hash), hash_key_id(&a.hash));
+        assert_eq!(
+            hash_key_id(&other_key.hash),
+            Some(key_id(b"other").as_str())
+        );
+        assert_ne!(key_id(b"key"), key_id(b"other"));
+        assert!(!key_id(b"key").contains(&hex::encode(b"key")));
+        assert_eq!(hash_key_id(&"0".repeat(64)), None);
     }
 }

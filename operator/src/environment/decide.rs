@@ -308,7 +308,7 @@ fn sync(mut draft: Draft<'_>, read: &Read, snapshot: &Snapshot, hash_key: &[u8])
     }
     let write = match &read.secret {
         None => Some(Write::Create(Box::new(desired.secret.clone()))),
-        Some(current) => match build::update(current, &desired.secret) {
+        Some(current) => match build::update(current, &desired.secret, env) {
             Update::None => None,
             Update::Replace(next) => Some(Write::Replace(next)),
             Update::Recreate => Some(Write::Recreate {
@@ -332,10 +332,16 @@ fn sync(mut draft: Draft<'_>, read: &Read, snapshot: &Snapshot, hash_key: &[u8])
         });
     }
     // Restart the workloads when the data changed since the last sync (not on the first one,
-    // not after an operator restart: the previous hash is in the status).
+    // not after an operator restart: the previous hash is in the status). A previous hash made
+    // with another key (the key was lost and regenerated) or with none recorded says nothing
+    // about the data: the new hash is a baseline, as on a first sync.
     let status = &mut draft.status;
     let previous_hash = status.secret_hash.clone();
-    if previous_hash.as_deref().is_some_and(|h| h != desired.hash) {
+    let comparable = |h: &str| build::hash_key_id(h) == build::hash_key_id(&desired.hash);
+    if previous_hash
+        .as_deref()
+        .is_some_and(|h| comparable(h) && h != desired.hash)
+    {
         actions.push(Act::Restart {
             secret: secret_name.clone(),
             hash: desired.hash.clone(),
@@ -694,6 +700,62 @@ mod tests {
             other => panic!("expected a replace and a restart: {other:?}"),
         }
         assert_eq!(p.status.revision, Some(5));
+    }
+
+    #[test]
+    fn a_hash_made_with_another_key_is_a_new_baseline_and_restarts_nothing() {
+        let env = synced(environment(serde_json::json!({})), 4, &[("A", "1")]);
+        let current = written(&env, &[("A", "1")]);
+        // The key Secret was lost and regenerated: same data, another key.
+        let other_key = b"regenerated-key";
+        let p = decide(
+            &Observed {
+                env: &env,
+                stage: read(snapshot(4, &[("A", "1")]), Some(current.clone())),
+            },
+            other_key,
+            now(),
+        );
+        assert!(p.actions.is_empty(), "{:?}", p.actions);
+        let hash = p.status.secret_hash.clone().unwrap();
+        assert_eq!(
+            build::hash_key_id(&hash),
+            Some(build::key_id(other_key).as_str())
+        );
+        assert_eq!(p.then, Then::Synced { interval: MINUTE });
+        // Under the new key, a data change restarts again.
+        let mut rebased = env.clone();
+        rebased.status = Some(p.status);
+        let p = decide(
+            &Observed {
+                env: &rebased,
+                stage: read(snapshot(5, &[("A", "2")]), Some(current.clone())),
+            },
+            other_key,
+            now(),
+        );
+        assert!(matches!(
+            &p.actions[..],
+            [Act::WriteSecret { .. }, Act::Restart { .. }]
+        ));
+
+        // A hash recorded without a key id (an older operator's) is a baseline too, even with
+        // changed data: whether the data changed cannot be told.
+        let mut legacy = env.clone();
+        legacy.status.as_mut().unwrap().secret_hash = Some("0".repeat(64));
+        let p = plan(&legacy, read(snapshot(5, &[("A", "2")]), Some(current)));
+        assert!(
+            matches!(&p.actions[..], [Act::WriteSecret { .. }]),
+            "{:?}",
+            p.actions
+        );
+        assert_eq!(
+            p.status.secret_hash,
+            Some(build::secret_hash(
+                KEY,
+                &written(&env, &[("A", "2")]).data.unwrap()
+            ))
+        );
     }
 
     #[test]

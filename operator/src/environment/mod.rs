@@ -30,7 +30,7 @@ use crate::context::{self, Context, Error, Requeue, drain, finalized, patch_para
 use crate::crd::{DeletionPolicy, Environment, Project};
 use crate::status;
 use act::Failure;
-use build::{MANAGED_BY, MANAGED_BY_LABEL, Ownership};
+use build::{ENVIRONMENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL, Ownership};
 use decide::{Stage, Then, decide};
 use observe::observe;
 
@@ -50,7 +50,8 @@ pub async fn run(
     // Spec edits, the refresh-at annotation and finalizers wake it; its own status writes don't.
     let envs = spec_changes(api, writer);
     // Only metadata of our Secrets: enough to notice edits and deletions, no secret data
-    // in the operator's memory.
+    // in the operator's memory. A Secret is mapped to its Environment by our labels, not by an
+    // owner reference: under `deletionPolicy: Retain` it has none (see `build::desired_secret`).
     let owned = watcher(
         secrets,
         watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
@@ -68,7 +69,14 @@ pub async fn run(
             |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
         );
     let results = Controller::for_stream(envs, reader)
-        .owns_stream(owned)
+        .watches_stream(owned, |secret: PartialObjectMeta<Secret>| {
+            let namespace = secret.namespace();
+            secret
+                .labels()
+                .get(ENVIRONMENT_LABEL)
+                .zip(namespace)
+                .map(|(name, ns)| ObjectRef::<Environment>::new(name).within(&ns))
+        })
         .watches_stream(project_changes, move |project: Project| {
             let namespace = project.namespace();
             let name = project.name_any();
@@ -154,8 +162,9 @@ async fn apply(env: &Environment, ctx: &Context) -> Result<Action, Error> {
     }
 }
 
-/// The `Environment` is being deleted: with `Retain` the Secret stays, released from our
-/// owner reference (so the garbage collector leaves it); with `Delete` it goes.
+/// The `Environment` is being deleted: with `Retain` the Secret stays (it has no owner
+/// reference of ours, unless the policy changed since the last pass: then it is released from
+/// it here); with `Delete` it goes.
 async fn cleanup(env: &Environment, ctx: &Context) -> Result<Action, Error> {
     let namespace = env.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), &namespace);

@@ -255,3 +255,75 @@ async fn a_recreated_environment_is_a_first_sync_again_and_an_idle_one_writes_no
     let status = scene.get_environment("web-staging").await.status.unwrap();
     assert!(status.restarted_workloads.is_empty());
 }
+
+#[tokio::test]
+async fn a_regenerated_hash_key_restarts_nothing() {
+    let Some(scene) = Scene::new(&[("A", "1")]).await else {
+        return;
+    };
+    let deployments = scene.api::<Deployment>();
+    deployments
+        .create(
+            &PostParams::default(),
+            &deployment("worker", false, json!({})),
+        )
+        .await
+        .unwrap();
+    let operator = scene.start().await;
+    scene
+        .environment(
+            "web-prod",
+            "production",
+            json!({ "refreshInterval": "1h",
+                    "rolloutRestart": [{ "kind": "Deployment", "name": "worker" }] }),
+        )
+        .await;
+    scene
+        .wait_for_condition("web-prod", "Ready", "True", "Synced")
+        .await;
+    let first = scene
+        .get_environment("web-prod")
+        .await
+        .status
+        .unwrap()
+        .secret_hash
+        .unwrap();
+    let before = deployments.get("worker").await.unwrap();
+
+    // The key Secret is lost while the operator is down; it makes a new key on start.
+    operator.stop().await;
+    scene
+        .api::<k8s_openapi::api::core::v1::Secret>()
+        .delete("coffer-operator-hash-key", &Default::default())
+        .await
+        .unwrap();
+    let _operator = scene.operator(scene.config(Some(&scene.coffer.admin_token)));
+    let rebased = kube_testenv::wait_until("a hash under the new key", TIMEOUT, || async {
+        let hash = scene
+            .get_environment("web-prod")
+            .await
+            .status?
+            .secret_hash?;
+        (hash != first).then_some(hash)
+    })
+    .await
+    .unwrap();
+    // The pass that recorded the new hash would have restarted the worker before that.
+    let after = deployments.get("worker").await.unwrap();
+    assert_eq!(after.metadata.generation, before.metadata.generation);
+    let key_id = |hash: &str| hash.split_once(':').map(|(id, _)| id.to_owned());
+    assert_ne!(key_id(&rebased), key_id(&first));
+    let template = |d: &Deployment| {
+        d.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.annotations.as_ref())
+            .and_then(|a| a.get(HASH).cloned())
+    };
+    assert_eq!(template(&after), None);
+    let status = scene.get_environment("web-prod").await.status.unwrap();
+    assert!(status.restarted_workloads.is_empty());
+}

@@ -6,7 +6,9 @@ use coffer_operator::crd::{Environment, Project};
 use coffer_operator::metrics::UpstreamOutcome;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt as _;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{
+    Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams, PropagationPolicy,
+};
 use kube_testenv::wait_until;
 use serde_json::{Value, json};
 
@@ -54,11 +56,9 @@ async fn an_environment_is_synced_with_exactly_its_keys_and_follows_changes() {
         "coffer-operator"
     );
     assert_eq!(secret.type_.as_deref(), Some("Opaque"));
-    let owner = &secret.owner_references()[0];
-    assert_eq!(
-        (owner.kind.as_str(), owner.name.as_str(), owner.controller),
-        ("Environment", "web-prod", Some(true))
-    );
+    // deletionPolicy Retain (the default): no owner reference, known by its labels.
+    assert!(secret.owner_references().is_empty());
+    assert_eq!(secret.labels()["coffer.dev/environment"], "web-prod");
 
     let resource = scene.get_environment("web-prod").await;
     let status = resource.status.clone().unwrap();
@@ -67,7 +67,7 @@ async fn an_environment_is_synced_with_exactly_its_keys_and_follows_changes() {
     assert!(status.last_sync_time.is_some());
     assert_eq!(status.observed_generation, resource.metadata.generation);
     let hash = status.secret_hash.clone().unwrap();
-    assert_eq!(hash.len(), 64);
+    assert_eq!(hash.len(), 16 + 1 + 64, "<key id>:<hmac>");
     // Nothing secret in the status or the events.
     let status_text = serde_json::to_string(&status).unwrap();
     let events_text = serde_json::to_string(&scene.events("Synced").await).unwrap();
@@ -203,7 +203,7 @@ async fn hand_edited_and_hand_deleted_secrets_are_repaired() {
         .unwrap();
     scene.wait_for_data("web-prod", &values).await;
     let secret = scene.secret("web-prod").await;
-    assert_eq!(secret.owner_references()[0].name, "web-prod");
+    assert_eq!(secret.labels()["coffer.dev/environment"], "web-prod");
 }
 
 #[tokio::test]
@@ -467,6 +467,220 @@ async fn deleting_an_environment_retains_or_deletes_its_secret_by_policy() {
         .await;
     assert!(scene.data("development").await.is_none());
     assert_eq!(scene.data("staging").await.unwrap(), pairs(&[("S", "1")]));
+}
+
+/// Deletes the `Environment` resources `names` with `propagation` and waits until they are
+/// gone: the garbage collector has then deleted every dependent of a foreground deletion.
+async fn delete_environments(scene: &Scene, names: &[&str], propagation: PropagationPolicy) {
+    let envs = scene.api::<Environment>();
+    let params = DeleteParams {
+        propagation_policy: Some(propagation),
+        ..DeleteParams::default()
+    };
+    for name in names {
+        envs.delete(name, &params).await.unwrap();
+    }
+    wait_until("the Environments are gone", TIMEOUT, || async {
+        let mut left = 0;
+        for name in names {
+            left += usize::from(envs.get_opt(name).await.unwrap().is_some());
+        }
+        (left == 0).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn retain_holds_and_delete_deletes_under_foreground_and_background_deletion() {
+    let Some(scene) = Scene::new(&[("A", "1")]).await else {
+        return;
+    };
+    let operator = scene.start().await;
+    let retain = json!({ "refreshInterval": "5s" });
+    let delete = json!({ "deletionPolicy": "Delete", "refreshInterval": "5s" });
+    for (name, sync) in [
+        ("keep-fg", &retain),
+        ("keep-bg", &retain),
+        ("drop-fg", &delete),
+        ("drop-bg", &delete),
+    ] {
+        scene.environment(name, "production", sync.clone()).await;
+    }
+    for name in ["keep-fg", "keep-bg", "drop-fg", "drop-bg"] {
+        scene.wait_for_data(name, &[("A", "1")]).await;
+    }
+    let uid = scene.get_environment("drop-fg").await.metadata.uid.unwrap();
+    let owners = scene.secret("drop-fg").await.owner_references().to_vec();
+    assert!(
+        owners
+            .iter()
+            .any(|o| o.uid == uid && o.controller == Some(true))
+    );
+
+    // The garbage collector acts before the operator's finalizer (here: the operator is down).
+    // Foreground deletion, as Argo CD prunes: it deletes the dependents first, then drops the
+    // foregroundDeletion finalizer.
+    operator.stop().await;
+    let envs = scene.api::<Environment>();
+    let deletion = |propagation| DeleteParams {
+        propagation_policy: Some(propagation),
+        ..DeleteParams::default()
+    };
+    for name in ["keep-fg", "drop-fg"] {
+        envs.delete(name, &deletion(PropagationPolicy::Foreground))
+            .await
+            .unwrap();
+    }
+    for name in ["keep-bg", "drop-bg"] {
+        envs.delete(name, &deletion(PropagationPolicy::Background))
+            .await
+            .unwrap();
+    }
+    wait_until(
+        "the garbage collector is done with the dependents",
+        TIMEOUT,
+        || async {
+            for name in ["keep-fg", "drop-fg"] {
+                let env = envs.get(name).await.unwrap();
+                if env.finalizers().iter().any(|f| f == "foregroundDeletion") {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(scene.data("keep-fg").await.unwrap(), pairs(&[("A", "1")]));
+    assert!(scene.data("drop-fg").await.is_none());
+
+    // The operator's finalizer finishes the deletions.
+    let _operator = scene.operator(scene.config(Some(&scene.coffer.admin_token)));
+    wait_until("the Environments are gone", TIMEOUT, || async {
+        let left = envs.list(&ListParams::default()).await.unwrap().items.len();
+        (left == 0).then_some(())
+    })
+    .await
+    .unwrap();
+    wait_until("the Delete policy's Secret is gone", TIMEOUT, || async {
+        scene.data("drop-bg").await.is_none().then_some(())
+    })
+    .await
+    .unwrap();
+    // Give the garbage collector time to act, were there an owner reference.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(scene.data("keep-bg").await.unwrap(), pairs(&[("A", "1")]));
+    assert_eq!(scene.data("keep-fg").await.unwrap(), pairs(&[("A", "1")]));
+}
+
+#[tokio::test]
+async fn switching_the_deletion_policy_adds_or_removes_the_owner_reference() {
+    let Some(scene) = Scene::new(&[("A", "1")]).await else {
+        return;
+    };
+    let _operator = scene.start().await;
+    scene
+        .environment("web-prod", "production", json!({ "refreshInterval": "1h" }))
+        .await;
+    scene.wait_for_data("web-prod", &[("A", "1")]).await;
+    assert!(scene.secret("web-prod").await.owner_references().is_empty());
+
+    let owned = |want: bool| {
+        let scene = &scene;
+        async move {
+            wait_until(
+                "the owner reference follows the policy",
+                TIMEOUT,
+                || async {
+                    let owners = scene.secret("web-prod").await.owner_references().len();
+                    ((owners == 1) == want).then_some(())
+                },
+            )
+            .await
+            .unwrap();
+        }
+    };
+    patch::<Environment>(
+        &scene,
+        "web-prod",
+        json!({ "spec": { "sync": { "deletionPolicy": "Delete" } } }),
+    )
+    .await;
+    owned(true).await;
+    patch::<Environment>(
+        &scene,
+        "web-prod",
+        json!({ "spec": { "sync": { "deletionPolicy": "Retain" } } }),
+    )
+    .await;
+    owned(false).await;
+    delete_environments(&scene, &["web-prod"], PropagationPolicy::Foreground).await;
+    assert_eq!(scene.data("web-prod").await.unwrap(), pairs(&[("A", "1")]));
+}
+
+#[tokio::test]
+async fn a_type_the_new_data_does_not_fit_leaves_the_old_secret_in_place() {
+    let Some(scene) = Scene::new(&[("A", "1")]).await else {
+        return;
+    };
+    let _operator = scene.start().await;
+    scene
+        .environment("web-prod", "production", json!({ "refreshInterval": "1h" }))
+        .await;
+    scene.wait_for_data("web-prod", &[("A", "1")]).await;
+    let before = scene.secret("web-prod").await;
+
+    // A TLS Secret needs tls.crt and tls.key, which the environment lacks.
+    patch::<Environment>(
+        &scene,
+        "web-prod",
+        json!({ "spec": { "sync": { "type": "kubernetes.io/tls" } } }),
+    )
+    .await;
+    scene
+        .wait_for_condition("web-prod", "Ready", "False", "InvalidSpec")
+        .await;
+    let status = scene.get_environment("web-prod").await.status.unwrap();
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert!(ready.message.contains("tls.crt"), "{}", ready.message);
+    let after = scene.secret("web-prod").await;
+    assert_eq!(
+        after.metadata.uid, before.metadata.uid,
+        "the old Secret stays"
+    );
+    assert_eq!(after.type_.as_deref(), Some("Opaque"));
+    assert_eq!(scene.data("web-prod").await.unwrap(), pairs(&[("A", "1")]));
+
+    // Once the data fits, the Secret is replaced by one of the new type.
+    scene
+        .coffer
+        .set(
+            "web",
+            "production",
+            &[("tls.crt", "cert"), ("tls.key", "key")],
+        )
+        .await;
+    patch::<Environment>(
+        &scene,
+        "web-prod",
+        json!({ "metadata": { "annotations": { "coffer.dev/refresh-at": "1" } },
+                "spec": { "sync": { "include": ["tls.*"] } } }),
+    )
+    .await;
+    scene
+        .wait_for_data("web-prod", &[("tls.crt", "cert"), ("tls.key", "key")])
+        .await;
+    let replaced = scene.secret("web-prod").await;
+    assert_eq!(replaced.type_.as_deref(), Some("kubernetes.io/tls"));
+    assert_ne!(replaced.metadata.uid, before.metadata.uid);
+    scene
+        .wait_for_condition("web-prod", "Ready", "True", "Synced")
+        .await;
 }
 
 #[tokio::test]
