@@ -12,20 +12,6 @@ use coffer_operator::crd::Project;
 
 use crate::support::{Coffer, Scene};
 
-/// A Secret `name` holding `token` under `token`, with `labels`.
-async fn credentials(scene: &Scene, name: &str, token: &str, labels: serde_json::Value) {
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": { "name": name, "labels": labels },
-        "stringData": { "token": token },
-    }))
-    .unwrap();
-    scene
-        .api::<Secret>()
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
-}
-
 /// The `Ready` condition of the `Project` `name` as `(status, reason)`.
 async fn project_ready(scene: &Scene, name: &str) -> Option<(String, String)> {
     let project = scene.api::<Project>().get(name).await.unwrap();
@@ -59,7 +45,7 @@ async fn a_credentials_secret_is_used_only_when_labelled_for_it() {
         return;
     };
     let token = scene.coffer.service_token("web", &["production"]).await;
-    credentials(&scene, "db-password", &token, json!({})).await;
+    scene.credentials("db-password", &token, json!({})).await;
     let _operator = scene.operator(scene.config(None));
     scene
         .project(
@@ -109,13 +95,13 @@ async fn credentials_go_only_to_allowed_servers_and_never_over_plain_http_to_ano
         return;
     };
     let token = scene.coffer.service_token("web", &["production"]).await;
-    credentials(
-        &scene,
-        "coffer-token",
-        &token,
-        json!({ "coffer.dev/credentials": "true" }),
-    )
-    .await;
+    scene
+        .credentials(
+            "coffer-token",
+            &token,
+            json!({ "coffer.dev/credentials": "true" }),
+        )
+        .await;
     let (elsewhere, seen) = listener().await;
     let credentials_ref = json!({ "name": "coffer-token", "key": "token" });
 
@@ -217,13 +203,13 @@ async fn a_projects_own_ca_bundle_makes_its_server_trusted() {
     let pem = tls.ca_pem.clone().unwrap();
     let token = tls.service_token("web", &["production"]).await;
     scene.coffer = tls;
-    credentials(
-        &scene,
-        "coffer-token",
-        &token,
-        json!({ "coffer.dev/credentials": "true" }),
-    )
-    .await;
+    scene
+        .credentials(
+            "coffer-token",
+            &token,
+            json!({ "coffer.dev/credentials": "true" }),
+        )
+        .await;
 
     let _operator = scene.operator(scene.config(Some(&scene.coffer.admin_token)));
     scene

@@ -500,6 +500,19 @@ impl Scene {
         .unwrap();
     }
 
+    /// A Secret `name` holding `token` under the key `token`, with `labels`.
+    pub async fn credentials(&self, name: &str, token: &str, labels: Value) {
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": { "name": name, "labels": labels },
+            "stringData": { "token": token },
+        }))
+        .unwrap();
+        self.api::<Secret>()
+            .create(&kube::api::PostParams::default(), &secret)
+            .await
+            .unwrap();
+    }
+
     /// The events in the namespace with `reason`.
     pub async fn events(&self, reason: &str) -> Vec<k8s_openapi::api::events::v1::Event> {
         self.api::<k8s_openapi::api::events::v1::Event>()

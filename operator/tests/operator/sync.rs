@@ -260,16 +260,13 @@ async fn an_unreachable_or_refusing_server_never_empties_the_secret() {
         return;
     };
     let token = scene.coffer.service_token("web", &["production"]).await;
-    let secrets = scene.api::<Secret>();
-    let credentials: Secret = serde_json::from_value(json!({
-        "metadata": { "name": "coffer-token", "labels": { "coffer.dev/credentials": "true" } },
-        "stringData": { "token": token },
-    }))
-    .unwrap();
-    secrets
-        .create(&PostParams::default(), &credentials)
-        .await
-        .unwrap();
+    scene
+        .credentials(
+            "coffer-token",
+            &token,
+            json!({ "coffer.dev/credentials": "true" }),
+        )
+        .await;
     let _operator = scene.operator(scene.config(None));
     scene
         .project(
@@ -853,16 +850,13 @@ async fn projects_are_created_by_their_spec_and_deleted_only_when_they_created_t
     };
     let coffer = &scene.coffer;
     // Creating and deleting projects takes a user's API key, given to the resource itself.
-    let credentials: Secret = serde_json::from_value(json!({
-        "metadata": { "name": "coffer-admin", "labels": { "coffer.dev/credentials": "true" } },
-        "stringData": { "token": coffer.admin_token },
-    }))
-    .unwrap();
     scene
-        .api::<Secret>()
-        .create(&PostParams::default(), &credentials)
-        .await
-        .unwrap();
+        .credentials(
+            "coffer-admin",
+            &coffer.admin_token,
+            json!({ "coffer.dev/credentials": "true" }),
+        )
+        .await;
     let _operator = scene.operator(scene.config(Some(&coffer.admin_token)));
     scene.project("absent", json!({})).await;
     scene
@@ -1011,15 +1005,13 @@ async fn a_project_whose_credentials_are_gone_is_let_go_by_annotation_and_kept()
     };
     let coffer = &scene.coffer;
     let secrets = scene.api::<Secret>();
-    let credentials: Secret = serde_json::from_value(json!({
-        "metadata": { "name": "coffer-admin", "labels": { "coffer.dev/credentials": "true" } },
-        "stringData": { "token": coffer.admin_token },
-    }))
-    .unwrap();
-    secrets
-        .create(&PostParams::default(), &credentials)
-        .await
-        .unwrap();
+    scene
+        .credentials(
+            "coffer-admin",
+            &coffer.admin_token,
+            json!({ "coffer.dev/credentials": "true" }),
+        )
+        .await;
     let _operator = scene.operator(scene.config(None));
     scene
         .project(
