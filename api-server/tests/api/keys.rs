@@ -12,7 +12,7 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
-use crate::helpers::{TestApp, db_test, interleave};
+use crate::helpers::{Session, TestApp, db_test, interleave};
 
 async fn read(router: &axum::Router, token: &str, url: &str) -> Value {
     let req = Request::get(url)
@@ -125,6 +125,24 @@ async fn spend_nonce_budgets(app: &TestApp) {
         .unwrap();
 }
 
+/// With the cache of unwrapped data keys emptied, every key of `pairs` in the environment at
+/// `secrets` reads back as its value: what is stored decrypts under the keys that are stored.
+async fn assert_values_decrypt_afresh(
+    app: &TestApp,
+    who: &Session,
+    secrets: &str,
+    pairs: &[(&str, &str)],
+) {
+    app.state.deks.clear();
+    for (key, value) in pairs {
+        let read = app
+            .get(&format!("{secrets}/{key}"), Some(&who.access))
+            .await
+            .json();
+        assert_eq!(read["value"], *value, "{key}");
+    }
+}
+
 /// How many stored versions are sealed under a retired data key.
 async fn versions_under_retired_keys(app: &TestApp) -> i64 {
     sqlx::query_scalar("SELECT COUNT(*) FROM secret_versions v JOIN deks d ON d.id = v.dek_id WHERE d.retired_at IS NOT NULL")
@@ -217,15 +235,7 @@ async fn a_data_key_rotation_waits_for_a_write_in_flight_and_reencrypts_its_vers
         .await
         .unwrap();
     assert_eq!(keys, live, "every version is sealed under the one live key");
-    app.state.deks.clear();
-    assert_eq!(
-        app.get(&format!("{dev}/A"), Some(&ann.access)).await.json()["value"],
-        "a1"
-    );
-    assert_eq!(
-        app.get(&format!("{dev}/B"), Some(&ann.access)).await.json()["value"],
-        "b1"
-    );
+    assert_values_decrypt_afresh(&app, &ann, &dev, &[("A", "a1"), ("B", "b1")]).await;
 }
 
 /// PostgreSQL only; skipped, saying so, when `COFFER_TEST_DATABASE_URL` is not set.
@@ -268,15 +278,7 @@ async fn two_writes_that_find_the_data_key_spent_start_one_new_key_between_them(
         [(1, budget), (2, 2)],
         "one new key, counting both writes"
     );
-    app.state.deks.clear();
-    assert_eq!(
-        app.get(&format!("{dev}/A"), Some(&ann.access)).await.json()["value"],
-        "a1"
-    );
-    assert_eq!(
-        app.get(&format!("{dev}/B"), Some(&ann.access)).await.json()["value"],
-        "b1"
-    );
+    assert_values_decrypt_afresh(&app, &ann, &dev, &[("A", "a1"), ("B", "b1")]).await;
 }
 
 /// PostgreSQL only; skipped, saying so, when `COFFER_TEST_DATABASE_URL` is not set.
