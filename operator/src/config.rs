@@ -64,6 +64,17 @@ pub struct Config {
     )]
     pub hash_key_secret: String,
 
+    /// How many resources each controller reconciles at once (per namespace of
+    /// `COFFER_NAMESPACES`, or over every namespace). Bounds the operator's load on the API
+    /// server and on coffer-server after a restart or a wave of changes.
+    #[arg(
+        long,
+        env = "COFFER_MAX_CONCURRENT_RECONCILES",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u16).range(1..=1000)
+    )]
+    pub concurrency: u16,
+
     /// This replica's identity in leader election and events. Default: the pod name
     /// (`POD_NAME`), else the host name, else a random one.
     #[arg(long, env = "COFFER_OPERATOR_IDENTITY")]

@@ -27,6 +27,7 @@ use crate::crd::Project;
 use crate::credentials::{Connection, ConnectionError, Connector};
 use crate::metrics::Metrics;
 use crate::source::Sources;
+use crate::stores::Stores;
 
 /// The field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "coffer-operator";
@@ -129,6 +130,8 @@ pub struct Context {
     pub sources: Sources,
     /// Key of the HMAC over synced data; the same across restarts and replicas.
     pub hash_key: Zeroizing<Vec<u8>>,
+    /// What the controllers read from Kubernetes on every pass, kept by watches.
+    pub stores: Stores,
     recorder: Recorder,
     failures: Mutex<HashMap<String, u32>>,
     /// The `coffer.dev/refresh-at` value last carried out, per `Environment` uid.
@@ -156,9 +159,17 @@ pub enum Error {
     /// A reconciliation halted on a failure worth retrying (coffer-server failed, say); the
     /// status says why.
     #[error("{reason}: {message}")]
-    Halted { reason: Reason, message: String },
+    Halted {
+        reason: Reason,
+        message: String,
+        /// How long coffer-server asked to be left alone (`Retry-After`).
+        retry_after: Option<Duration>,
+    },
     #[error("finalizer: {0}")]
     Finalizer(String),
+    /// A watch has not delivered its first list yet (or cannot: see the operator's log).
+    #[error("the {0} are not known yet: their watch has not listed them")]
+    NotReady(&'static str),
 }
 
 impl Error {
@@ -169,6 +180,7 @@ impl Error {
             Self::Conflict(_) => "Conflict",
             Self::Halted { reason, .. } => reason.as_str(),
             Self::Finalizer(_) => "FinalizerFailed",
+            Self::NotReady(_) => "NotReady",
         }
     }
 }
@@ -219,6 +231,8 @@ pub struct Halt {
     pub reason: Reason,
     pub message: String,
     pub requeue: Requeue,
+    /// With [`Requeue::Backoff`]: the least delay coffer-server asked for (`Retry-After`).
+    pub retry_after: Option<Duration>,
 }
 
 impl Halt {
@@ -227,7 +241,15 @@ impl Halt {
             reason,
             message: message.into(),
             requeue,
+            retry_after: None,
         }
+    }
+
+    /// The same halt, retried no sooner than `retry_after` (at most [`MAX_RETRY_AFTER`]).
+    #[must_use]
+    pub fn retry_after(mut self, retry_after: Option<Duration>) -> Self {
+        self.retry_after = retry_after.map(|d| d.min(MAX_RETRY_AFTER));
+        self
     }
 
     /// What the controller does next; a halt to retry with backoff is an error for the
@@ -235,11 +257,12 @@ impl Halt {
     pub fn action(self) -> Result<Action, Error> {
         match self.requeue {
             Requeue::AwaitChange => Ok(Action::await_change()),
-            Requeue::After(delay) => Ok(Action::requeue(delay)),
+            Requeue::After(delay) => Ok(Action::requeue(jittered(delay))),
             Requeue::Now => Ok(Action::requeue(Duration::ZERO)),
             Requeue::Backoff => Err(Error::Halted {
                 reason: self.reason,
                 message: self.message,
+                retry_after: self.retry_after,
             }),
         }
     }
@@ -267,11 +290,37 @@ pub fn retry<K: Resource>(
             tracing::info!(kind, %name, %namespace, %error, failures, retry_in = ?delay,
                 "conflicts go on; retrying with backoff");
         }
-        return Action::requeue(delay);
+        return Action::requeue(jittered(delay));
     }
-    let delay = backoff(BACKOFF_BASE, failures, cap);
+    let mut delay = jittered(backoff(BACKOFF_BASE, failures, cap));
+    if let Error::Halted {
+        retry_after: Some(asked),
+        ..
+    } = error
+    {
+        delay = delay.max(*asked);
+    }
     tracing::info!(kind, %name, %namespace, %error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
+}
+
+/// The longest `Retry-After` of coffer-server that is honoured as given.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+
+/// The most a requeue is delayed by [`jittered`].
+const MAX_JITTER: Duration = Duration::from_secs(30);
+
+/// `delay` plus a random part of up to a tenth of it (at most [`MAX_JITTER`]), so that
+/// resources synced together (after a restart, say) do not come back in one wave. Never less
+/// than `delay`: a resource back early would find its source's snapshot still fresh and wait a
+/// whole further interval.
+pub fn jittered(delay: Duration) -> Duration {
+    use rand::Rng as _;
+    let spread = (delay / 10).min(MAX_JITTER);
+    if spread.is_zero() {
+        return delay;
+    }
+    delay + spread.mul_f64(rand::thread_rng().r#gen::<f64>())
 }
 
 /// The delay before the next try after `failures` failures in a row (at least one): `base`,
@@ -290,6 +339,10 @@ const QUIET_CONFLICTS: u32 = 3;
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
 
 impl Context {
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "called once per watched scope, each argument a distinct part"
+    )]
     pub fn new(
         kube: kube::Client,
         config: Config,
@@ -297,6 +350,7 @@ impl Context {
         connector: Connector,
         sources: Sources,
         hash_key: Zeroizing<Vec<u8>>,
+        stores: Stores,
         identity: String,
     ) -> Self {
         let recorder = Recorder::new(
@@ -313,6 +367,7 @@ impl Context {
             connector,
             sources,
             hash_key,
+            stores,
             recorder,
             failures: Mutex::default(),
             refreshes: Mutex::default(),
@@ -322,7 +377,7 @@ impl Context {
     /// The server and credentials of `project` (see [`Connector::connection`]).
     pub async fn connection(&self, project: &Project) -> Result<Connection, ConnectionError> {
         self.connector
-            .connection(&self.kube, &self.config, project)
+            .connection(&self.kube, &self.config, &self.stores.credentials, project)
             .await
     }
 
@@ -421,5 +476,24 @@ mod tests {
             .collect();
         assert_eq!(delays, [500, 1000, 2000, 4000, 8000]);
         assert_eq!(backoff(CONFLICT_RETRY, 40, cap), cap);
+    }
+
+    #[test]
+    fn jitter_delays_by_at_most_a_tenth_and_never_hastens() {
+        let minute = Duration::from_secs(60);
+        let delays: Vec<_> = (0..200).map(|_| jittered(minute)).collect();
+        assert!(delays.iter().all(|d| *d >= minute && *d <= minute + minute / 10));
+        // Spread, not one fixed offset.
+        assert!(delays.iter().any(|d| *d != delays[0]));
+        let day = Duration::from_secs(86_400);
+        assert!((0..50).all(|_| jittered(day) <= day + MAX_JITTER));
+        assert_eq!(jittered(Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_retry_after_is_capped() {
+        let halt = Halt::new(Reason::RateLimited, "slow down", Requeue::Backoff)
+            .retry_after(Some(Duration::from_secs(86_400)));
+        assert_eq!(halt.retry_after, Some(MAX_RETRY_AFTER));
     }
 }

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use coffer_client::Client;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::Api;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, ResourceExt as _};
 use reqwest::Url;
 use reqwest::tls::Certificate;
 use secrecy::{ExposeSecret as _, SecretString};
@@ -25,6 +26,12 @@ use crate::conditions::Reason;
 use crate::config::Config;
 use crate::crd::{CredentialsRef, Project};
 use crate::source::SourceKey;
+use crate::stores;
+
+/// Whether `labels` opt a Secret in as credentials ([`CREDENTIALS_LABEL`]`: "true"`).
+fn opted_in(labels: &std::collections::BTreeMap<String, String>) -> bool {
+    labels.get(CREDENTIALS_LABEL).is_some_and(|v| v == "true")
+}
 
 /// How long a request to coffer-server may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -135,6 +142,7 @@ impl Connector {
         &self,
         kube: &kube::Client,
         config: &Config,
+        credentials: &Store<Secret>,
         project: &Project,
     ) -> Result<Connection, ConnectionError> {
         let fail = |reason, message: String| ConnectionError { reason, message };
@@ -187,34 +195,40 @@ impl Connector {
                         ),
                     )
                 };
-                let secret = secrets.get_opt(&reference.name).await.map_err(|e| {
-                    fail(
-                        Reason::KubernetesError,
-                        format!("reading the credentials Secret: {e}"),
-                    )
-                })?;
-                let secret = secret.ok_or_else(|| not_found("the Secret does not exist"))?;
-                let opted_in = secret
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|labels| labels.get(CREDENTIALS_LABEL))
-                    .is_some_and(|value| value == "true");
-                if !opted_in {
-                    return Err(fail(
-                        Reason::CredentialsNotAllowed,
-                        format!(
-                            "spec.credentialsRef: the Secret {:?} is not labelled \
-                             {CREDENTIALS_LABEL}: \"true\"; the operator sends no other Secret \
-                             to a server",
-                            reference.name
+                // Only labelled Secrets are in the store; a miss is looked into (metadata
+                // only) to say why.
+                let key = ObjectRef::<Secret>::new(&reference.name).within(namespace);
+                stores::ready(credentials, "credentials Secrets")
+                    .await
+                    .map_err(|e| fail(Reason::KubernetesError, e.to_string()))?;
+                let Some(secret) = credentials.get(&key) else {
+                    let metadata = secrets.get_metadata_opt(&reference.name).await.map_err(|e| {
+                        fail(
+                            Reason::KubernetesError,
+                            format!("reading the credentials Secret: {e}"),
+                        )
+                    })?;
+                    return Err(match metadata {
+                        None => not_found("the Secret does not exist"),
+                        Some(meta) if !opted_in(meta.labels()) => fail(
+                            Reason::CredentialsNotAllowed,
+                            format!(
+                                "spec.credentialsRef: the Secret {:?} is not labelled \
+                                 {CREDENTIALS_LABEL}: \"true\"; the operator sends no other \
+                                 Secret to a server",
+                                reference.name
+                            ),
                         ),
-                    ));
-                }
+                        // Labelled just now: the watch brings it in a moment, and wakes the
+                        // resources that use it.
+                        Some(_) => not_found("the Secret is not known to the operator yet"),
+                    });
+                };
                 let value = secret
                     .data
-                    .and_then(|mut data| data.remove(&reference.key))
-                    .map(|v| Zeroizing::new(v.0))
+                    .as_ref()
+                    .and_then(|data| data.get(&reference.key))
+                    .map(|v| Zeroizing::new(v.0.clone()))
                     .ok_or_else(|| not_found("the Secret has no such key"))?;
                 let text = std::str::from_utf8(&value)
                     .map_err(|_| not_found("the value is not UTF-8 text"))?
@@ -412,6 +426,7 @@ mod tests {
             operator_namespace: None,
             lease_name: "l".into(),
             hash_key_secret: "h".into(),
+            concurrency: 10,
             identity: None,
         }
     }

@@ -10,12 +10,14 @@ pub mod context;
 pub mod crd;
 pub mod credentials;
 pub mod environment;
+pub mod kube_client;
 pub mod lease;
 pub mod metrics;
 pub mod project;
 pub mod run;
 pub mod source;
 pub mod status;
+pub mod stores;
 
 pub use config::Config;
 pub use run::Operator;

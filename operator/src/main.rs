@@ -2,6 +2,9 @@ use std::io::Write as _;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use std::sync::Arc;
+
+use coffer_operator::metrics::Metrics;
 use coffer_operator::{Config, Operator};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -47,8 +50,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    let kube = kube::Client::try_default()
+    let metrics = Arc::new(Metrics::new());
+    let kube = kube::Config::infer()
         .await
+        .map_err(anyhow::Error::from)
+        .and_then(|c| Ok(coffer_operator::kube_client::client(c, metrics.clone())?))
         .context("connecting to Kubernetes (kubeconfig or in-cluster service account)")?;
     let listener = tokio::net::TcpListener::bind(config.metrics_addr)
         .await
@@ -63,7 +69,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
             stop.cancel();
         }
     });
-    Operator::new(config, kube).run(Some(listener), stop).await
+    Operator::with_metrics(config, kube, metrics)
+        .run(Some(listener), stop)
+        .await
 }
 
 async fn shutdown_signal() {

@@ -35,6 +35,11 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerbLabels {
+    verb: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ObjectLabels {
     namespace: String,
     name: String,
@@ -71,6 +76,7 @@ pub struct Metrics {
     failures: Family<FailureLabels, Counter>,
     duration: HistogramFamily,
     upstream: Family<OutcomeLabels, Counter>,
+    kube_requests: Family<VerbLabels, Counter>,
     status_writes: Family<KindLabels, Counter>,
     sync_lag: Family<ObjectLabels, Gauge<f64, AtomicU64>>,
     leader: Gauge,
@@ -95,6 +101,7 @@ impl Metrics {
         let duration: HistogramFamily = Family::new_with_constructor(duration_histogram);
         let upstream = Family::<OutcomeLabels, Counter>::default();
         let status_writes = Family::<KindLabels, Counter>::default();
+        let kube_requests = Family::<VerbLabels, Counter>::default();
         let sync_lag = Family::<ObjectLabels, Gauge<f64, AtomicU64>>::default();
         let leader = Gauge::default();
         registry.register(
@@ -119,6 +126,12 @@ impl Metrics {
             upstream.clone(),
         );
         registry.register(
+            "kube_requests",
+            "Requests to the Kubernetes API server, by verb (get, watch, create, patch, \
+             update, delete)",
+            kube_requests.clone(),
+        );
+        registry.register(
             "status_writes",
             "Status updates written, by resource kind (an unchanged status is never written)",
             status_writes.clone(),
@@ -140,6 +153,7 @@ impl Metrics {
             failures,
             duration,
             upstream,
+            kube_requests,
             status_writes,
             sync_lag,
             leader,
@@ -165,6 +179,15 @@ impl Metrics {
             .get_or_create(&FailureLabels {
                 kind: kind.to_owned(),
                 reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A request with `verb` was sent to the Kubernetes API server.
+    pub fn kube_request(&self, verb: &str) {
+        self.kube_requests
+            .get_or_create(&VerbLabels {
+                verb: verb.to_owned(),
             })
             .inc();
     }

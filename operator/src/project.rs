@@ -101,7 +101,7 @@ async fn conclude(
     match found {
         Ok(_) => {
             ctx.succeeded(&object_key(project));
-            Ok(Action::requeue(RECHECK))
+            Ok(Action::requeue(context::jittered(RECHECK)))
         }
         Err(halt) => halt.action(),
     }

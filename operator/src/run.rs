@@ -9,7 +9,6 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::ObjectMeta;
-use kube::core::PartialObjectMeta;
 use kube_lease_manager::LeaseManagerBuilder;
 use rand::RngCore as _;
 use tokio::net::TcpListener;
@@ -18,10 +17,10 @@ use zeroize::Zeroizing;
 
 use crate::config::Config;
 use crate::context::{Context, FIELD_MANAGER, post_params};
-use crate::crd::{Environment, Project};
 use crate::credentials::Connector;
 use crate::metrics::{self, Metrics};
 use crate::source::Sources;
+use crate::stores::Stores;
 use crate::{environment, lease, project};
 
 /// Seconds a leader's lease is valid after its last renewal.
@@ -48,10 +47,16 @@ impl std::fmt::Debug for Operator {
 
 impl Operator {
     pub fn new(config: Config, kube: kube::Client) -> Self {
+        Self::with_metrics(config, kube, Arc::new(Metrics::new()))
+    }
+
+    /// An operator reporting into `metrics` (which its kube client may count requests in too:
+    /// see [`crate::kube_client::client`]).
+    pub fn with_metrics(config: Config, kube: kube::Client, metrics: Arc<Metrics>) -> Self {
         Self {
             config,
             kube,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
         }
     }
 
@@ -167,6 +172,7 @@ impl Operator {
         let mut running = Vec::new();
         for scope in scopes {
             let (sources, changed) = Sources::new(self.metrics.clone());
+            let (stores, writers, workload_writers) = Stores::new();
             let ctx = Arc::new(Context::new(
                 self.kube.clone(),
                 self.config.clone(),
@@ -174,25 +180,32 @@ impl Operator {
                 connector.clone(),
                 sources,
                 hash_key.clone(),
+                stores,
                 identity.to_owned(),
             ));
-            let api = |kube: &kube::Client| match scope {
-                Some(ns) => (
-                    Api::<Environment>::namespaced(kube.clone(), ns),
-                    Api::<PartialObjectMeta<Secret>>::namespaced(kube.clone(), ns),
-                    Api::<Project>::namespaced(kube.clone(), ns),
-                ),
-                None => (
-                    Api::all(kube.clone()),
-                    Api::all(kube.clone()),
-                    Api::all(kube.clone()),
-                ),
+            let kube = &self.kube;
+            let apis = match scope {
+                Some(ns) => environment::Apis {
+                    environments: Api::namespaced(kube.clone(), ns),
+                    secrets: Api::namespaced(kube.clone(), ns),
+                    projects: Api::namespaced(kube.clone(), ns),
+                    credentials: Api::namespaced(kube.clone(), ns),
+                },
+                None => environment::Apis {
+                    environments: Api::all(kube.clone()),
+                    secrets: Api::all(kube.clone()),
+                    projects: Api::all(kube.clone()),
+                    credentials: Api::all(kube.clone()),
+                },
             };
-            let (envs, secrets, projects) = api(&self.kube);
-            running.push(tokio::spawn(project::run(ctx.clone(), projects.clone())));
-            running.push(tokio::spawn(environment::run(
-                ctx, envs, secrets, projects, changed,
+            running.push(tokio::spawn(project::run(
+                ctx.clone(),
+                apis.projects.clone(),
             )));
+            running.push(tokio::spawn(
+                workload_writers.run(kube.clone(), scope.map(str::to_owned)),
+            ));
+            running.push(tokio::spawn(environment::run(ctx, apis, writers, changed)));
         }
         // Aborts the controllers when this future is dropped (leadership lost, or stop).
         struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);

@@ -22,6 +22,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::{Mutex, mpsc};
 
 use crate::conditions::Reason;
+use crate::context::MAX_RETRY_AFTER;
 use crate::crd::Environment;
 use crate::metrics::{Metrics, UpstreamOutcome};
 
@@ -189,12 +190,22 @@ type Slot = Arc<Mutex<SlotState>>;
 /// failure instead of each asking a struggling server again.
 const FAILURE_HOLD: Duration = Duration::from_secs(5);
 
+/// How long `failure` answers for its source: [`FAILURE_HOLD`] (at most `max_age`), or as long
+/// as coffer-server asked with `Retry-After`.
+fn failure_hold(failure: &FetchError, max_age: Duration) -> Duration {
+    failure
+        .retry_after
+        .unwrap_or(max_age.min(FAILURE_HOLD))
+}
+
 /// A failed read of an environment's secrets, shared by the resources that read it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FetchError {
     pub reason: Reason,
     /// Set when coffer-server confirmed that something does not exist.
     pub missing: Option<Missing>,
+    /// How long coffer-server asked to be left alone (`Retry-After` on 429 or 503).
+    pub retry_after: Option<Duration>,
     message: String,
 }
 
@@ -215,9 +226,14 @@ impl std::fmt::Display for FetchError {
 
 impl From<&ClientError> for FetchError {
     fn from(e: &ClientError) -> Self {
+        let retry_after = match e {
+            ClientError::Api { retry_after, .. } => *retry_after,
+            _ => None,
+        };
         Self {
             reason: reason_for(e),
             missing: None,
+            retry_after: retry_after.map(|d| d.min(MAX_RETRY_AFTER)),
             message: e.to_string(),
         }
     }
@@ -242,6 +258,7 @@ impl FetchError {
         Self {
             reason,
             missing: Some(what),
+            retry_after: None,
             message,
         }
     }
@@ -293,7 +310,7 @@ impl Sources {
                 }
             }
             if let Some((at, failure)) = &state.failure {
-                if at.elapsed() < max_age.min(FAILURE_HOLD) {
+                if at.elapsed() < failure_hold(failure, max_age) {
                     return Err(failure.clone());
                 }
             }
@@ -348,6 +365,7 @@ impl Sources {
             Ok(()) => FetchError {
                 reason: Reason::ServerError,
                 missing: None,
+                retry_after: None,
                 message: format!(
                     "coffer-server answered 404 for the secrets of {}, which exists",
                     key.place()
@@ -605,6 +623,37 @@ mod tests {
             .await;
         assert_eq!(forced.unwrap().revision, 1);
         assert_eq!(origin.calls(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_holds_the_failure_as_long_as_the_server_asked() {
+        let (sources, _changed) = Sources::new(Arc::new(Metrics::new()));
+        let mut limited = api_error(429);
+        if let ClientError::Api { retry_after, .. } = &mut limited {
+            *retry_after = Some(Duration::from_secs(120));
+        }
+        let origin = Fake::new(vec![Err(limited), modified("\"e1\"", 1, &[])]);
+        // A 10 s interval: without Retry-After the failure would answer for 5 s only.
+        let interval = Duration::from_secs(10);
+        let first = sources
+            .snapshot(&key(), &origin, interval, false, &reader("a"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (first.reason, first.retry_after),
+            (Reason::RateLimited, Some(Duration::from_secs(120)))
+        );
+        assert_eq!(failure_hold(&first, interval), Duration::from_secs(120));
+        let plain = FetchError::from(&api_error(503));
+        assert_eq!(failure_hold(&plain, interval), FAILURE_HOLD);
+        let halt = crate::environment::decide::upstream_failure(&first, "o/p/e");
+        assert_eq!(halt.retry_after, Some(Duration::from_secs(120)));
+        // Held: the next reader gets the failure without a request.
+        let second = sources
+            .snapshot(&key(), &origin, interval, false, &reader("b"))
+            .await;
+        assert_eq!(second.unwrap_err().reason, Reason::RateLimited);
+        assert_eq!(origin.calls(), 1);
     }
 
     #[tokio::test]

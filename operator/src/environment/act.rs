@@ -68,13 +68,23 @@ pub async fn act(
                 event(ctx, env, false, reason, "Delete", note.clone()).await;
             }
             Act::Restart { secret, hash } => {
-                let restarts = rollout::restart(&ctx.kube, env, secret, hash).await?;
+                let workloads = &ctx.stores.workloads;
+                let restarts = rollout::restart(&ctx.kube, workloads, env, secret, hash).await?;
                 if !restarts.missing.is_empty() {
                     let note = format!(
                         "spec.sync.rolloutRestart: not found: {}",
                         restarts.missing.join(", ")
                     );
                     event(ctx, env, true, "RolloutTargetNotFound", "Restart", note).await;
+                }
+                if !restarts.refused.is_empty() {
+                    let note = format!(
+                        "spec.sync.rolloutRestart: not restarted, as they neither read Secret \
+                         {secret:?} nor are annotated {}: \"true\": {}",
+                        rollout::RELOAD_ANNOTATION,
+                        restarts.refused.join(", ")
+                    );
+                    event(ctx, env, true, "RolloutTargetRefused", "Restart", note).await;
                 }
                 if !restarts.restarted.is_empty() {
                     let note = format!("restarted {}", restarts.restarted.join(", "));

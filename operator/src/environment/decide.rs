@@ -228,6 +228,7 @@ pub fn upstream_failure(error: &FetchError, place: &str) -> Halt {
         ),
         Requeue::Backoff,
     )
+    .retry_after(error.retry_after)
 }
 
 /// The status after `halt` ended a pass that [`decide`] meant to finish (an action failed);

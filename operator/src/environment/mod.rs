@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Patch;
 use kube::core::PartialObjectMeta;
-use kube::runtime::controller::Action;
+use kube::runtime::controller::{self, Action};
 use kube::runtime::finalizer::Event as Finalizer;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{Controller, WatchStreamExt as _, predicates, watcher};
@@ -29,6 +29,7 @@ use tokio::sync::mpsc;
 use crate::context::{self, Context, Error, Requeue, drain, finalized, patch_params, spec_changes};
 use crate::crd::{DeletionPolicy, Environment, Project};
 use crate::status;
+use crate::stores::{self, Writers};
 use act::Failure;
 use build::{ENVIRONMENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL, Ownership};
 use decide::{Stage, Then, decide};
@@ -38,37 +39,42 @@ use observe::observe;
 pub const REFRESH_ANNOTATION: &str = "coffer.dev/refresh-at";
 const KIND: &str = "Environment";
 
-/// Runs the controller over `api` (until the future is dropped).
+/// Runs the controller over `api` (until the future is dropped), filling the Project and
+/// credentials stores of `ctx` through `writers`.
 pub async fn run(
     ctx: Arc<Context>,
-    api: Api<Environment>,
-    secrets: Api<PartialObjectMeta<Secret>>,
-    projects: Api<Project>,
+    apis: Apis,
+    writers: Writers,
     changed: mpsc::UnboundedReceiver<ObjectRef<Environment>>,
 ) {
     let (reader, writer) = reflector::store();
     // Spec edits, the refresh-at annotation and finalizers wake it; its own status writes don't.
-    let envs = spec_changes(api, writer);
+    let envs = spec_changes(apis.environments, writer);
     // Only metadata of our Secrets: enough to notice edits and deletions, no secret data
     // in the operator's memory. A Secret is mapped to its Environment by our labels, not by an
     // owner reference: under `deletionPolicy: Retain` it has none (see `build::desired_secret`).
     let owned = watcher(
-        secrets,
+        apis.secrets,
         watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
     )
     .default_backoff()
     .touched_objects();
-    let store = reader.clone();
-    let project_changes = watcher(projects, watcher::Config::default())
+    let project_changes = watcher(apis.projects, watcher::Config::default())
         .default_backoff()
+        .reflect(writers.projects)
         .touched_objects()
         .predicate_filter(predicates::generation, Default::default());
+    let credentials = stores::credentials(apis.credentials, writers.credentials);
     let changed =
         futures::stream::unfold(
             changed,
             |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
         );
+    let (by_project, by_credentials) = (reader.clone(), reader.clone());
+    let projects = ctx.stores.projects.clone();
+    let config = controller::Config::default().concurrency(ctx.config.concurrency);
     let results = Controller::for_stream(envs, reader)
+        .with_config(config)
         .watches_stream(owned, |secret: PartialObjectMeta<Secret>| {
             let namespace = secret.namespace();
             secret
@@ -78,18 +84,48 @@ pub async fn run(
                 .map(|(name, ns)| ObjectRef::<Environment>::new(name).within(&ns))
         })
         .watches_stream(project_changes, move |project: Project| {
-            let namespace = project.namespace();
-            let name = project.name_any();
-            store
+            readers_of(&by_project, project.namespace(), |name| *name == project.name_any())
+        })
+        // A new or changed token takes effect at once, not at the next refresh.
+        .watches_stream(credentials, move |secret: Secret| {
+            let (namespace, name) = (secret.namespace(), secret.name_any());
+            let users: Vec<String> = projects
                 .state()
-                .into_iter()
-                .filter(|e| e.namespace() == namespace && e.spec.project_ref.name == name)
-                .map(|e| ObjectRef::from_obj(&*e))
-                .collect::<Vec<_>>()
+                .iter()
+                .filter(|p| p.namespace() == namespace)
+                .filter(|p| p.spec.credentials_ref.as_ref().is_some_and(|r| r.name == name))
+                .map(|p| p.name_any())
+                .collect();
+            readers_of(&by_credentials, namespace, |project| users.contains(project))
         })
         .reconcile_on(changed)
         .run(reconcile, error_policy, ctx);
     drain(results).await;
+}
+
+/// The APIs the `Environment` controller watches, in its scope.
+#[derive(Debug)]
+pub struct Apis {
+    pub environments: Api<Environment>,
+    /// Metadata only: the Secrets this operator writes.
+    pub secrets: Api<PartialObjectMeta<Secret>>,
+    pub projects: Api<Project>,
+    /// The credentials Secrets (label-selected).
+    pub credentials: Api<Secret>,
+}
+
+/// The `Environment` resources of `namespace` whose `projectRef` passes `project`.
+fn readers_of(
+    store: &reflector::Store<Environment>,
+    namespace: Option<String>,
+    project: impl Fn(&String) -> bool,
+) -> Vec<ObjectRef<Environment>> {
+    store
+        .state()
+        .into_iter()
+        .filter(|e| e.namespace() == namespace && project(&e.spec.project_ref.name))
+        .map(|e| ObjectRef::from_obj(&*e))
+        .collect()
 }
 
 fn object_key(env: &Environment) -> String {
@@ -146,7 +182,7 @@ async fn apply(env: &Environment, ctx: &Context) -> Result<Action, Error> {
         Then::Synced { interval } => {
             ctx.succeeded(&object_key(env));
             ctx.metrics.set_sync_lag(&namespace, &name, Duration::ZERO);
-            Ok(Action::requeue(interval))
+            Ok(Action::requeue(context::jittered(interval)))
         }
         Then::Halt(halt) => {
             let unread = matches!(&observed.stage, Stage::Read(read) if read.data.is_err());

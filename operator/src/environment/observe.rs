@@ -11,6 +11,7 @@ use super::decide::{Observed, Read, Stage};
 use crate::context::{Context, Error};
 use crate::crd::{Environment, Project};
 use crate::source::Missing;
+use crate::stores;
 
 /// Observes `env`, stopping at the first stage that cannot be passed.
 pub async fn observe<'a>(env: &'a Environment, ctx: &Context) -> Result<Observed<'a>, Error> {
@@ -33,8 +34,10 @@ async fn stage(env: &Environment, ctx: &Context) -> Result<Stage, Error> {
         return Ok(Stage::InvalidSpec("spec.environment is empty".to_owned()));
     }
 
-    let projects: Api<Project> = Api::namespaced(ctx.kube.clone(), &namespace);
-    let Some(project) = projects.get_opt(&env.spec.project_ref.name).await? else {
+    let projects = &ctx.stores.projects;
+    stores::ready(projects, "Project resources").await?;
+    let project_ref = ObjectRef::<Project>::new(&env.spec.project_ref.name).within(&namespace);
+    let Some(project) = projects.get(&project_ref) else {
         return Ok(Stage::NoProject);
     };
     let conn = match ctx.connection(&project).await {

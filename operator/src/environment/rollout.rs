@@ -1,19 +1,18 @@
 //! Rolling restarts of the workloads that use a synced Secret, by a hash annotation on their
 //! pod template (the same mechanism as `kubectl rollout restart`).
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{PodSpec, PodTemplateSpec};
-use kube::api::{ListParams, Patch};
-use kube::{Api, Resource, ResourceExt as _};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use k8s_openapi::api::core::v1::PodSpec;
+use kube::api::Patch;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, ResourceExt as _};
 use serde_json::json;
 
-use crate::context::patch_params;
+use crate::context::{Error, patch_params};
 use crate::crd::{Environment, WorkloadKind};
+use crate::stores::{self, Workload, Workloads};
 
 /// On a pod template: the hash of the synced data its pods were started with.
 pub const SECRET_HASH_ANNOTATION: &str = "coffer.dev/secret-hash";
@@ -57,39 +56,6 @@ pub fn references_secret(spec: &PodSpec, name: &str) -> bool {
     in_containers || in_volumes
 }
 
-/// A workload kind the operator can restart.
-trait Workload:
-    Resource<DynamicType = (), Scope = NamespaceResourceScope>
-    + Clone
-    + DeserializeOwned
-    + Serialize
-    + std::fmt::Debug
-{
-    const KIND: WorkloadKind;
-    fn template(&self) -> Option<&PodTemplateSpec>;
-}
-
-impl Workload for Deployment {
-    const KIND: WorkloadKind = WorkloadKind::Deployment;
-    fn template(&self) -> Option<&PodTemplateSpec> {
-        self.spec.as_ref().map(|s| &s.template)
-    }
-}
-
-impl Workload for StatefulSet {
-    const KIND: WorkloadKind = WorkloadKind::StatefulSet;
-    fn template(&self) -> Option<&PodTemplateSpec> {
-        self.spec.as_ref().map(|s| &s.template)
-    }
-}
-
-impl Workload for DaemonSet {
-    const KIND: WorkloadKind = WorkloadKind::DaemonSet;
-    fn template(&self) -> Option<&PodTemplateSpec> {
-        self.spec.as_ref().map(|s| &s.template)
-    }
-}
-
 fn kind_name(kind: WorkloadKind) -> &'static str {
     match kind {
         WorkloadKind::Deployment => "Deployment",
@@ -105,69 +71,81 @@ pub struct Restarts {
     pub restarted: Vec<String>,
     /// `rolloutRestart` targets that do not exist.
     pub missing: Vec<String>,
+    /// `rolloutRestart` targets that neither read the Secret nor are annotated
+    /// `coffer.dev/reload: "true"`: not restarted.
+    pub refused: Vec<String>,
 }
 
 /// Puts `hash` on the pod template of every workload of `env` that uses `secret`: the
-/// `rolloutRestart` targets, and the workloads annotated `coffer.dev/reload: "true"` whose
-/// pods read the Secret. A template already on `hash` is left alone, so a retried pass does
-/// not restart anything twice.
+/// `rolloutRestart` targets that read the Secret or opted in with `coffer.dev/reload: "true"`,
+/// and the workloads annotated `coffer.dev/reload: "true"` whose pods read the Secret. So an
+/// `Environment` can restart only workloads that use its Secret or agreed to it, never any
+/// workload of the namespace it names. A template already on `hash` is left alone, so a
+/// retried pass does not restart anything twice. The workloads are looked up in `workloads`
+/// (kept by a watch), not listed.
 pub async fn restart(
     kube: &kube::Client,
+    workloads: &Workloads,
     env: &Environment,
     secret: &str,
     hash: &str,
-) -> Result<Restarts, kube::Error> {
+) -> Result<Restarts, Error> {
     let namespace = env.namespace().unwrap_or_default();
     let mut done = Restarts::default();
-    for_kind::<Deployment>(kube, &namespace, env, secret, hash, &mut done).await?;
-    for_kind::<StatefulSet>(kube, &namespace, env, secret, hash, &mut done).await?;
-    for_kind::<DaemonSet>(kube, &namespace, env, secret, hash, &mut done).await?;
+    let deployments = &workloads.deployments;
+    let stateful_sets = &workloads.stateful_sets;
+    let daemon_sets = &workloads.daemon_sets;
+    for_kind(kube, deployments, WorkloadKind::Deployment, &namespace, env, secret, hash, &mut done).await?;
+    for_kind(kube, stateful_sets, WorkloadKind::StatefulSet, &namespace, env, secret, hash, &mut done).await?;
+    for_kind(kube, daemon_sets, WorkloadKind::DaemonSet, &namespace, env, secret, hash, &mut done).await?;
     done.restarted.sort();
     Ok(done)
 }
 
+/// Whether a workload may be restarted for `secret`, and whether it asked to be.
+fn standing(workload: &impl Workload, secret: &str) -> (bool, bool) {
+    let reload = workload
+        .annotations()
+        .get(RELOAD_ANNOTATION)
+        .is_some_and(|v| v == "true");
+    let uses = workload
+        .template()
+        .and_then(|t| t.spec.as_ref())
+        .is_some_and(|spec| references_secret(spec, secret));
+    (reload || uses, reload && uses)
+}
+
+#[allow(clippy::too_many_arguments, reason = "one call per kind, all in `restart`")]
 async fn for_kind<W: Workload>(
     kube: &kube::Client,
+    store: &Store<W>,
+    kind: WorkloadKind,
     namespace: &str,
     env: &Environment,
     secret: &str,
     hash: &str,
     done: &mut Restarts,
-) -> Result<(), kube::Error> {
+) -> Result<(), Error> {
+    stores::ready(store, "workloads").await?;
+    let label = kind_name(kind);
+    let mut found: BTreeMap<String, Arc<W>> = BTreeMap::new();
+    for target in env.spec.sync.rollout_restart.iter().filter(|t| t.kind == kind) {
+        let key = ObjectRef::<W>::new(&target.name).within(namespace);
+        match store.get(&key) {
+            None => done.missing.push(format!("{label}/{}", target.name)),
+            Some(w) if standing(&*w, secret).0 => {
+                found.insert(target.name.clone(), w);
+            }
+            Some(_) => done.refused.push(format!("{label}/{}", target.name)),
+        }
+    }
+    for w in store.state() {
+        if w.namespace().as_deref() == Some(namespace) && standing(&*w, secret).1 {
+            found.entry(w.name_any()).or_insert(w);
+        }
+    }
     let api: Api<W> = Api::namespaced(kube.clone(), namespace);
-    let kind = kind_name(W::KIND);
-    let mut names: BTreeSet<String> = BTreeSet::new();
-    for target in env
-        .spec
-        .sync
-        .rollout_restart
-        .iter()
-        .filter(|t| t.kind == W::KIND)
-    {
-        names.insert(target.name.clone());
-    }
-    let mut found: Vec<W> = Vec::new();
-    for name in &names {
-        match api.get_opt(name).await? {
-            Some(w) => found.push(w),
-            None => done.missing.push(format!("{kind}/{name}")),
-        }
-    }
-    for w in api.list(&ListParams::default()).await? {
-        let reload = w
-            .annotations()
-            .get(RELOAD_ANNOTATION)
-            .is_some_and(|v| v == "true");
-        let uses = w
-            .template()
-            .and_then(|t| t.spec.as_ref())
-            .is_some_and(|spec| references_secret(spec, secret));
-        if reload && uses && !names.contains(&w.name_any()) {
-            names.insert(w.name_any());
-            found.push(w);
-        }
-    }
-    for w in found {
+    for (name, w) in found {
         let current = w
             .template()
             .and_then(|t| t.metadata.as_ref())
@@ -177,10 +155,17 @@ async fn for_kind<W: Workload>(
             let patch = json!({ "spec": { "template": { "metadata": { "annotations": {
                 SECRET_HASH_ANNOTATION: hash
             }}}}});
-            api.patch(&w.name_any(), &patch_params(), &Patch::Merge(&patch))
-                .await?;
+            match api.patch(&name, &patch_params(), &Patch::Merge(&patch)).await {
+                Ok(_) => {}
+                // Deleted since the watch saw it: nothing to restart.
+                Err(kube::Error::Api(e)) if e.code == 404 => {
+                    done.missing.push(format!("{label}/{name}"));
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
-        done.restarted.push(format!("{kind}/{}", w.name_any()));
+        done.restarted.push(format!("{label}/{name}"));
     }
     Ok(())
 }

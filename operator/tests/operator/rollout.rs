@@ -12,6 +12,13 @@ use crate::support::*;
 
 const HASH: &str = "coffer.dev/secret-hash";
 
+/// A pod that reads `A` of the Secret `secret` through an environment variable.
+fn reads(secret: &str) -> Value {
+    json!({ "containers": [{ "name": "app", "image": "example.invalid/app:1", "env": [
+        { "name": "A", "valueFrom": { "secretKeyRef": { "name": secret, "key": "A" } } }
+    ]}]})
+}
+
 fn deployment(name: &str, reload: bool, pod: Value) -> Deployment {
     let annotations = if reload {
         json!({ "coffer.dev/reload": "true" })
@@ -65,8 +72,10 @@ async fn workloads_restart_exactly_once_per_data_change() {
             json!({ "containers": [{ "name": "app", "image": "example.invalid/app:1",
             "envFrom": [{ "secretRef": { "name": "web-prod" } }] }] }),
         ),
-        // a rolloutRestart target: restarted
-        deployment("worker", false, json!({})),
+        // a rolloutRestart target that reads the Secret: restarted
+        deployment("worker", false, reads("web-prod")),
+        // a rolloutRestart target that neither reads the Secret nor opted in: left alone
+        deployment("stranger", false, json!({})),
         // reads the Secret without the annotation: left alone
         deployment("bystander", false, uses_secret),
         // the annotation without reading the Secret: left alone
@@ -83,7 +92,8 @@ async fn workloads_restart_exactly_once_per_data_change() {
             "web-prod",
             "production",
             json!({ "refreshInterval": "5s",
-                    "rolloutRestart": [{ "kind": "Deployment", "name": "worker" }] }),
+                    "rolloutRestart": [{ "kind": "Deployment", "name": "worker" },
+                                       { "kind": "Deployment", "name": "stranger" }] }),
         )
         .await;
     scene.wait_for_data("web-prod", &[("A", "1")]).await;
@@ -142,6 +152,19 @@ async fn workloads_restart_exactly_once_per_data_change() {
         status.restarted_workloads,
         ["Deployment/api", "Deployment/worker"]
     );
+    let stranger = deployments.get("stranger").await.unwrap();
+    let template = stranger.spec.unwrap().template.metadata.unwrap_or_default();
+    assert!(
+        !template.annotations.unwrap_or_default().contains_key(HASH),
+        "a named workload that does not use the Secret is not restarted"
+    );
+    let refused = scene.events("RolloutTargetRefused").await;
+    assert!(
+        refused
+            .iter()
+            .any(|e| e.note.as_deref().is_some_and(|n| n.contains("Deployment/stranger"))),
+        "{refused:?}"
+    );
 
     // Nothing more while nothing changes, nor when the operator restarts.
     tokio::time::sleep(Duration::from_secs(11)).await;
@@ -182,7 +205,7 @@ async fn a_recreated_environment_is_a_first_sync_again_and_an_idle_one_writes_no
     deployments
         .create(
             &PostParams::default(),
-            &deployment("worker", false, json!({})),
+            &deployment("worker", false, reads("web-staging")),
         )
         .await
         .unwrap();
@@ -265,7 +288,7 @@ async fn a_regenerated_hash_key_restarts_nothing() {
     deployments
         .create(
             &PostParams::default(),
-            &deployment("worker", false, json!({})),
+            &deployment("worker", false, reads("web-prod")),
         )
         .await
         .unwrap();

@@ -364,6 +364,7 @@ impl Scene {
             operator_namespace: Some(self.ns.clone()),
             lease_name: "coffer-operator".to_owned(),
             hash_key_secret: "coffer-operator-hash-key".to_owned(),
+            concurrency: 10,
             identity: None,
         }
     }
