@@ -192,6 +192,15 @@ impl Metrics {
             .inc();
     }
 
+    /// Requests with `verb` sent to the Kubernetes API server so far.
+    pub fn kube_request_count(&self, verb: &str) -> u64 {
+        self.kube_requests
+            .get_or_create(&VerbLabels {
+                verb: verb.to_owned(),
+            })
+            .get()
+    }
+
     /// A status update of a `kind` resource was written.
     pub fn status_written(&self, kind: &str) {
         self.status_writes.get_or_create(&Self::kind(kind)).inc();

@@ -8,6 +8,8 @@
 //! most [`READY_TIMEOUT`], then it fails and is retried), so an empty store is never taken for
 //! "does not exist".
 
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt as _};
@@ -16,7 +18,8 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{
     Container, EnvFromSource, EnvVar, PodSpec, PodTemplateSpec, Secret, Volume,
 };
-use kube::runtime::reflector::{self, Store, store::Writer};
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Resource, ResourceExt as _};
 use serde::de::DeserializeOwned;
@@ -24,6 +27,7 @@ use serde::de::DeserializeOwned;
 use crate::context::Error;
 use crate::credentials::CREDENTIALS_LABEL;
 use crate::crd::Project;
+use crate::environment::build::{MANAGED_BY, MANAGED_BY_LABEL};
 
 /// How long a pass waits for a store's first list before it fails (and is retried).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -32,6 +36,10 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct Stores {
     pub projects: Store<Project>,
+    /// Metadata of the Secrets this operator manages (labelled as such).
+    pub owned: Store<PartialObjectMeta<Secret>>,
+    /// The last full read of each of those Secrets.
+    pub secrets: SecretCache,
     /// Secrets labelled [`CREDENTIALS_LABEL`]`=true`, without their managed fields.
     pub credentials: Store<Secret>,
     pub workloads: Workloads,
@@ -42,6 +50,7 @@ pub struct Stores {
 #[derive(Debug)]
 pub struct Writers {
     pub projects: Writer<Project>,
+    pub owned: Writer<PartialObjectMeta<Secret>>,
     pub credentials: Writer<Secret>,
 }
 
@@ -66,12 +75,15 @@ impl Stores {
     /// Empty stores, and the writers that fill them.
     pub fn new() -> (Self, Writers, WorkloadWriters) {
         let (projects, projects_writer) = reflector::store();
+        let (owned, owned_writer) = reflector::store();
         let (credentials, credentials_writer) = reflector::store();
         let (deployments, deployments_writer) = reflector::store();
         let (stateful_sets, stateful_sets_writer) = reflector::store();
         let (daemon_sets, daemon_sets_writer) = reflector::store();
         let stores = Self {
             projects,
+            owned,
+            secrets: SecretCache::default(),
             credentials,
             workloads: Workloads {
                 deployments,
@@ -81,6 +93,7 @@ impl Stores {
         };
         let writers = Writers {
             projects: projects_writer,
+            owned: owned_writer,
             credentials: credentials_writer,
         };
         let workload_writers = WorkloadWriters {
@@ -90,6 +103,100 @@ impl Stores {
         };
         (stores, writers, workload_writers)
     }
+}
+
+impl Stores {
+    /// The Secret `name` of `namespace`: from [`SecretCache`] when the metadata watch shows it
+    /// unchanged since it was last read (the same `resourceVersion`), else read from the API
+    /// server. An idle pass thus costs the API server nothing, and a Secret edited by hand is
+    /// read afresh as soon as the watch shows the edit.
+    pub async fn secret(
+        &self,
+        kube: &kube::Client,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Secret>, kube::Error> {
+        let key = ObjectRef::<Secret>::new(name).within(namespace);
+        let meta_key = ObjectRef::<PartialObjectMeta<Secret>>::new(name).within(namespace);
+        let seen = self
+            .owned
+            .get(&meta_key)
+            .and_then(|meta| meta.metadata.resource_version.clone());
+        if let Some(cached) = seen.and_then(|rv| self.secrets.get(&key, &rv)) {
+            return Ok(Some(cached));
+        }
+        let api: Api<Secret> = Api::namespaced(kube.clone(), namespace);
+        let read = api.get_opt(name).await?;
+        match &read {
+            Some(secret) if managed(secret.labels()) => self.secrets.put(key, secret),
+            _ => self.secrets.forget(&key),
+        }
+        Ok(read)
+    }
+}
+
+/// Whether `labels` mark a Secret as written by this operator.
+fn managed(labels: &BTreeMap<String, String>) -> bool {
+    labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
+}
+
+/// The last full read of each Secret the operator manages, by `resourceVersion`. Holds no more
+/// than the Secrets of the `Environment` resources (at most [`MAX_CACHED_SECRETS`]); its Debug
+/// output shows no data.
+#[derive(Clone, Default)]
+pub struct SecretCache(Arc<Mutex<HashMap<ObjectRef<Secret>, Arc<Secret>>>>);
+
+/// Beyond this many cached Secrets the cache starts again.
+const MAX_CACHED_SECRETS: usize = 20_000;
+
+impl std::fmt::Debug for SecretCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.lock().unwrap_or_else(PoisonError::into_inner).len();
+        f.debug_struct("SecretCache").field("secrets", &n).finish()
+    }
+}
+
+impl SecretCache {
+    fn get(&self, key: &ObjectRef<Secret>, resource_version: &str) -> Option<Secret> {
+        let cache = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let cached = cache.get(key)?;
+        (cached.metadata.resource_version.as_deref() == Some(resource_version))
+            .then(|| Secret::clone(cached))
+    }
+
+    fn put(&self, key: ObjectRef<Secret>, secret: &Secret) {
+        let mut cache = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= MAX_CACHED_SECRETS && !cache.contains_key(&key) {
+            cache.clear();
+        }
+        let mut secret = secret.clone();
+        secret.metadata.managed_fields = None;
+        cache.insert(key, Arc::new(secret));
+    }
+
+    /// Drops what is kept of the Secret `key` (gone, or no longer the operator's).
+    pub fn forget(&self, key: &ObjectRef<Secret>) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key);
+    }
+}
+
+/// Metadata of the Secrets this operator manages, kept in `writer`; yields each one that
+/// changed (or went), to wake its `Environment`.
+pub fn owned(
+    api: Api<PartialObjectMeta<Secret>>,
+    writer: Writer<PartialObjectMeta<Secret>>,
+) -> impl Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static {
+    let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY}");
+    watcher(api, watcher::Config::default().labels(&selector))
+        .modify(|meta| {
+            meta.managed_fields_mut().clear();
+        })
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects()
 }
 
 /// Waits until `store` holds its first list, at most [`READY_TIMEOUT`].

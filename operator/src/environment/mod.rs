@@ -31,7 +31,7 @@ use crate::crd::{DeletionPolicy, Environment, Project};
 use crate::status;
 use crate::stores::{self, Writers};
 use act::Failure;
-use build::{ENVIRONMENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL, Ownership};
+use build::{ENVIRONMENT_LABEL, Ownership};
 use decide::{Stage, Then, decide};
 use observe::observe;
 
@@ -50,15 +50,11 @@ pub async fn run(
     let (reader, writer) = reflector::store();
     // Spec edits, the refresh-at annotation and finalizers wake it; its own status writes don't.
     let envs = spec_changes(apis.environments, writer);
-    // Only metadata of our Secrets: enough to notice edits and deletions, no secret data
-    // in the operator's memory. A Secret is mapped to its Environment by our labels, not by an
-    // owner reference: under `deletionPolicy: Retain` it has none (see `build::desired_secret`).
-    let owned = watcher(
-        apis.secrets,
-        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
-    )
-    .default_backoff()
-    .touched_objects();
+    // Only metadata of our Secrets: enough to notice edits and deletions (and to know when the
+    // last read is still current). A Secret is mapped to its Environment by our labels, not by
+    // an owner reference: under `deletionPolicy: Retain` it has none (see
+    // `build::desired_secret`).
+    let owned = stores::owned(apis.secrets, writers.owned);
     let project_changes = watcher(apis.projects, watcher::Config::default())
         .default_backoff()
         .reflect(writers.projects)
@@ -231,6 +227,8 @@ async fn cleanup(env: &Environment, ctx: &Context) -> Result<Action, Error> {
         }
     }
     ctx.sources.forget_reader(&ObjectRef::from_obj(env));
+    let secret = ObjectRef::<Secret>::new(&secret_name).within(&namespace);
+    ctx.stores.secrets.forget(&secret);
     ctx.forget(&object_key(env), env.metadata.uid.as_deref());
     ctx.metrics.forget_object(&namespace, &env.name_any());
     Ok(Action::await_change())

@@ -2,9 +2,8 @@
 //! coffer-server, the environment's data (from [`crate::source::Sources`]) and the Secret now
 //! under the target name. Reads only; [`super::decide`] makes sense of it.
 
-use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::reflector::ObjectRef;
-use kube::{Api, ResourceExt as _};
+use kube::ResourceExt as _;
 
 use super::REFRESH_ANNOTATION;
 use super::decide::{Observed, Read, Stage};
@@ -77,8 +76,9 @@ async fn stage(env: &Environment, ctx: &Context) -> Result<Stage, Error> {
         Err(e) => e.missing == Some(Missing::Environment),
     };
     let secret = if wanted {
-        let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), &namespace);
-        secrets.get_opt(&env.secret_name()).await?
+        ctx.stores
+            .secret(&ctx.kube, &namespace, &env.secret_name())
+            .await?
     } else {
         None
     };

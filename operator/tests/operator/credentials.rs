@@ -246,3 +246,38 @@ async fn a_projects_own_ca_bundle_makes_its_server_trusted() {
         .wait_for_condition("web-prod", "Ready", "True", "Synced")
         .await;
 }
+
+#[tokio::test]
+async fn a_changed_credentials_secret_takes_effect_at_once() {
+    let values = [("A", "1")];
+    let Some(scene) = Scene::new(&values).await else {
+        return;
+    };
+    let token = scene.coffer.service_token("web", &["production"]).await;
+    let labelled = json!({ "coffer.dev/credentials": "true" });
+    scene.credentials("coffer-token", &token, labelled).await;
+    let _operator = scene.operator(scene.config(None));
+    scene
+        .project(
+            "web",
+            json!({ "credentialsRef": { "name": "coffer-token", "key": "current" } }),
+        )
+        .await;
+    // An hour between polls: only the watch of the credentials Secret can wake it.
+    scene
+        .environment("web-prod", "production", json!({ "refreshInterval": "1h" }))
+        .await;
+    scene
+        .wait_for_condition("web-prod", "Ready", "False", "CredentialsNotFound")
+        .await;
+    let rotated = json!({ "stringData": { "current": token } });
+    scene
+        .api::<Secret>()
+        .patch("coffer-token", &PatchParams::default(), &Patch::Merge(rotated))
+        .await
+        .unwrap();
+    scene.wait_for_data("web-prod", &values).await;
+    scene
+        .wait_for_condition("web-prod", "Ready", "True", "Synced")
+        .await;
+}

@@ -12,7 +12,7 @@ use coffer_client::{
 };
 use coffer_operator::crd::{Environment, Project};
 use coffer_operator::metrics::Metrics;
-use coffer_operator::{Config, Operator};
+use coffer_operator::{Config, Operator, kube_client};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use kube_testenv::{TestEnv, wait_until};
@@ -310,7 +310,10 @@ impl Drop for RunningOperator {
 
 /// Starts the operator with `config` and `kube` as its Kubernetes client.
 pub fn start_operator_as(kube: kube::Client, config: Config) -> RunningOperator {
-    let operator = Operator::new(config, kube);
+    start(Operator::new(config, kube))
+}
+
+fn start(operator: Operator) -> RunningOperator {
     let metrics = operator.metrics.clone();
     let stop = CancellationToken::new();
     let task = tokio::spawn(operator.run(None, stop.clone()));
@@ -369,9 +372,12 @@ impl Scene {
         }
     }
 
-    /// Starts the operator with `config` and the admin's kube client.
+    /// Starts the operator with `config` and the admin's credentials, counting its requests
+    /// to the API server in its metrics as the binary does.
     pub fn operator(&self, config: Config) -> RunningOperator {
-        start_operator_as(self.env.client().unwrap(), config)
+        let metrics = Arc::new(Metrics::new());
+        let kube = kube_client::client(self.env.config().clone(), metrics.clone()).unwrap();
+        start(Operator::with_metrics(config, kube, metrics))
     }
 
     /// The usual start: the operator with the admin API key as its default credentials, and

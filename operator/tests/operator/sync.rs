@@ -354,9 +354,20 @@ async fn twenty_environments_on_one_environment_share_one_fetch_per_interval() {
                 .metrics
                 .upstream_count(UpstreamOutcome::NotModified)
     };
+    // Requests to the API server other than watches.
+    let kube_requests = || {
+        ["get", "create", "patch", "update", "delete"]
+            .iter()
+            .map(|verb| operator.metrics.kube_request_count(verb))
+            .sum::<u64>()
+    };
     let before = requests();
+    let kube_before = kube_requests();
     tokio::time::sleep(Duration::from_secs(15)).await;
     let fetched = requests() - before;
+    // Projects, credentials and the Secrets' state come from watches: idle passes read nothing.
+    let kube_idle = kube_requests() - kube_before;
+    assert_eq!(kube_idle, 0, "requests to the API server while idle");
     // Three intervals: one conditional request per interval (one more when a boundary falls
     // just so), not one per resource.
     assert!((2..=4).contains(&fetched), "{fetched} requests in 15 s");
