@@ -482,7 +482,11 @@ mod tests {
     fn jitter_delays_by_at_most_a_tenth_and_never_hastens() {
         let minute = Duration::from_secs(60);
         let delays: Vec<_> = (0..200).map(|_| jittered(minute)).collect();
-        assert!(delays.iter().all(|d| *d >= minute && *d <= minute + minute / 10));
+        assert!(
+            delays
+                .iter()
+                .all(|d| *d >= minute && *d <= minute + minute / 10)
+        );
         // Spread, not one fixed offset.
         assert!(delays.iter().any(|d| *d != delays[0]));
         let day = Duration::from_secs(86_400);

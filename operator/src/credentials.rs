@@ -202,12 +202,16 @@ impl Connector {
                     .await
                     .map_err(|e| fail(Reason::KubernetesError, e.to_string()))?;
                 let Some(secret) = credentials.get(&key) else {
-                    let metadata = secrets.get_metadata_opt(&reference.name).await.map_err(|e| {
-                        fail(
-                            Reason::KubernetesError,
-                            format!("reading the credentials Secret: {e}"),
-                        )
-                    })?;
+                    let metadata =
+                        secrets
+                            .get_metadata_opt(&reference.name)
+                            .await
+                            .map_err(|e| {
+                                fail(
+                                    Reason::KubernetesError,
+                                    format!("reading the credentials Secret: {e}"),
+                                )
+                            })?;
                     return Err(match metadata {
                         None => not_found("the Secret does not exist"),
                         Some(meta) if !opted_in(meta.labels()) => fail(

@@ -40,7 +40,10 @@ mod tests {
 
     #[test]
     fn requests_are_named_by_their_kubernetes_verb() {
-        assert_eq!(verb(&Method::GET, Some("labelSelector=a&watch=true")), "watch");
+        assert_eq!(
+            verb(&Method::GET, Some("labelSelector=a&watch=true")),
+            "watch"
+        );
         assert_eq!(verb(&Method::GET, Some("limit=500")), "get");
         assert_eq!(verb(&Method::GET, None), "get");
         assert_eq!(verb(&Method::PATCH, Some("fieldManager=x")), "patch");

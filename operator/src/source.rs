@@ -193,9 +193,7 @@ const FAILURE_HOLD: Duration = Duration::from_secs(5);
 /// How long `failure` answers for its source: [`FAILURE_HOLD`] (at most `max_age`), or as long
 /// as coffer-server asked with `Retry-After`.
 fn failure_hold(failure: &FetchError, max_age: Duration) -> Duration {
-    failure
-        .retry_after
-        .unwrap_or(max_age.min(FAILURE_HOLD))
+    failure.retry_after.unwrap_or(max_age.min(FAILURE_HOLD))
 }
 
 /// A failed read of an environment's secrets, shared by the resources that read it.

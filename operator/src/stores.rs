@@ -25,8 +25,8 @@ use kube::{Api, Resource, ResourceExt as _};
 use serde::de::DeserializeOwned;
 
 use crate::context::Error;
-use crate::credentials::CREDENTIALS_LABEL;
 use crate::crd::Project;
+use crate::credentials::CREDENTIALS_LABEL;
 use crate::environment::build::{MANAGED_BY, MANAGED_BY_LABEL};
 
 /// How long a pass waits for a store's first list before it fails (and is retried).

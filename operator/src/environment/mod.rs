@@ -80,7 +80,9 @@ pub async fn run(
                 .map(|(name, ns)| ObjectRef::<Environment>::new(name).within(&ns))
         })
         .watches_stream(project_changes, move |project: Project| {
-            readers_of(&by_project, project.namespace(), |name| *name == project.name_any())
+            readers_of(&by_project, project.namespace(), |name| {
+                *name == project.name_any()
+            })
         })
         // A new or changed token takes effect at once, not at the next refresh.
         .watches_stream(credentials, move |secret: Secret| {
@@ -89,10 +91,17 @@ pub async fn run(
                 .state()
                 .iter()
                 .filter(|p| p.namespace() == namespace)
-                .filter(|p| p.spec.credentials_ref.as_ref().is_some_and(|r| r.name == name))
+                .filter(|p| {
+                    p.spec
+                        .credentials_ref
+                        .as_ref()
+                        .is_some_and(|r| r.name == name)
+                })
                 .map(|p| p.name_any())
                 .collect();
-            readers_of(&by_credentials, namespace, |project| users.contains(project))
+            readers_of(&by_credentials, namespace, |project| {
+                users.contains(project)
+            })
         })
         .reconcile_on(changed)
         .run(reconcile, error_policy, ctx);

@@ -2,8 +2,8 @@
 //! coffer-server, the environment's data (from [`crate::source::Sources`]) and the Secret now
 //! under the target name. Reads only; [`super::decide`] makes sense of it.
 
-use kube::runtime::reflector::ObjectRef;
 use kube::ResourceExt as _;
+use kube::runtime::reflector::ObjectRef;
 
 use super::REFRESH_ANNOTATION;
 use super::decide::{Observed, Read, Stage};

@@ -95,9 +95,39 @@ pub async fn restart(
     let deployments = &workloads.deployments;
     let stateful_sets = &workloads.stateful_sets;
     let daemon_sets = &workloads.daemon_sets;
-    for_kind(kube, deployments, WorkloadKind::Deployment, &namespace, env, secret, hash, &mut done).await?;
-    for_kind(kube, stateful_sets, WorkloadKind::StatefulSet, &namespace, env, secret, hash, &mut done).await?;
-    for_kind(kube, daemon_sets, WorkloadKind::DaemonSet, &namespace, env, secret, hash, &mut done).await?;
+    for_kind(
+        kube,
+        deployments,
+        WorkloadKind::Deployment,
+        &namespace,
+        env,
+        secret,
+        hash,
+        &mut done,
+    )
+    .await?;
+    for_kind(
+        kube,
+        stateful_sets,
+        WorkloadKind::StatefulSet,
+        &namespace,
+        env,
+        secret,
+        hash,
+        &mut done,
+    )
+    .await?;
+    for_kind(
+        kube,
+        daemon_sets,
+        WorkloadKind::DaemonSet,
+        &namespace,
+        env,
+        secret,
+        hash,
+        &mut done,
+    )
+    .await?;
     done.restarted.sort();
     Ok(done)
 }
@@ -115,7 +145,10 @@ fn standing(workload: &impl Workload, secret: &str) -> (bool, bool) {
     (reload || uses, reload && uses)
 }
 
-#[allow(clippy::too_many_arguments, reason = "one call per kind, all in `restart`")]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call per kind, all in `restart`"
+)]
 async fn for_kind<W: Workload>(
     kube: &kube::Client,
     store: &Store<W>,
@@ -129,7 +162,13 @@ async fn for_kind<W: Workload>(
     stores::ready(store, "workloads").await?;
     let label = kind_name(kind);
     let mut found: BTreeMap<String, Arc<W>> = BTreeMap::new();
-    for target in env.spec.sync.rollout_restart.iter().filter(|t| t.kind == kind) {
+    for target in env
+        .spec
+        .sync
+        .rollout_restart
+        .iter()
+        .filter(|t| t.kind == kind)
+    {
         let key = ObjectRef::<W>::new(&target.name).within(namespace);
         match store.get(&key) {
             None => done.missing.push(format!("{label}/{}", target.name)),
@@ -155,7 +194,10 @@ async fn for_kind<W: Workload>(
             let patch = json!({ "spec": { "template": { "metadata": { "annotations": {
                 SECRET_HASH_ANNOTATION: hash
             }}}}});
-            match api.patch(&name, &patch_params(), &Patch::Merge(&patch)).await {
+            match api
+                .patch(&name, &patch_params(), &Patch::Merge(&patch))
+                .await
+            {
                 Ok(_) => {}
                 // Deleted since the watch saw it: nothing to restart.
                 Err(kube::Error::Api(e)) if e.code == 404 => {

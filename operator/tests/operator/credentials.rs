@@ -273,7 +273,11 @@ async fn a_changed_credentials_secret_takes_effect_at_once() {
     let rotated = json!({ "stringData": { "current": token } });
     scene
         .api::<Secret>()
-        .patch("coffer-token", &PatchParams::default(), &Patch::Merge(rotated))
+        .patch(
+            "coffer-token",
+            &PatchParams::default(),
+            &Patch::Merge(rotated),
+        )
         .await
         .unwrap();
     scene.wait_for_data("web-prod", &values).await;

@@ -160,9 +160,10 @@ async fn workloads_restart_exactly_once_per_data_change() {
     );
     let refused = scene.events("RolloutTargetRefused").await;
     assert!(
-        refused
-            .iter()
-            .any(|e| e.note.as_deref().is_some_and(|n| n.contains("Deployment/stranger"))),
+        refused.iter().any(|e| e
+            .note
+            .as_deref()
+            .is_some_and(|n| n.contains("Deployment/stranger"))),
         "{refused:?}"
     );
 
