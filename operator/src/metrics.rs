@@ -2,9 +2,10 @@
 //!
 //! Labels are resource kinds, names and failure reasons: never secret material.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
@@ -75,7 +76,20 @@ pub struct Metrics {
     sync_lag: Family<ObjectLabels, Gauge<f64, AtomicU64>>,
     leader: Gauge,
     ready: AtomicBool,
+    /// The watches failing now, by name: their last error and when it came.
+    failing_watches: Mutex<BTreeMap<String, WatchFailure>>,
 }
+
+#[derive(Debug, Clone)]
+struct WatchFailure {
+    error: String,
+    at: Instant,
+}
+
+/// How long a failed watch keeps the operator unready without a new error. A failing watch is
+/// retried with a backoff of at most 30 s (plus as much jitter), and fails again each time; a
+/// watch that restarted and has seen no change since says nothing, so its failure lapses.
+pub const WATCH_FAILURE_HOLD: Duration = Duration::from_secs(90);
 
 fn duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
@@ -144,6 +158,7 @@ impl Metrics {
             sync_lag,
             leader,
             ready: AtomicBool::new(false),
+            failing_watches: Mutex::default(),
         }
     }
 
@@ -226,12 +241,57 @@ impl Metrics {
             .get()
     }
 
+    /// The operator has started (its custom resources can be listed): it is ready unless a
+    /// watch fails.
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
     }
 
+    /// The watch `watch` failed with `error`. Returns whether that is news: the watch was not
+    /// failing, or failed differently.
+    pub fn watch_failed(&self, watch: &str, error: &str) -> bool {
+        let mut failing = self
+            .failing_watches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let failure = WatchFailure {
+            error: error.to_owned(),
+            at: Instant::now(),
+        };
+        match failing.insert(watch.to_owned(), failure) {
+            Some(previous) => previous.error != error,
+            None => true,
+        }
+    }
+
+    /// The watch `watch` delivered. Returns whether it was failing.
+    pub fn watch_delivered(&self, watch: &str) -> bool {
+        let mut failing = self
+            .failing_watches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        !failing.is_empty() && failing.remove(watch).is_some()
+    }
+
+    /// Why the operator is not ready, or `None` when it is.
+    pub fn unready_because(&self) -> Option<String> {
+        if !self.ready.load(Ordering::Relaxed) {
+            return Some("starting: the custom resources cannot be listed yet".to_owned());
+        }
+        let failing = self
+            .failing_watches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let failing: Vec<&str> = failing
+            .iter()
+            .filter(|(_, f)| f.at.elapsed() < WATCH_FAILURE_HOLD)
+            .map(|(watch, _)| watch.as_str())
+            .collect();
+        (!failing.is_empty()).then(|| format!("watches failing: {}", failing.join(", ")))
+    }
+
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.unready_because().is_none()
     }
 
     /// The metrics in the Prometheus text format.
@@ -252,10 +312,9 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
 }
 
 async fn readyz(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
-    if metrics.is_ready() {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+    match metrics.unready_because() {
+        None => (StatusCode::OK, "ready".to_owned()),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
     }
 }
 
@@ -304,5 +363,23 @@ mod tests {
         assert!(text.contains("coffer_operator_reconcile_duration_seconds_count"));
         assert_eq!(m.upstream_count(UpstreamOutcome::NotModified), 1);
         assert_eq!(m.reconcile_count("Environment"), 1);
+    }
+
+    #[test]
+    fn a_failing_watch_makes_the_operator_unready_until_it_delivers() {
+        let m = Metrics::new();
+        assert!(m.unready_because().unwrap().contains("cannot be listed"));
+        m.set_ready(true);
+        assert!(m.is_ready());
+        assert!(m.watch_failed("environments", "403 Forbidden"));
+        // The same error again is no news; another one is.
+        assert!(!m.watch_failed("environments", "403 Forbidden"));
+        assert!(m.watch_failed("environments", "404 Not Found"));
+        assert!(m.unready_because().unwrap().contains("environments"));
+        assert!(!m.watch_delivered("projects"));
+        assert!(!m.is_ready());
+        assert!(m.watch_delivered("environments"));
+        assert!(!m.watch_delivered("environments"));
+        assert!(m.is_ready());
     }
 }

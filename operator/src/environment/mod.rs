@@ -26,7 +26,9 @@ use kube::{Api, ResourceExt as _};
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use crate::context::{self, Context, Error, Requeue, drain, finalized, patch_params, spec_changes};
+use crate::context::{
+    self, Context, Error, Requeue, drain, finalized, patch_params, reported, spec_changes,
+};
 use crate::crd::{DeletionPolicy, Environment, Project};
 use crate::status;
 use act::Failure;
@@ -48,18 +50,20 @@ pub async fn run(
 ) {
     let (reader, writer) = reflector::store();
     // Spec edits, the refresh-at annotation and finalizers wake it; its own status writes don't.
-    let envs = spec_changes(api, writer);
+    let envs = spec_changes(api, writer, ctx.metrics.clone());
     // Only metadata of our Secrets: enough to notice edits and deletions, no secret data
     // in the operator's memory. A Secret is mapped to its Environment by our labels, not by an
     // owner reference: under `deletionPolicy: Retain` it has none (see `build::desired_secret`).
-    let owned = watcher(
-        secrets,
-        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
-    )
-    .default_backoff()
-    .touched_objects();
+    let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY}");
+    let name = format!("{}?labelSelector={selector}", secrets.resource_url());
+    let owned = watcher(secrets, watcher::Config::default().labels(&selector));
+    let owned = reported(owned, ctx.metrics.clone(), name)
+        .default_backoff()
+        .touched_objects();
     let store = reader.clone();
-    let project_changes = watcher(projects, watcher::Config::default())
+    let name = format!("{} (for Environments)", projects.resource_url());
+    let project_changes = watcher(projects, watcher::Config::default());
+    let project_changes = reported(project_changes, ctx.metrics.clone(), name)
         .default_backoff()
         .touched_objects()
         .predicate_filter(predicates::generation, Default::default());

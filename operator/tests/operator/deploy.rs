@@ -10,6 +10,7 @@ use coffer_operator::crd::{Environment, Project};
 use coffer_operator::environment::REFRESH_ANNOTATION;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, ListParams, Patch, PostParams};
 use kube_testenv::{TestEnv, wait_until};
 use serde_json::json;
@@ -379,6 +380,96 @@ async fn in_namespaced_mode_the_operator_works_in_its_namespaces_only() {
             .await,
     );
     operator.stop().await;
+}
+
+#[tokio::test]
+async fn the_operator_is_ready_only_while_it_can_list_and_watch_its_resources() {
+    let logs = captured_logs();
+    let Some(scene) = Scene::new(&[("A", "1")]).await else {
+        return;
+    };
+    let (env, kube, ns) = (scene.env, &scene.kube, scene.ns.as_str());
+    // Its own namespace's rights only: the custom resources cannot be listed.
+    apply_rbac(env, ns, ns, "always");
+    let operator_kube = operator_client(env, ns).await;
+    let operator = coffer_operator::Operator::new(
+        scene.config(Some(&scene.coffer.admin_token)),
+        operator_kube,
+    );
+    let (http, stop, task) = serve(operator).await;
+    let readyz = || async {
+        let r = reqwest::get(format!("{http}/readyz")).await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    let warned = |needle: &'static str| {
+        move || async move {
+            logs.text()
+                .lines()
+                .any(|l| l.contains(" WARN ") && l.contains(needle) && l.contains(ns))
+                .then_some(())
+        }
+    };
+    wait_until(
+        "a warning: the resources cannot be listed",
+        TIMEOUT,
+        warned("cannot list the custom resources"),
+    )
+    .await
+    .unwrap();
+    let (status, body) = readyz().await;
+    assert_eq!(status, 503, "{body}");
+
+    // Listed but not watched: started, the watches fail.
+    let list_only: Role = serde_json::from_value(json!({
+        "metadata": { "name": "list-only" },
+        "rules": [{ "apiGroups": ["coffer.dev"], "resources": ["projects", "environments"],
+                    "verbs": ["list"] }],
+    }))
+    .unwrap();
+    Api::<Role>::namespaced(kube.clone(), ns)
+        .create(&PostParams::default(), &list_only)
+        .await
+        .unwrap();
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": { "name": "list-only" },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "list-only" },
+        "subjects": [{ "kind": "ServiceAccount", "name": "coffer-operator", "namespace": ns }],
+    }))
+    .unwrap();
+    Api::<RoleBinding>::namespaced(kube.clone(), ns)
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    wait_until(
+        "a warning: the watches fail",
+        TIMEOUT,
+        warned("watch failed"),
+    )
+    .await
+    .unwrap();
+    wait_until("/readyz names the failing watches", TIMEOUT, || async {
+        let (status, body) = readyz().await;
+        (status == 503 && body.contains("watches failing")).then_some(())
+    })
+    .await
+    .unwrap();
+
+    // Granted what the documentation says: ready, and syncing.
+    apply_rbac(env, ns, ns, "namespaced");
+    scene.project("web", json!({})).await;
+    scene.environment("web-prod", "production", json!({})).await;
+    scene.wait_for_data("web-prod", &[("A", "1")]).await;
+    wait_until("/readyz says ready", TIMEOUT, || async {
+        (readyz().await.0 == 200).then_some(())
+    })
+    .await
+    .unwrap();
+    assert!(
+        !logs.text().contains(&scene.coffer.admin_token),
+        "the token was logged"
+    );
+    stop.cancel();
+    task.await.unwrap().unwrap();
 }
 
 async fn holder(kube: &kube::Client, ns: &str) -> Option<String> {
