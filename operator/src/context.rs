@@ -11,7 +11,7 @@ use futures::{Stream, StreamExt as _};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{PatchParams, PostParams};
-use kube::runtime::controller::Action;
+use kube::runtime::controller::{self, Action};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::store::Writer;
@@ -53,14 +53,17 @@ pub fn post_params() -> PostParams {
 
 /// The resources of `api`, kept in `writer`'s store, whenever their spec (generation),
 /// annotations or finalizers change. Status changes (the controllers' own writes) wake nothing.
+/// Failures of the watch are [`reported`].
 pub fn spec_changes<K>(
     api: Api<K>,
     writer: Writer<K>,
+    metrics: Arc<Metrics>,
 ) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    watcher(api, watcher::Config::default())
+    let name = api.resource_url().to_owned();
+    reported(watcher(api, watcher::Config::default()), metrics, name)
         .default_backoff()
         .reflect(writer)
         .applied_objects()
@@ -109,12 +112,50 @@ where
     result
 }
 
-/// Drains a controller's results; failures are logged by the error policies already.
-pub async fn drain<T, E: std::fmt::Display>(results: impl Stream<Item = Result<T, E>>) {
+/// Makes the failures of the watch `name` (its URL, say) visible: the first of each kind is
+/// logged at warn, its repetitions (each retry) at debug, and `/readyz` fails until the watch
+/// delivers again (see [`Metrics::unready_because`]). Errors of a watch name the resource and
+/// the API server's reason; they never hold object data.
+pub fn reported<T, S>(stream: S, metrics: Arc<Metrics>, name: String) -> impl Stream<Item = S::Item>
+where
+    S: Stream<Item = Result<T, watcher::Error>>,
+{
+    stream.inspect(move |event| match event {
+        Ok(_) => {
+            if metrics.watch_delivered(&name) {
+                tracing::info!(watch = %name, "the watch works again");
+            }
+        }
+        Err(e) => {
+            let error = e.to_string();
+            if metrics.watch_failed(&name, &error) {
+                tracing::warn!(watch = %name, %error, "watch failed; retrying with backoff");
+            } else {
+                tracing::debug!(watch = %name, %error, "watch failed again");
+            }
+        }
+    })
+}
+
+/// Drains a controller's results. Failed reconciliations are logged by the error policies, and
+/// failed watches where they are [`reported`]; anything else is logged here.
+pub async fn drain<T, R, Q>(results: impl Stream<Item = Result<T, controller::Error<R, Q>>>)
+where
+    R: std::error::Error + 'static,
+    Q: std::error::Error + 'static,
+{
     results
         .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "reconcile ended with an error");
+            match result {
+                Ok(_) => {}
+                Err(
+                    e @ (controller::Error::ReconcilerFailed(..)
+                    | controller::Error::QueueError(_)
+                    | controller::Error::ObjectNotFound(_)),
+                ) => tracing::debug!(error = %e, "reconcile ended with an error"),
+                Err(e @ controller::Error::RunnerError(_)) => {
+                    tracing::warn!(error = %e, "the controller failed to run a reconcile");
+                }
             }
         })
         .await;

@@ -2,15 +2,17 @@
 //!
 //! Labels are resource kinds, names and failure reasons: never secret material.
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use k8s_openapi::jiff::Timestamp;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -79,9 +81,41 @@ pub struct Metrics {
     kube_requests: Family<VerbLabels, Counter>,
     status_writes: Family<KindLabels, Counter>,
     sync_lag: Family<ObjectLabels, Gauge<f64, AtomicU64>>,
+    /// When each `Environment` was last known in sync, behind `sync_lag`.
+    in_sync: Mutex<HashMap<ObjectLabels, InSync>>,
     leader: Gauge,
     ready: AtomicBool,
+    /// The watches failing now, by name: their last error and when it came.
+    failing_watches: Mutex<BTreeMap<String, WatchFailure>>,
 }
+
+/// When the Secret of an `Environment` was last known to match coffer-server: the last pass that
+/// confirmed it (written, or checked and found unchanged), and whether a pass failed since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InSync {
+    pub at: Timestamp,
+    pub behind: bool,
+}
+
+/// The sync lag at `now` of an `Environment` last known in sync as `state`: 0 while the last
+/// pass confirmed it; once a pass failed, the time since the last one that did.
+pub fn sync_lag(state: InSync, now: Timestamp) -> Duration {
+    if !state.behind {
+        return Duration::ZERO;
+    }
+    Duration::try_from(now.duration_since(state.at)).unwrap_or_default()
+}
+
+#[derive(Debug, Clone)]
+struct WatchFailure {
+    error: String,
+    at: Instant,
+}
+
+/// How long a failed watch keeps the operator unready without a new error. A failing watch is
+/// retried with a backoff of at most 30 s (plus as much jitter), and fails again each time; a
+/// watch that restarted and has seen no change since says nothing, so its failure lapses.
+pub const WATCH_FAILURE_HOLD: Duration = Duration::from_secs(90);
 
 fn duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
@@ -156,8 +190,10 @@ impl Metrics {
             kube_requests,
             status_writes,
             sync_lag,
+            in_sync: Mutex::default(),
             leader,
             ready: AtomicBool::new(false),
+            failing_watches: Mutex::default(),
         }
     }
 
@@ -219,20 +255,77 @@ impl Metrics {
             .inc();
     }
 
-    pub fn set_sync_lag(&self, namespace: &str, name: &str, lag: Duration) {
-        self.sync_lag
-            .get_or_create(&ObjectLabels {
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
-            })
-            .set(lag.as_secs_f64());
+    fn object(namespace: &str, name: &str) -> ObjectLabels {
+        ObjectLabels {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+
+    /// A pass confirmed at `at` that the Secret of `namespace/name` matches coffer-server (it
+    /// wrote it, or found it unchanged): its sync lag is 0.
+    pub fn in_sync(&self, namespace: &str, name: &str, at: Timestamp) {
+        let object = Self::object(namespace, name);
+        self.sync_lag.get_or_create(&object).set(0.0);
+        self.in_sync
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(object, InSync { at, behind: false });
+    }
+
+    /// A pass over `namespace/name` failed: from now on its sync lag counts from the last pass
+    /// that confirmed it, or, when no pass of this process did, from `synced_before` (the
+    /// status's `lastSyncTime`). Unknown both, there is no lag to tell.
+    pub fn behind(
+        &self,
+        namespace: &str,
+        name: &str,
+        synced_before: Option<Timestamp>,
+        now: Timestamp,
+    ) {
+        let object = Self::object(namespace, name);
+        let mut states = self.in_sync.lock().unwrap_or_else(|e| e.into_inner());
+        let state = match states.get_mut(&object) {
+            Some(state) => state,
+            None => {
+                let Some(at) = synced_before else {
+                    return;
+                };
+                states
+                    .entry(object.clone())
+                    .or_insert(InSync { at, behind: true })
+            }
+        };
+        state.behind = true;
+        let lag = sync_lag(*state, now);
+        self.sync_lag.get_or_create(&object).set(lag.as_secs_f64());
+    }
+
+    /// The sync lag of `namespace/name` at `now`, if known.
+    pub fn sync_lag_at(&self, namespace: &str, name: &str, now: Timestamp) -> Option<Duration> {
+        let states = self.in_sync.lock().unwrap_or_else(|e| e.into_inner());
+        states
+            .get(&Self::object(namespace, name))
+            .map(|state| sync_lag(*state, now))
+    }
+
+    /// Brings every sync lag up to `now`, so that it grows during an outage between passes.
+    fn refresh_sync_lags(&self, now: Timestamp) {
+        let states = self.in_sync.lock().unwrap_or_else(|e| e.into_inner());
+        for (object, state) in states.iter() {
+            self.sync_lag
+                .get_or_create(object)
+                .set(sync_lag(*state, now).as_secs_f64());
+        }
     }
 
     pub fn forget_object(&self, namespace: &str, name: &str) {
-        self.sync_lag.remove(&ObjectLabels {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-        });
+        let object = Self::object(namespace, name);
+        self.in_sync
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&object);
+        self.sync_lag.remove(&object);
     }
 
     pub fn set_leader(&self, leader: bool) {
@@ -258,16 +351,62 @@ impl Metrics {
             .get()
     }
 
+    /// The operator has started (its custom resources can be listed): it is ready unless a
+    /// watch fails.
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
     }
 
+    /// The watch `watch` failed with `error`. Returns whether that is news: the watch was not
+    /// failing, or failed differently.
+    pub fn watch_failed(&self, watch: &str, error: &str) -> bool {
+        let mut failing = self
+            .failing_watches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let failure = WatchFailure {
+            error: error.to_owned(),
+            at: Instant::now(),
+        };
+        match failing.insert(watch.to_owned(), failure) {
+            Some(previous) => previous.error != error,
+            None => true,
+        }
+    }
+
+    /// The watch `watch` delivered. Returns whether it was failing.
+    pub fn watch_delivered(&self, watch: &str) -> bool {
+        let mut failing = self
+            .failing_watches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        !failing.is_empty() && failing.remove(watch).is_some()
+    }
+
+    /// Why the operator is not ready, or `None` when it is.
+    pub fn unready_because(&self) -> Option<String> {
+        if !self.ready.load(Ordering::Relaxed) {
+            return Some("starting: the custom resources cannot be listed yet".to_owned());
+        }
+        let failing = self
+            .failing_watches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let failing: Vec<&str> = failing
+            .iter()
+            .filter(|(_, f)| f.at.elapsed() < WATCH_FAILURE_HOLD)
+            .map(|(watch, _)| watch.as_str())
+            .collect();
+        (!failing.is_empty()).then(|| format!("watches failing: {}", failing.join(", ")))
+    }
+
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.unready_because().is_none()
     }
 
     /// The metrics in the Prometheus text format.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        self.refresh_sync_lags(Timestamp::now());
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
         Ok(text)
@@ -284,10 +423,9 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
 }
 
 async fn readyz(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
-    if metrics.is_ready() {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+    match metrics.unready_because() {
+        None => (StatusCode::OK, "ready".to_owned()),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
     }
 }
 
@@ -318,7 +456,9 @@ mod tests {
         m.reconciled("Environment", Duration::from_millis(3));
         m.failed("Environment", "ServerUnreachable");
         m.upstream_request(UpstreamOutcome::NotModified);
-        m.set_sync_lag("apps", "web", Duration::from_secs(2));
+        let now = Timestamp::now();
+        m.in_sync("apps", "web", now - Duration::from_secs(2));
+        m.behind("apps", "web", None, now);
         let text = m.encode().unwrap();
         assert!(
             text.contains("coffer_operator_reconciles_total{kind=\"Environment\"} 1"),
@@ -330,11 +470,100 @@ mod tests {
         assert!(
             text.contains("coffer_operator_upstream_requests_total{outcome=\"not_modified\"} 1")
         );
-        assert!(
-            text.contains("coffer_operator_sync_lag_seconds{namespace=\"apps\",name=\"web\"} 2")
-        );
+        let lag: f64 = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("coffer_operator_sync_lag_seconds{namespace=\"apps\",name=\"web\"} ")
+            })
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(lag >= 2.0, "{text}");
         assert!(text.contains("coffer_operator_reconcile_duration_seconds_count"));
         assert_eq!(m.upstream_count(UpstreamOutcome::NotModified), 1);
         assert_eq!(m.reconcile_count("Environment"), 1);
+    }
+
+    fn t(seconds: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + seconds).unwrap()
+    }
+
+    const DAY: i64 = 86_400;
+
+    #[test]
+    fn the_sync_lag_counts_from_the_last_confirmed_pass_not_the_last_change() {
+        let m = Metrics::new();
+        let lag = |now| m.sync_lag_at("apps", "web", now);
+        // Synced once, then unchanged for a month: every pass confirms it.
+        m.in_sync("apps", "web", t(0));
+        for day in 1..=30 {
+            m.in_sync("apps", "web", t(day * DAY));
+            assert_eq!(lag(t(day * DAY + 10)), Some(Duration::ZERO));
+        }
+        // coffer-server goes away a minute after the last confirmation: the lag counts from
+        // that confirmation (the status's lastSyncTime, a month old, does not matter) and grows
+        // through the outage.
+        let last_change = Some(t(0));
+        m.behind("apps", "web", last_change, t(30 * DAY + 60));
+        assert_eq!(lag(t(30 * DAY + 60)), Some(Duration::from_secs(60)));
+        m.behind("apps", "web", last_change, t(30 * DAY + 120));
+        assert_eq!(lag(t(30 * DAY + 600)), Some(Duration::from_secs(600)));
+        // The exposition brings the lag up to the time of the scrape.
+        let text = m.encode().unwrap();
+        assert!(
+            !text.contains("coffer_operator_sync_lag_seconds{namespace=\"apps\",name=\"web\"} 0"),
+            "{text}"
+        );
+        // Back: 0 again.
+        m.in_sync("apps", "web", t(30 * DAY + 700));
+        assert_eq!(lag(t(30 * DAY + 800)), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn without_a_confirmed_pass_the_lag_counts_from_the_last_recorded_sync() {
+        // An operator restarted during an outage knows only the status's lastSyncTime.
+        let m = Metrics::new();
+        m.behind("apps", "web", None, t(100));
+        assert_eq!(m.sync_lag_at("apps", "web", t(100)), None);
+        m.behind("apps", "web", Some(t(40)), t(100));
+        assert_eq!(
+            m.sync_lag_at("apps", "web", t(130)),
+            Some(Duration::from_secs(90))
+        );
+        m.forget_object("apps", "web");
+        assert_eq!(m.sync_lag_at("apps", "web", t(130)), None);
+    }
+
+    #[test]
+    fn the_lag_is_zero_in_sync_and_never_negative() {
+        let in_sync = InSync {
+            at: t(10),
+            behind: false,
+        };
+        assert_eq!(sync_lag(in_sync, t(1000)), Duration::ZERO);
+        let behind = InSync {
+            behind: true,
+            ..in_sync
+        };
+        assert_eq!(sync_lag(behind, t(25)), Duration::from_secs(15));
+        assert_eq!(sync_lag(behind, t(5)), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_failing_watch_makes_the_operator_unready_until_it_delivers() {
+        let m = Metrics::new();
+        assert!(m.unready_because().unwrap().contains("cannot be listed"));
+        m.set_ready(true);
+        assert!(m.is_ready());
+        assert!(m.watch_failed("environments", "403 Forbidden"));
+        // The same error again is no news; another one is.
+        assert!(!m.watch_failed("environments", "403 Forbidden"));
+        assert!(m.watch_failed("environments", "404 Not Found"));
+        assert!(m.unready_because().unwrap().contains("environments"));
+        assert!(!m.watch_delivered("projects"));
+        assert!(!m.is_ready());
+        assert!(m.watch_delivered("environments"));
+        assert!(!m.watch_delivered("environments"));
+        assert!(m.is_ready());
     }
 }

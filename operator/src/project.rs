@@ -32,7 +32,7 @@ const RECHECK: Duration = Duration::from_secs(300);
 /// Runs the controller over `api` (until the future is dropped).
 pub async fn run(ctx: Arc<Context>, api: Api<Project>) {
     let (reader, writer) = reflector::store();
-    let projects = spec_changes(api, writer);
+    let projects = spec_changes(api, writer, ctx.metrics.clone());
     drain(Controller::for_stream(projects, reader).run(reconcile, error_policy, ctx)).await;
 }
 

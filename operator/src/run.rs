@@ -2,13 +2,14 @@
 //! election, and the controllers, which run only while this replica leads.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::ObjectMeta;
+use kube::api::{ListParams, ObjectMeta};
 use kube_lease_manager::LeaseManagerBuilder;
 use rand::RngCore as _;
 use tokio::net::TcpListener;
@@ -16,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
 use crate::config::Config;
-use crate::context::{Context, FIELD_MANAGER, post_params};
+use crate::context::{self, Context, FIELD_MANAGER, post_params};
+use crate::crd::{Environment, Project};
 use crate::credentials::Connector;
 use crate::metrics::{self, Metrics};
 use crate::source::Sources;
@@ -84,6 +86,10 @@ impl Operator {
         let hash_key = hash_key(&self.kube, &namespace, &self.config.hash_key_secret)
             .await
             .context("loading the data-hash key")?;
+        tokio::select! {
+            () = self.resources_listable() => {}
+            () = stop.cancelled() => return Ok(()),
+        }
         self.metrics.set_ready(true);
         if !self.config.leader_election {
             self.metrics.set_leader(true);
@@ -151,9 +157,9 @@ impl Operator {
         Ok(())
     }
 
-    /// Both controllers over every watched namespace; returns only if they all stop.
-    async fn controllers(&self, hash_key: &Zeroizing<Vec<u8>>, identity: &str) {
-        let scopes: Vec<Option<&str>> = if self.config.namespaces.is_empty() {
+    /// The watched namespaces: `None` for all of them.
+    fn scopes(&self) -> Vec<Option<&str>> {
+        if self.config.namespaces.is_empty() {
             vec![None]
         } else {
             self.config
@@ -161,7 +167,50 @@ impl Operator {
                 .iter()
                 .map(|n| Some(n.as_str()))
                 .collect()
-        };
+        }
+    }
+
+    /// Returns once the custom resources can be listed in every watched namespace: until then
+    /// the CRDs are missing or RBAC does not allow it, and the operator is not ready. Each
+    /// distinct failure is logged once at warn.
+    async fn resources_listable(&self) {
+        let mut failures = 0;
+        let mut last_error = String::new();
+        loop {
+            let mut error = None;
+            for scope in self.scopes() {
+                let listed = match list_one::<Project>(&self.kube, scope).await {
+                    Ok(()) => list_one::<Environment>(&self.kube, scope).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = listed {
+                    error = Some(e);
+                    break;
+                }
+            }
+            let Some(error) = error else {
+                if failures > 0 {
+                    tracing::info!("the custom resources can be listed: starting");
+                }
+                return;
+            };
+            failures += 1;
+            let delay = context::backoff(LIST_RETRY, failures, LIST_RETRY_CAP);
+            if error != last_error {
+                tracing::warn!(%error, retry_in = ?delay,
+                    "cannot list the custom resources (are the CRDs installed, and does RBAC \
+                     allow the operator to list them?); not ready");
+                last_error = error;
+            } else {
+                tracing::debug!(%error, retry_in = ?delay, "cannot list the custom resources");
+            }
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Both controllers over every watched namespace; returns only if they all stop.
+    async fn controllers(&self, hash_key: &Zeroizing<Vec<u8>>, identity: &str) {
+        let scopes = self.scopes();
         let connector = match Connector::new(&self.config) {
             Ok(connector) => connector,
             Err(e) => {
@@ -202,9 +251,11 @@ impl Operator {
                 ctx.clone(),
                 apis.projects.clone(),
             )));
-            running.push(tokio::spawn(
-                workload_writers.run(kube.clone(), scope.map(str::to_owned)),
-            ));
+            running.push(tokio::spawn(workload_writers.run(
+                kube.clone(),
+                scope.map(str::to_owned),
+                self.metrics.clone(),
+            )));
             running.push(tokio::spawn(environment::run(ctx, apis, writers, changed)));
         }
         // Aborts the controllers when this future is dropped (leadership lost, or stop).
@@ -222,6 +273,28 @@ impl Operator {
                 tracing::error!(error = %e, "a controller stopped");
             }
         }
+    }
+}
+
+/// First retry of a failed listing of the custom resources at start-up; doubles up to the cap.
+const LIST_RETRY: Duration = Duration::from_secs(1);
+const LIST_RETRY_CAP: Duration = Duration::from_secs(10);
+
+/// Lists (at most) one `K` in `scope`: whether the operator may list them there at all.
+async fn list_one<K>(kube: &kube::Client, scope: Option<&str>) -> Result<(), String>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = match scope {
+        Some(ns) => Api::namespaced(kube.clone(), ns),
+        None => Api::all(kube.clone()),
+    };
+    match api.list_metadata(&ListParams::default().limit(1)).await {
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("{}: {e}", api.resource_url())),
     }
 }
 

@@ -24,10 +24,11 @@ use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Resource, ResourceExt as _};
 use serde::de::DeserializeOwned;
 
-use crate::context::Error;
+use crate::context::{Error, reported};
 use crate::crd::Project;
 use crate::credentials::CREDENTIALS_LABEL;
 use crate::environment::build::{MANAGED_BY, MANAGED_BY_LABEL};
+use crate::metrics::Metrics;
 
 /// How long a pass waits for a store's first list before it fails (and is retried).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -188,9 +189,12 @@ impl SecretCache {
 pub fn owned(
     api: Api<PartialObjectMeta<Secret>>,
     writer: Writer<PartialObjectMeta<Secret>>,
+    metrics: Arc<Metrics>,
 ) -> impl Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static {
     let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY}");
-    watcher(api, watcher::Config::default().labels(&selector))
+    let name = format!("{}?labelSelector={selector}", api.resource_url());
+    let watch = watcher(api, watcher::Config::default().labels(&selector));
+    reported(watch, metrics, name)
         .modify(|meta| {
             meta.managed_fields_mut().clear();
         })
@@ -216,9 +220,12 @@ where
 pub fn credentials(
     api: Api<Secret>,
     writer: Writer<Secret>,
+    metrics: Arc<Metrics>,
 ) -> impl Stream<Item = Result<Secret, watcher::Error>> + Send + 'static {
     let selector = format!("{CREDENTIALS_LABEL}=true");
-    watcher(api, watcher::Config::default().labels(&selector))
+    let name = format!("{}?labelSelector={selector}", api.resource_url());
+    let watch = watcher(api, watcher::Config::default().labels(&selector));
+    reported(watch, metrics, name)
         .modify(|secret| {
             secret.managed_fields_mut().clear();
         })
@@ -229,12 +236,12 @@ pub fn credentials(
 
 impl WorkloadWriters {
     /// Keeps the workload stores up to date until the future is dropped.
-    pub async fn run(self, kube: kube::Client, namespace: Option<String>) {
+    pub async fn run(self, kube: kube::Client, namespace: Option<String>, metrics: Arc<Metrics>) {
         let namespace = namespace.as_deref();
         futures::join!(
-            fill(&kube, namespace, self.deployments),
-            fill(&kube, namespace, self.stateful_sets),
-            fill(&kube, namespace, self.daemon_sets),
+            fill(&kube, namespace, self.deployments, &metrics),
+            fill(&kube, namespace, self.stateful_sets, &metrics),
+            fill(&kube, namespace, self.daemon_sets, &metrics),
         );
     }
 }
@@ -270,17 +277,27 @@ workload!(Deployment);
 workload!(StatefulSet);
 workload!(DaemonSet);
 
-async fn fill<W: Workload>(kube: &kube::Client, namespace: Option<&str>, writer: Writer<W>) {
+async fn fill<W: Workload>(
+    kube: &kube::Client,
+    namespace: Option<&str>,
+    writer: Writer<W>,
+    metrics: &Arc<Metrics>,
+) {
     let api: Api<W> = match namespace {
         Some(ns) => Api::namespaced(kube.clone(), ns),
         None => Api::all(kube.clone()),
     };
-    watcher(api, watcher::Config::default())
-        .modify(prune::<W>)
-        .default_backoff()
-        .reflect(writer)
-        .for_each(|_| std::future::ready(()))
-        .await;
+    let name = api.resource_url().to_owned();
+    reported(
+        watcher(api, watcher::Config::default()),
+        metrics.clone(),
+        name,
+    )
+    .modify(prune::<W>)
+    .default_backoff()
+    .reflect(writer)
+    .for_each(|_| std::future::ready(()))
+    .await;
 }
 
 /// Keeps of a workload only what a rollout looks at: its metadata (without managed fields), the

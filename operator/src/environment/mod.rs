@@ -26,7 +26,9 @@ use kube::{Api, ResourceExt as _};
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use crate::context::{self, Context, Error, Requeue, drain, finalized, patch_params, spec_changes};
+use crate::context::{
+    self, Context, Error, Requeue, drain, finalized, patch_params, reported, spec_changes,
+};
 use crate::crd::{DeletionPolicy, Environment, Project};
 use crate::status;
 use crate::stores::{self, Writers};
@@ -49,18 +51,21 @@ pub async fn run(
 ) {
     let (reader, writer) = reflector::store();
     // Spec edits, the refresh-at annotation and finalizers wake it; its own status writes don't.
-    let envs = spec_changes(apis.environments, writer);
+    let metrics = &ctx.metrics;
+    let envs = spec_changes(apis.environments, writer, metrics.clone());
     // Only metadata of our Secrets: enough to notice edits and deletions (and to know when the
     // last read is still current). A Secret is mapped to its Environment by our labels, not by
     // an owner reference: under `deletionPolicy: Retain` it has none (see
     // `build::desired_secret`).
-    let owned = stores::owned(apis.secrets, writers.owned);
-    let project_changes = watcher(apis.projects, watcher::Config::default())
+    let owned = stores::owned(apis.secrets, writers.owned, metrics.clone());
+    let name = format!("{} (for Environments)", apis.projects.resource_url());
+    let project_changes = watcher(apis.projects, watcher::Config::default());
+    let project_changes = reported(project_changes, metrics.clone(), name)
         .default_backoff()
         .reflect(writers.projects)
         .touched_objects()
         .predicate_filter(predicates::generation, Default::default());
-    let credentials = stores::credentials(apis.credentials, writers.credentials);
+    let credentials = stores::credentials(apis.credentials, writers.credentials, metrics.clone());
     let changed =
         futures::stream::unfold(
             changed,
@@ -140,7 +145,17 @@ fn object_key(env: &Environment) -> String {
 async fn reconcile(env: Arc<Environment>, ctx: Arc<Context>) -> Result<Action, Error> {
     finalized(&ctx, KIND, env, |event| async {
         match event {
-            Finalizer::Apply(env) => apply(&env, &ctx).await,
+            Finalizer::Apply(env) => {
+                let applied = apply(&env, &ctx).await;
+                // A conflict (the watch cache a step behind) is retried at once.
+                if applied
+                    .as_ref()
+                    .is_err_and(|e| !matches!(e, Error::Conflict(_)))
+                {
+                    behind(&env, &ctx);
+                }
+                applied
+            }
             Finalizer::Cleanup(env) => cleanup(&env, &ctx).await,
         }
     })
@@ -182,25 +197,32 @@ async fn apply(env: &Environment, ctx: &Context) -> Result<Action, Error> {
         Err(Failure::Error(e)) => return Err(e),
     };
     status::write(ctx, env, &plan.status, "Sync").await?;
-    let (namespace, name) = (env.namespace().unwrap_or_default(), env.name_any());
     match then {
         Then::Synced { interval } => {
             ctx.succeeded(&object_key(env));
-            ctx.metrics.set_sync_lag(&namespace, &name, Duration::ZERO);
+            let (namespace, name) = (env.namespace().unwrap_or_default(), env.name_any());
+            ctx.metrics.in_sync(&namespace, &name, Timestamp::now());
             Ok(Action::requeue(context::jittered(interval)))
         }
         Then::Halt(halt) => {
-            let unread = matches!(&observed.stage, Stage::Read(read) if read.data.is_err());
-            if unread && halt.requeue == Requeue::Backoff {
-                if let Some(last) = env.status.as_ref().and_then(|s| s.last_sync_time.as_ref()) {
-                    let lag = Timestamp::now().duration_since(last.0);
-                    let lag = Duration::try_from(lag).unwrap_or_default();
-                    ctx.metrics.set_sync_lag(&namespace, &name, lag);
-                }
+            // A step of a sync that goes on at once says nothing of the data yet.
+            if halt.requeue != Requeue::Now {
+                behind(env, ctx);
             }
             halt.action()
         }
     }
+}
+
+/// A pass over `env` did not confirm its Secret: the sync lag counts from the last that did.
+fn behind(env: &Environment, ctx: &Context) {
+    let last_sync = env.status.as_ref().and_then(|s| s.last_sync_time.as_ref());
+    ctx.metrics.behind(
+        &env.namespace().unwrap_or_default(),
+        &env.name_any(),
+        last_sync.map(|t| t.0),
+        Timestamp::now(),
+    );
 }
 
 /// The `Environment` is being deleted: with `Retain` the Secret stays (it has no owner
