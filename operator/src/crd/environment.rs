@@ -92,12 +92,30 @@ pub struct SyncSpec {
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
     /// Glob patterns (`*` matches any run of characters, `?` one character) of the keys to
-    /// sync. Empty: every key.
+    /// sync, by their names in coffer-server (before `keys` renames them). Empty: every key.
     #[serde(default)]
     pub include: Vec<String>,
-    /// Glob patterns of keys not to sync, even when `include` selects them.
+    /// Glob patterns of keys not to sync, even when `include` selects them (names in
+    /// coffer-server).
     #[serde(default)]
     pub exclude: Vec<String>,
+    /// Renames: each synced key named `from` (in coffer-server) is written as `to` instead,
+    /// e.g. `{from: TLS_CERT, to: tls.crt}`. `include`/`exclude` select by the coffer-server
+    /// name first; a key they leave out is not written under any name. One key may be written
+    /// under several names; two keys (or a key and a template) written to one Secret key are
+    /// refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<KeyMapping>,
+    /// Secret keys built from the environment's values: `{{ .KEY }}` is replaced with the value
+    /// of the coffer-server key `KEY` (any key of the environment, whether synced or not),
+    /// e.g. `DATABASE_URL: "postgres://{{ .DB_USER }}:{{ .DB_PASSWORD }}@db:5432/app"`.
+    /// Inside `{{ }}`: one or more operands (`.KEY` or a "quoted string"), concatenated, then
+    /// optionally piped through `b64enc`, `b64dec` or `toJson` (a JSON string literal), e.g.
+    /// `{{ .USER ":" .PASSWORD | b64enc }}`. An unknown key or function or a syntax error is
+    /// `InvalidSpec`. At most 100 templates of at most 64 KiB each; the Secret's data stays
+    /// within 1 MiB.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub templates: BTreeMap<String, String>,
     /// How often coffer-server is polled for changes when no change event arrives, as hours,
     /// minutes and seconds, e.g. `30s`, `5m`, `1h30m`. Default: `5m`; minimum: `5s`.
     #[serde(default = "default_refresh_interval")]
@@ -120,6 +138,8 @@ impl Default for SyncSpec {
             annotations: BTreeMap::new(),
             include: Vec::new(),
             exclude: Vec::new(),
+            keys: Vec::new(),
+            templates: BTreeMap::new(),
             refresh_interval: default_refresh_interval(),
             deletion_policy: DeletionPolicy::default(),
             rollout_restart: Vec::new(),
@@ -133,6 +153,16 @@ fn default_secret_type() -> String {
 
 fn default_refresh_interval() -> String {
     DEFAULT_REFRESH_INTERVAL.to_owned()
+}
+
+/// A synced key written under another name.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct KeyMapping {
+    /// The key's name in coffer-server.
+    pub from: String,
+    /// The key in the Secret: letters, digits, `-`, `_` and `.`, at most 253 characters
+    /// (e.g. `password`, `tls.crt`, `.dockerconfigjson`).
+    pub to: String,
 }
 
 /// A workload in this namespace to restart when the synced data changes.

@@ -7,7 +7,7 @@ mod environment;
 mod project;
 
 pub use environment::{
-    Environment, EnvironmentSpec, EnvironmentStatus, MIN_REFRESH_INTERVAL, ProjectRef,
+    Environment, EnvironmentSpec, EnvironmentStatus, KeyMapping, MIN_REFRESH_INTERVAL, ProjectRef,
     RolloutTarget, SyncSpec, WorkloadKind, key_selected, parse_refresh_interval,
 };
 pub use project::{ConfigMapKeyRef, CredentialsRef, Project, ProjectSpec, ProjectStatus};

@@ -1,6 +1,8 @@
 //! What the Secret synced from an environment should be: a pure function of the `Environment`
 //! resource and the environment's values, tested without a cluster.
 
+mod template;
+
 use std::collections::BTreeMap;
 
 use hmac::{Hmac, Mac};
@@ -11,13 +13,247 @@ use kube::{Resource, ResourceExt};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
 
-use crate::crd::{DeletionPolicy, Environment, key_selected};
+use crate::crd::{DeletionPolicy, Environment, SyncSpec, key_selected};
+use template::{RenderError, Template};
 
 /// `app.kubernetes.io/managed-by` on every Secret the operator writes.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "coffer-operator";
 /// The name of the `Environment` a synced Secret comes from.
 pub const ENVIRONMENT_LABEL: &str = "coffer.dev/environment";
+/// Bounds on `spec.sync.templates` and on the data of a Secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Templates per `Environment`.
+    pub templates: usize,
+    /// Bytes of one template's text.
+    pub template_bytes: usize,
+    /// Bytes of all values of the Secret together (what Kubernetes allows a Secret).
+    pub data_bytes: usize,
+}
+
+/// The bounds in force.
+pub const LIMITS: Limits = Limits {
+    templates: 100,
+    template_bytes: 64 * 1024,
+    data_bytes: 1024 * 1024,
+};
+
+/// `spec.sync` cannot be acted on, alone or with the environment's values: which field, and
+/// why. Names keys, templates and offsets, never a value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct ShapeError {
+    pub field: String,
+    pub problem: String,
+}
+
+fn shape_error(field: impl Into<String>, problem: impl Into<String>) -> ShapeError {
+    ShapeError {
+        field: field.into(),
+        problem: problem.into(),
+    }
+}
+
+/// Whether `key` may be a key of a Secret: `[-._a-zA-Z0-9]+`, at most 253 characters (and
+/// not `.` or `..`, which Kubernetes refuses too).
+pub fn is_secret_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 253
+        && key != "."
+        && key != ".."
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+const SECRET_KEY_RULE: &str =
+    "a Secret key is letters, digits, `-`, `_` and `.`, at most 253 characters";
+
+/// What `spec.sync` makes of an environment's values: which keys are written under which
+/// names, and the templates, parsed.
+#[derive(Debug)]
+pub struct Shape<'a> {
+    sync: &'a SyncSpec,
+    /// coffer-server key -> the Secret keys it is written as.
+    renames: BTreeMap<&'a str, Vec<&'a str>>,
+    templates: Vec<(&'a str, Template)>,
+    limits: Limits,
+}
+
+/// Checks `sync` on its own (no values needed) and prepares it: key names, renames and
+/// templates (count, size, syntax).
+pub fn shape(sync: &SyncSpec, limits: Limits) -> Result<Shape<'_>, ShapeError> {
+    let mut renames: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    // Secret key -> the field that writes it
+    let mut targets: BTreeMap<&str, String> = BTreeMap::new();
+    for (i, mapping) in sync.keys.iter().enumerate() {
+        if !template::is_coffer_key(&mapping.from) {
+            return Err(shape_error(
+                format!("spec.sync.keys[{i}].from"),
+                format!("{:?} is not the name of a coffer-server key", mapping.from),
+            ));
+        }
+        if !is_secret_key(&mapping.to) {
+            return Err(shape_error(
+                format!("spec.sync.keys[{i}].to"),
+                format!(
+                    "{:?} is not a valid Secret key: {SECRET_KEY_RULE}",
+                    mapping.to
+                ),
+            ));
+        }
+        if let Some(other) = targets.insert(&mapping.to, format!("spec.sync.keys[{i}]")) {
+            return Err(shape_error(
+                format!("spec.sync.keys[{i}].to"),
+                format!(
+                    "Secret key {:?} is already written by {other}: two sources cannot \
+                     write one key",
+                    mapping.to
+                ),
+            ));
+        }
+        renames.entry(&mapping.from).or_default().push(&mapping.to);
+    }
+    if sync.templates.len() > limits.templates {
+        return Err(shape_error(
+            "spec.sync.templates",
+            format!(
+                "{} templates, more than the {} allowed",
+                sync.templates.len(),
+                limits.templates
+            ),
+        ));
+    }
+    let mut templates = Vec::with_capacity(sync.templates.len());
+    for (key, text) in &sync.templates {
+        let field = format!("spec.sync.templates[{key:?}]");
+        if !is_secret_key(key) {
+            return Err(shape_error(
+                field,
+                format!("{key:?} is not a valid Secret key: {SECRET_KEY_RULE}"),
+            ));
+        }
+        if let Some(other) = targets.get(key.as_str()) {
+            return Err(shape_error(
+                field,
+                format!(
+                    "Secret key {key:?} is already written by {other}: two sources cannot \
+                     write one key"
+                ),
+            ));
+        }
+        if text.len() > limits.template_bytes {
+            return Err(shape_error(
+                field,
+                format!(
+                    "the template is {} bytes, more than the {} allowed",
+                    text.len(),
+                    limits.template_bytes
+                ),
+            ));
+        }
+        let parsed = template::parse(text).map_err(|e| {
+            shape_error(
+                field.clone(),
+                format!("at byte {}: {}", e.offset, e.problem),
+            )
+        })?;
+        templates.push((key.as_str(), parsed));
+    }
+    Ok(Shape {
+        sync,
+        renames,
+        templates,
+        limits,
+    })
+}
+
+impl Shape<'_> {
+    /// The Secret's data: the selected values under their (renamed) keys, then the templates
+    /// rendered with every value of the environment. Refuses two sources for one key, a
+    /// template reading a key the environment lacks, and data beyond the limit.
+    pub fn data(
+        &self,
+        values: &BTreeMap<String, SecretString>,
+    ) -> Result<BTreeMap<String, ByteString>, ShapeError> {
+        let sync = self.sync;
+        let mut data = BTreeMap::new();
+        // Secret key -> the coffer-server key it comes from
+        let mut sources: BTreeMap<&str, &str> = BTreeMap::new();
+        let mut total: usize = 0;
+        for (key, value) in values {
+            if !key_selected(key, &sync.include, &sync.exclude) {
+                continue;
+            }
+            let same = [key.as_str()];
+            let targets = self
+                .renames
+                .get(key.as_str())
+                .map_or(&same[..], Vec::as_slice);
+            for &target in targets {
+                if let Some(other) = sources.insert(target, key.as_str()) {
+                    return Err(shape_error(
+                        "spec.sync.keys",
+                        format!(
+                            "Secret key {target:?} would be written from both {other:?} and \
+                             {key:?}; rename or exclude one of them"
+                        ),
+                    ));
+                }
+                let bytes = value.expose_secret().as_bytes();
+                total = total.saturating_add(bytes.len());
+                data.insert(target.to_owned(), ByteString(bytes.to_vec()));
+            }
+        }
+        let too_large = || {
+            shape_error(
+                "spec.sync",
+                format!(
+                    "the Secret's data would exceed {} bytes, the most a Secret may hold",
+                    self.limits.data_bytes
+                ),
+            )
+        };
+        if total > self.limits.data_bytes {
+            return Err(too_large());
+        }
+        for (key, template) in &self.templates {
+            let field = || format!("spec.sync.templates[{key:?}]");
+            if let Some(source) = sources.get(key) {
+                return Err(shape_error(
+                    field(),
+                    format!(
+                        "Secret key {key:?} is also written from the key {source:?}; rename or \
+                         exclude that key"
+                    ),
+                ));
+            }
+            let rendered = template
+                .render(values, self.limits.data_bytes - total)
+                .map_err(|e| match e {
+                    RenderError::UnknownKey { offset, name } => shape_error(
+                        field(),
+                        format!("at byte {offset}: .{name} is not a key of the environment"),
+                    ),
+                    RenderError::BadInput {
+                        offset,
+                        function,
+                        problem,
+                    } => shape_error(field(), format!("at byte {offset}: {function}: {problem}")),
+                    RenderError::TooLarge => too_large(),
+                })?;
+            total += rendered.len();
+            data.insert((*key).to_owned(), ByteString(rendered.to_vec()));
+        }
+        Ok(data)
+    }
+}
+
+/// Checks `sync` on its own, with the limits in force.
+pub fn validate(sync: &SyncSpec) -> Result<(), ShapeError> {
+    shape(sync, LIMITS).map(drop)
+}
 
 /// The Secret to apply, with the hash of its data and how many keys it holds.
 #[derive(Debug, Clone)]
@@ -29,28 +265,19 @@ pub struct DesiredSecret {
     pub keys: usize,
 }
 
-/// The Secret for `env` holding the selected `values`. Under `deletionPolicy: Delete` a
-/// controller owner reference makes the Secret the Environment's, so the garbage collector
-/// removes it with the Environment in any propagation mode. Under `Retain` it has none: the
-/// garbage collector deletes the dependents of an owner deleted with foreground propagation
-/// before the operator's finalizer runs, so any owner reference would defeat `Retain`. The
-/// Secret is then known by its labels (see [`ownership`]).
+/// The Secret for `env` holding what `spec.sync` makes of `values`. Under `deletionPolicy:
+/// Delete` a controller owner reference makes the Secret the Environment's, so the garbage
+/// collector removes it with the Environment in any propagation mode. Under `Retain` it has
+/// none: the garbage collector deletes the dependents of an owner deleted with foreground
+/// propagation before the operator's finalizer runs, so any owner reference would defeat
+/// `Retain`. The Secret is then known by its labels (see [`ownership`]).
 pub fn desired_secret(
     env: &Environment,
     values: &BTreeMap<String, SecretString>,
     hash_key: &[u8],
-) -> DesiredSecret {
+) -> Result<DesiredSecret, ShapeError> {
     let sync = &env.spec.sync;
-    let data: BTreeMap<String, ByteString> = values
-        .iter()
-        .filter(|(key, _)| key_selected(key, &sync.include, &sync.exclude))
-        .map(|(key, value)| {
-            (
-                key.clone(),
-                ByteString(value.expose_secret().as_bytes().to_vec()),
-            )
-        })
-        .collect();
+    let data = shape(sync, LIMITS)?.data(values)?;
     let mut labels = sync.labels.clone();
     labels.insert(MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned());
     labels.insert(ENVIRONMENT_LABEL.to_owned(), env.name_any());
@@ -72,7 +299,7 @@ pub fn desired_secret(
         data: Some(data),
         ..Secret::default()
     };
-    DesiredSecret { secret, hash, keys }
+    Ok(DesiredSecret { secret, hash, keys })
 }
 
 /// `<key id>:<mac>`: the [`key_id`] of `hash_key`, and the HMAC-SHA256 over the data in a
@@ -250,6 +477,15 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), SecretString::from((*v).to_owned())))
             .collect()
+    }
+
+    /// The Secret for data that fits the spec.
+    fn desired_secret(
+        env: &Environment,
+        values: &BTreeMap<String, SecretString>,
+        hash_key: &[u8],
+    ) -> DesiredSecret {
+        super::desired_secret(env, values, hash_key).unwrap()
     }
 
     #[test]
@@ -496,5 +732,276 @@ mod tests {
         assert_ne!(key_id(b"key"), key_id(b"other"));
         assert!(!key_id(b"key").contains(&hex::encode(b"key")));
         assert_eq!(hash_key_id(&"0".repeat(64)), None);
+    }
+
+    /// The data `env` makes of `pairs`, as text, or the error.
+    fn data_of(env: &Environment, pairs: &[(&str, &str)]) -> Result<Vec<(String, String)>, String> {
+        super::desired_secret(env, &values(pairs), b"k")
+            .map(|d| {
+                d.secret
+                    .data
+                    .unwrap()
+                    .into_iter()
+                    .map(|(k, v)| (k, String::from_utf8(v.0).unwrap()))
+                    .collect()
+            })
+            .map_err(|e| e.to_string())
+    }
+
+    fn text(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn keys_are_renamed_after_include_and_exclude_select_them_by_their_coffer_names() {
+        let env = environment(serde_json::json!({
+            "include": ["TLS_*", "DB_PASSWORD", "OTHER"],
+            "exclude": ["TLS_OLD"],
+            "keys": [
+                { "from": "TLS_CERT", "to": "tls.crt" },
+                { "from": "TLS_KEY", "to": "tls.key" },
+                { "from": "TLS_CERT", "to": "ca.crt" },
+                { "from": "DB_PASSWORD", "to": "password" },
+                { "from": "TLS_OLD", "to": "old.crt" },
+                { "from": "NOT_SELECTED", "to": "x" },
+            ],
+        }));
+        let data = data_of(
+            &env,
+            &[
+                ("TLS_CERT", "C"),
+                ("TLS_KEY", "K"),
+                ("TLS_OLD", "O"),
+                ("DB_PASSWORD", "P"),
+                ("NOT_SELECTED", "N"),
+                ("OTHER", "1"),
+            ],
+        );
+        assert_eq!(
+            data.unwrap(),
+            text(&[
+                ("OTHER", "1"),
+                ("ca.crt", "C"),
+                ("password", "P"),
+                ("tls.crt", "C"),
+                ("tls.key", "K"),
+            ])
+        );
+    }
+
+    #[test]
+    fn key_mappings_must_name_a_coffer_key_and_a_valid_secret_key_once() {
+        let long = "a".repeat(254);
+        let cases = [
+            (
+                serde_json::json!([{ "from": "A", "to": "a/b" }]),
+                "spec.sync.keys[0].to",
+                "not a valid Secret key",
+            ),
+            (
+                serde_json::json!([{ "from": "A", "to": "" }]),
+                "spec.sync.keys[0].to",
+                "not a valid Secret key",
+            ),
+            (
+                serde_json::json!([{ "from": "A", "to": ".." }]),
+                "spec.sync.keys[0].to",
+                "not a valid Secret key",
+            ),
+            (
+                serde_json::json!([{ "from": "A", "to": long }]),
+                "spec.sync.keys[0].to",
+                "at most 253",
+            ),
+            (
+                serde_json::json!([{ "from": "1A", "to": "a" }]),
+                "spec.sync.keys[0].from",
+                "not the name of a coffer-server key",
+            ),
+            (
+                serde_json::json!([{ "from": "A", "to": "x" }, { "from": "B", "to": "x" }]),
+                "spec.sync.keys[1].to",
+                "already written by spec.sync.keys[0]",
+            ),
+        ];
+        for (keys, field, problem) in cases {
+            let env = environment(serde_json::json!({ "keys": keys }));
+            let e = validate(&env.spec.sync).unwrap_err();
+            assert_eq!(e.field, field, "{keys}");
+            assert!(e.problem.contains(problem), "{keys}: {e}");
+        }
+        let fine = "a".repeat(253);
+        let env = environment(serde_json::json!({ "keys": [
+            { "from": "A", "to": fine }, { "from": "B.x-y", "to": ".dockerconfigjson" },
+        ] }));
+        assert_eq!(validate(&env.spec.sync), Ok(()));
+    }
+
+    #[test]
+    fn two_sources_for_one_secret_key_are_refused_naming_both_and_no_value() {
+        let env = environment(serde_json::json!({ "keys": [{ "from": "A", "to": "B" }] }));
+        let e = data_of(&env, &[("A", "s3cr3t"), ("B", "other")]).unwrap_err();
+        assert!(e.starts_with("spec.sync.keys: "), "{e}");
+        assert!(
+            e.contains("\"B\" would be written from both \"A\" and \"B\""),
+            "{e}"
+        );
+        assert!(!e.contains("s3cr3t") && !e.contains("other"));
+        // excluding one of them settles it
+        let env = environment(
+            serde_json::json!({ "keys": [{ "from": "A", "to": "B" }], "exclude": ["B"] }),
+        );
+        assert_eq!(
+            data_of(&env, &[("A", "1"), ("B", "2")]).unwrap(),
+            text(&[("B", "1")])
+        );
+
+        let env = environment(serde_json::json!({
+            "keys": [{ "from": "A", "to": "URL" }], "templates": { "URL": "x" },
+        }));
+        let e = validate(&env.spec.sync).unwrap_err();
+        assert_eq!(e.field, "spec.sync.templates[\"URL\"]");
+        assert!(
+            e.problem.contains("already written by spec.sync.keys[0]"),
+            "{e}"
+        );
+        let env = environment(serde_json::json!({ "templates": { "URL": "x" } }));
+        let e = data_of(&env, &[("URL", "raw")]).unwrap_err();
+        assert!(e.contains("also written from the key \"URL\""), "{e}");
+    }
+
+    #[test]
+    fn templates_build_keys_from_every_value_of_the_environment() {
+        let env = environment(serde_json::json!({
+            "include": ["APP_*"],
+            "type": "kubernetes.io/dockerconfigjson",
+            "templates": {
+                "DATABASE_URL": "postgres://{{ .DB_USER }}:{{.DB_PASSWORD}}@db:5432/app",
+                ".dockerconfigjson": concat!(
+                    "{\"auths\":{\"registry.example\":{",
+                    "\"username\":{{ .REG_USER | toJson }},",
+                    "\"password\":{{ .REG_PASSWORD | toJson }},",
+                    "\"auth\":\"{{ .REG_USER \":\" .REG_PASSWORD | b64enc }}\"}}}",
+                ),
+            },
+        }));
+        let data = data_of(
+            &env,
+            &[
+                ("APP_MODE", "prod"),
+                ("DB_USER", "app"),
+                ("DB_PASSWORD", "pw"),
+                ("REG_USER", "bot"),
+                ("REG_PASSWORD", "p\"w"),
+            ],
+        )
+        .unwrap();
+        let data: BTreeMap<_, _> = data.into_iter().collect();
+        assert_eq!(
+            data.keys().collect::<Vec<_>>(),
+            [".dockerconfigjson", "APP_MODE", "DATABASE_URL"]
+        );
+        assert_eq!(data["DATABASE_URL"], "postgres://app:pw@db:5432/app");
+        let config: serde_json::Value = serde_json::from_str(&data[".dockerconfigjson"]).unwrap();
+        let entry = &config["auths"]["registry.example"];
+        assert_eq!(entry["password"], "p\"w");
+        assert_eq!(entry["auth"], "Ym90OnAidw==");
+    }
+
+    #[test]
+    fn template_errors_name_the_template_and_the_place_never_a_value() {
+        let env = environment(serde_json::json!({
+            "templates": { "URL": "postgres://{{ .USER }}:{{ .PASSWORD }}@db" },
+        }));
+        let e = data_of(&env, &[("USER", "s3cr3t-user")]).unwrap_err();
+        assert_eq!(
+            e,
+            "spec.sync.templates[\"URL\"]: at byte 26: .PASSWORD is not a key of the environment"
+        );
+        let env = environment(serde_json::json!({ "templates": { "K": "{{ .A | b64dec }}" } }));
+        let e = data_of(&env, &[("A", "not base64!")]).unwrap_err();
+        assert_eq!(
+            e,
+            "spec.sync.templates[\"K\"]: at byte 8: b64dec: the input is not base64"
+        );
+
+        let cases = [
+            (
+                serde_json::json!({ "K": "{{ .A " }),
+                "spec.sync.templates[\"K\"]",
+                "at byte 0: `{{` is not closed",
+            ),
+            (
+                serde_json::json!({ "K": "{{ .A | sha1 }}" }),
+                "spec.sync.templates[\"K\"]",
+                "at byte 8: unknown function `sha1`",
+            ),
+            (
+                serde_json::json!({ "bad/key": "x" }),
+                "spec.sync.templates[\"bad/key\"]",
+                "not a valid Secret key",
+            ),
+        ];
+        for (templates, field, problem) in cases {
+            let env = environment(serde_json::json!({ "templates": templates }));
+            let e = validate(&env.spec.sync).unwrap_err();
+            assert_eq!(e.field, field, "{templates}");
+            assert!(e.problem.contains(problem), "{templates}: {e}");
+        }
+    }
+
+    #[test]
+    fn templates_are_bounded_in_number_size_and_output() {
+        let small = Limits {
+            templates: 2,
+            template_bytes: 16,
+            data_bytes: 32,
+        };
+        let sync = |templates: serde_json::Value| {
+            environment(serde_json::json!({ "templates": templates }))
+                .spec
+                .sync
+        };
+        let e = shape(
+            &sync(serde_json::json!({ "A": "", "B": "", "C": "" })),
+            small,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "spec.sync.templates: 3 templates, more than the 2 allowed"
+        );
+        assert!(shape(&sync(serde_json::json!({ "A": "", "B": "" })), small).is_ok());
+        let e = shape(&sync(serde_json::json!({ "A": "x".repeat(17) })), small).unwrap_err();
+        assert!(
+            e.problem.contains("17 bytes, more than the 16 allowed"),
+            "{e}"
+        );
+        assert!(shape(&sync(serde_json::json!({ "A": "x".repeat(16) })), small).is_ok());
+
+        // 10 bytes of raw data leave 22 for templates
+        let spec = sync(serde_json::json!({ "T": "{{ .V .V .V }}" }));
+        let pass = |v: &str| {
+            shape(&spec, small)
+                .unwrap()
+                .data(&values(&[("RAW", "0123456789"), ("V", v)]))
+                .map(|d| d.len())
+        };
+        assert!(pass("1234567").is_err(), "10 + 7 + 21 = 38 bytes");
+        let e = pass("12345678").unwrap_err();
+        assert_eq!(e.field, "spec.sync");
+        assert!(e.problem.contains("exceed 32 bytes"), "{e}");
+        assert_eq!(pass("1234"), Ok(3), "10 + 4 + 12 = 26 bytes");
+        // raw data alone over the limit
+        let raw = shape(&sync(serde_json::json!({})), small)
+            .unwrap()
+            .data(&values(&[("RAW", &"x".repeat(33))]));
+        assert!(raw.unwrap_err().problem.contains("exceed 32 bytes"));
+        assert_eq!(LIMITS.templates, 100);
+        assert_eq!(LIMITS.template_bytes, 64 * 1024);
+        assert_eq!(LIMITS.data_bytes, 1024 * 1024);
     }
 }

@@ -163,6 +163,10 @@ impl<'a> Draft<'a> {
 pub fn decide(observed: &Observed<'_>, hash_key: &[u8], now: Timestamp) -> Plan {
     let env = observed.env;
     let draft = Draft::new(env, now);
+    if let Err(e) = build::validate(&env.spec.sync) {
+        let halt = Halt::new(Reason::InvalidSpec, e.to_string(), Requeue::AwaitChange);
+        return draft.halt(halt, Vec::new());
+    }
     let read = match &observed.stage {
         Stage::InvalidSpec(message) => {
             let halt = Halt::new(Reason::InvalidSpec, message, Requeue::AwaitChange);
@@ -283,7 +287,22 @@ fn environment_gone(mut draft: Draft<'_>, read: &Read) -> Plan {
 fn sync(mut draft: Draft<'_>, read: &Read, snapshot: &Snapshot, hash_key: &[u8]) -> Plan {
     let env = draft.env;
     let secret_name = env.secret_name();
-    let desired = build::desired_secret(env, &snapshot.values, hash_key);
+    let desired = match build::desired_secret(env, &snapshot.values, hash_key) {
+        Ok(desired) => desired,
+        Err(e) => {
+            // The spec does not fit the data (a template reads a key that is gone, say): the
+            // Secret keeps what it has until either changes.
+            let message = format!("{e}; the Secret keeps its last synced data");
+            draft.set(
+                CONDITION_SYNCED,
+                false,
+                Reason::InvalidSpec,
+                message.clone(),
+            );
+            let halt = Halt::new(Reason::InvalidSpec, message, Requeue::After(read.interval));
+            return draft.halt(halt, Vec::new());
+        }
+    };
     if read
         .secret
         .as_ref()
@@ -444,7 +463,9 @@ mod tests {
 
     /// The Secret a first sync of `pairs` writes, as Kubernetes would return it.
     fn written(env: &Environment, pairs: &[(&str, &str)]) -> Secret {
-        let mut secret = build::desired_secret(env, &values(pairs), KEY).secret;
+        let mut secret = build::desired_secret(env, &values(pairs), KEY)
+            .unwrap()
+            .secret;
         secret.metadata.resource_version = Some("10".into());
         secret
     }
@@ -788,5 +809,47 @@ mod tests {
             &p.actions[..],
             [Act::WriteSecret { write: Write::Recreate { current: c, .. }, .. }] if **c == current
         ));
+    }
+
+    #[test]
+    fn a_sync_spec_that_cannot_work_waits_for_a_change_whatever_else_is_found() {
+        let env = environment(serde_json::json!({ "sync": {
+            "keys": [{ "from": "A", "to": "x" }, { "from": "B", "to": "x" }],
+        } }));
+        for stage in [Stage::NoProject, read(snapshot(4, &[("A", "1")]), None)] {
+            let p = plan(&env, stage);
+            let h = halt(&p);
+            assert_eq!(
+                (h.reason, h.requeue),
+                (Reason::InvalidSpec, Requeue::AwaitChange)
+            );
+            assert!(
+                h.message.starts_with("spec.sync.keys[1].to: "),
+                "{}",
+                h.message
+            );
+            assert!(p.actions.is_empty());
+        }
+    }
+
+    #[test]
+    fn data_the_spec_does_not_fit_keeps_the_secret_and_looks_again_after_the_interval() {
+        let spec = serde_json::json!({ "sync": { "templates": { "URL": "{{ .USER }}" } } });
+        let env = synced(environment(spec), 4, &[("USER", "u")]);
+        let current = written(&env, &[("USER", "u")]);
+        let p = plan(
+            &env,
+            read(snapshot(5, &[("OTHER", "s3cr3t")]), Some(current)),
+        );
+        assert!(p.actions.is_empty(), "{:?}", p.actions);
+        let h = halt(&p);
+        assert_eq!(
+            (h.reason, h.requeue),
+            (Reason::InvalidSpec, Requeue::After(MINUTE))
+        );
+        assert!(h.message.contains(".USER is not a key of the environment"));
+        assert!(h.message.contains("keeps its last synced data") && !h.message.contains("s3cr3t"));
+        assert_eq!(ready(&p.status, "Synced"), pair("False", "InvalidSpec"));
+        assert_eq!(p.status.revision, Some(4));
     }
 }
