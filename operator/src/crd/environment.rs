@@ -116,6 +116,12 @@ pub struct SyncSpec {
     /// within 1 MiB.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub templates: BTreeMap<String, String>,
+    /// Create the Secret immutable. Its data then never changes in place: when the
+    /// environment's data changes, the Secret keeps the data it was created with and `Ready`
+    /// turns `False` with reason `SecretImmutable`; delete the Secret to have it created anew
+    /// with the current data. Default: false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub immutable: bool,
     /// How often coffer-server is polled for changes when no change event arrives, as hours,
     /// minutes and seconds, e.g. `30s`, `5m`, `1h30m`. Default: `5m`; minimum: `5s`.
     #[serde(default = "default_refresh_interval")]
@@ -140,6 +146,7 @@ impl Default for SyncSpec {
             exclude: Vec::new(),
             keys: Vec::new(),
             templates: BTreeMap::new(),
+            immutable: false,
             refresh_interval: default_refresh_interval(),
             deletion_policy: DeletionPolicy::default(),
             rollout_restart: Vec::new(),

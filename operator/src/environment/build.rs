@@ -296,6 +296,7 @@ pub fn desired_secret(
             ..ObjectMeta::default()
         },
         type_: Some(sync.type_.clone()),
+        immutable: sync.immutable.then_some(true),
         data: Some(data),
         ..Secret::default()
     };
@@ -390,8 +391,12 @@ pub enum Update {
     None,
     /// Replace it with this object (same name and resource version).
     Replace(Box<Secret>),
-    /// Its type differs, and a Secret's type cannot change: delete it and create anew.
+    /// Its type differs, or it is immutable and should not be, neither of which can change:
+    /// delete it and create anew.
     Recreate,
+    /// It is immutable and its data differs: the data stays as it is, and the rest is made
+    /// to match by this object, when anything else differs.
+    Frozen(Option<Box<Secret>>),
 }
 
 /// How `current` differs from `desired`, a Secret for `env`. Labels, annotations and owner
@@ -399,15 +404,24 @@ pub enum Update {
 /// our owner reference (present or absent, by the deletion policy) are made to match.
 pub fn update(current: &Secret, desired: &Secret, env: &Environment) -> Update {
     let opaque = |s: &Secret| s.type_.clone().unwrap_or_else(|| "Opaque".to_owned());
-    if opaque(current) != opaque(desired) {
+    let immutable = |s: &Secret| s.immutable == Some(true);
+    if opaque(current) != opaque(desired) || (immutable(current) && !immutable(desired)) {
         return Update::Recreate;
     }
     let mut next = current.clone();
     next.metadata.managed_fields = None;
     next.string_data = None;
     let empty = BTreeMap::new();
+    let mut frozen = false;
     if next.data.as_ref().unwrap_or(&empty) != desired.data.as_ref().unwrap_or(&empty) {
-        next.data = desired.data.clone();
+        if immutable(current) {
+            frozen = true;
+        } else {
+            next.data = desired.data.clone();
+        }
+    }
+    if immutable(desired) && !immutable(current) {
+        next.immutable = Some(true);
     }
     for (field, wanted) in [
         (&mut next.metadata.labels, &desired.metadata.labels),
@@ -445,10 +459,11 @@ pub fn update(current: &Secret, desired: &Secret, env: &Environment) -> Update {
     let mut compare = current.clone();
     compare.metadata.managed_fields = None;
     compare.string_data = None;
-    if compare == next {
-        Update::None
-    } else {
-        Update::Replace(Box::new(next))
+    let changed = compare != next;
+    match (frozen, changed) {
+        (true, changed) => Update::Frozen(changed.then(|| Box::new(next))),
+        (false, false) => Update::None,
+        (false, true) => Update::Replace(Box::new(next)),
     }
 }
 
@@ -1003,5 +1018,35 @@ mod tests {
         assert_eq!(LIMITS.templates, 100);
         assert_eq!(LIMITS.template_bytes, 64 * 1024);
         assert_eq!(LIMITS.data_bytes, 1024 * 1024);
+    }
+
+    #[test]
+    fn an_immutable_secret_keeps_its_data_but_follows_the_metadata() {
+        let env = environment(serde_json::json!({ "immutable": true, "labels": { "team": "a" } }));
+        let first = desired_secret(&env, &values(&[("A", "1")]), b"k").secret;
+        assert_eq!(first.immutable, Some(true));
+        let mut current = first.clone();
+        current.metadata.resource_version = Some("7".into());
+        assert_eq!(update(&current, &first, &env), Update::None);
+
+        let changed = desired_secret(&env, &values(&[("A", "2")]), b"k").secret;
+        assert_eq!(update(&current, &changed, &env), Update::Frozen(None));
+        current.metadata.labels.as_mut().unwrap().remove("team");
+        let Update::Frozen(Some(next)) = update(&current, &changed, &env) else {
+            panic!("expected a metadata write")
+        };
+        assert_eq!(next.data, first.data, "the data stays");
+        assert_eq!(next.metadata.labels.as_ref().unwrap()["team"], "a");
+
+        // Turning `immutable` off needs a new Secret; turning it on does not.
+        let mutable = environment(serde_json::json!({ "labels": { "team": "a" } }));
+        let wanted = desired_secret(&mutable, &values(&[("A", "1")]), b"k").secret;
+        assert_eq!(update(&current, &wanted, &mutable), Update::Recreate);
+        let mut plain = wanted.clone();
+        plain.metadata.resource_version = Some("7".into());
+        let Update::Replace(next) = update(&plain, &first, &env) else {
+            panic!("expected a replace")
+        };
+        assert_eq!(next.immutable, Some(true));
     }
 }

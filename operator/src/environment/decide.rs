@@ -325,6 +325,7 @@ fn sync(mut draft: Draft<'_>, read: &Read, snapshot: &Snapshot, hash_key: &[u8])
         );
         return draft.halt(halt, Vec::new());
     }
+    let mut frozen = false;
     let write = match &read.secret {
         None => Some(Write::Create(Box::new(desired.secret.clone()))),
         Some(current) => match build::update(current, &desired.secret, env) {
@@ -334,15 +335,44 @@ fn sync(mut draft: Draft<'_>, read: &Read, snapshot: &Snapshot, hash_key: &[u8])
                 current: Box::new(current.clone()),
                 desired: Box::new(desired.secret.clone()),
             }),
+            Update::Frozen(next) => {
+                frozen = true;
+                next.map(Write::Replace)
+            }
         },
     };
+    let mut actions = Vec::new();
+    if frozen {
+        // The Secret keeps the data it was created with: the status keeps describing it.
+        let message = format!(
+            "Secret {secret_name:?} is immutable and keeps the data it was created with; {} \
+             is at revision {} with other data: delete the Secret to have it created anew",
+            read.source.place(),
+            snapshot.revision
+        );
+        if let Some(write) = write {
+            let note = format!("updated the metadata of immutable Secret {secret_name:?}");
+            actions.push(Act::WriteSecret { write, note });
+        }
+        draft.set(
+            CONDITION_SYNCED,
+            false,
+            Reason::SecretImmutable,
+            message.clone(),
+        );
+        let halt = Halt::new(
+            Reason::SecretImmutable,
+            message,
+            Requeue::After(read.interval),
+        );
+        return draft.halt(halt, actions);
+    }
     let message = format!(
         "Secret {secret_name:?} holds {} key(s) of {} at revision {}",
         desired.keys,
         read.source.place(),
         snapshot.revision
     );
-    let mut actions = Vec::new();
     let wrote = write.is_some();
     if let Some(write) = write {
         actions.push(Act::WriteSecret {
@@ -851,5 +881,42 @@ mod tests {
         assert!(h.message.contains("keeps its last synced data") && !h.message.contains("s3cr3t"));
         assert_eq!(ready(&p.status, "Synced"), pair("False", "InvalidSpec"));
         assert_eq!(p.status.revision, Some(4));
+    }
+
+    #[test]
+    fn an_immutable_secret_is_not_rewritten_and_the_change_is_reported() {
+        let spec = serde_json::json!({ "sync": { "immutable": true } });
+        let env = synced(environment(spec), 4, &[("A", "1")]);
+        let before = env.status.clone().unwrap();
+        let current = written(&env, &[("A", "1")]);
+        let p = plan(
+            &env,
+            read(snapshot(5, &[("A", "2")]), Some(current.clone())),
+        );
+        assert!(
+            p.actions.is_empty(),
+            "no write, no restart: {:?}",
+            p.actions
+        );
+        let h = halt(&p);
+        assert_eq!(
+            (h.reason, h.requeue),
+            (Reason::SecretImmutable, Requeue::After(MINUTE))
+        );
+        assert!(h.message.contains("delete the Secret"), "{}", h.message);
+        assert_eq!(ready(&p.status, "Ready"), pair("False", "SecretImmutable"));
+        assert_eq!(ready(&p.status, "Synced"), pair("False", "SecretImmutable"));
+        assert_eq!(
+            (&p.status.revision, &p.status.secret_hash),
+            (&before.revision, &before.secret_hash),
+            "the status describes the data the Secret holds"
+        );
+        // Deleted by hand: created anew with the current data, and the workloads restarted.
+        let p = plan(&env, read(snapshot(5, &[("A", "2")]), None));
+        assert!(matches!(
+            &p.actions[..],
+            [Act::WriteSecret { write: Write::Create(s), .. }, Act::Restart { .. }]
+                if s.immutable == Some(true) && s.data.as_ref().unwrap()["A"].0 == b"2"
+        ));
     }
 }

@@ -1,8 +1,9 @@
-//! What `spec.sync` makes of an environment, against the real kube-apiserver: renamed keys and
-//! templates.
+//! What `spec.sync` makes of an environment, against the real kube-apiserver: renamed keys,
+//! templates and immutable Secrets.
 
 use coffer_operator::crd::Environment;
-use kube::api::{Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube_testenv::wait_until;
 use serde_json::{Value, json};
 
@@ -166,4 +167,46 @@ async fn a_dockerconfigjson_secret_is_built_by_a_template() {
     let text = serde_json::to_string(&status).unwrap();
     assert!(!text.contains("robot") && !text.contains("n3w"));
     assert_eq!(read().await, Some(expect("n3w")));
+}
+
+#[tokio::test]
+async fn an_immutable_secret_keeps_its_data_until_it_is_deleted() {
+    let Some(scene) = Scene::new(&[("A", "1")]).await else {
+        return;
+    };
+    let _operator = scene.start().await;
+    scene
+        .environment(
+            "frozen",
+            "production",
+            json!({ "immutable": true, "refreshInterval": "5s" }),
+        )
+        .await;
+    scene.wait_for_data("frozen", &[("A", "1")]).await;
+    assert_eq!(scene.secret("frozen").await.immutable, Some(true));
+    scene
+        .wait_for_condition("frozen", "Ready", "True", "Synced")
+        .await;
+
+    scene.coffer.set("web", "production", &[("A", "2")]).await;
+    scene
+        .wait_for_condition("frozen", "Ready", "False", "SecretImmutable")
+        .await;
+    scene
+        .wait_for_condition("frozen", "Synced", "False", "SecretImmutable")
+        .await;
+    assert_eq!(scene.data("frozen").await.unwrap(), pairs(&[("A", "1")]));
+    scene.wait_for_event("SecretImmutable", true).await;
+
+    // Deleting it has it created anew, immutable, with the current data.
+    scene
+        .api::<Secret>()
+        .delete("frozen", &DeleteParams::default())
+        .await
+        .unwrap();
+    scene.wait_for_data("frozen", &[("A", "2")]).await;
+    assert_eq!(scene.secret("frozen").await.immutable, Some(true));
+    scene
+        .wait_for_condition("frozen", "Ready", "True", "Synced")
+        .await;
 }
