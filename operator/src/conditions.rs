@@ -61,6 +61,8 @@ pub enum Reason {
     /// The target Secret is immutable and the environment's data changed: it keeps its data
     /// until it is deleted (`spec.sync.immutable`).
     SecretImmutable,
+    /// `creationPolicy: Merge` and the Secret to merge into does not exist.
+    SecretNotFound,
 }
 
 impl Reason {
@@ -90,6 +92,7 @@ impl Reason {
             Self::SecretDeleted => "SecretDeleted",
             Self::KubernetesError => "KubernetesError",
             Self::SecretImmutable => "SecretImmutable",
+            Self::SecretNotFound => "SecretNotFound",
         }
     }
 }

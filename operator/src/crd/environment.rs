@@ -79,7 +79,8 @@ pub struct ProjectRef {
 #[serde(rename_all = "camelCase")]
 pub struct SyncSpec {
     /// Name of the Secret to write, in this namespace. Defaults to the name of this resource.
-    /// An existing Secret that this resource does not own is never overwritten.
+    /// An existing Secret that this resource does not own is never overwritten (unless
+    /// `creationPolicy` is `Merge`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
     /// Type of the Secret. Default: `Opaque`.
@@ -122,6 +123,14 @@ pub struct SyncSpec {
     /// with the current data. Default: false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub immutable: bool,
+    /// Whose the Secret is: `Owner` (default) creates and manages it; `Orphan` creates and
+    /// updates it but never deletes it (needs `deletionPolicy: Retain`); `Merge` writes the
+    /// synced keys into an existing Secret someone else created and labelled
+    /// `coffer.dev/merge: "true"`, keeping its other keys, labels and type, never creates it,
+    /// and removes only its own keys when this resource is deleted (needs `deletionPolicy:
+    /// Retain`).
+    #[serde(default)]
+    pub creation_policy: CreationPolicy,
     /// How often coffer-server is polled for changes when no change event arrives, as hours,
     /// minutes and seconds, e.g. `30s`, `5m`, `1h30m`. Default: `5m`; minimum: `5s`.
     #[serde(default = "default_refresh_interval")]
@@ -147,6 +156,7 @@ impl Default for SyncSpec {
             keys: Vec::new(),
             templates: BTreeMap::new(),
             immutable: false,
+            creation_policy: CreationPolicy::default(),
             refresh_interval: default_refresh_interval(),
             deletion_policy: DeletionPolicy::default(),
             rollout_restart: Vec::new(),
@@ -170,6 +180,25 @@ pub struct KeyMapping {
     /// The key in the Secret: letters, digits, `-`, `_` and `.`, at most 253 characters
     /// (e.g. `password`, `tls.crt`, `.dockerconfigjson`).
     pub to: String,
+}
+
+/// Who creates the Secret and who may delete it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum CreationPolicy {
+    /// The operator creates the Secret and keeps it; `deletionPolicy` says what happens to it
+    /// when this resource is deleted. A Secret of the name that is not the operator's is
+    /// never touched.
+    #[default]
+    Owner,
+    /// Like `Owner`, but the Secret is never deleted by the operator and never carries an
+    /// owner reference.
+    Orphan,
+    /// Write the synced keys into an existing Secret that its owner labelled
+    /// `coffer.dev/merge: "true"` (server-side apply, field manager
+    /// `coffer-operator/<name of this resource>`), keeping its other keys, labels and type.
+    /// A missing Secret is reported (`SecretNotFound`), never created; on deletion of this
+    /// resource only the keys written here are removed.
+    Merge,
 }
 
 /// A workload in this namespace to restart when the synced data changes.

@@ -3,7 +3,7 @@
 
 mod template;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use hmac::{Hmac, Mac};
 use k8s_openapi::ByteString;
@@ -13,7 +13,8 @@ use kube::{Resource, ResourceExt};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
 
-use crate::crd::{DeletionPolicy, Environment, SyncSpec, key_selected};
+use crate::context::FIELD_MANAGER;
+use crate::crd::{CreationPolicy, DeletionPolicy, Environment, SyncSpec, key_selected};
 use template::{RenderError, Template};
 
 /// `app.kubernetes.io/managed-by` on every Secret the operator writes.
@@ -21,6 +22,20 @@ pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "coffer-operator";
 /// The name of the `Environment` a synced Secret comes from.
 pub const ENVIRONMENT_LABEL: &str = "coffer.dev/environment";
+/// `"true"` on a Secret its owner lets `Environment`s merge keys into (`creationPolicy: Merge`):
+/// whoever may create an `Environment` but not edit a Secret cannot make the operator edit it.
+pub const MERGE_LABEL: &str = "coffer.dev/merge";
+
+/// Whether `secret`'s owner lets `Environment`s merge into it ([`MERGE_LABEL`]).
+pub fn merge_allowed(secret: &Secret) -> bool {
+    secret
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(MERGE_LABEL))
+        .is_some_and(|v| v == "true")
+}
+
 /// Bounds on `spec.sync.templates` and on the data of a Secret.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -81,9 +96,28 @@ pub struct Shape<'a> {
     limits: Limits,
 }
 
-/// Checks `sync` on its own (no values needed) and prepares it: key names, renames and
-/// templates (count, size, syntax).
+/// Checks `sync` on its own (no values needed) and prepares it: key names, renames, templates
+/// (count, size, syntax) and how the policies combine.
 pub fn shape(sync: &SyncSpec, limits: Limits) -> Result<Shape<'_>, ShapeError> {
+    if sync.creation_policy != CreationPolicy::Owner
+        && sync.deletion_policy == DeletionPolicy::Delete
+    {
+        return Err(shape_error(
+            "spec.sync.deletionPolicy",
+            format!(
+                "Delete cannot go with creationPolicy {:?}, which never deletes the Secret; \
+                 use Retain",
+                sync.creation_policy
+            ),
+        ));
+    }
+    if sync.creation_policy == CreationPolicy::Merge && sync.immutable {
+        return Err(shape_error(
+            "spec.sync.immutable",
+            "creationPolicy Merge writes into a Secret someone else created: whether it is \
+             immutable is theirs to decide",
+        ));
+    }
     let mut renames: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     // Secret key -> the field that writes it
     let mut targets: BTreeMap<&str, String> = BTreeMap::new();
@@ -270,7 +304,9 @@ pub struct DesiredSecret {
 /// collector removes it with the Environment in any propagation mode. Under `Retain` it has
 /// none: the garbage collector deletes the dependents of an owner deleted with foreground
 /// propagation before the operator's finalizer runs, so any owner reference would defeat
-/// `Retain`. The Secret is then known by its labels (see [`ownership`]).
+/// `Retain`. The Secret is then known by its labels (see [`ownership`]). Under
+/// `creationPolicy: Merge` it is what is applied to someone else's Secret: the data and the
+/// spec's labels and annotations only (see [`merge`]).
 pub fn desired_secret(
     env: &Environment,
     values: &BTreeMap<String, SecretString>,
@@ -278,24 +314,30 @@ pub fn desired_secret(
 ) -> Result<DesiredSecret, ShapeError> {
     let sync = &env.spec.sync;
     let data = shape(sync, LIMITS)?.data(values)?;
+    let merge = sync.creation_policy == CreationPolicy::Merge;
     let mut labels = sync.labels.clone();
-    labels.insert(MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned());
-    labels.insert(ENVIRONMENT_LABEL.to_owned(), env.name_any());
+    if !merge {
+        labels.insert(MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned());
+        labels.insert(ENVIRONMENT_LABEL.to_owned(), env.name_any());
+    }
     let hash = secret_hash(hash_key, &data);
     let keys = data.len();
+    let owned = sync.creation_policy == CreationPolicy::Owner
+        && sync.deletion_policy == DeletionPolicy::Delete;
     let secret = Secret {
         metadata: ObjectMeta {
             name: Some(env.secret_name()),
             namespace: env.namespace(),
-            labels: Some(labels),
+            labels: (!labels.is_empty()).then_some(labels),
             annotations: (!sync.annotations.is_empty()).then(|| sync.annotations.clone()),
-            owner_references: match sync.deletion_policy {
-                DeletionPolicy::Delete => env.controller_owner_ref(&()).map(|r| vec![r]),
-                DeletionPolicy::Retain => None,
+            owner_references: if owned {
+                env.controller_owner_ref(&()).map(|r| vec![r])
+            } else {
+                None
             },
             ..ObjectMeta::default()
         },
-        type_: Some(sync.type_.clone()),
+        type_: (!merge).then(|| sync.type_.clone()),
         immutable: sync.immutable.then_some(true),
         data: Some(data),
         ..Secret::default()
@@ -464,6 +506,148 @@ pub fn update(current: &Secret, desired: &Secret, env: &Environment) -> Update {
         (true, changed) => Update::Frozen(changed.then(|| Box::new(next))),
         (false, false) => Update::None,
         (false, true) => Update::Replace(Box::new(next)),
+    }
+}
+
+/// The field manager of `env`'s server-side applies (`creationPolicy: Merge`):
+/// `coffer-operator/<name>`, one per `Environment`, so that several merging into one Secret
+/// keep their keys apart (with its uid instead of a name too long for a field manager).
+pub fn merge_manager(env: &Environment) -> String {
+    let by_name = format!("{FIELD_MANAGER}/{}", env.name_any());
+    if by_name.len() <= 128 {
+        by_name
+    } else {
+        format!(
+            "{FIELD_MANAGER}/{}",
+            env.metadata.uid.as_deref().unwrap_or_default()
+        )
+    }
+}
+
+/// What the server-side applies of field manager `manager` own in `secret`: the data keys,
+/// labels and annotations an `Environment` wrote under `creationPolicy: Merge`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub data: BTreeSet<String>,
+    pub labels: BTreeSet<String>,
+    pub annotations: BTreeSet<String>,
+}
+
+impl Applied {
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty() && self.labels.is_empty() && self.annotations.is_empty()
+    }
+}
+
+/// Reads [`Applied`] from `secret`'s managed fields.
+pub fn applied(secret: &Secret, manager: &str) -> Applied {
+    let mut applied = Applied::default();
+    let entries = secret.metadata.managed_fields.iter().flatten();
+    for entry in entries.filter(|e| {
+        e.manager.as_deref() == Some(manager) && e.operation.as_deref() == Some("Apply")
+    }) {
+        let Some(fields) = entry.fields_v1.as_ref().map(|f| &f.0) else {
+            continue;
+        };
+        let names = |value: Option<&serde_json::Value>| -> Vec<String> {
+            value
+                .and_then(serde_json::Value::as_object)
+                .map(|o| {
+                    o.keys()
+                        .filter_map(|k| k.strip_prefix("f:").map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        applied.data.extend(names(fields.get("f:data")));
+        let metadata = fields.get("f:metadata");
+        applied
+            .labels
+            .extend(names(metadata.and_then(|m| m.get("f:labels"))));
+        applied
+            .annotations
+            .extend(names(metadata.and_then(|m| m.get("f:annotations"))));
+    }
+    applied
+}
+
+/// Under `creationPolicy: Merge`: the object to server-side apply as `manager` to `current`
+/// (someone else's Secret) so that it holds `desired`'s data, labels and annotations, and no
+/// longer those an earlier apply wrote and `desired` lacks; `None` when it already does. It
+/// carries `current`'s resource version, so it never creates a Secret deleted meanwhile.
+pub fn merge(current: &Secret, desired: &Secret, manager: &str) -> Option<Box<Secret>> {
+    let before = applied(current, manager);
+    let keys = |m: Option<&BTreeMap<String, String>>| -> BTreeSet<String> {
+        m.into_iter().flatten().map(|(k, _)| k.clone()).collect()
+    };
+    let contains_all = |have: Option<&BTreeMap<String, String>>,
+                        want: Option<&BTreeMap<String, String>>| {
+        want.into_iter()
+            .flatten()
+            .all(|(k, v)| have.and_then(|h| h.get(k)) == Some(v))
+    };
+    let empty = BTreeMap::new();
+    let want_data = desired.data.as_ref().unwrap_or(&empty);
+    let have_data = current.data.as_ref().unwrap_or(&empty);
+    let up_to_date = before.data == want_data.keys().cloned().collect()
+        && want_data.iter().all(|(k, v)| have_data.get(k) == Some(v))
+        && before.labels == keys(desired.metadata.labels.as_ref())
+        && contains_all(
+            current.metadata.labels.as_ref(),
+            desired.metadata.labels.as_ref(),
+        )
+        && before.annotations == keys(desired.metadata.annotations.as_ref())
+        && contains_all(
+            current.metadata.annotations.as_ref(),
+            desired.metadata.annotations.as_ref(),
+        );
+    if up_to_date {
+        return None;
+    }
+    Some(Box::new(Secret {
+        metadata: ObjectMeta {
+            name: current.metadata.name.clone(),
+            namespace: current.metadata.namespace.clone(),
+            resource_version: current.metadata.resource_version.clone(),
+            labels: desired.metadata.labels.clone(),
+            annotations: desired.metadata.annotations.clone(),
+            ..ObjectMeta::default()
+        },
+        data: Some(want_data.clone()),
+        ..Secret::default()
+    }))
+}
+
+/// What to do with the Secret of an `Environment` that is deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retire {
+    /// Ours, owned, `creationPolicy: Owner` with `deletionPolicy: Delete`: delete it.
+    Delete,
+    /// Ours, owned, but to be kept: remove our owner reference (our labels stay, so an
+    /// `Environment` of the same name takes it back).
+    Release,
+    /// Someone else's, with keys this `Environment` merged in: remove what its applies wrote.
+    RemoveKeys,
+    /// Nothing of ours to undo: released already, or not ours.
+    Nothing,
+}
+
+/// What to do with `secret` when `env` is deleted.
+pub fn retire(secret: &Secret, env: &Environment) -> Retire {
+    let sync = &env.spec.sync;
+    match ownership(secret, env) {
+        Ownership::Owned
+            if sync.creation_policy == CreationPolicy::Owner
+                && sync.deletion_policy == DeletionPolicy::Delete =>
+        {
+            Retire::Delete
+        }
+        Ownership::Owned => Retire::Release,
+        Ownership::Released => Retire::Nothing,
+        Ownership::Foreign if !applied(secret, &merge_manager(env)).is_empty() => {
+            Retire::RemoveKeys
+        }
+        Ownership::Foreign => Retire::Nothing,
     }
 }
 
@@ -1021,6 +1205,35 @@ mod tests {
     }
 
     #[test]
+    fn orphan_and_merge_never_delete_and_merge_is_never_immutable() {
+        for policy in ["Orphan", "Merge"] {
+            let env = environment(
+                serde_json::json!({ "creationPolicy": policy, "deletionPolicy": "Delete" }),
+            );
+            let e = validate(&env.spec.sync).unwrap_err();
+            assert_eq!(e.field, "spec.sync.deletionPolicy");
+            assert!(e.problem.contains(policy), "{e}");
+            let env = environment(serde_json::json!({ "creationPolicy": policy }));
+            assert_eq!(validate(&env.spec.sync), Ok(()));
+        }
+        let env = environment(serde_json::json!({ "creationPolicy": "Merge", "immutable": true }));
+        assert_eq!(
+            validate(&env.spec.sync).unwrap_err().field,
+            "spec.sync.immutable"
+        );
+        let env = environment(serde_json::json!({ "creationPolicy": "Orphan", "immutable": true }));
+        assert_eq!(validate(&env.spec.sync), Ok(()));
+    }
+
+    #[test]
+    fn an_orphan_secret_carries_our_labels_but_no_owner_reference() {
+        let env = environment(serde_json::json!({ "creationPolicy": "Orphan" }));
+        let d = desired_secret(&env, &values(&[("A", "1")]), b"k");
+        assert_eq!(d.secret.metadata.owner_references, None);
+        assert_eq!(ownership(&d.secret, &env), Ownership::Released);
+    }
+
+    #[test]
     fn an_immutable_secret_keeps_its_data_but_follows_the_metadata() {
         let env = environment(serde_json::json!({ "immutable": true, "labels": { "team": "a" } }));
         let first = desired_secret(&env, &values(&[("A", "1")]), b"k").secret;
@@ -1048,5 +1261,161 @@ mod tests {
             panic!("expected a replace")
         };
         assert_eq!(next.immutable, Some(true));
+    }
+
+    /// The field manager of the test's `Environment` `web-prod`.
+    const MANAGER: &str = "coffer-operator/web-prod";
+
+    fn managed(
+        fields: serde_json::Value,
+    ) -> Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry> {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+        vec![
+            ManagedFieldsEntry {
+                manager: Some(MANAGER.into()),
+                operation: Some("Apply".into()),
+                fields_v1: Some(FieldsV1(fields)),
+                ..Default::default()
+            },
+            // someone else's, another Environment's merge, and the operator's non-apply
+            // writes are not what this Environment merged
+            ManagedFieldsEntry {
+                manager: Some(format!("{FIELD_MANAGER}/web-dev")),
+                operation: Some("Apply".into()),
+                fields_v1: Some(FieldsV1(serde_json::json!({ "f:data": { "f:DEV": {} } }))),
+                ..Default::default()
+            },
+            ManagedFieldsEntry {
+                manager: Some("kubectl-create".into()),
+                operation: Some("Update".into()),
+                fields_v1: Some(FieldsV1(
+                    serde_json::json!({ "f:data": { "f:FOREIGN": {} } }),
+                )),
+                ..Default::default()
+            },
+            ManagedFieldsEntry {
+                manager: Some(FIELD_MANAGER.into()),
+                operation: Some("Update".into()),
+                fields_v1: Some(FieldsV1(serde_json::json!({ "f:data": { "f:OTHER": {} } }))),
+                ..Default::default()
+            },
+        ]
+    }
+
+    /// Someone else's Secret holding `FOREIGN` and what a merge of `ours` wrote.
+    fn merged(ours: &[(&str, &str)]) -> Secret {
+        let mut data: BTreeMap<String, ByteString> = ours
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec())))
+            .collect();
+        data.insert("FOREIGN".into(), ByteString(b"f".to_vec()));
+        let fields: serde_json::Map<String, serde_json::Value> = ours
+            .iter()
+            .map(|(k, _)| (format!("f:{k}"), serde_json::json!({})))
+            .collect();
+        Secret {
+            metadata: ObjectMeta {
+                name: Some("shared".into()),
+                namespace: Some("apps".into()),
+                resource_version: Some("42".into()),
+                labels: Some([("owner-label".to_owned(), "x".to_owned())].into()),
+                managed_fields: Some(managed(serde_json::json!({ "f:data": fields }))),
+                ..ObjectMeta::default()
+            },
+            type_: Some("kubernetes.io/dockerconfigjson".into()),
+            data: Some(data),
+            ..Secret::default()
+        }
+    }
+
+    #[test]
+    fn merged_keys_are_read_from_our_applies_only() {
+        let secret = merged(&[("A", "1"), ("tls.crt", "c")]);
+        let a = applied(&secret, MANAGER);
+        assert_eq!(a.data, ["A".to_owned(), "tls.crt".to_owned()].into());
+        assert!(a.labels.is_empty() && !a.is_empty());
+        assert!(applied(&merged(&[]), MANAGER).is_empty());
+    }
+
+    #[test]
+    fn a_merge_applies_only_our_keys_and_labels_when_they_differ() {
+        let env = environment(serde_json::json!({
+            "creationPolicy": "Merge", "secretName": "shared", "labels": { "team": "a" },
+        }));
+        let desired = desired_secret(&env, &values(&[("A", "1"), ("B", "2")]), b"k").secret;
+        assert_eq!(desired.type_, None, "the type is the Secret's creator's");
+        assert_eq!(
+            desired.metadata.labels,
+            Some([("team".to_owned(), "a".to_owned())].into())
+        );
+
+        // first merge: our keys and labels, with the resource version as a precondition
+        let current = merged(&[]);
+        let apply = merge(&current, &desired, MANAGER).unwrap();
+        assert_eq!(apply.data, desired.data);
+        assert_eq!(apply.metadata.resource_version.as_deref(), Some("42"));
+        assert_eq!(apply.metadata.labels, desired.metadata.labels);
+        assert_eq!((apply.type_.as_ref(), apply.immutable), (None, None));
+
+        // merged already: nothing to do
+        let mut current = merged(&[("A", "1"), ("B", "2")]);
+        current
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("team".into(), "a".into());
+        let mut fields = serde_json::json!({ "f:data": { "f:A": {}, "f:B": {} },
+            "f:metadata": { "f:labels": { "f:team": {} } } });
+        current.metadata.managed_fields = Some(managed(fields.clone()));
+        assert_eq!(merge(&current, &desired, MANAGER), None);
+
+        // a value edited by hand, a key gone from coffer-server, a label dropped: apply again
+        let mut edited = current.clone();
+        edited
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("A".into(), ByteString(b"x".to_vec()));
+        assert!(merge(&edited, &desired, MANAGER).is_some());
+        let fewer = desired_secret(&env, &values(&[("A", "1")]), b"k").secret;
+        let apply = merge(&current, &fewer, MANAGER).unwrap();
+        assert_eq!(apply.data.unwrap().keys().collect::<Vec<_>>(), ["A"]);
+        fields["f:metadata"]["f:labels"] = serde_json::json!({ "f:team": {}, "f:old": {} });
+        current.metadata.managed_fields = Some(managed(fields));
+        assert!(merge(&current, &desired, MANAGER).is_some());
+    }
+
+    #[test]
+    fn a_secret_no_longer_synced_is_deleted_released_emptied_of_our_keys_or_left() {
+        let delete = environment(serde_json::json!({ "deletionPolicy": "Delete" }));
+        let retain = environment(serde_json::json!({}));
+        let orphan = environment(serde_json::json!({ "creationPolicy": "Orphan" }));
+        let owned = desired_secret(&delete, &values(&[("A", "1")]), b"k").secret;
+        assert_eq!(retire(&owned, &delete), Retire::Delete);
+        assert_eq!(retire(&owned, &retain), Retire::Release);
+        assert_eq!(retire(&owned, &orphan), Retire::Release);
+        let released = desired_secret(&retain, &values(&[("A", "1")]), b"k").secret;
+        for env in [&delete, &retain, &orphan] {
+            assert_eq!(retire(&released, env), Retire::Nothing);
+        }
+        let merge = environment(serde_json::json!({ "creationPolicy": "Merge" }));
+        assert_eq!(retire(&merged(&[("A", "1")]), &merge), Retire::RemoveKeys);
+        assert_eq!(retire(&merged(&[]), &merge), Retire::Nothing);
+        assert_eq!(merge_manager(&merge), MANAGER);
+        let mut other = environment(serde_json::json!({ "creationPolicy": "Merge" }));
+        other.metadata.name = Some("web-dev".into());
+        assert_eq!(
+            retire(&merged(&[]), &other),
+            Retire::RemoveKeys,
+            "its own merge only"
+        );
+        let mut long = other.clone();
+        long.metadata.name = Some("x".repeat(200));
+        assert_eq!(
+            merge_manager(&long),
+            "coffer-operator/0b5c5d2e-5f42-4a53-9d3b-5f1a4c2b8e11"
+        );
+        assert_eq!(retire(&secret(&[], None), &delete), Retire::Nothing);
     }
 }

@@ -14,7 +14,8 @@ use super::build::{self, Ownership, Update};
 use crate::conditions::{self, Reason, State};
 use crate::context::{Halt, Requeue};
 use crate::crd::{
-    CONDITION_READY, CONDITION_SYNCED, DeletionPolicy, Environment, EnvironmentStatus,
+    CONDITION_READY, CONDITION_SYNCED, CreationPolicy, DeletionPolicy, Environment,
+    EnvironmentStatus,
 };
 use crate::credentials::{Connection, ConnectionError};
 use crate::source::{FetchError, Missing, Snapshot, SourceKey};
@@ -82,6 +83,8 @@ pub enum Write {
         current: Box<Secret>,
         desired: Box<Secret>,
     },
+    /// Server-side apply this into someone else's Secret (`creationPolicy: Merge`).
+    Apply(Box<Secret>),
 }
 
 /// How a pass ends.
@@ -283,7 +286,8 @@ fn environment_gone(mut draft: Draft<'_>, read: &Read) -> Plan {
     draft.halt(halt, actions)
 }
 
-/// The data was read: make the Secret hold it, unless the Secret is someone else's.
+/// The data was read: make the Secret hold it, unless the Secret is someone else's (or, under
+/// `creationPolicy: Merge`, unless it does not exist).
 fn sync(mut draft: Draft<'_>, read: &Read, snapshot: &Snapshot, hash_key: &[u8]) -> Plan {
     let env = draft.env;
     let secret_name = env.secret_name();
@@ -303,32 +307,42 @@ fn sync(mut draft: Draft<'_>, read: &Read, snapshot: &Snapshot, hash_key: &[u8])
             return draft.halt(halt, Vec::new());
         }
     };
-    if read
-        .secret
-        .as_ref()
-        .is_some_and(|c| build::ownership(c, env) == Ownership::Foreign)
-    {
-        let message = format!(
-            "Secret {secret_name:?} exists and is not managed by this Environment; \
-             it was left untouched (delete it, or choose another spec.sync.secretName)"
-        );
-        draft.set(
-            CONDITION_SYNCED,
-            false,
-            Reason::SecretNotOwned,
-            message.clone(),
-        );
-        let halt = Halt::new(
-            Reason::SecretNotOwned,
-            message,
-            Requeue::After(read.interval),
-        );
-        return draft.halt(halt, Vec::new());
-    }
+    let merge = env.spec.sync.creation_policy == CreationPolicy::Merge;
+    let stop = |mut draft: Draft<'_>, reason: Reason, message: String| {
+        draft.set(CONDITION_SYNCED, false, reason, message.clone());
+        let halt = Halt::new(reason, message, Requeue::After(read.interval));
+        draft.halt(halt, Vec::new())
+    };
     let mut frozen = false;
-    let write = match &read.secret {
-        None => Some(Write::Create(Box::new(desired.secret.clone()))),
-        Some(current) => match build::update(current, &desired.secret, env) {
+    let write = match (&read.secret, merge) {
+        (None, true) => {
+            let message = format!(
+                "Secret {secret_name:?} does not exist: creationPolicy Merge writes into an \
+                 existing Secret and never creates one"
+            );
+            return stop(draft, Reason::SecretNotFound, message);
+        }
+        (Some(current), true) if !build::merge_allowed(current) => {
+            let message = format!(
+                "Secret {secret_name:?} does not allow merging: creationPolicy Merge writes only \
+                 into a Secret labelled {}=true by its owner; it was left untouched",
+                build::MERGE_LABEL
+            );
+            return stop(draft, Reason::SecretNotOwned, message);
+        }
+        (Some(current), true) => {
+            build::merge(current, &desired.secret, &build::merge_manager(env)).map(Write::Apply)
+        }
+        (Some(current), false) if build::ownership(current, env) == Ownership::Foreign => {
+            let message = format!(
+                "Secret {secret_name:?} exists and is not managed by this Environment; \
+                 it was left untouched (delete it, choose another spec.sync.secretName, or \
+                 use creationPolicy Merge)"
+            );
+            return stop(draft, Reason::SecretNotOwned, message);
+        }
+        (None, false) => Some(Write::Create(Box::new(desired.secret.clone()))),
+        (Some(current), false) => match build::update(current, &desired.secret, env) {
             Update::None => None,
             Update::Replace(next) => Some(Write::Replace(next)),
             Update::Recreate => Some(Write::Recreate {
@@ -918,5 +932,50 @@ mod tests {
             [Act::WriteSecret { write: Write::Create(s), .. }, Act::Restart { .. }]
                 if s.immutable == Some(true) && s.data.as_ref().unwrap()["A"].0 == b"2"
         ));
+    }
+
+    #[test]
+    fn a_merge_needs_an_existing_secret_and_applies_into_it() {
+        let spec =
+            serde_json::json!({ "sync": { "creationPolicy": "Merge", "secretName": "shared" } });
+        let env = environment(spec);
+        let p = plan(&env, read(snapshot(4, &[("A", "1")]), None));
+        assert!(p.actions.is_empty());
+        let h = halt(&p);
+        assert_eq!(
+            (h.reason, h.requeue),
+            (Reason::SecretNotFound, Requeue::After(MINUTE))
+        );
+        assert!(h.message.contains("never creates one"));
+
+        let mut foreign = Secret::default();
+        foreign.metadata.name = Some("shared".into());
+        foreign.metadata.resource_version = Some("9".into());
+        foreign.data = Some([("THEIRS".to_owned(), k8s_openapi::ByteString(b"t".to_vec()))].into());
+        // Not opened to merging by its owner: untouched.
+        let p = plan(
+            &env,
+            read(snapshot(4, &[("A", "1")]), Some(foreign.clone())),
+        );
+        assert!(p.actions.is_empty());
+        assert!(halt(&p).message.contains("coffer.dev/merge=true"));
+        assert_eq!(ready(&p.status, "Ready"), pair("False", "SecretNotOwned"));
+        foreign.metadata.labels = Some([("coffer.dev/merge".to_owned(), "true".to_owned())].into());
+        let p = plan(&env, read(snapshot(4, &[("A", "1")]), Some(foreign)));
+        let [
+            Act::WriteSecret {
+                write: Write::Apply(apply),
+                ..
+            },
+        ] = &p.actions[..]
+        else {
+            panic!("expected an apply: {:?}", p.actions)
+        };
+        assert_eq!(
+            apply.data.as_ref().unwrap().keys().collect::<Vec<_>>(),
+            ["A"]
+        );
+        assert_eq!(apply.metadata.resource_version.as_deref(), Some("9"));
+        assert_eq!(ready(&p.status, "Ready"), pair("True", "Synced"));
     }
 }

@@ -16,21 +16,19 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::Patch;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::Event as Finalizer;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{Controller, WatchStreamExt as _, predicates, watcher};
 use kube::{Api, ResourceExt as _};
-use serde_json::json;
 use tokio::sync::mpsc;
 
-use crate::context::{self, Context, Error, Requeue, drain, finalized, patch_params, spec_changes};
-use crate::crd::{DeletionPolicy, Environment, Project};
+use crate::context::{self, Context, Error, Requeue, drain, finalized, spec_changes};
+use crate::crd::{Environment, Project};
 use crate::status;
 use act::Failure;
-use build::{ENVIRONMENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL, Ownership};
+use build::{ENVIRONMENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL};
 use decide::{Stage, Then, decide};
 use observe::observe;
 
@@ -162,38 +160,14 @@ async fn apply(env: &Environment, ctx: &Context) -> Result<Action, Error> {
     }
 }
 
-/// The `Environment` is being deleted: with `Retain` the Secret stays (it has no owner
-/// reference of ours, unless the policy changed since the last pass: then it is released from
-/// it here); with `Delete` it goes.
+/// The `Environment` is being deleted: its Secret is cleaned up by [`build::retire`]: with
+/// `Retain` it stays (it has no owner reference of ours, unless the policy changed since the
+/// last pass: then it is released from it here); with `Delete` it goes; merged keys
+/// (`creationPolicy: Merge`) are removed from a Secret that stays.
 async fn cleanup(env: &Environment, ctx: &Context) -> Result<Action, Error> {
     let namespace = env.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), &namespace);
-    let secret_name = env.secret_name();
-    if let Some(current) = secrets.get_opt(&secret_name).await? {
-        if build::ownership(&current, env) == Ownership::Owned {
-            match env.spec.sync.deletion_policy {
-                DeletionPolicy::Delete => act::delete_owned(&secrets, &current).await?,
-                DeletionPolicy::Retain => {
-                    let uid = env.metadata.uid.clone().unwrap_or_default();
-                    let remaining: Vec<_> = current
-                        .metadata
-                        .owner_references
-                        .iter()
-                        .flatten()
-                        .filter(|r| r.uid != uid)
-                        .cloned()
-                        .collect();
-                    let patch = json!({ "metadata": {
-                        "ownerReferences": remaining,
-                        "resourceVersion": current.metadata.resource_version,
-                    }});
-                    secrets
-                        .patch(&secret_name, &patch_params(), &Patch::Merge(&patch))
-                        .await?;
-                }
-            }
-        }
-    }
+    act::retire(&secrets, env, &env.secret_name()).await?;
     ctx.sources.forget_reader(&ObjectRef::from_obj(env));
     ctx.forget(&object_key(env), env.metadata.uid.as_deref());
     ctx.metrics.forget_object(&namespace, &env.name_any());

@@ -1,9 +1,10 @@
 //! What `spec.sync` makes of an environment, against the real kube-apiserver: renamed keys,
-//! templates and immutable Secrets.
+//! templates, immutable Secrets and creation policies.
 
 use coffer_operator::crd::Environment;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::ResourceExt as _;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube_testenv::wait_until;
 use serde_json::{Value, json};
 
@@ -19,6 +20,21 @@ async fn patch_sync(scene: &Scene, name: &str, sync: Value) {
         )
         .await
         .unwrap();
+}
+
+/// Deletes the `Environment` `name` with `propagation` and waits until it is gone.
+async fn delete_environment(scene: &Scene, name: &str, propagation: PropagationPolicy) {
+    let envs = scene.api::<Environment>();
+    let params = DeleteParams {
+        propagation_policy: Some(propagation),
+        ..DeleteParams::default()
+    };
+    envs.delete(name, &params).await.unwrap();
+    wait_until(&format!("Environment {name} is gone"), TIMEOUT, || async {
+        envs.get_opt(name).await.unwrap().is_none().then_some(())
+    })
+    .await
+    .unwrap();
 }
 
 /// The `Environment` of `operator/examples/<file>`, syncing every 5 s, created.
@@ -209,4 +225,162 @@ async fn an_immutable_secret_keeps_its_data_until_it_is_deleted() {
     scene
         .wait_for_condition("frozen", "Ready", "True", "Synced")
         .await;
+}
+
+#[tokio::test]
+async fn an_orphan_secret_has_no_owner_and_outlives_its_environment() {
+    let Some(scene) = Scene::new(&[("A", "1")]).await else {
+        return;
+    };
+    let _operator = scene.start().await;
+    scene
+        .environment(
+            "contradiction",
+            "production",
+            json!({ "creationPolicy": "Orphan", "deletionPolicy": "Delete" }),
+        )
+        .await;
+    scene
+        .environment(
+            "orphan",
+            "production",
+            json!({ "creationPolicy": "Orphan" }),
+        )
+        .await;
+    scene.wait_for_data("orphan", &[("A", "1")]).await;
+    let secret = scene.secret("orphan").await;
+    assert!(secret.owner_references().is_empty());
+    assert_eq!(secret.labels()["coffer.dev/environment"], "orphan");
+    scene
+        .wait_for_condition("contradiction", "Ready", "False", "InvalidSpec")
+        .await;
+    assert!(scene.data("contradiction").await.is_none());
+
+    // Kept up to date while the Environment lives ...
+    scene.coffer.set("web", "production", &[("A", "2")]).await;
+    scene
+        .api::<Environment>()
+        .patch(
+            "orphan",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "annotations": {
+                "coffer.dev/refresh-at": "1" } } })),
+        )
+        .await
+        .unwrap();
+    scene.wait_for_data("orphan", &[("A", "2")]).await;
+    // ... and kept, with its data, when it goes, even under foreground deletion.
+    delete_environment(&scene, "orphan", PropagationPolicy::Foreground).await;
+    assert_eq!(scene.data("orphan").await.unwrap(), pairs(&[("A", "2")]));
+}
+
+#[tokio::test]
+async fn a_merge_writes_into_a_foreign_secret_and_removes_only_its_keys() {
+    let Some(scene) = Scene::new(&[("DB_PASSWORD", "pw"), ("API_KEY", "k")]).await else {
+        return;
+    };
+    let _operator = scene.start().await;
+    scene
+        .environment(
+            "merge",
+            "production",
+            json!({
+                "creationPolicy": "Merge",
+                "secretName": "shared",
+                "refreshInterval": "5s",
+                "keys": [{ "from": "DB_PASSWORD", "to": "password" }],
+                "labels": { "synced-from": "coffer" },
+            }),
+        )
+        .await;
+    scene
+        .wait_for_condition("merge", "Ready", "False", "SecretNotFound")
+        .await;
+    assert!(scene.data("shared").await.is_none(), "never created");
+
+    let shared: Secret = serde_json::from_value(json!({
+        "metadata": { "name": "shared", "labels": { "team": "payments" } },
+        "stringData": { "FOREIGN": "theirs", "password": "old" },
+    }))
+    .unwrap();
+    scene
+        .api::<Secret>()
+        .create(&PostParams::default(), &shared)
+        .await
+        .unwrap();
+    // Only a Secret its owner opened to merging is written into.
+    scene
+        .wait_for_condition("merge", "Ready", "False", "SecretNotOwned")
+        .await;
+    assert_eq!(
+        scene.data("shared").await.unwrap(),
+        pairs(&[("FOREIGN", "theirs"), ("password", "old")])
+    );
+    scene
+        .api::<Secret>()
+        .patch(
+            "shared",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "labels": { "coffer.dev/merge": "true" } } })),
+        )
+        .await
+        .unwrap();
+    // A second Environment merges into the same Secret, each with its own field manager.
+    scene
+        .coffer
+        .set("web", "staging", &[("STAGING_URL", "s")])
+        .await;
+    scene
+        .environment(
+            "merge-staging",
+            "staging",
+            json!({ "creationPolicy": "Merge", "secretName": "shared", "refreshInterval": "5s" }),
+        )
+        .await;
+    let mut ours = vec![("FOREIGN", "theirs"), ("STAGING_URL", "s")];
+    ours.extend([("password", "pw"), ("API_KEY", "k")]);
+    scene.wait_for_data("shared", &ours).await;
+    scene
+        .wait_for_condition("merge", "Ready", "True", "Synced")
+        .await;
+    let secret = scene.secret("shared").await;
+    assert_eq!(secret.labels()["team"], "payments");
+    assert_eq!(secret.labels()["synced-from"], "coffer");
+    assert!(!secret.labels().contains_key("app.kubernetes.io/managed-by"));
+    assert!(secret.owner_references().is_empty());
+    assert_eq!(secret.type_.as_deref(), Some("Opaque"));
+
+    // Merged already: the passes that follow write nothing.
+    let env_version = scene.get_environment("merge").await.resource_version();
+    tokio::time::sleep(std::time::Duration::from_secs(12)).await;
+    assert_eq!(
+        scene.secret("shared").await.resource_version(),
+        secret.resource_version()
+    );
+    assert_eq!(
+        scene.get_environment("merge").await.resource_version(),
+        env_version
+    );
+
+    // A key removed in coffer-server goes; the foreign key stays.
+    scene.coffer.delete("web", "production", "API_KEY").await;
+    scene
+        .wait_for_data(
+            "shared",
+            &[
+                ("FOREIGN", "theirs"),
+                ("STAGING_URL", "s"),
+                ("password", "pw"),
+            ],
+        )
+        .await;
+
+    // Deleting an Environment removes only its keys and labels: the Secret stays.
+    delete_environment(&scene, "merge", PropagationPolicy::Foreground).await;
+    scene
+        .wait_for_data("shared", &[("FOREIGN", "theirs"), ("STAGING_URL", "s")])
+        .await;
+    let secret = scene.secret("shared").await;
+    assert_eq!(secret.labels()["team"], "payments");
+    assert!(!secret.labels().contains_key("synced-from"));
 }
