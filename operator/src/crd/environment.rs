@@ -80,7 +80,9 @@ pub struct ProjectRef {
 pub struct SyncSpec {
     /// Name of the Secret to write, in this namespace. Defaults to the name of this resource.
     /// An existing Secret that this resource does not own is never overwritten (unless
-    /// `creationPolicy` is `Merge`).
+    /// `creationPolicy` is `Merge`). When the name changes, the Secret of the old name is
+    /// cleaned up as on deletion of this resource: deleted under `deletionPolicy: Delete`,
+    /// left in place (no longer synced) under `Retain`, its merged keys removed under `Merge`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
     /// Type of the Secret. Default: `Opaque`.
@@ -191,13 +193,13 @@ pub enum CreationPolicy {
     #[default]
     Owner,
     /// Like `Owner`, but the Secret is never deleted by the operator and never carries an
-    /// owner reference.
+    /// owner reference: not on deletion of this resource, not when `secretName` changes.
     Orphan,
     /// Write the synced keys into an existing Secret that its owner labelled
     /// `coffer.dev/merge: "true"` (server-side apply, field manager
     /// `coffer-operator/<name of this resource>`), keeping its other keys, labels and type.
     /// A missing Secret is reported (`SecretNotFound`), never created; on deletion of this
-    /// resource only the keys written here are removed.
+    /// resource (or a change of `secretName`) only the keys written here are removed.
     Merge,
 }
 
@@ -234,6 +236,10 @@ pub struct EnvironmentStatus {
     /// Number of keys in the synced Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub synced_keys: Option<i64>,
+    /// Name of the Secret last synced: when `spec.sync.secretName` changes, the Secret of the
+    /// old name is cleaned up by the policies (deleted, released, or its keys removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
     /// When the Secret was last written or confirmed up to date.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<Time>,

@@ -86,22 +86,53 @@ pub async fn act(
                 }
                 acted.restarted = Some(restarts.restarted);
             }
+            Act::Retire { name } => {
+                let done = retire(&secrets, env, name).await?;
+                if let Some((reason, note)) = done {
+                    let note = format!("spec.sync.secretName changed: {note}");
+                    event(ctx, env, false, reason, "Cleanup", note).await;
+                }
+            }
         }
     }
     Ok(acted)
 }
 
-/// Cleans up Secret `name` of `env`, which is being deleted (see [`build::retire`]).
-pub async fn retire(secrets: &Api<Secret>, env: &Environment, name: &str) -> Result<(), Error> {
+/// Cleans up Secret `name`, which `env` no longer syncs into (see [`build::retire`]); returns
+/// the reason and note of the event that says what was done, if anything was.
+pub async fn retire(
+    secrets: &Api<Secret>,
+    env: &Environment,
+    name: &str,
+) -> Result<Option<(&'static str, String)>, Error> {
     let Some(current) = secrets.get_opt(name).await? else {
-        return Ok(());
+        return Ok(None);
     };
-    match build::retire(&current, env) {
-        Retire::Nothing => Ok(()),
-        Retire::Delete => delete_owned(secrets, &current).await,
-        Retire::Release => release(secrets, env, &current).await,
-        Retire::RemoveKeys => remove_applied(secrets, env, &current).await,
-    }
+    let done = match build::retire(&current, env) {
+        Retire::Nothing => return Ok(None),
+        Retire::Delete => {
+            delete_owned(secrets, &current).await?;
+            (
+                Reason::SecretDeleted.as_str(),
+                format!("deleted Secret {name:?} (deletionPolicy Delete)"),
+            )
+        }
+        Retire::Release => {
+            release(secrets, env, &current).await?;
+            (
+                "SecretReleased",
+                format!("released Secret {name:?}: it stays, no longer synced"),
+            )
+        }
+        Retire::RemoveKeys => {
+            remove_applied(secrets, env, &current).await?;
+            (
+                "KeysRemoved",
+                format!("removed the keys merged into Secret {name:?}; the Secret stays"),
+            )
+        }
+    };
+    Ok(Some(done))
 }
 
 /// Removes `env`'s owner reference from `current`, keeping any other.

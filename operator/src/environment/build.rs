@@ -618,7 +618,8 @@ pub fn merge(current: &Secret, desired: &Secret, manager: &str) -> Option<Box<Se
     }))
 }
 
-/// What to do with the Secret of an `Environment` that is deleted.
+/// What to do with a Secret the `Environment` no longer syncs into: the one under its old
+/// `secretName`, or its Secret when it is deleted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retire {
     /// Ours, owned, `creationPolicy: Owner` with `deletionPolicy: Delete`: delete it.
@@ -632,7 +633,7 @@ pub enum Retire {
     Nothing,
 }
 
-/// What to do with `secret` when `env` is deleted.
+/// What to do with `secret`, which `env` no longer syncs into.
 pub fn retire(secret: &Secret, env: &Environment) -> Retire {
     let sync = &env.spec.sync;
     match ownership(secret, env) {

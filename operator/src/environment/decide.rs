@@ -70,6 +70,9 @@ pub enum Act {
     DeleteSecret { secret: Box<Secret>, note: String },
     /// Put `hash` on the pod templates of the workloads that use Secret `secret`.
     Restart { secret: String, hash: String },
+    /// Clean up Secret `name`, which `spec.sync.secretName` named before (see
+    /// [`build::retire`]).
+    Retire { name: String },
 }
 
 /// How the Secret is written.
@@ -275,6 +278,7 @@ fn environment_gone(mut draft: Draft<'_>, read: &Read) -> Plan {
         draft.status.revision = None;
         draft.status.secret_hash = None;
         draft.status.synced_keys = None;
+        draft.status.secret_name = None;
     } else {
         message.push_str("; the Secret keeps its last synced data (deletionPolicy Retain)");
     }
@@ -356,6 +360,7 @@ fn sync(mut draft: Draft<'_>, read: &Read, snapshot: &Snapshot, hash_key: &[u8])
         },
     };
     let mut actions = Vec::new();
+    let previous_name = draft.status.secret_name.replace(secret_name.clone());
     if frozen {
         // The Secret keeps the data it was created with: the status keeps describing it.
         let message = format!(
@@ -368,6 +373,7 @@ fn sync(mut draft: Draft<'_>, read: &Read, snapshot: &Snapshot, hash_key: &[u8])
             let note = format!("updated the metadata of immutable Secret {secret_name:?}");
             actions.push(Act::WriteSecret { write, note });
         }
+        retire_previous(&mut actions, previous_name, &secret_name);
         draft.set(
             CONDITION_SYNCED,
             false,
@@ -410,6 +416,8 @@ fn sync(mut draft: Draft<'_>, read: &Read, snapshot: &Snapshot, hash_key: &[u8])
             hash: desired.hash.clone(),
         });
     }
+    // Only once the Secret of the new name holds the data does the old one go.
+    retire_previous(&mut actions, previous_name, &secret_name);
     let moved = status.revision != Some(snapshot.revision)
         || previous_hash.as_deref() != Some(desired.hash.as_str());
     if wrote || moved || status.last_sync_time.is_none() {
@@ -426,6 +434,13 @@ fn sync(mut draft: Draft<'_>, read: &Read, snapshot: &Snapshot, hash_key: &[u8])
         then: Then::Synced {
             interval: read.interval,
         },
+    }
+}
+
+/// Asks to clean up the Secret of the previous name, when `spec.sync.secretName` changed.
+fn retire_previous(actions: &mut Vec<Act>, previous: Option<String>, current: &str) {
+    if let Some(name) = previous.filter(|p| p != current) {
+        actions.push(Act::Retire { name });
     }
 }
 
@@ -977,5 +992,39 @@ mod tests {
         );
         assert_eq!(apply.metadata.resource_version.as_deref(), Some("9"));
         assert_eq!(ready(&p.status, "Ready"), pair("True", "Synced"));
+        assert_eq!(p.status.secret_name.as_deref(), Some("shared"));
+    }
+
+    #[test]
+    fn a_new_secret_name_retires_the_old_secret_once_the_new_one_is_written() {
+        let env = synced(environment(serde_json::json!({})), 4, &[("A", "1")]);
+        assert_eq!(
+            env.status.as_ref().unwrap().secret_name.as_deref(),
+            Some("web-prod")
+        );
+        let mut renamed = env.clone();
+        renamed.spec.sync.secret_name = Some("web-env".into());
+        let p = plan(&renamed, read(snapshot(4, &[("A", "1")]), None));
+        match &p.actions[..] {
+            [
+                Act::WriteSecret {
+                    write: Write::Create(s),
+                    ..
+                },
+                Act::Retire { name },
+            ] => {
+                assert_eq!(s.metadata.name.as_deref(), Some("web-env"));
+                assert_eq!(name, "web-prod");
+            }
+            other => panic!("expected a create, then the old Secret retired: {other:?}"),
+        }
+        assert_eq!(p.status.secret_name.as_deref(), Some("web-env"));
+
+        // The new name is someone else's: nothing is written and the old Secret stays.
+        let mut foreign = written(&renamed, &[("X", "x")]);
+        foreign.metadata.labels = None;
+        let p = plan(&renamed, read(snapshot(4, &[("A", "1")]), Some(foreign)));
+        assert!(p.actions.is_empty());
+        assert_eq!(p.status.secret_name.as_deref(), Some("web-prod"));
     }
 }

@@ -160,14 +160,23 @@ async fn apply(env: &Environment, ctx: &Context) -> Result<Action, Error> {
     }
 }
 
-/// The `Environment` is being deleted: its Secret is cleaned up by [`build::retire`]: with
+/// The `Environment` is being deleted: its Secret (and the one of its previous
+/// `secretName`, if that was not cleaned up yet) is cleaned up by [`build::retire`]: with
 /// `Retain` it stays (it has no owner reference of ours, unless the policy changed since the
 /// last pass: then it is released from it here); with `Delete` it goes; merged keys
 /// (`creationPolicy: Merge`) are removed from a Secret that stays.
 async fn cleanup(env: &Environment, ctx: &Context) -> Result<Action, Error> {
     let namespace = env.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), &namespace);
-    act::retire(&secrets, env, &env.secret_name()).await?;
+    let secret_name = env.secret_name();
+    let previous = env
+        .status
+        .as_ref()
+        .and_then(|s| s.secret_name.clone())
+        .filter(|p| *p != secret_name);
+    for name in std::iter::once(secret_name).chain(previous) {
+        act::retire(&secrets, env, &name).await?;
+    }
     ctx.sources.forget_reader(&ObjectRef::from_obj(env));
     ctx.forget(&object_key(env), env.metadata.uid.as_deref());
     ctx.metrics.forget_object(&namespace, &env.name_any());

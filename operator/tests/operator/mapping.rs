@@ -1,5 +1,5 @@
 //! What `spec.sync` makes of an environment, against the real kube-apiserver: renamed keys,
-//! templates, immutable Secrets and creation policies.
+//! templates, immutable Secrets, creation policies and a changed `secretName`.
 
 use coffer_operator::crd::Environment;
 use k8s_openapi::api::core::v1::Secret;
@@ -48,6 +48,14 @@ async fn create_example(scene: &Scene, file: &str) -> Environment {
         .create(&PostParams::default(), &env)
         .await
         .unwrap()
+}
+
+async fn wait_until_gone(scene: &Scene, secret: &str) {
+    wait_until(&format!("Secret {secret} is gone"), TIMEOUT, || async {
+        scene.data(secret).await.is_none().then_some(())
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -383,4 +391,53 @@ async fn a_merge_writes_into_a_foreign_secret_and_removes_only_its_keys() {
     let secret = scene.secret("shared").await;
     assert_eq!(secret.labels()["team"], "payments");
     assert!(!secret.labels().contains_key("synced-from"));
+}
+
+#[tokio::test]
+async fn a_new_secret_name_deletes_or_releases_the_old_secret_by_policy() {
+    let Some(scene) = Scene::new(&[("A", "1")]).await else {
+        return;
+    };
+    let _operator = scene.start().await;
+    let sync = |name: &str, policy: &str| {
+        let mut sync = json!({ "secretName": name, "deletionPolicy": policy });
+        sync["refreshInterval"] = json!("5s");
+        sync
+    };
+    scene
+        .environment("drop", "production", sync("drop-1", "Delete"))
+        .await;
+    scene
+        .environment("keep", "production", sync("keep-1", "Retain"))
+        .await;
+    for name in ["drop-1", "keep-1"] {
+        scene.wait_for_data(name, &[("A", "1")]).await;
+    }
+    let recorded = |env: Environment| env.status.and_then(|s| s.secret_name);
+    assert_eq!(
+        recorded(scene.get_environment("drop").await).as_deref(),
+        Some("drop-1")
+    );
+
+    patch_sync(&scene, "drop", json!({ "secretName": "drop-2" })).await;
+    patch_sync(&scene, "keep", json!({ "secretName": "keep-2" })).await;
+    scene.wait_for_data("drop-2", &[("A", "1")]).await;
+    scene.wait_for_data("keep-2", &[("A", "1")]).await;
+    // Delete: the old Secret goes.
+    wait_until_gone(&scene, "drop-1").await;
+    for (env, name) in [("drop", "drop-2"), ("keep", "keep-2")] {
+        wait_until("the new name is recorded", TIMEOUT, || async {
+            (recorded(scene.get_environment(env).await).as_deref() == Some(name)).then_some(())
+        })
+        .await
+        .unwrap();
+    }
+    // Retain: the old Secret stays as it was, without owner, and is no longer synced.
+    let old = scene.secret("keep-1").await;
+    assert!(old.owner_references().is_empty());
+    scene.coffer.set("web", "production", &[("A", "2")]).await;
+    scene.wait_for_data("keep-2", &[("A", "2")]).await;
+    scene.wait_for_data("drop-2", &[("A", "2")]).await;
+    assert_eq!(scene.data("keep-1").await.unwrap(), pairs(&[("A", "1")]));
+    assert!(scene.data("drop-1").await.is_none());
 }
