@@ -58,6 +58,11 @@ pub enum Reason {
     SecretDeleted,
     /// The Kubernetes API refused or failed a request.
     KubernetesError,
+    /// The target Secret is immutable and the environment's data changed: it keeps its data
+    /// until it is deleted (`spec.sync.immutable`).
+    SecretImmutable,
+    /// `creationPolicy: Merge` and the Secret to merge into does not exist.
+    SecretNotFound,
 }
 
 impl Reason {
@@ -86,6 +91,8 @@ impl Reason {
             Self::SecretNotOwned => "SecretNotOwned",
             Self::SecretDeleted => "SecretDeleted",
             Self::KubernetesError => "KubernetesError",
+            Self::SecretImmutable => "SecretImmutable",
+            Self::SecretNotFound => "SecretNotFound",
         }
     }
 }

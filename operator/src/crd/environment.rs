@@ -79,7 +79,10 @@ pub struct ProjectRef {
 #[serde(rename_all = "camelCase")]
 pub struct SyncSpec {
     /// Name of the Secret to write, in this namespace. Defaults to the name of this resource.
-    /// An existing Secret that this resource does not own is never overwritten.
+    /// An existing Secret that this resource does not own is never overwritten (unless
+    /// `creationPolicy` is `Merge`). When the name changes, the Secret of the old name is
+    /// cleaned up as on deletion of this resource: deleted under `deletionPolicy: Delete`,
+    /// left in place (no longer synced) under `Retain`, its merged keys removed under `Merge`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
     /// Type of the Secret. Default: `Opaque`.
@@ -92,12 +95,44 @@ pub struct SyncSpec {
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
     /// Glob patterns (`*` matches any run of characters, `?` one character) of the keys to
-    /// sync. Empty: every key.
+    /// sync, by their names in coffer-server (before `keys` renames them). Empty: every key.
     #[serde(default)]
     pub include: Vec<String>,
-    /// Glob patterns of keys not to sync, even when `include` selects them.
+    /// Glob patterns of keys not to sync, even when `include` selects them (names in
+    /// coffer-server).
     #[serde(default)]
     pub exclude: Vec<String>,
+    /// Renames: each synced key named `from` (in coffer-server) is written as `to` instead,
+    /// e.g. `{from: TLS_CERT, to: tls.crt}`. `include`/`exclude` select by the coffer-server
+    /// name first; a key they leave out is not written under any name. One key may be written
+    /// under several names; two keys (or a key and a template) written to one Secret key are
+    /// refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<KeyMapping>,
+    /// Secret keys built from the environment's values: `{{ .KEY }}` is replaced with the value
+    /// of the coffer-server key `KEY` (any key of the environment, whether synced or not),
+    /// e.g. `DATABASE_URL: "postgres://{{ .DB_USER }}:{{ .DB_PASSWORD }}@db:5432/app"`.
+    /// Inside `{{ }}`: one or more operands (`.KEY` or a "quoted string"), concatenated, then
+    /// optionally piped through `b64enc`, `b64dec` or `toJson` (a JSON string literal), e.g.
+    /// `{{ .USER ":" .PASSWORD | b64enc }}`. An unknown key or function or a syntax error is
+    /// `InvalidSpec`. At most 100 templates of at most 64 KiB each; the Secret's data stays
+    /// within 1 MiB.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub templates: BTreeMap<String, String>,
+    /// Create the Secret immutable. Its data then never changes in place: when the
+    /// environment's data changes, the Secret keeps the data it was created with and `Ready`
+    /// turns `False` with reason `SecretImmutable`; delete the Secret to have it created anew
+    /// with the current data. Default: false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub immutable: bool,
+    /// Whose the Secret is: `Owner` (default) creates and manages it; `Orphan` creates and
+    /// updates it but never deletes it (needs `deletionPolicy: Retain`); `Merge` writes the
+    /// synced keys into an existing Secret someone else created and labelled
+    /// `coffer.dev/merge: "true"`, keeping its other keys, labels and type, never creates it,
+    /// and removes only its own keys when this resource is deleted (needs `deletionPolicy:
+    /// Retain`).
+    #[serde(default)]
+    pub creation_policy: CreationPolicy,
     /// How often coffer-server is polled for changes when no change event arrives, as hours,
     /// minutes and seconds, e.g. `30s`, `5m`, `1h30m`. Default: `5m`; minimum: `5s`.
     #[serde(default = "default_refresh_interval")]
@@ -120,6 +155,10 @@ impl Default for SyncSpec {
             annotations: BTreeMap::new(),
             include: Vec::new(),
             exclude: Vec::new(),
+            keys: Vec::new(),
+            templates: BTreeMap::new(),
+            immutable: false,
+            creation_policy: CreationPolicy::default(),
             refresh_interval: default_refresh_interval(),
             deletion_policy: DeletionPolicy::default(),
             rollout_restart: Vec::new(),
@@ -133,6 +172,35 @@ fn default_secret_type() -> String {
 
 fn default_refresh_interval() -> String {
     DEFAULT_REFRESH_INTERVAL.to_owned()
+}
+
+/// A synced key written under another name.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct KeyMapping {
+    /// The key's name in coffer-server.
+    pub from: String,
+    /// The key in the Secret: letters, digits, `-`, `_` and `.`, at most 253 characters
+    /// (e.g. `password`, `tls.crt`, `.dockerconfigjson`).
+    pub to: String,
+}
+
+/// Who creates the Secret and who may delete it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum CreationPolicy {
+    /// The operator creates the Secret and keeps it; `deletionPolicy` says what happens to it
+    /// when this resource is deleted. A Secret of the name that is not the operator's is
+    /// never touched.
+    #[default]
+    Owner,
+    /// Like `Owner`, but the Secret is never deleted by the operator and never carries an
+    /// owner reference: not on deletion of this resource, not when `secretName` changes.
+    Orphan,
+    /// Write the synced keys into an existing Secret that its owner labelled
+    /// `coffer.dev/merge: "true"` (server-side apply, field manager
+    /// `coffer-operator/<name of this resource>`), keeping its other keys, labels and type.
+    /// A missing Secret is reported (`SecretNotFound`), never created; on deletion of this
+    /// resource (or a change of `secretName`) only the keys written here are removed.
+    Merge,
 }
 
 /// A workload in this namespace to restart when the synced data changes.
@@ -168,6 +236,10 @@ pub struct EnvironmentStatus {
     /// Number of keys in the synced Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub synced_keys: Option<i64>,
+    /// Name of the Secret last synced: when `spec.sync.secretName` changes, the Secret of the
+    /// old name is cleaned up by the policies (deleted, released, or its keys removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
     /// When the Secret was last written or confirmed up to date.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<Time>,

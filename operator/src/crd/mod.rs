@@ -7,8 +7,9 @@ mod environment;
 mod project;
 
 pub use environment::{
-    Environment, EnvironmentSpec, EnvironmentStatus, MIN_REFRESH_INTERVAL, ProjectRef,
-    RolloutTarget, SyncSpec, WorkloadKind, key_selected, parse_refresh_interval,
+    CreationPolicy, Environment, EnvironmentSpec, EnvironmentStatus, KeyMapping,
+    MIN_REFRESH_INTERVAL, ProjectRef, RolloutTarget, SyncSpec, WorkloadKind, key_selected,
+    parse_refresh_interval,
 };
 pub use project::{ConfigMapKeyRef, CredentialsRef, Project, ProjectSpec, ProjectStatus};
 

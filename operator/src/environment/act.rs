@@ -4,13 +4,17 @@
 
 use coffer_client::CreateEnvironmentRequest;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{DeleteParams, PostParams, Preconditions, PropagationPolicy};
+use kube::api::{
+    DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions, PropagationPolicy,
+};
 use kube::{Api, Resource as _, ResourceExt as _};
+use serde_json::json;
 
+use super::build::{self, Retire};
 use super::decide::{Act, Read, Write, upstream_failure};
 use super::rollout;
 use crate::conditions::Reason;
-use crate::context::{Context, Error, Halt, Requeue, post_params};
+use crate::context::{Context, Error, Halt, Requeue, patch_params, post_params};
 use crate::crd::Environment;
 use crate::source::FetchError;
 
@@ -92,9 +96,111 @@ pub async fn act(
                 }
                 acted.restarted = Some(restarts.restarted);
             }
+            Act::Retire { name } => {
+                let done = retire(&secrets, env, name).await?;
+                if let Some((reason, note)) = done {
+                    let note = format!("spec.sync.secretName changed: {note}");
+                    event(ctx, env, false, reason, "Cleanup", note).await;
+                }
+            }
         }
     }
     Ok(acted)
+}
+
+/// Cleans up Secret `name`, which `env` no longer syncs into (see [`build::retire`]); returns
+/// the reason and note of the event that says what was done, if anything was.
+pub async fn retire(
+    secrets: &Api<Secret>,
+    env: &Environment,
+    name: &str,
+) -> Result<Option<(&'static str, String)>, Error> {
+    let Some(current) = secrets.get_opt(name).await? else {
+        return Ok(None);
+    };
+    let done = match build::retire(&current, env) {
+        Retire::Nothing => return Ok(None),
+        Retire::Delete => {
+            delete_owned(secrets, &current).await?;
+            (
+                Reason::SecretDeleted.as_str(),
+                format!("deleted Secret {name:?} (deletionPolicy Delete)"),
+            )
+        }
+        Retire::Release => {
+            release(secrets, env, &current).await?;
+            (
+                "SecretReleased",
+                format!("released Secret {name:?}: it stays, no longer synced"),
+            )
+        }
+        Retire::RemoveKeys => {
+            remove_applied(secrets, env, &current).await?;
+            (
+                "KeysRemoved",
+                format!("removed the keys merged into Secret {name:?}; the Secret stays"),
+            )
+        }
+    };
+    Ok(Some(done))
+}
+
+/// Removes `env`'s owner reference from `current`, keeping any other.
+async fn release(secrets: &Api<Secret>, env: &Environment, current: &Secret) -> Result<(), Error> {
+    let uid = env.metadata.uid.clone().unwrap_or_default();
+    let remaining: Vec<_> = current
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .filter(|r| r.uid != uid)
+        .cloned()
+        .collect();
+    let patch = json!({ "metadata": {
+        "ownerReferences": remaining,
+        "resourceVersion": current.metadata.resource_version,
+    }});
+    secrets
+        .patch(&current.name_any(), &patch_params(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+/// Server-side applies nothing to `current` as `env`'s field manager: the keys, labels and
+/// annotations its earlier applies wrote (and no other manager holds) are removed, the rest
+/// stays. The resource version makes sure an apply never creates a Secret deleted meanwhile.
+async fn remove_applied(
+    secrets: &Api<Secret>,
+    env: &Environment,
+    current: &Secret,
+) -> Result<(), Error> {
+    let empty = Secret {
+        metadata: ObjectMeta {
+            name: current.metadata.name.clone(),
+            namespace: current.metadata.namespace.clone(),
+            resource_version: current.metadata.resource_version.clone(),
+            ..ObjectMeta::default()
+        },
+        ..Secret::default()
+    };
+    match secrets
+        .patch(
+            &current.name_any(),
+            &apply_params(env),
+            &Patch::Apply(&empty),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A server-side apply as `env`'s field manager that takes over the fields it applies from any
+/// other manager: what it merges is the environment's.
+fn apply_params(env: &Environment) -> PatchParams {
+    PatchParams::apply(&build::merge_manager(env)).force()
 }
 
 async fn event(
@@ -148,6 +254,13 @@ async fn write_secret(
             .replace(&next.name_any(), &post, next)
             .await
             .map(drop),
+        Write::Apply(applied) => {
+            let params = apply_params(env);
+            secrets
+                .patch(&applied.name_any(), &params, &Patch::Apply(applied))
+                .await
+                .map(drop)
+        }
         Write::Recreate { current, desired } => {
             // The old Secret goes only once the API server has accepted the new one.
             if let Err(e) = validate_new(secrets, desired).await {

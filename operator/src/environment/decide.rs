@@ -14,7 +14,8 @@ use super::build::{self, Ownership, Update};
 use crate::conditions::{self, Reason, State};
 use crate::context::{Halt, Requeue};
 use crate::crd::{
-    CONDITION_READY, CONDITION_SYNCED, DeletionPolicy, Environment, EnvironmentStatus,
+    CONDITION_READY, CONDITION_SYNCED, CreationPolicy, DeletionPolicy, Environment,
+    EnvironmentStatus,
 };
 use crate::credentials::{Connection, ConnectionError};
 use crate::source::{FetchError, Missing, Snapshot, SourceKey};
@@ -69,6 +70,9 @@ pub enum Act {
     DeleteSecret { secret: Box<Secret>, note: String },
     /// Put `hash` on the pod templates of the workloads that use Secret `secret`.
     Restart { secret: String, hash: String },
+    /// Clean up Secret `name`, which `spec.sync.secretName` named before (see
+    /// [`build::retire`]).
+    Retire { name: String },
 }
 
 /// How the Secret is written.
@@ -82,6 +86,8 @@ pub enum Write {
         current: Box<Secret>,
         desired: Box<Secret>,
     },
+    /// Server-side apply this into someone else's Secret (`creationPolicy: Merge`).
+    Apply(Box<Secret>),
 }
 
 /// How a pass ends.
@@ -163,6 +169,10 @@ impl<'a> Draft<'a> {
 pub fn decide(observed: &Observed<'_>, hash_key: &[u8], now: Timestamp) -> Plan {
     let env = observed.env;
     let draft = Draft::new(env, now);
+    if let Err(e) = build::validate(&env.spec.sync) {
+        let halt = Halt::new(Reason::InvalidSpec, e.to_string(), Requeue::AwaitChange);
+        return draft.halt(halt, Vec::new());
+    }
     let read = match &observed.stage {
         Stage::InvalidSpec(message) => {
             let halt = Halt::new(Reason::InvalidSpec, message, Requeue::AwaitChange);
@@ -269,6 +279,7 @@ fn environment_gone(mut draft: Draft<'_>, read: &Read) -> Plan {
         draft.status.revision = None;
         draft.status.secret_hash = None;
         draft.status.synced_keys = None;
+        draft.status.secret_name = None;
     } else {
         message.push_str("; the Secret keeps its last synced data (deletionPolicy Retain)");
     }
@@ -280,51 +291,109 @@ fn environment_gone(mut draft: Draft<'_>, read: &Read) -> Plan {
     draft.halt(halt, actions)
 }
 
-/// The data was read: make the Secret hold it, unless the Secret is someone else's.
+/// The data was read: make the Secret hold it, unless the Secret is someone else's (or, under
+/// `creationPolicy: Merge`, unless it does not exist).
 fn sync(mut draft: Draft<'_>, read: &Read, snapshot: &Snapshot, hash_key: &[u8]) -> Plan {
     let env = draft.env;
     let secret_name = env.secret_name();
-    let desired = build::desired_secret(env, &snapshot.values, hash_key);
-    if read
-        .secret
-        .as_ref()
-        .is_some_and(|c| build::ownership(c, env) == Ownership::Foreign)
-    {
-        let message = format!(
-            "Secret {secret_name:?} exists and is not managed by this Environment; \
-             it was left untouched (delete it, or choose another spec.sync.secretName)"
-        );
-        draft.set(
-            CONDITION_SYNCED,
-            false,
-            Reason::SecretNotOwned,
-            message.clone(),
-        );
-        let halt = Halt::new(
-            Reason::SecretNotOwned,
-            message,
-            Requeue::After(read.interval),
-        );
-        return draft.halt(halt, Vec::new());
-    }
-    let write = match &read.secret {
-        None => Some(Write::Create(Box::new(desired.secret.clone()))),
-        Some(current) => match build::update(current, &desired.secret, env) {
+    let desired = match build::desired_secret(env, &snapshot.values, hash_key) {
+        Ok(desired) => desired,
+        Err(e) => {
+            // The spec does not fit the data (a template reads a key that is gone, say): the
+            // Secret keeps what it has until either changes.
+            let message = format!("{e}; the Secret keeps its last synced data");
+            draft.set(
+                CONDITION_SYNCED,
+                false,
+                Reason::InvalidSpec,
+                message.clone(),
+            );
+            let halt = Halt::new(Reason::InvalidSpec, message, Requeue::After(read.interval));
+            return draft.halt(halt, Vec::new());
+        }
+    };
+    let merge = env.spec.sync.creation_policy == CreationPolicy::Merge;
+    let stop = |mut draft: Draft<'_>, reason: Reason, message: String| {
+        draft.set(CONDITION_SYNCED, false, reason, message.clone());
+        let halt = Halt::new(reason, message, Requeue::After(read.interval));
+        draft.halt(halt, Vec::new())
+    };
+    let mut frozen = false;
+    let write = match (&read.secret, merge) {
+        (None, true) => {
+            let message = format!(
+                "Secret {secret_name:?} does not exist: creationPolicy Merge writes into an \
+                 existing Secret and never creates one"
+            );
+            return stop(draft, Reason::SecretNotFound, message);
+        }
+        (Some(current), true) if !build::merge_allowed(current) => {
+            let message = format!(
+                "Secret {secret_name:?} does not allow merging: creationPolicy Merge writes only \
+                 into a Secret labelled {}=true by its owner; it was left untouched",
+                build::MERGE_LABEL
+            );
+            return stop(draft, Reason::SecretNotOwned, message);
+        }
+        (Some(current), true) => {
+            build::merge(current, &desired.secret, &build::merge_manager(env)).map(Write::Apply)
+        }
+        (Some(current), false) if build::ownership(current, env) == Ownership::Foreign => {
+            let message = format!(
+                "Secret {secret_name:?} exists and is not managed by this Environment; \
+                 it was left untouched (delete it, choose another spec.sync.secretName, or \
+                 use creationPolicy Merge)"
+            );
+            return stop(draft, Reason::SecretNotOwned, message);
+        }
+        (None, false) => Some(Write::Create(Box::new(desired.secret.clone()))),
+        (Some(current), false) => match build::update(current, &desired.secret, env) {
             Update::None => None,
             Update::Replace(next) => Some(Write::Replace(next)),
             Update::Recreate => Some(Write::Recreate {
                 current: Box::new(current.clone()),
                 desired: Box::new(desired.secret.clone()),
             }),
+            Update::Frozen(next) => {
+                frozen = true;
+                next.map(Write::Replace)
+            }
         },
     };
+    let mut actions = Vec::new();
+    let previous_name = draft.status.secret_name.replace(secret_name.clone());
+    if frozen {
+        // The Secret keeps the data it was created with: the status keeps describing it.
+        let message = format!(
+            "Secret {secret_name:?} is immutable and keeps the data it was created with; {} \
+             is at revision {} with other data: delete the Secret to have it created anew",
+            read.source.place(),
+            snapshot.revision
+        );
+        if let Some(write) = write {
+            let note = format!("updated the metadata of immutable Secret {secret_name:?}");
+            actions.push(Act::WriteSecret { write, note });
+        }
+        retire_previous(&mut actions, previous_name, &secret_name);
+        draft.set(
+            CONDITION_SYNCED,
+            false,
+            Reason::SecretImmutable,
+            message.clone(),
+        );
+        let halt = Halt::new(
+            Reason::SecretImmutable,
+            message,
+            Requeue::After(read.interval),
+        );
+        return draft.halt(halt, actions);
+    }
     let message = format!(
         "Secret {secret_name:?} holds {} key(s) of {} at revision {}",
         desired.keys,
         read.source.place(),
         snapshot.revision
     );
-    let mut actions = Vec::new();
     let wrote = write.is_some();
     if let Some(write) = write {
         actions.push(Act::WriteSecret {
@@ -348,6 +417,8 @@ fn sync(mut draft: Draft<'_>, read: &Read, snapshot: &Snapshot, hash_key: &[u8])
             hash: desired.hash.clone(),
         });
     }
+    // Only once the Secret of the new name holds the data does the old one go.
+    retire_previous(&mut actions, previous_name, &secret_name);
     let moved = status.revision != Some(snapshot.revision)
         || previous_hash.as_deref() != Some(desired.hash.as_str());
     if wrote || moved || status.last_sync_time.is_none() {
@@ -364,6 +435,13 @@ fn sync(mut draft: Draft<'_>, read: &Read, snapshot: &Snapshot, hash_key: &[u8])
         then: Then::Synced {
             interval: read.interval,
         },
+    }
+}
+
+/// Asks to clean up the Secret of the previous name, when `spec.sync.secretName` changed.
+fn retire_previous(actions: &mut Vec<Act>, previous: Option<String>, current: &str) {
+    if let Some(name) = previous.filter(|p| p != current) {
+        actions.push(Act::Retire { name });
     }
 }
 
@@ -445,7 +523,9 @@ mod tests {
 
     /// The Secret a first sync of `pairs` writes, as Kubernetes would return it.
     fn written(env: &Environment, pairs: &[(&str, &str)]) -> Secret {
-        let mut secret = build::desired_secret(env, &values(pairs), KEY).secret;
+        let mut secret = build::desired_secret(env, &values(pairs), KEY)
+            .unwrap()
+            .secret;
         secret.metadata.resource_version = Some("10".into());
         secret
     }
@@ -789,5 +869,163 @@ mod tests {
             &p.actions[..],
             [Act::WriteSecret { write: Write::Recreate { current: c, .. }, .. }] if **c == current
         ));
+    }
+
+    #[test]
+    fn a_sync_spec_that_cannot_work_waits_for_a_change_whatever_else_is_found() {
+        let env = environment(serde_json::json!({ "sync": {
+            "keys": [{ "from": "A", "to": "x" }, { "from": "B", "to": "x" }],
+        } }));
+        for stage in [Stage::NoProject, read(snapshot(4, &[("A", "1")]), None)] {
+            let p = plan(&env, stage);
+            let h = halt(&p);
+            assert_eq!(
+                (h.reason, h.requeue),
+                (Reason::InvalidSpec, Requeue::AwaitChange)
+            );
+            assert!(
+                h.message.starts_with("spec.sync.keys[1].to: "),
+                "{}",
+                h.message
+            );
+            assert!(p.actions.is_empty());
+        }
+    }
+
+    #[test]
+    fn data_the_spec_does_not_fit_keeps_the_secret_and_looks_again_after_the_interval() {
+        let spec = serde_json::json!({ "sync": { "templates": { "URL": "{{ .USER }}" } } });
+        let env = synced(environment(spec), 4, &[("USER", "u")]);
+        let current = written(&env, &[("USER", "u")]);
+        let p = plan(
+            &env,
+            read(snapshot(5, &[("OTHER", "s3cr3t")]), Some(current)),
+        );
+        assert!(p.actions.is_empty(), "{:?}", p.actions);
+        let h = halt(&p);
+        assert_eq!(
+            (h.reason, h.requeue),
+            (Reason::InvalidSpec, Requeue::After(MINUTE))
+        );
+        assert!(h.message.contains(".USER is not a key of the environment"));
+        assert!(h.message.contains("keeps its last synced data") && !h.message.contains("s3cr3t"));
+        assert_eq!(ready(&p.status, "Synced"), pair("False", "InvalidSpec"));
+        assert_eq!(p.status.revision, Some(4));
+    }
+
+    #[test]
+    fn an_immutable_secret_is_not_rewritten_and_the_change_is_reported() {
+        let spec = serde_json::json!({ "sync": { "immutable": true } });
+        let env = synced(environment(spec), 4, &[("A", "1")]);
+        let before = env.status.clone().unwrap();
+        let current = written(&env, &[("A", "1")]);
+        let p = plan(
+            &env,
+            read(snapshot(5, &[("A", "2")]), Some(current.clone())),
+        );
+        assert!(
+            p.actions.is_empty(),
+            "no write, no restart: {:?}",
+            p.actions
+        );
+        let h = halt(&p);
+        assert_eq!(
+            (h.reason, h.requeue),
+            (Reason::SecretImmutable, Requeue::After(MINUTE))
+        );
+        assert!(h.message.contains("delete the Secret"), "{}", h.message);
+        assert_eq!(ready(&p.status, "Ready"), pair("False", "SecretImmutable"));
+        assert_eq!(ready(&p.status, "Synced"), pair("False", "SecretImmutable"));
+        assert_eq!(
+            (&p.status.revision, &p.status.secret_hash),
+            (&before.revision, &before.secret_hash),
+            "the status describes the data the Secret holds"
+        );
+        // Deleted by hand: created anew with the current data, and the workloads restarted.
+        let p = plan(&env, read(snapshot(5, &[("A", "2")]), None));
+        assert!(matches!(
+            &p.actions[..],
+            [Act::WriteSecret { write: Write::Create(s), .. }, Act::Restart { .. }]
+                if s.immutable == Some(true) && s.data.as_ref().unwrap()["A"].0 == b"2"
+        ));
+    }
+
+    #[test]
+    fn a_merge_needs_an_existing_secret_and_applies_into_it() {
+        let spec =
+            serde_json::json!({ "sync": { "creationPolicy": "Merge", "secretName": "shared" } });
+        let env = environment(spec);
+        let p = plan(&env, read(snapshot(4, &[("A", "1")]), None));
+        assert!(p.actions.is_empty());
+        let h = halt(&p);
+        assert_eq!(
+            (h.reason, h.requeue),
+            (Reason::SecretNotFound, Requeue::After(MINUTE))
+        );
+        assert!(h.message.contains("never creates one"));
+
+        let mut foreign = Secret::default();
+        foreign.metadata.name = Some("shared".into());
+        foreign.metadata.resource_version = Some("9".into());
+        foreign.data = Some([("THEIRS".to_owned(), k8s_openapi::ByteString(b"t".to_vec()))].into());
+        // Not opened to merging by its owner: untouched.
+        let p = plan(
+            &env,
+            read(snapshot(4, &[("A", "1")]), Some(foreign.clone())),
+        );
+        assert!(p.actions.is_empty());
+        assert!(halt(&p).message.contains("coffer.dev/merge=true"));
+        assert_eq!(ready(&p.status, "Ready"), pair("False", "SecretNotOwned"));
+        foreign.metadata.labels = Some([("coffer.dev/merge".to_owned(), "true".to_owned())].into());
+        let p = plan(&env, read(snapshot(4, &[("A", "1")]), Some(foreign)));
+        let [
+            Act::WriteSecret {
+                write: Write::Apply(apply),
+                ..
+            },
+        ] = &p.actions[..]
+        else {
+            panic!("expected an apply: {:?}", p.actions)
+        };
+        assert_eq!(
+            apply.data.as_ref().unwrap().keys().collect::<Vec<_>>(),
+            ["A"]
+        );
+        assert_eq!(apply.metadata.resource_version.as_deref(), Some("9"));
+        assert_eq!(ready(&p.status, "Ready"), pair("True", "Synced"));
+        assert_eq!(p.status.secret_name.as_deref(), Some("shared"));
+    }
+
+    #[test]
+    fn a_new_secret_name_retires_the_old_secret_once_the_new_one_is_written() {
+        let env = synced(environment(serde_json::json!({})), 4, &[("A", "1")]);
+        assert_eq!(
+            env.status.as_ref().unwrap().secret_name.as_deref(),
+            Some("web-prod")
+        );
+        let mut renamed = env.clone();
+        renamed.spec.sync.secret_name = Some("web-env".into());
+        let p = plan(&renamed, read(snapshot(4, &[("A", "1")]), None));
+        match &p.actions[..] {
+            [
+                Act::WriteSecret {
+                    write: Write::Create(s),
+                    ..
+                },
+                Act::Retire { name },
+            ] => {
+                assert_eq!(s.metadata.name.as_deref(), Some("web-env"));
+                assert_eq!(name, "web-prod");
+            }
+            other => panic!("expected a create, then the old Secret retired: {other:?}"),
+        }
+        assert_eq!(p.status.secret_name.as_deref(), Some("web-env"));
+
+        // The new name is someone else's: nothing is written and the old Secret stays.
+        let mut foreign = written(&renamed, &[("X", "x")]);
+        foreign.metadata.labels = None;
+        let p = plan(&renamed, read(snapshot(4, &[("A", "1")]), Some(foreign)));
+        assert!(p.actions.is_empty());
+        assert_eq!(p.status.secret_name.as_deref(), Some("web-prod"));
     }
 }

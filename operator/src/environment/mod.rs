@@ -16,24 +16,20 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::Patch;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Action};
 use kube::runtime::finalizer::Event as Finalizer;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{Controller, WatchStreamExt as _, predicates, watcher};
 use kube::{Api, ResourceExt as _};
-use serde_json::json;
 use tokio::sync::mpsc;
 
-use crate::context::{
-    self, Context, Error, Requeue, drain, finalized, patch_params, reported, spec_changes,
-};
-use crate::crd::{DeletionPolicy, Environment, Project};
+use crate::context::{self, Context, Error, Requeue, drain, finalized, reported, spec_changes};
+use crate::crd::{Environment, Project};
 use crate::status;
 use crate::stores::{self, Writers};
 use act::Failure;
-use build::{ENVIRONMENT_LABEL, Ownership};
+use build::ENVIRONMENT_LABEL;
 use decide::{Stage, Then, decide};
 use observe::observe;
 
@@ -225,41 +221,26 @@ fn behind(env: &Environment, ctx: &Context) {
     );
 }
 
-/// The `Environment` is being deleted: with `Retain` the Secret stays (it has no owner
-/// reference of ours, unless the policy changed since the last pass: then it is released from
-/// it here); with `Delete` it goes.
+/// The `Environment` is being deleted: its Secret (and the one of its previous
+/// `secretName`, if that was not cleaned up yet) is cleaned up by [`build::retire`]: with
+/// `Retain` it stays (it has no owner reference of ours, unless the policy changed since the
+/// last pass: then it is released from it here); with `Delete` it goes; merged keys
+/// (`creationPolicy: Merge`) are removed from a Secret that stays.
 async fn cleanup(env: &Environment, ctx: &Context) -> Result<Action, Error> {
     let namespace = env.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), &namespace);
     let secret_name = env.secret_name();
-    if let Some(current) = secrets.get_opt(&secret_name).await? {
-        if build::ownership(&current, env) == Ownership::Owned {
-            match env.spec.sync.deletion_policy {
-                DeletionPolicy::Delete => act::delete_owned(&secrets, &current).await?,
-                DeletionPolicy::Retain => {
-                    let uid = env.metadata.uid.clone().unwrap_or_default();
-                    let remaining: Vec<_> = current
-                        .metadata
-                        .owner_references
-                        .iter()
-                        .flatten()
-                        .filter(|r| r.uid != uid)
-                        .cloned()
-                        .collect();
-                    let patch = json!({ "metadata": {
-                        "ownerReferences": remaining,
-                        "resourceVersion": current.metadata.resource_version,
-                    }});
-                    secrets
-                        .patch(&secret_name, &patch_params(), &Patch::Merge(&patch))
-                        .await?;
-                }
-            }
-        }
+    let previous = env
+        .status
+        .as_ref()
+        .and_then(|s| s.secret_name.clone())
+        .filter(|p| *p != secret_name);
+    for name in std::iter::once(secret_name).chain(previous) {
+        act::retire(&secrets, env, &name).await?;
+        let secret = ObjectRef::<Secret>::new(&name).within(&namespace);
+        ctx.stores.secrets.forget(&secret);
     }
     ctx.sources.forget_reader(&ObjectRef::from_obj(env));
-    let secret = ObjectRef::<Secret>::new(&secret_name).within(&namespace);
-    ctx.stores.secrets.forget(&secret);
     ctx.forget(&object_key(env), env.metadata.uid.as_deref());
     ctx.metrics.forget_object(&namespace, &env.name_any());
     Ok(Action::await_change())

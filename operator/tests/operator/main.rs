@@ -5,6 +5,7 @@
 mod crds;
 mod credentials;
 mod deploy;
+mod mapping;
 mod rollout;
 mod support;
 mod sync;
