@@ -25,7 +25,7 @@ use kube::{Api, ResourceExt as _};
 use tokio::sync::mpsc;
 
 use crate::context::{self, Context, Error, Requeue, drain, finalized, reported, spec_changes};
-use crate::crd::{Environment, Project};
+use crate::crd::{CreationPolicy, Environment, Project};
 use crate::status;
 use crate::stores::{self, Writers};
 use act::Failure;
@@ -53,6 +53,7 @@ pub async fn run(
     // last read is still current). A Secret is mapped to its Environment by our labels, not by
     // an owner reference: under `deletionPolicy: Retain` it has none (see
     // `build::desired_secret`).
+    let merged = merge_targets(apis.secrets.clone(), metrics.clone());
     let owned = stores::owned(apis.secrets, writers.owned, metrics.clone());
     let name = format!("{} (for Environments)", apis.projects.resource_url());
     let project_changes = watcher(apis.projects, watcher::Config::default());
@@ -67,7 +68,7 @@ pub async fn run(
             changed,
             |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
         );
-    let (by_project, by_credentials) = (reader.clone(), reader.clone());
+    let (by_project, by_credentials, by_target) = (reader.clone(), reader.clone(), reader.clone());
     let projects = ctx.stores.projects.clone();
     let config = controller::Config::default().concurrency(ctx.config.concurrency);
     let results = Controller::for_stream(envs, reader)
@@ -79,6 +80,18 @@ pub async fn run(
                 .get(ENVIRONMENT_LABEL)
                 .zip(namespace)
                 .map(|(name, ns)| ObjectRef::<Environment>::new(name).within(&ns))
+        })
+        // A Secret merged into is not ours and carries none of our labels: its owner's opt-in
+        // label finds it, so a hand edit of our keys there is repaired at once too.
+        .watches_stream(merged, move |secret: PartialObjectMeta<Secret>| {
+            let (namespace, name) = (secret.namespace(), secret.name_any());
+            by_target
+                .state()
+                .into_iter()
+                .filter(|e| e.namespace() == namespace && e.secret_name() == name)
+                .filter(|e| e.spec.sync.creation_policy == CreationPolicy::Merge)
+                .map(|e| ObjectRef::from_obj(&*e))
+                .collect::<Vec<_>>()
         })
         .watches_stream(project_changes, move |project: Project| {
             readers_of(&by_project, project.namespace(), |name| {
@@ -118,6 +131,21 @@ pub struct Apis {
     pub projects: Api<Project>,
     /// The credentials Secrets (label-selected).
     pub credentials: Api<Secret>,
+}
+
+/// Metadata of the Secrets whose owners let `Environment`s merge into them
+/// ([`build::MERGE_LABEL`]).
+fn merge_targets(
+    api: Api<PartialObjectMeta<Secret>>,
+    metrics: Arc<crate::metrics::Metrics>,
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static
+{
+    let selector = format!("{}=true", build::MERGE_LABEL);
+    let name = format!("{}?labelSelector={selector}", api.resource_url());
+    let watch = watcher(api, watcher::Config::default().labels(&selector));
+    reported(watch, metrics, name)
+        .default_backoff()
+        .touched_objects()
 }
 
 /// The `Environment` resources of `namespace` whose `projectRef` passes `project`.

@@ -370,6 +370,36 @@ async fn a_merge_writes_into_a_foreign_secret_and_removes_only_its_keys() {
         env_version
     );
 
+    // A hand edit of a merged key is repaired at once, found through the owner's opt-in label,
+    // not at the next refresh (an hour away here).
+    let interval = |every: &str| json!({ "spec": { "sync": { "refreshInterval": every } } });
+    let envs = scene.api::<Environment>();
+    envs.patch(
+        "merge",
+        &PatchParams::default(),
+        &Patch::Merge(interval("1h")),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    scene
+        .api::<Secret>()
+        .patch(
+            "shared",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "stringData": { "password": "tampered" } })),
+        )
+        .await
+        .unwrap();
+    scene.wait_for_data("shared", &ours).await;
+    envs.patch(
+        "merge",
+        &PatchParams::default(),
+        &Patch::Merge(interval("5s")),
+    )
+    .await
+    .unwrap();
+
     // A key removed in coffer-server goes; the foreign key stays.
     scene.coffer.delete("web", "production", "API_KEY").await;
     scene
