@@ -191,16 +191,12 @@ pub fn owned(
     writer: Writer<PartialObjectMeta<Secret>>,
     metrics: Arc<Metrics>,
 ) -> impl Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static {
-    let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY}");
-    let name = format!("{}?labelSelector={selector}", api.resource_url());
-    let watch = watcher(api, watcher::Config::default().labels(&selector));
-    reported(watch, metrics, name)
-        .modify(|meta| {
-            meta.managed_fields_mut().clear();
-        })
-        .default_backoff()
-        .reflect(writer)
-        .touched_objects()
+    labelled(
+        api,
+        format!("{MANAGED_BY_LABEL}={MANAGED_BY}"),
+        writer,
+        metrics,
+    )
 }
 
 /// Waits until `store` holds its first list, at most [`READY_TIMEOUT`].
@@ -222,12 +218,31 @@ pub fn credentials(
     writer: Writer<Secret>,
     metrics: Arc<Metrics>,
 ) -> impl Stream<Item = Result<Secret, watcher::Error>> + Send + 'static {
-    let selector = format!("{CREDENTIALS_LABEL}=true");
+    labelled(api, format!("{CREDENTIALS_LABEL}=true"), writer, metrics)
+}
+
+/// The objects of `api` matching `selector`, without managed fields, kept in `writer`; yields
+/// each one that changed (or went). Failures of the watch are [`reported`].
+fn labelled<K>(
+    api: Api<K>,
+    selector: String,
+    writer: Writer<K>,
+    metrics: Arc<Metrics>,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
     let name = format!("{}?labelSelector={selector}", api.resource_url());
     let watch = watcher(api, watcher::Config::default().labels(&selector));
     reported(watch, metrics, name)
-        .modify(|secret| {
-            secret.managed_fields_mut().clear();
+        .modify(|object| {
+            object.managed_fields_mut().clear();
         })
         .default_backoff()
         .reflect(writer)

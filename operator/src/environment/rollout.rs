@@ -90,46 +90,35 @@ pub async fn restart(
     secret: &str,
     hash: &str,
 ) -> Result<Restarts, Error> {
-    let namespace = env.namespace().unwrap_or_default();
+    let pass = Pass {
+        kube,
+        namespace: env.namespace().unwrap_or_default(),
+        env,
+        secret,
+        hash,
+    };
     let mut done = Restarts::default();
-    let deployments = &workloads.deployments;
-    let stateful_sets = &workloads.stateful_sets;
-    let daemon_sets = &workloads.daemon_sets;
-    for_kind(
-        kube,
-        deployments,
-        WorkloadKind::Deployment,
-        &namespace,
-        env,
-        secret,
-        hash,
-        &mut done,
-    )
-    .await?;
-    for_kind(
-        kube,
-        stateful_sets,
+    pass.restart(&workloads.deployments, WorkloadKind::Deployment, &mut done)
+        .await?;
+    pass.restart(
+        &workloads.stateful_sets,
         WorkloadKind::StatefulSet,
-        &namespace,
-        env,
-        secret,
-        hash,
         &mut done,
     )
     .await?;
-    for_kind(
-        kube,
-        daemon_sets,
-        WorkloadKind::DaemonSet,
-        &namespace,
-        env,
-        secret,
-        hash,
-        &mut done,
-    )
-    .await?;
+    pass.restart(&workloads.daemon_sets, WorkloadKind::DaemonSet, &mut done)
+        .await?;
     done.restarted.sort();
     Ok(done)
+}
+
+/// One restart pass: the `Environment`, its Secret and the new hash.
+struct Pass<'a> {
+    kube: &'a kube::Client,
+    namespace: String,
+    env: &'a Environment,
+    secret: &'a str,
+    hash: &'a str,
 }
 
 /// Whether a workload may be restarted for `secret`, and whether it asked to be.
@@ -145,71 +134,68 @@ fn standing(workload: &impl Workload, secret: &str) -> (bool, bool) {
     (reload || uses, reload && uses)
 }
 
-#[allow(
-    clippy::too_many_arguments,
-    reason = "one call per kind, all in `restart`"
-)]
-async fn for_kind<W: Workload>(
-    kube: &kube::Client,
-    store: &Store<W>,
-    kind: WorkloadKind,
-    namespace: &str,
-    env: &Environment,
-    secret: &str,
-    hash: &str,
-    done: &mut Restarts,
-) -> Result<(), Error> {
-    stores::ready(store, "workloads").await?;
-    let label = kind_name(kind);
-    let mut found: BTreeMap<String, Arc<W>> = BTreeMap::new();
-    for target in env
-        .spec
-        .sync
-        .rollout_restart
-        .iter()
-        .filter(|t| t.kind == kind)
-    {
-        let key = ObjectRef::<W>::new(&target.name).within(namespace);
-        match store.get(&key) {
-            None => done.missing.push(format!("{label}/{}", target.name)),
-            Some(w) if standing(&*w, secret).0 => {
-                found.insert(target.name.clone(), w);
-            }
-            Some(_) => done.refused.push(format!("{label}/{}", target.name)),
-        }
-    }
-    for w in store.state() {
-        if w.namespace().as_deref() == Some(namespace) && standing(&*w, secret).1 {
-            found.entry(w.name_any()).or_insert(w);
-        }
-    }
-    let api: Api<W> = Api::namespaced(kube.clone(), namespace);
-    for (name, w) in found {
-        let current = w
-            .template()
-            .and_then(|t| t.metadata.as_ref())
-            .and_then(|m| m.annotations.as_ref())
-            .and_then(|a| a.get(SECRET_HASH_ANNOTATION));
-        if current.map(String::as_str) != Some(hash) {
-            let patch = json!({ "spec": { "template": { "metadata": { "annotations": {
-                SECRET_HASH_ANNOTATION: hash
-            }}}}});
-            match api
-                .patch(&name, &patch_params(), &Patch::Merge(&patch))
-                .await
-            {
-                Ok(_) => {}
-                // Deleted since the watch saw it: nothing to restart.
-                Err(kube::Error::Api(e)) if e.code == 404 => {
-                    done.missing.push(format!("{label}/{name}"));
-                    continue;
+impl Pass<'_> {
+    /// Restarts the workloads of `kind` (kept in `store`) that use the Secret.
+    async fn restart<W: Workload>(
+        &self,
+        store: &Store<W>,
+        kind: WorkloadKind,
+        done: &mut Restarts,
+    ) -> Result<(), Error> {
+        let (kube, namespace, env) = (self.kube, self.namespace.as_str(), self.env);
+        let (secret, hash) = (self.secret, self.hash);
+        stores::ready(store, "workloads").await?;
+        let label = kind_name(kind);
+        let mut found: BTreeMap<String, Arc<W>> = BTreeMap::new();
+        for target in env
+            .spec
+            .sync
+            .rollout_restart
+            .iter()
+            .filter(|t| t.kind == kind)
+        {
+            let key = ObjectRef::<W>::new(&target.name).within(namespace);
+            match store.get(&key) {
+                None => done.missing.push(format!("{label}/{}", target.name)),
+                Some(w) if standing(&*w, secret).0 => {
+                    found.insert(target.name.clone(), w);
                 }
-                Err(e) => return Err(e.into()),
+                Some(_) => done.refused.push(format!("{label}/{}", target.name)),
             }
         }
-        done.restarted.push(format!("{label}/{name}"));
+        for w in store.state() {
+            if w.namespace().as_deref() == Some(namespace) && standing(&*w, secret).1 {
+                found.entry(w.name_any()).or_insert(w);
+            }
+        }
+        let api: Api<W> = Api::namespaced(kube.clone(), namespace);
+        for (name, w) in found {
+            let current = w
+                .template()
+                .and_then(|t| t.metadata.as_ref())
+                .and_then(|m| m.annotations.as_ref())
+                .and_then(|a| a.get(SECRET_HASH_ANNOTATION));
+            if current.map(String::as_str) != Some(hash) {
+                let patch = json!({ "spec": { "template": { "metadata": { "annotations": {
+                    SECRET_HASH_ANNOTATION: hash
+                }}}}});
+                match api
+                    .patch(&name, &patch_params(), &Patch::Merge(&patch))
+                    .await
+                {
+                    Ok(_) => {}
+                    // Deleted since the watch saw it: nothing to restart.
+                    Err(kube::Error::Api(e)) if e.code == 404 => {
+                        done.missing.push(format!("{label}/{name}"));
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            done.restarted.push(format!("{label}/{name}"));
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 #[cfg(test)]

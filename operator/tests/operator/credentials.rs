@@ -10,7 +10,7 @@ use serde_json::json;
 
 use coffer_operator::crd::Project;
 
-use crate::support::{Coffer, Scene};
+use crate::support::{Coffer, RunningOperator, Scene};
 
 /// The `Ready` condition of the `Project` `name` as `(status, reason)`.
 async fn project_ready(scene: &Scene, name: &str) -> Option<(String, String)> {
@@ -38,24 +38,51 @@ async fn listener() -> (String, Arc<AtomicUsize>) {
     (url, seen)
 }
 
+/// A credentials Secret holding a service token of `web/production` under `token`, with
+/// `labels`, and the key the `Project` reads from it.
+struct Credentials {
+    name: &'static str,
+    labels: serde_json::Value,
+    key: &'static str,
+}
+
+/// Starts an operator without a token of its own, with the `Project` `web` reading `secret`, and
+/// the `Environment` `web-prod` of `production` refreshed every `interval`. Returns the operator
+/// and the token.
+async fn sync_with(
+    scene: &Scene,
+    secret: Credentials,
+    interval: &str,
+) -> (RunningOperator, String) {
+    let token = scene.coffer.service_token("web", &["production"]).await;
+    scene.credentials(secret.name, &token, secret.labels).await;
+    let operator = scene.operator(scene.config(None));
+    let credentials_ref = json!({ "name": secret.name, "key": secret.key });
+    scene
+        .project("web", json!({ "credentialsRef": credentials_ref }))
+        .await;
+    scene
+        .environment(
+            "web-prod",
+            "production",
+            json!({ "refreshInterval": interval }),
+        )
+        .await;
+    (operator, token)
+}
+
 #[tokio::test]
 async fn a_credentials_secret_is_used_only_when_labelled_for_it() {
     let values = [("A", "value-marker-a1")];
     let Some(scene) = Scene::new(&values).await else {
         return;
     };
-    let token = scene.coffer.service_token("web", &["production"]).await;
-    scene.credentials("db-password", &token, json!({})).await;
-    let _operator = scene.operator(scene.config(None));
-    scene
-        .project(
-            "web",
-            json!({ "credentialsRef": { "name": "db-password", "key": "token" } }),
-        )
-        .await;
-    scene
-        .environment("web-prod", "production", json!({ "refreshInterval": "5s" }))
-        .await;
+    let secret = Credentials {
+        name: "db-password",
+        labels: json!({}),
+        key: "token",
+    };
+    let (_operator, _token) = sync_with(&scene, secret, "5s").await;
     scene
         .wait_for_condition("web-prod", "Ready", "False", "CredentialsNotAllowed")
         .await;
@@ -253,20 +280,14 @@ async fn a_changed_credentials_secret_takes_effect_at_once() {
     let Some(scene) = Scene::new(&values).await else {
         return;
     };
-    let token = scene.coffer.service_token("web", &["production"]).await;
-    let labelled = json!({ "coffer.dev/credentials": "true" });
-    scene.credentials("coffer-token", &token, labelled).await;
-    let _operator = scene.operator(scene.config(None));
-    scene
-        .project(
-            "web",
-            json!({ "credentialsRef": { "name": "coffer-token", "key": "current" } }),
-        )
-        .await;
+    // The Secret holds the token under `token`, the Project reads `current`.
+    let secret = Credentials {
+        name: "coffer-token",
+        labels: json!({ "coffer.dev/credentials": "true" }),
+        key: "current",
+    };
     // An hour between polls: only the watch of the credentials Secret can wake it.
-    scene
-        .environment("web-prod", "production", json!({ "refreshInterval": "1h" }))
-        .await;
+    let (_operator, token) = sync_with(&scene, secret, "1h").await;
     scene
         .wait_for_condition("web-prod", "Ready", "False", "CredentialsNotFound")
         .await;

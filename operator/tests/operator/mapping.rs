@@ -97,13 +97,7 @@ async fn a_tls_secret_is_synced_from_renamed_keys() {
     scene
         .wait_for_condition("web-tls", "Ready", "False", "InvalidSpec")
         .await;
-    let ready = scene.get_environment("web-tls").await.status.unwrap();
-    let message = &ready
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap()
-        .message;
+    let message = scene.condition_message("web-tls", "Ready").await;
     assert!(
         message.starts_with("spec.sync.keys[1].to: Secret key \"tls.crt\" is already written"),
         "{message}"
@@ -176,12 +170,7 @@ async fn a_dockerconfigjson_secret_is_built_by_a_template() {
         .wait_for_condition("registry-pull", "Ready", "False", "InvalidSpec")
         .await;
     let status = scene.get_environment("registry-pull").await.status.unwrap();
-    let message = &status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap()
-        .message;
+    let message = scene.condition_message("registry-pull", "Ready").await;
     assert!(
         message.starts_with(
             "spec.sync.templates[\".dockerconfigjson\"]: at byte 23: .MISSING is not a key"

@@ -481,6 +481,13 @@ impl Scene {
             .map(|c| (c.status, c.reason))
     }
 
+    /// The message of the `Environment`'s condition `type_`, which it must have.
+    pub async fn condition_message(&self, name: &str, type_: &str) -> String {
+        let status = self.get_environment(name).await.status.unwrap();
+        let condition = status.conditions.into_iter().find(|c| c.type_ == type_);
+        condition.unwrap().message
+    }
+
     /// Waits until the `Environment`'s condition `type_` has `status` and `reason`.
     pub async fn wait_for_condition(&self, name: &str, type_: &str, status: &str, reason: &str) {
         let what = format!("{name} has {type_}={status} ({reason})");

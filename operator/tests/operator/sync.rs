@@ -649,13 +649,8 @@ async fn a_type_the_new_data_does_not_fit_leaves_the_old_secret_in_place() {
     scene
         .wait_for_condition("web-prod", "Ready", "False", "InvalidSpec")
         .await;
-    let status = scene.get_environment("web-prod").await.status.unwrap();
-    let ready = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap();
-    assert!(ready.message.contains("tls.crt"), "{}", ready.message);
+    let message = scene.condition_message("web-prod", "Ready").await;
+    assert!(message.contains("tls.crt"), "{message}");
     let after = scene.secret("web-prod").await;
     assert_eq!(
         after.metadata.uid, before.metadata.uid,
