@@ -7,7 +7,7 @@ use axum::http::{Method, header};
 
 use crate::auth::tokens::{self, API_KEY_PREFIX};
 use crate::db;
-use crate::db::credentials::{self, Table};
+use crate::db::credentials::{self, Live, Table};
 use crate::error::ApiError;
 use crate::ids::{
     ApiKeyId, EnvironmentId, OrgId, ProjectId, ServiceTokenId, SessionId, Timestamp, UserId,
@@ -173,39 +173,53 @@ impl FromRequestParts<AppState> for Caller {
         let now = Timestamp::now();
         let principal = if token.starts_with(API_KEY_PREFIX) {
             let hash = tokens::hash(token);
-            let Some(key) = db::api_keys::by_token_hash(state.db.pool(), &hash, now).await? else {
-                let found = db::service_tokens::by_token_hash(state.db.pool(), &hash, now)
-                    .await?
-                    .ok_or_else(invalid_token)?;
-                if credentials::needs_touch(found.last_used_at, now) {
-                    credentials::touch(state.db.pool(), Table::ServiceTokens, found.id, now)
-                        .await?;
+            let found = credentials::live_by_hash(state.db.pool(), &hash, now)
+                .await?
+                .ok_or_else(invalid_token)?;
+            match found {
+                Live::ApiKey {
+                    id,
+                    user_id,
+                    access,
+                    last_used_at,
+                } => {
+                    if credentials::needs_touch(last_used_at, now) {
+                        credentials::touch(state.db.pool(), Table::ApiKeys, id, now).await?;
+                    }
+                    Principal {
+                        user_id,
+                        credential: Credential::ApiKey {
+                            id,
+                            read_only: db::api_keys::is_read_only(&access),
+                        },
+                    }
                 }
-                if !found.read_write() && !is_safe(&parts.method) {
-                    return Err(ApiError::forbidden(
-                        "read_only_token",
-                        "this service token is read-only",
-                    ));
-                }
-                let environment_ids =
-                    db::service_tokens::environments(state.db.pool(), found.id).await?;
-                return Ok(Self::ServiceToken(ServiceTokenPrincipal {
-                    id: found.id,
-                    org_id: found.org_id,
-                    project_id: found.project_id,
+                Live::ServiceToken {
+                    id,
+                    org_id,
+                    project_id,
+                    access,
+                    last_used_at,
                     environment_ids,
-                    read_write: found.read_write(),
-                }));
-            };
-            if credentials::needs_touch(key.last_used_at, now) {
-                credentials::touch(state.db.pool(), Table::ApiKeys, key.id, now).await?;
-            }
-            Principal {
-                user_id: key.user_id,
-                credential: Credential::ApiKey {
-                    id: key.id,
-                    read_only: key.read_only(),
-                },
+                } => {
+                    if credentials::needs_touch(last_used_at, now) {
+                        credentials::touch(state.db.pool(), Table::ServiceTokens, id, now).await?;
+                    }
+                    let read_write = db::service_tokens::is_read_write(&access);
+                    if !read_write && !is_safe(&parts.method) {
+                        return Err(ApiError::forbidden(
+                            "read_only_token",
+                            "this service token is read-only",
+                        ));
+                    }
+                    return Ok(Self::ServiceToken(ServiceTokenPrincipal {
+                        id,
+                        org_id,
+                        project_id,
+                        environment_ids,
+                        read_write,
+                    }));
+                }
             }
         } else {
             let claims = state.jwt.verify(token).ok_or_else(invalid_token)?;

@@ -3,7 +3,6 @@
 use sqlx::FromRow;
 use sqlx::any::AnyExecutor;
 
-use crate::db::credentials::LIVE_BY_HASH;
 use crate::ids::{ApiKeyId, Timestamp, UserId};
 
 /// A stored API key (without its hash).
@@ -22,8 +21,13 @@ pub struct ApiKeyRow {
 
 impl ApiKeyRow {
     pub fn read_only(&self) -> bool {
-        self.access == "read"
+        is_read_only(&self.access)
     }
+}
+
+/// Whether a key with this `access` may only read.
+pub fn is_read_only(access: &str) -> bool {
+    access == "read"
 }
 
 const COLUMNS: &str =
@@ -58,23 +62,6 @@ pub async fn insert<'e>(ex: impl AnyExecutor<'e>, key: &NewApiKey<'_>) -> Result
     .execute(ex)
     .await?;
     Ok(())
-}
-
-/// The live key (not revoked, not expired) whose current token, or previous token still
-/// within its grace period, has this hash.
-pub async fn by_token_hash<'e>(
-    ex: impl AnyExecutor<'e>,
-    token_hash: &str,
-    now: Timestamp,
-) -> Result<Option<ApiKeyRow>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM api_keys \
-         WHERE {LIVE_BY_HASH}"
-    ))
-    .bind(token_hash)
-    .bind(now)
-    .fetch_optional(ex)
-    .await
 }
 
 /// The user's keys that are not revoked, newest first.

@@ -5,16 +5,16 @@
 use std::time::Duration;
 
 use sqlx::any::AnyExecutor;
-use sqlx::{Any, Encode, Type};
+use sqlx::{Any, Encode, FromRow, Type};
 
-use crate::ids::Timestamp;
+use crate::ids::{ApiKeyId, EnvironmentId, OrgId, ProjectId, ServiceTokenId, Timestamp, UserId};
 
 /// Use is recorded at most this often per credential, so that reads stay reads.
 pub const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Matches the live credential whose current secret, or previous secret still in its grace
 /// period, hashes to `$1` at time `$2`.
-pub const LIVE_BY_HASH: &str = "(token_hash = $1 OR (previous_token_hash = $1 AND previous_expires_at > $2)) \
+const LIVE_BY_HASH: &str = "(token_hash = $1 OR (previous_token_hash = $1 AND previous_expires_at > $2)) \
      AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $2)";
 
 /// The tables holding credentials, and the tenant column each is scoped by.
@@ -40,6 +40,94 @@ impl Table {
             Self::ServiceTokens => "org_id",
         }
     }
+}
+
+/// The live credential a `cfr_…` bearer secret stands for, with what the request needs of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Live {
+    ApiKey {
+        id: ApiKeyId,
+        user_id: UserId,
+        access: String,
+        last_used_at: Option<Timestamp>,
+    },
+    ServiceToken {
+        id: ServiceTokenId,
+        org_id: OrgId,
+        project_id: ProjectId,
+        access: String,
+        last_used_at: Option<Timestamp>,
+        environment_ids: Vec<EnvironmentId>,
+    },
+}
+
+/// One row of [`live_by_hash`]: an API key, or a service token with one of its environments.
+#[derive(Debug, FromRow)]
+struct LiveRow {
+    kind: String,
+    id: String,
+    owner_id: String,
+    project_id: Option<ProjectId>,
+    access: String,
+    last_used_at: Option<Timestamp>,
+    environment_id: Option<EnvironmentId>,
+}
+
+fn parse_id<T: std::str::FromStr>(text: &str) -> Result<T, sqlx::Error>
+where
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    text.parse().map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
+/// The live API key or service token whose secret hashes to `hash` at `now`, in one query
+/// (both kinds share the `cfr_` prefix, so the table is not known in advance); a service token
+/// comes with the environments it is limited to. An API key wins should both match.
+pub async fn live_by_hash<'e>(
+    ex: impl AnyExecutor<'e>,
+    hash: &str,
+    now: Timestamp,
+) -> Result<Option<Live>, sqlx::Error> {
+    let rows: Vec<LiveRow> = sqlx::query_as(&format!(
+        "SELECT 'api_key' AS kind, id, user_id AS owner_id, NULL AS project_id, access, \
+                last_used_at, NULL AS environment_id \
+         FROM api_keys WHERE {LIVE_BY_HASH} \
+         UNION ALL \
+         SELECT 'service_token' AS kind, t.id, t.org_id, t.project_id, t.access, \
+                t.last_used_at, te.environment_id \
+         FROM service_tokens t LEFT JOIN service_token_environments te ON te.token_id = t.id \
+         WHERE {LIVE_BY_HASH}"
+    ))
+    .bind(hash)
+    .bind(now)
+    .fetch_all(ex)
+    .await?;
+    if let Some(key) = rows.iter().find(|r| r.kind == "api_key") {
+        return Ok(Some(Live::ApiKey {
+            id: parse_id(&key.id)?,
+            user_id: parse_id(&key.owner_id)?,
+            access: key.access.clone(),
+            last_used_at: key.last_used_at,
+        }));
+    }
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let project_id = first
+        .project_id
+        .ok_or_else(|| sqlx::Error::Decode("service token without a project".into()))?;
+    Ok(Some(Live::ServiceToken {
+        id: parse_id(&first.id)?,
+        org_id: parse_id(&first.owner_id)?,
+        project_id,
+        access: first.access.clone(),
+        last_used_at: first.last_used_at,
+        environment_ids: rows
+            .iter()
+            .filter(|r| r.id == first.id)
+            .filter_map(|r| r.environment_id)
+            .collect(),
+    }))
 }
 
 /// Whether a credential last used at `last_used` should have its use recorded again.

@@ -20,12 +20,15 @@ use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
-use sqlx::{Any, AnyPool, ConnectOptions, Executor, Transaction};
+use sqlx::{Any, AnyPool, ConnectOptions, Connection, Executor, Transaction};
 
 pub use crate::ids::Timestamp;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// A PostgreSQL connection idle for longer than this is pinged before it is handed out.
+const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(5);
 
 /// Which database server is behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,10 +59,21 @@ impl Db {
         let options: AnyConnectOptions = url
             .parse::<AnyConnectOptions>()?
             .disable_statement_logging();
-        let pool = AnyPoolOptions::new()
+        let mut pool_options = AnyPoolOptions::new()
             .max_connections(max_connections)
             .min_connections(if backend == Backend::Sqlite { 1 } else { 0 })
             .acquire_timeout(Duration::from_secs(10))
+            // sqlx pings every connection it hands out unless told not to, and (whatever the
+            // options) pings every connection given back before it goes idle again, so an idle
+            // connection was alive when it was last released. A SQLite connection lives in this
+            // process: nothing can hang up on it while it idles, so the ping on acquire is a
+            // wasted round trip to its worker thread and is not made. A PostgreSQL connection
+            // can be cut while it idles (server restart, failover, a proxy's idle timeout), so
+            // one that has idled for a while is still pinged; one that was in use a moment ago,
+            // as every connection is under load, is not, which saves a network round trip per
+            // acquire. (Should the server go away mid-load, the statement that finds it fails,
+            // and the failed ping on release drops the connection.)
+            .test_before_acquire(false)
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
@@ -73,9 +87,18 @@ impl Db {
                     }
                     Ok(())
                 })
-            })
-            .connect_with(options)
-            .await?;
+            });
+        if backend == Backend::Postgres {
+            pool_options = pool_options.before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for > PING_WHEN_IDLE_FOR {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            });
+        }
+        let pool = pool_options.connect_with(options).await?;
         Ok(Self { pool, backend })
     }
 

@@ -3,6 +3,7 @@
 use sqlx::FromRow;
 use sqlx::any::AnyExecutor;
 
+use crate::db::orgs::OrgRow;
 use crate::ids::{EnvironmentId, OrgId, ProjectId, TeamId, Timestamp, UserId};
 
 #[derive(Debug, Clone, FromRow)]
@@ -35,6 +36,108 @@ pub struct GrantRow {
     pub subject_name: String,
     pub role: String,
     pub created_at: Timestamp,
+}
+
+/// One row of [`standing`]: the organization with the caller's role in it, the project and
+/// environment if they exist there, and one project grant the caller holds (directly or through
+/// a team) with the environment's policy for that grant's role.
+#[derive(Debug, Clone, FromRow)]
+pub struct StandingRow {
+    pub org_id: OrgId,
+    pub org_slug: String,
+    pub org_name: String,
+    pub org_created_at: Timestamp,
+    pub org_role: Option<String>,
+    pub project_id: Option<ProjectId>,
+    pub project_slug: Option<String>,
+    pub project_name: Option<String>,
+    pub project_created_at: Option<Timestamp>,
+    pub project_updated_at: Option<Timestamp>,
+    pub env_id: Option<EnvironmentId>,
+    pub env_slug: Option<String>,
+    pub env_name: Option<String>,
+    pub env_position: Option<i64>,
+    pub env_revision: Option<i64>,
+    pub env_created_at: Option<Timestamp>,
+    pub env_updated_at: Option<Timestamp>,
+    pub grant_role: Option<String>,
+    pub policy: Option<String>,
+}
+
+impl StandingRow {
+    pub fn org(&self) -> OrgRow {
+        OrgRow {
+            id: self.org_id,
+            slug: self.org_slug.clone(),
+            name: self.org_name.clone(),
+            created_at: self.org_created_at,
+            role: self.org_role.clone(),
+        }
+    }
+
+    /// The project, when the organization has one of the slug asked for.
+    pub fn project(&self) -> Option<ProjectRow> {
+        Some(ProjectRow {
+            id: self.project_id?,
+            org_id: self.org_id,
+            slug: self.project_slug.clone()?,
+            name: self.project_name.clone()?,
+            created_at: self.project_created_at?,
+            updated_at: self.project_updated_at?,
+        })
+    }
+
+    /// The environment, when the project has one of the slug asked for.
+    pub fn environment(&self) -> Option<EnvironmentRow> {
+        Some(EnvironmentRow {
+            id: self.env_id?,
+            project_id: self.project_id?,
+            slug: self.env_slug.clone()?,
+            name: self.env_name.clone()?,
+            position: self.env_position?,
+            revision: self.env_revision?,
+            created_at: self.env_created_at?,
+            updated_at: self.env_updated_at?,
+        })
+    }
+}
+
+/// Everything that decides what `user` (or, with `None`, a service token) may do at
+/// `org/project[/env]`, in one query: no rows when there is no such organization, otherwise one
+/// row per project grant the user holds there (at least one row; grant columns `NULL` when none,
+/// and project or environment columns `NULL` when they do not exist in that organization or
+/// project). Grants are read only for members of the organization.
+pub async fn standing<'e>(
+    ex: impl AnyExecutor<'e>,
+    org_slug: &str,
+    user: Option<UserId>,
+    project_slug: &str,
+    env_slug: Option<&str>,
+) -> Result<Vec<StandingRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT o.id AS org_id, o.slug AS org_slug, o.name AS org_name, \
+                o.created_at AS org_created_at, m.role AS org_role, \
+                p.id AS project_id, p.slug AS project_slug, p.name AS project_name, \
+                p.created_at AS project_created_at, p.updated_at AS project_updated_at, \
+                e.id AS env_id, e.slug AS env_slug, e.name AS env_name, \
+                e.position AS env_position, e.revision AS env_revision, \
+                e.created_at AS env_created_at, e.updated_at AS env_updated_at, \
+                g.role AS grant_role, ep.access AS policy \
+         FROM organizations o \
+         LEFT JOIN org_members m ON m.org_id = o.id AND m.user_id = $2 \
+         LEFT JOIN projects p ON p.org_id = o.id AND p.slug = $3 \
+         LEFT JOIN environments e ON e.project_id = p.id AND e.slug = $4 \
+         LEFT JOIN project_grants g ON g.project_id = p.id AND m.role IS NOT NULL AND \
+              (g.user_id = $2 OR g.team_id IN (SELECT team_id FROM team_members WHERE user_id = $2)) \
+         LEFT JOIN environment_policies ep ON ep.environment_id = e.id AND ep.role = g.role \
+         WHERE o.slug = $1",
+    )
+    .bind(org_slug)
+    .bind(user)
+    .bind(project_slug)
+    .bind(env_slug)
+    .fetch_all(ex)
+    .await
 }
 
 const PROJECT_COLUMNS: &str = "id, org_id, slug, name, created_at, updated_at";
@@ -111,22 +214,6 @@ pub async fn delete<'e>(ex: impl AnyExecutor<'e>, id: ProjectId) -> Result<(), s
         .execute(ex)
         .await?;
     Ok(())
-}
-
-/// The strongest project role `user` holds, directly or through a team.
-pub async fn role_of<'e>(
-    ex: impl AnyExecutor<'e>,
-    project: ProjectId,
-    user: UserId,
-) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT role FROM project_grants WHERE project_id = $1 AND \
-         (user_id = $2 OR team_id IN (SELECT team_id FROM team_members WHERE user_id = $2))",
-    )
-    .bind(project)
-    .bind(user)
-    .fetch_all(ex)
-    .await
 }
 
 /// A page of the project's grants, oldest first: `limit` of them after the first `offset`.
@@ -309,21 +396,6 @@ pub async fn delete_environment<'e>(
         .execute(ex)
         .await?;
     Ok(())
-}
-
-/// The policy for `role` in an environment, if one is set.
-pub async fn policy<'e>(
-    ex: impl AnyExecutor<'e>,
-    env: EnvironmentId,
-    role: &str,
-) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT access FROM environment_policies WHERE environment_id = $1 AND role = $2",
-    )
-    .bind(env)
-    .bind(role)
-    .fetch_optional(ex)
-    .await
 }
 
 /// Every policy of an environment as (role, access).

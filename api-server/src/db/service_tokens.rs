@@ -3,7 +3,6 @@
 use sqlx::FromRow;
 use sqlx::any::AnyExecutor;
 
-use crate::db::credentials::LIVE_BY_HASH;
 use crate::ids::{EnvironmentId, OrgId, ProjectId, ServiceTokenId, Timestamp, UserId};
 
 /// A stored service token (without its hash).
@@ -23,8 +22,13 @@ pub struct ServiceTokenRow {
 
 impl ServiceTokenRow {
     pub fn read_write(&self) -> bool {
-        self.access == "read-write"
+        is_read_write(&self.access)
     }
+}
+
+/// Whether a token with this `access` may also write.
+pub fn is_read_write(access: &str) -> bool {
+    access == "read-write"
 }
 
 const COLUMNS: &str = "id, org_id, project_id, name, prefix, access, created_at, expires_at, last_used_at, previous_expires_at";
@@ -75,32 +79,6 @@ pub async fn insert(
         .await?;
     }
     Ok(())
-}
-
-/// The live token whose current token, or previous one within its grace period, has this hash.
-pub async fn by_token_hash<'e>(
-    ex: impl AnyExecutor<'e>,
-    hash: &str,
-    now: Timestamp,
-) -> Result<Option<ServiceTokenRow>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM service_tokens \
-         WHERE {LIVE_BY_HASH}"
-    ))
-    .bind(hash)
-    .bind(now)
-    .fetch_optional(ex)
-    .await
-}
-
-pub async fn environments<'e>(
-    ex: impl AnyExecutor<'e>,
-    token: ServiceTokenId,
-) -> Result<Vec<EnvironmentId>, sqlx::Error> {
-    sqlx::query_scalar("SELECT environment_id FROM service_token_environments WHERE token_id = $1")
-        .bind(token)
-        .fetch_all(ex)
-        .await
 }
 
 /// The slugs of a token's project and environments, for display.

@@ -7,7 +7,7 @@ use crate::auth::Subject;
 use crate::authz::{self, Action, Decision, EnvAccess, OrgRole, ProjectRole, Standing, TokenScope};
 use crate::db;
 use crate::db::orgs::OrgRow;
-use crate::db::projects::{EnvironmentRow, ProjectRow};
+use crate::db::projects::{EnvironmentRow, ProjectRow, StandingRow};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
@@ -73,6 +73,11 @@ pub async fn org(
     let org = db::orgs::by_slug(state.db.pool(), slug, caller.user())
         .await?
         .ok_or_else(|| ApiError::not_found("organization"))?;
+    org_ctx(caller, org, action)
+}
+
+/// Decides on the organization `org` (with the caller's role in it, if any).
+fn org_ctx(caller: &impl Subject, org: OrgRow, action: Action) -> ApiResult<OrgCtx> {
     let role = parse_role(org.role.as_deref());
     // A non-member (or another organization's token) learns nothing, whatever the action.
     let belongs = match caller.token() {
@@ -86,23 +91,50 @@ pub async fn org(
     Ok(OrgCtx { org, role })
 }
 
-async fn project_standing(
+/// The caller's project role: admin for the organization's owners and admins, otherwise the
+/// strongest role among the grants in `rows` (direct or through a team); none for a token.
+fn project_role(caller: &impl Subject, org: &OrgCtx, rows: &[StandingRow]) -> Option<ProjectRole> {
+    if org.role >= Some(OrgRole::Admin) {
+        return Some(ProjectRole::Admin);
+    }
+    caller.user()?;
+    rows.iter()
+        .filter_map(|r| parse_role::<ProjectRole>(r.grant_role.as_deref()))
+        .max()
+}
+
+/// Loads the caller's standing at `org/project[/env]` in one query and decides on the
+/// organization and then the project, like [`org`] would with [`Action::OrgRead`].
+async fn load_project(
     state: &AppState,
     caller: &(impl Subject + Sync),
-    org: &OrgCtx,
-    project: &ProjectRow,
-) -> ApiResult<Option<ProjectRole>> {
-    if org.role >= Some(OrgRole::Admin) {
-        return Ok(Some(ProjectRole::Admin));
-    }
-    let Some(user) = caller.user() else {
-        return Ok(None);
+    org_slug: &str,
+    project_slug: &str,
+    env_slug: Option<&str>,
+    action: Action,
+) -> ApiResult<(ProjectCtx, Vec<StandingRow>)> {
+    let rows = db::projects::standing(
+        state.db.pool(),
+        org_slug,
+        caller.user(),
+        project_slug,
+        env_slug,
+    )
+    .await?;
+    let first = rows
+        .first()
+        .ok_or_else(|| ApiError::not_found("organization"))?;
+    let org = org_ctx(caller, first.org(), Action::OrgRead)?;
+    let project = first
+        .project()
+        .ok_or_else(|| ApiError::not_found("project"))?;
+    let role = project_role(caller, &org, &rows);
+    let standing = Standing {
+        project: Some((project.id.to_string(), role)),
+        ..base_standing(caller, org.role)
     };
-    let roles = db::projects::role_of(state.db.pool(), project.id, user).await?;
-    Ok(roles
-        .iter()
-        .filter_map(|r| r.parse::<ProjectRole>().ok())
-        .max())
+    enforce(&standing, action, "project")?;
+    Ok((ProjectCtx { org, project, role }, rows))
 }
 
 /// The project `project` of organization `org` if the caller may perform `action` on it.
@@ -113,17 +145,8 @@ pub async fn project(
     project_slug: &str,
     action: Action,
 ) -> ApiResult<ProjectCtx> {
-    let org = org(state, caller, org_slug, Action::OrgRead).await?;
-    let project = db::projects::by_slug(state.db.pool(), org.org.id, project_slug)
-        .await?
-        .ok_or_else(|| ApiError::not_found("project"))?;
-    let role = project_standing(state, caller, &org, &project).await?;
-    let standing = Standing {
-        project: Some((project.id.to_string(), role)),
-        ..base_standing(caller, org.role)
-    };
-    enforce(&standing, action, "project")?;
-    Ok(ProjectCtx { org, project, role })
+    let (project, _) = load_project(state, caller, org_slug, project_slug, None, action).await?;
+    Ok(project)
 }
 
 /// Where an environment is: `{org}/{project}/{env}` slugs from a request path.
@@ -141,16 +164,25 @@ pub async fn environment(
     at: EnvPath<'_>,
     action: Action,
 ) -> ApiResult<EnvCtx> {
-    let project = project(state, caller, at.org, at.project, Action::ProjectRead).await?;
-    let env = db::projects::environment(state.db.pool(), project.project.id, at.env)
-        .await?
+    let (project, rows) = load_project(
+        state,
+        caller,
+        at.org,
+        at.project,
+        Some(at.env),
+        Action::ProjectRead,
+    )
+    .await?;
+    let env = rows
+        .first()
+        .and_then(StandingRow::environment)
         .ok_or_else(|| ApiError::not_found("environment"))?;
+    // The policy set for the caller's (strongest) project role; owners and admins have none.
     let policy = match project.role {
-        Some(role) if project.org.role < Some(OrgRole::Admin) => parse_role(
-            db::projects::policy(state.db.pool(), env.id, role.as_str())
-                .await?
-                .as_deref(),
-        ),
+        Some(role) if project.org.role < Some(OrgRole::Admin) => rows
+            .iter()
+            .filter(|r| parse_role::<ProjectRole>(r.grant_role.as_deref()) == Some(role))
+            .find_map(|r| parse_role(r.policy.as_deref())),
         _ => None,
     };
     let standing = Standing {

@@ -24,4 +24,5 @@ mod secrets;
 mod server;
 mod service_tokens;
 mod sessions;
+mod standing;
 mod teams;
