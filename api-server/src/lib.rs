@@ -226,6 +226,8 @@ pub async fn serve_until(
         }
     };
     pruner.abort();
+    // Requests have finished; whatever audit events are still queued are committed first.
+    state.audit.shutdown().await;
     state.db.close().await;
     tracing::info!("coffer-server stopped");
     result

@@ -12,6 +12,7 @@ use crate::crypto::{Keys, MasterKey};
 use crate::db::Db;
 use crate::db::sessions::SessionRow;
 use crate::ids::SessionId;
+use crate::service::audit::{AuditWriter, WriterLimits};
 
 /// Everything a request handler may need; cheap to clone.
 #[derive(Debug, Clone)]
@@ -32,6 +33,8 @@ pub struct Inner {
     pub keyring: Keyring,
     /// Unwrapped DEKs, for a bounded time; wiped when evicted.
     pub deks: DekCache,
+    /// Commits the audit events of reads in groups.
+    pub audit: AuditWriter,
 }
 
 impl std::ops::Deref for AppState {
@@ -42,7 +45,8 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    /// State over an already migrated database.
+    /// State over an already migrated database. Starts the audit writer, so it must be called
+    /// within a Tokio runtime.
     pub fn new(config: Config, db: Db, keys: Keys) -> Result<Self, argon2::password_hash::Error> {
         let concurrency = config.password_hash_concurrency.map_or_else(
             || std::thread::available_parallelism().map_or(2, usize::from),
@@ -67,6 +71,7 @@ impl AppState {
                 .collect(),
         );
         let deks = DekCache::new(Duration::from_secs(300), 10_000);
+        let audit = AuditWriter::start(db.clone(), WriterLimits::default());
         Ok(Self(Arc::new(Inner {
             config,
             db,
@@ -77,6 +82,7 @@ impl AppState {
             sessions,
             keyring,
             deks,
+            audit,
         })))
     }
 }

@@ -25,31 +25,79 @@ pub struct AuditRow {
     pub environment_id: Option<String>,
 }
 
+const INSERT: &str = "INSERT INTO audit_events (id, occurred_at, user_id, actor_type, actor_id, \
+                       action, outcome, target_type, target_id, client_ip, user_agent, details, \
+                       org_id, project_id, environment_id) VALUES ";
+const COLUMNS: usize = 15;
+
+/// Rows per `INSERT` statement in [`insert_many`]: 64 × 15 parameters stays under the 999 that
+/// the oldest SQLite builds allow in one statement.
+const ROWS_PER_STATEMENT: usize = 64;
+const _: () = assert!(ROWS_PER_STATEMENT * COLUMNS <= 999);
+
 pub async fn insert<'e>(ex: impl AnyExecutor<'e>, e: &AuditRow) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO audit_events (id, occurred_at, user_id, actor_type, actor_id, action, outcome, \
-                                   target_type, target_id, client_ip, user_agent, details, \
-                                   org_id, project_id, environment_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-    )
-    .bind(e.id)
-    .bind(e.occurred_at)
-    .bind(e.user_id)
-    .bind(&e.actor_type)
-    .bind(&e.actor_id)
-    .bind(&e.action)
-    .bind(&e.outcome)
-    .bind(&e.target_type)
-    .bind(&e.target_id)
-    .bind(&e.client_ip)
-    .bind(&e.user_agent)
-    .bind(&e.details)
-    .bind(&e.org_id)
-    .bind(&e.project_id)
-    .bind(&e.environment_id)
-    .execute(ex)
-    .await?;
+    bind(sqlx::query(&values_sql(1)), e).execute(ex).await?;
     Ok(())
+}
+
+/// Inserts `rows` with as few statements as the parameter limit allows; the caller owns the
+/// transaction (on failure nothing must be committed).
+pub async fn insert_many(
+    conn: &mut sqlx::AnyConnection,
+    rows: &[AuditRow],
+) -> Result<(), sqlx::Error> {
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let sql = values_sql(chunk.len());
+        let mut query = sqlx::query(&sql);
+        for row in chunk {
+            query = bind(query, row);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// `INSERT … VALUES ($1, …, $15), ($16, …)` for `n` rows.
+fn values_sql(n: usize) -> String {
+    let mut sql = String::with_capacity(INSERT.len() + n * 80);
+    sql.push_str(INSERT);
+    for row in 0..n {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for col in 0..COLUMNS {
+            if col > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('$');
+            sql.push_str(&(row * COLUMNS + col + 1).to_string());
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+fn bind<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    e: &'q AuditRow,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    query
+        .bind(e.id)
+        .bind(e.occurred_at)
+        .bind(e.user_id)
+        .bind(&e.actor_type)
+        .bind(&e.actor_id)
+        .bind(&e.action)
+        .bind(&e.outcome)
+        .bind(&e.target_type)
+        .bind(&e.target_id)
+        .bind(&e.client_ip)
+        .bind(&e.user_agent)
+        .bind(&e.details)
+        .bind(&e.org_id)
+        .bind(&e.project_id)
+        .bind(&e.environment_id)
 }
 
 /// A user's events, newest first, strictly older than `before` when given.
@@ -111,4 +159,17 @@ pub async fn list_for_org<'e>(
     .bind(limit)
     .fetch_all(ex)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_sql_numbers_the_parameters_of_every_row() {
+        let sql = values_sql(2);
+        assert!(sql.starts_with(INSERT));
+        assert!(sql.ends_with("$14, $15), ($16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30)"), "{sql}");
+        assert_eq!(sql.matches('$').count(), 2 * COLUMNS);
+    }
 }

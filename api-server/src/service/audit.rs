@@ -1,10 +1,17 @@
 //! Audit events: who did what, from where, with what outcome. Never a password, token or value.
 
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use sqlx::any::AnyExecutor;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 
 use crate::auth::{Principal, Subject};
 use crate::db;
+use crate::db::Db;
 use crate::db::audit::AuditRow;
+use crate::error::{ApiError, ApiResult};
 use crate::ids::{AuditEventId, Timestamp, UserId};
 use crate::service::ClientMeta;
 
@@ -145,8 +152,212 @@ impl AuditEvent {
         self
     }
 
+    /// Stores the event with `ex`: inside the caller's transaction, with the change it audits.
+    /// Standalone events of reads go through [`AuditWriter::record`] instead.
     pub async fn record<'e>(self, ex: impl AnyExecutor<'e>) -> Result<(), sqlx::Error> {
         db::audit::insert(ex, &self.row).await
+    }
+}
+
+/// Requests (each with its events) that may wait for the writer at once.
+pub const AUDIT_QUEUE_LEN: usize = 1024;
+/// Rows committed in one transaction at most.
+pub const AUDIT_BATCH_ROWS: usize = 256;
+/// How long a request waits for room in a full queue before it is answered 503.
+pub const AUDIT_QUEUE_WAIT: Duration = Duration::from_secs(5);
+
+/// Where the writer commits a batch: all rows in one transaction, or none.
+pub trait AuditSink: Send + Sync + 'static {
+    fn write(&self, rows: &[AuditRow]) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+}
+
+impl AuditSink for Db {
+    async fn write(&self, rows: &[AuditRow]) -> Result<(), sqlx::Error> {
+        let mut tx = self.begin().await?;
+        db::audit::insert_many(&mut tx, rows).await?;
+        tx.commit().await
+    }
+}
+
+/// The bounds of an [`AuditWriter`].
+#[derive(Debug, Clone, Copy)]
+pub struct WriterLimits {
+    pub queue_len: usize,
+    pub batch_rows: usize,
+    pub queue_wait: Duration,
+}
+
+impl Default for WriterLimits {
+    fn default() -> Self {
+        Self {
+            queue_len: AUDIT_QUEUE_LEN,
+            batch_rows: AUDIT_BATCH_ROWS,
+            queue_wait: AUDIT_QUEUE_WAIT,
+        }
+    }
+}
+
+type BatchOutcome = Result<(), Arc<sqlx::Error>>;
+
+/// One request's events and where to send the outcome of their commit.
+struct Job {
+    rows: Vec<AuditRow>,
+    reply: oneshot::Sender<BatchOutcome>,
+}
+
+/// Group commit of the audit events of reads: a request hands its events to one writer task
+/// and waits; the writer commits everything queued meanwhile (up to a batch cap) in one
+/// transaction and answers each request with that transaction's outcome. On SQLite this turns
+/// a write-lock acquisition and a WAL commit per read into one per batch.
+///
+/// Fails closed: a request is told its events are stored only after their transaction
+/// committed, and a failed batch fails every request in it. A full queue makes requests wait
+/// (up to a bound, then 503); no event is ever dropped.
+pub struct AuditWriter {
+    queue: mpsc::Sender<Job>,
+    queue_wait: Duration,
+    stop: Mutex<Option<(oneshot::Sender<()>, JoinHandle<()>)>>,
+}
+
+impl std::fmt::Debug for AuditWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditWriter")
+            .field(
+                "queued",
+                &(self.queue.max_capacity() - self.queue.capacity()),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuditWriter {
+    /// Starts the writer task (on the current Tokio runtime).
+    pub fn start(sink: impl AuditSink, limits: WriterLimits) -> Self {
+        let (queue, jobs) = mpsc::channel(limits.queue_len.max(1));
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(run(sink, jobs, stopped, limits.batch_rows.max(1)));
+        Self {
+            queue,
+            queue_wait: limits.queue_wait,
+            stop: Mutex::new(Some((stop, task))),
+        }
+    }
+
+    /// Stores `events` together, returning once they are committed (or refused).
+    pub async fn record(&self, events: Vec<AuditEvent>) -> ApiResult<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let busy = || ApiError::Unavailable {
+            message: "the audit log is busy; try again".into(),
+            retry_after: Some(Duration::from_secs(1)),
+        };
+        let permit = match tokio::time::timeout(self.queue_wait, self.queue.reserve()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => {
+                return Err(ApiError::Unavailable {
+                    message: "the server is shutting down".into(),
+                    retry_after: Some(Duration::from_secs(1)),
+                });
+            }
+            Err(_) => return Err(busy()),
+        };
+        let (reply, outcome) = oneshot::channel();
+        permit.send(Job {
+            rows: events.into_iter().map(|e| e.row).collect(),
+            reply,
+        });
+        match outcome.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) if matches!(*e, sqlx::Error::PoolTimedOut) => Err(ApiError::Unavailable {
+                message: "the database is busy; try again".into(),
+                retry_after: Some(Duration::from_secs(1)),
+            }),
+            Ok(Err(e)) => Err(ApiError::internal(anyhow::anyhow!(
+                "cannot store audit events: {e}"
+            ))),
+            Err(_) => Err(ApiError::internal(anyhow::anyhow!(
+                "the audit writer stopped"
+            ))),
+        }
+    }
+
+    /// Stops taking events, commits every queued one and waits for the writer to finish.
+    pub async fn shutdown(&self) {
+        let stop = self.stop.lock().ok().and_then(|mut s| s.take());
+        if let Some((stop, task)) = stop {
+            let _ = stop.send(());
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "the audit writer ended abnormally");
+            }
+        }
+    }
+}
+
+/// The writer task: batch, commit, answer; until stopped (then drains the queue) or until every
+/// sender is gone.
+async fn run(
+    sink: impl AuditSink,
+    mut jobs: mpsc::Receiver<Job>,
+    mut stop: oneshot::Receiver<()>,
+    batch_rows: usize,
+) {
+    let mut stopping = false;
+    let mut carry = None;
+    loop {
+        let first = match carry.take() {
+            Some(job) => job,
+            None => tokio::select! {
+                job = jobs.recv() => match job {
+                    Some(job) => job,
+                    None => return,
+                },
+                _ = &mut stop, if !stopping => {
+                    // New requests are refused; those already queued are still committed.
+                    stopping = true;
+                    jobs.close();
+                    continue;
+                }
+            },
+        };
+        let (batch, rest) = gather(first, &mut jobs, batch_rows);
+        carry = rest;
+        commit(&sink, batch).await;
+    }
+}
+
+/// The batch that starts with `first`: further queued jobs while they fit in `batch_rows` (a
+/// larger first job goes alone). A job that does not fit is returned for the next batch.
+fn gather(
+    first: Job,
+    jobs: &mut mpsc::Receiver<Job>,
+    batch_rows: usize,
+) -> (Vec<Job>, Option<Job>) {
+    let mut rows = first.rows.len();
+    let mut batch = vec![first];
+    while rows < batch_rows {
+        let Ok(job) = jobs.try_recv() else { break };
+        if rows + job.rows.len() > batch_rows {
+            return (batch, Some(job));
+        }
+        rows += job.rows.len();
+        batch.push(job);
+    }
+    (batch, None)
+}
+
+async fn commit(sink: &impl AuditSink, mut batch: Vec<Job>) {
+    let rows: Vec<AuditRow> = batch
+        .iter_mut()
+        .flat_map(|job| std::mem::take(&mut job.rows))
+        .collect();
+    let outcome = sink.write(&rows).await.map_err(Arc::new);
+    if let Err(e) = &outcome {
+        tracing::error!(error = %e, rows = rows.len(), requests = batch.len(), "audit batch failed; its reads are refused");
+    }
+    for job in batch {
+        // A request that went away no longer waits; its events are stored all the same.
+        let _ = job.reply.send(outcome.clone());
     }
 }
 
@@ -207,4 +418,194 @@ pub async fn list_for_org(
         i64::from(limit) + 1,
     )
     .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::sync::Mutex as StdMutex;
+
+    use tokio::sync::{Notify, Semaphore};
+
+    use super::*;
+
+    /// Commits batches in memory; fails a batch holding a `poison` event; optionally holds each
+    /// write until the test lets it through.
+    #[derive(Clone, Default)]
+    struct Memory {
+        committed: Arc<StdMutex<Vec<Vec<String>>>>,
+        entered: Arc<Notify>,
+        gate: Option<Arc<Semaphore>>,
+    }
+
+    impl AuditSink for Memory {
+        async fn write(&self, rows: &[AuditRow]) -> Result<(), sqlx::Error> {
+            self.entered.notify_one();
+            if let Some(gate) = &self.gate {
+                gate.acquire().await.expect("gate open").forget();
+            }
+            if rows.iter().any(|r| r.action == "poison") {
+                return Err(sqlx::Error::Protocol("a row was refused".into()));
+            }
+            let actions = rows.iter().map(|r| r.action.clone()).collect();
+            self.committed.lock().unwrap().push(actions);
+            Ok(())
+        }
+    }
+
+    fn event(action: &'static str) -> AuditEvent {
+        AuditEvent::new(action, Outcome::Success, &ClientMeta::default())
+    }
+
+    fn job(rows: usize) -> (Job, oneshot::Receiver<BatchOutcome>) {
+        let (reply, answer) = oneshot::channel();
+        let rows = (0..rows).map(|_| event("read").row).collect();
+        (Job { rows, reply }, answer)
+    }
+
+    fn limits(queue_len: usize) -> WriterLimits {
+        WriterLimits {
+            queue_len,
+            batch_rows: 8,
+            queue_wait: Duration::from_millis(50),
+        }
+    }
+
+    #[test]
+    fn a_batch_takes_queued_jobs_up_to_the_row_cap_and_keeps_the_next_one() {
+        let (queue, mut jobs) = mpsc::channel(8);
+        for rows in [2, 1, 3, 1] {
+            assert!(queue.try_send(job(rows).0).is_ok());
+        }
+        let (first, _) = job(1);
+        let (batch, rest) = gather(first, &mut jobs, 5);
+        let sizes: Vec<usize> = batch.iter().map(|j| j.rows.len()).collect();
+        assert_eq!(
+            sizes,
+            [1, 2, 1],
+            "three more rows would pass the cap of five"
+        );
+        let rest = rest.expect("the job that did not fit is kept");
+        assert_eq!(rest.rows.len(), 3);
+        let (batch, rest) = gather(rest, &mut jobs, 5);
+        assert_eq!(batch.iter().map(|j| j.rows.len()).sum::<usize>(), 4);
+        assert!(rest.is_none());
+    }
+
+    #[test]
+    fn a_job_larger_than_the_cap_goes_alone() {
+        let (queue, mut jobs) = mpsc::channel(8);
+        assert!(queue.try_send(job(1).0).is_ok());
+        let (batch, rest) = gather(job(9).0, &mut jobs, 4);
+        assert_eq!((batch.len(), rest.is_none()), (1, true));
+        assert_eq!(
+            jobs.try_recv().map(|j| j.rows.len()).ok(),
+            Some(1),
+            "the queued job waits for the next batch"
+        );
+    }
+
+    #[tokio::test]
+    async fn requests_queued_together_are_committed_in_one_transaction() {
+        let sink = Memory::default();
+        let writer = AuditWriter::start(sink.clone(), limits(16));
+        // All four are queued before the writer task first runs (one thread, no yield between).
+        let results = futures::future::join_all(
+            ["a", "b", "c", "d"].map(|a| writer.record(vec![event(a), event(a)])),
+        )
+        .await;
+        assert!(results.iter().all(Result::is_ok));
+        let committed = sink.committed.lock().unwrap().clone();
+        assert_eq!(committed, [["a", "a", "b", "b", "c", "c", "d", "d"]]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_fails_every_request_in_it_and_the_writer_goes_on() {
+        let sink = Memory::default();
+        let writer = AuditWriter::start(sink.clone(), limits(16));
+        let results = futures::future::join_all(
+            ["good", "poison", "good"].map(|a| writer.record(vec![event(a)])),
+        )
+        .await;
+        for result in &results {
+            assert!(
+                matches!(result, Err(ApiError::Internal(_))),
+                "no request of a failed batch is told its event is stored: {result:?}"
+            );
+        }
+        assert!(sink.committed.lock().unwrap().is_empty());
+        writer.record(vec![event("later")]).await.unwrap();
+        assert_eq!(*sink.committed.lock().unwrap(), [["later"]]);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_makes_a_request_wait_then_refuses_it_with_503() {
+        let gate = Arc::new(Semaphore::new(0));
+        let sink = Memory {
+            gate: Some(gate.clone()),
+            ..Memory::default()
+        };
+        let writer = Arc::new(AuditWriter::start(sink.clone(), limits(1)));
+        let record = |action: &'static str| {
+            let writer = writer.clone();
+            tokio::spawn(async move { writer.record(vec![event(action)]).await })
+        };
+        let writing = record("first");
+        sink.entered.notified().await;
+        // The writer holds "first"; "second" takes the one place in the queue.
+        let queued = record("second");
+        while writer.queue.capacity() > 0 {
+            tokio::task::yield_now().await;
+        }
+        let refused = writer.record(vec![event("third")]).await;
+        assert!(
+            matches!(
+                refused,
+                Err(ApiError::Unavailable {
+                    retry_after: Some(_),
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+        gate.add_permits(2);
+        writing.await.unwrap().unwrap();
+        queued.await.unwrap().unwrap();
+        assert_eq!(*sink.committed.lock().unwrap(), [["first"], ["second"]]);
+    }
+
+    #[tokio::test]
+    async fn shutdown_commits_what_is_queued_and_refuses_what_comes_after() {
+        let gate = Arc::new(Semaphore::new(0));
+        let sink = Memory {
+            gate: Some(gate.clone()),
+            ..Memory::default()
+        };
+        let writer = Arc::new(AuditWriter::start(sink.clone(), limits(4)));
+        let record = |action: &'static str| {
+            let writer = writer.clone();
+            tokio::spawn(async move { writer.record(vec![event(action)]).await })
+        };
+        let writing = record("first");
+        sink.entered.notified().await;
+        let queued = record("second");
+        while writer.queue.capacity() == writer.queue.max_capacity() {
+            tokio::task::yield_now().await;
+        }
+        let stopping = {
+            let writer = writer.clone();
+            tokio::spawn(async move { writer.shutdown().await })
+        };
+        gate.add_permits(2);
+        stopping.await.unwrap();
+        writing.await.unwrap().unwrap();
+        queued.await.unwrap().unwrap();
+        assert_eq!(*sink.committed.lock().unwrap(), [["first"], ["second"]]);
+        let after = writer.record(vec![event("late")]).await;
+        assert!(
+            matches!(after, Err(ApiError::Unavailable { .. })),
+            "{after:?}"
+        );
+    }
 }

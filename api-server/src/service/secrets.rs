@@ -352,19 +352,19 @@ impl<'a> OrgLookup<'a> {
         }
     }
 
-    /// Records one read event per environment whose values were used through a reference.
-    async fn audit_reads(&self, meta: &ClientMeta, org: OrgId) -> ApiResult<()> {
-        for (project, env, keys) in self.read.values() {
-            AuditEvent::new(action::READ, Outcome::Success, meta)
-                .by(self.principal)
-                .org(org)
-                .project(project)
-                .environment(env)
-                .details(json!({ "keys": keys, "via_reference": true }))
-                .record(self.state.db.pool())
-                .await?;
-        }
-        Ok(())
+    /// One read event per environment whose values were used through a reference.
+    fn read_events(&self, meta: &ClientMeta, org: OrgId) -> Vec<AuditEvent> {
+        self.read
+            .values()
+            .map(|(project, env, keys)| {
+                AuditEvent::new(action::READ, Outcome::Success, meta)
+                    .by(self.principal)
+                    .org(org)
+                    .project(project)
+                    .environment(env)
+                    .details(json!({ "keys": keys, "via_reference": true }))
+            })
+            .collect()
     }
 }
 
@@ -439,19 +439,20 @@ fn reference_error(e: references::RefError) -> ApiError {
     }
 }
 
-/// Resolves `${…}` references in `values` (in place).
+/// Resolves `${…}` references in `values` (in place); returns the read events of the
+/// environments read through them, to be stored with the request's own.
 async fn resolve(
     state: &AppState,
     meta: &ClientMeta,
     principal: &Caller,
     ctx: &EnvCtx,
     values: &mut [SecretValue],
-) -> ApiResult<()> {
+) -> ApiResult<Vec<AuditEvent>> {
     if !values
         .iter()
         .any(|v| references::needs_resolution(v.value.expose_secret()))
     {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let raw: BTreeMap<String, SecretString> = values
         .iter()
@@ -467,13 +468,12 @@ async fn resolve(
     )
     .await
     .map_err(reference_error)?;
-    lookup.audit_reads(meta, ctx.project.org.org.id).await?;
     for v in values.iter_mut() {
         if let Some(r) = resolved.get(&v.key) {
             v.value = r.clone();
         }
     }
-    Ok(())
+    Ok(lookup.read_events(meta, ctx.project.org.org.id))
 }
 
 /// The answer to a bulk read.
@@ -520,14 +520,18 @@ pub async fn read_all(
     }
     let rows = db::secrets::current(state.db.pool(), ctx.env.id).await?;
     let mut secrets = open_rows(state, &ctx, rows).await?;
-    if resolve_refs {
-        resolve(state, meta, principal, &ctx, &mut secrets).await?;
-    }
+    let mut events = if resolve_refs {
+        resolve(state, meta, principal, &ctx, &mut secrets).await?
+    } else {
+        Vec::new()
+    };
     let keys: Vec<&str> = secrets.iter().map(|s| s.key.as_str()).collect();
-    audit(meta, principal, &ctx, action::READ)
-        .details(json!({ "keys": keys, "resolved": resolve_refs }))
-        .record(state.db.pool())
-        .await?;
+    events.push(
+        audit(meta, principal, &ctx, action::READ)
+            .details(json!({ "keys": keys, "resolved": resolve_refs })),
+    );
+    // Committed before any value leaves: a read that cannot be audited is refused.
+    state.audit.record(events).await?;
     Ok(BulkRead::Values {
         etag,
         revision,
@@ -557,6 +561,7 @@ pub async fn read_one(
             }
         })?;
     let mut values = open_rows(state, &ctx, vec![row]).await?;
+    let mut events = Vec::new();
     if resolve_refs {
         let place = Place {
             project: ctx.project.project.slug.clone(),
@@ -578,13 +583,14 @@ pub async fn read_one(
         )
         .await
         .map_err(reference_error)?;
-        lookup.audit_reads(meta, ctx.project.org.org.id).await?;
+        events = lookup.read_events(meta, ctx.project.org.org.id);
         values[0].value = resolved;
     }
-    audit(meta, principal, &ctx, action::READ)
-        .details(json!({ "keys": [key], "version": version, "resolved": resolve_refs }))
-        .record(state.db.pool())
-        .await?;
+    events.push(
+        audit(meta, principal, &ctx, action::READ)
+            .details(json!({ "keys": [key], "version": version, "resolved": resolve_refs })),
+    );
+    state.audit.record(events).await?;
     values.pop().ok_or_else(|| ApiError::not_found("secret"))
 }
 
@@ -1001,19 +1007,22 @@ pub async fn export(
     let ctx = tenancy::environment(state, principal, at, Action::SecretsRead).await?;
     let rows = db::secrets::current(state.db.pool(), ctx.env.id).await?;
     let mut secrets = open_rows(state, &ctx, rows).await?;
-    if resolve_refs {
-        resolve(state, meta, principal, &ctx, &mut secrets).await?;
-    }
+    let mut events = if resolve_refs {
+        resolve(state, meta, principal, &ctx, &mut secrets).await?
+    } else {
+        Vec::new()
+    };
     let pairs: Vec<(&str, &str)> = secrets
         .iter()
         .map(|s| (s.key.as_str(), s.value.expose_secret()))
         .collect();
     let file = formats::render(format, &pairs);
     let keys: Vec<&str> = secrets.iter().map(|s| s.key.as_str()).collect();
-    audit(meta, principal, &ctx, action::EXPORTED)
-        .details(json!({ "keys": keys, "format": format.as_str(), "resolved": resolve_refs }))
-        .record(state.db.pool())
-        .await?;
+    events.push(
+        audit(meta, principal, &ctx, action::EXPORTED)
+            .details(json!({ "keys": keys, "format": format.as_str(), "resolved": resolve_refs })),
+    );
+    state.audit.record(events).await?;
     Ok(file)
 }
 

@@ -19,6 +19,7 @@ mod openapi;
 mod org_audit;
 mod orgs;
 mod projects;
+mod read_audit;
 mod references;
 mod secrets;
 mod server;
