@@ -464,6 +464,26 @@ mod tests {
         (Job { rows, reply }, answer)
     }
 
+    /// A writer whose sink holds every batch until `gate` lets it through.
+    fn gated(queue_len: usize) -> (Arc<Semaphore>, Memory, Arc<AuditWriter>) {
+        let gate = Arc::new(Semaphore::new(0));
+        let sink = Memory {
+            gate: Some(gate.clone()),
+            ..Memory::default()
+        };
+        let writer = Arc::new(AuditWriter::start(sink.clone(), limits(queue_len)));
+        (gate, sink, writer)
+    }
+
+    /// Records the event `action` from a task of its own.
+    fn spawn_record(
+        writer: &Arc<AuditWriter>,
+        action: &'static str,
+    ) -> tokio::task::JoinHandle<ApiResult<()>> {
+        let writer = writer.clone();
+        tokio::spawn(async move { writer.record(vec![event(action)]).await })
+    }
+
     fn limits(queue_len: usize) -> WriterLimits {
         WriterLimits {
             queue_len,
@@ -541,16 +561,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_makes_a_request_wait_then_refuses_it_with_503() {
-        let gate = Arc::new(Semaphore::new(0));
-        let sink = Memory {
-            gate: Some(gate.clone()),
-            ..Memory::default()
-        };
-        let writer = Arc::new(AuditWriter::start(sink.clone(), limits(1)));
-        let record = |action: &'static str| {
-            let writer = writer.clone();
-            tokio::spawn(async move { writer.record(vec![event(action)]).await })
-        };
+        let (gate, sink, writer) = gated(1);
+        let record = |action| spawn_record(&writer, action);
         let writing = record("first");
         sink.entered.notified().await;
         // The writer holds "first"; "second" takes the one place in the queue.
@@ -577,16 +589,8 @@ mod tests {
 
     #[tokio::test]
     async fn shutdown_commits_what_is_queued_and_refuses_what_comes_after() {
-        let gate = Arc::new(Semaphore::new(0));
-        let sink = Memory {
-            gate: Some(gate.clone()),
-            ..Memory::default()
-        };
-        let writer = Arc::new(AuditWriter::start(sink.clone(), limits(4)));
-        let record = |action: &'static str| {
-            let writer = writer.clone();
-            tokio::spawn(async move { writer.record(vec![event(action)]).await })
-        };
+        let (gate, sink, writer) = gated(4);
+        let record = |action| spawn_record(&writer, action);
         let writing = record("first");
         sink.entered.notified().await;
         let queued = record("second");
