@@ -110,10 +110,7 @@ async fn a_credentials_secret_is_used_only_when_labelled_for_it() {
         .patch("db-password", &params, &Patch::Merge(label("true")))
         .await
         .unwrap();
-    scene.wait_for_data("web-prod", &values).await;
-    scene
-        .wait_for_condition("web-prod", "Ready", "True", "Synced")
-        .await;
+    scene.wait_synced("web-prod", &values).await;
 }
 
 #[tokio::test]
@@ -211,10 +208,7 @@ async fn the_ca_bundle_makes_a_server_with_a_private_ca_trusted() {
     config.ca_bundle = Some(bundle.path().to_owned());
     let _operator = scene.operator(config);
     scene
-        .wait_for_data("web-prod", &[("A", "value-marker-tls")])
-        .await;
-    scene
-        .wait_for_condition("web-prod", "Ready", "True", "Synced")
+        .wait_synced("web-prod", &[("A", "value-marker-tls")])
         .await;
 }
 
@@ -267,10 +261,7 @@ async fn a_projects_own_ca_bundle_makes_its_server_trusted() {
         .await
         .unwrap();
     scene
-        .wait_for_data("web-prod", &[("A", "value-marker-own-ca")])
-        .await;
-    scene
-        .wait_for_condition("web-prod", "Ready", "True", "Synced")
+        .wait_synced("web-prod", &[("A", "value-marker-own-ca")])
         .await;
 }
 
@@ -301,8 +292,5 @@ async fn a_changed_credentials_secret_takes_effect_at_once() {
         )
         .await
         .unwrap();
-    scene.wait_for_data("web-prod", &values).await;
-    scene
-        .wait_for_condition("web-prod", "Ready", "True", "Synced")
-        .await;
+    scene.wait_synced("web-prod", &values).await;
 }

@@ -96,10 +96,7 @@ async fn workloads_restart_exactly_once_per_data_change() {
                                        { "kind": "Deployment", "name": "stranger" }] }),
         )
         .await;
-    scene.wait_for_data("web-prod", &[("A", "1")]).await;
-    scene
-        .wait_for_condition("web-prod", "Ready", "True", "Synced")
-        .await;
+    scene.wait_synced("web-prod", &[("A", "1")]).await;
     let initial = states(&deployments).await;
     assert!(
         initial.iter().all(|(_, _, h)| h.is_none()),
@@ -219,10 +216,7 @@ async fn a_recreated_environment_is_a_first_sync_again_and_an_idle_one_writes_no
                     "rolloutRestart": [{ "kind": "Deployment", "name": "worker" }] }),
         )
         .await;
-    scene.wait_for_data("web-staging", &[("A", "1")]).await;
-    scene
-        .wait_for_condition("web-staging", "Ready", "True", "Synced")
-        .await;
+    scene.wait_synced("web-staging", &[("A", "1")]).await;
     let before = deployments.get("worker").await.unwrap();
 
     // Deleted in coffer-server: the Secret goes, and so does what the status said of it.
@@ -269,10 +263,7 @@ async fn a_recreated_environment_is_a_first_sync_again_and_an_idle_one_writes_no
         .await
         .unwrap();
     scene.coffer.set("web", "staging", &[("A", "2")]).await;
-    scene.wait_for_data("web-staging", &[("A", "2")]).await;
-    scene
-        .wait_for_condition("web-staging", "Ready", "True", "Synced")
-        .await;
+    scene.wait_synced("web-staging", &[("A", "2")]).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = deployments.get("worker").await.unwrap();
     assert_eq!(after.metadata.generation, before.metadata.generation);

@@ -481,6 +481,14 @@ impl Scene {
             .map(|c| (c.status, c.reason))
     }
 
+    /// Waits until the Secret `name` holds exactly `pairs` and the `Environment` of the same
+    /// name is `Ready` (`Synced`).
+    pub async fn wait_synced(&self, name: &str, pairs: &[(&str, &str)]) {
+        self.wait_for_data(name, pairs).await;
+        self.wait_for_condition(name, "Ready", "True", "Synced")
+            .await;
+    }
+
     /// The message of the `Environment`'s condition `type_`, which it must have.
     pub async fn condition_message(&self, name: &str, type_: &str) -> String {
         let status = self.get_environment(name).await.status.unwrap();

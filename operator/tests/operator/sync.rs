@@ -43,10 +43,7 @@ async fn an_environment_is_synced_with_exactly_its_keys_and_follows_changes() {
         .environment("web-prod", "production", json!({ "refreshInterval": "5s" }))
         .await;
 
-    scene.wait_for_data("web-prod", &values).await;
-    scene
-        .wait_for_condition("web-prod", "Ready", "True", "Synced")
-        .await;
+    scene.wait_synced("web-prod", &values).await;
     scene
         .wait_for_condition("web-prod", "Synced", "True", "Synced")
         .await;
@@ -246,10 +243,7 @@ async fn a_foreign_secret_of_the_same_name_is_left_untouched_and_reported() {
         .delete("web-prod", &DeleteParams::default())
         .await
         .unwrap();
-    scene.wait_for_data("web-prod", &[("A", "1")]).await;
-    scene
-        .wait_for_condition("web-prod", "Ready", "True", "Synced")
-        .await;
+    scene.wait_synced("web-prod", &[("A", "1")]).await;
 }
 
 #[tokio::test]
@@ -277,10 +271,7 @@ async fn an_unreachable_or_refusing_server_never_empties_the_secret() {
     scene
         .environment("web-prod", "production", json!({ "refreshInterval": "5s" }))
         .await;
-    scene.wait_for_data("web-prod", &first).await;
-    scene
-        .wait_for_condition("web-prod", "Ready", "True", "Synced")
-        .await;
+    scene.wait_synced("web-prod", &first).await;
     let before = scene.secret("web-prod").await;
 
     scene.coffer.stop().await;
@@ -304,10 +295,7 @@ async fn an_unreachable_or_refusing_server_never_empties_the_secret() {
         .set("web", "production", &[("B", "value-marker-b3")])
         .await;
     let second = [("A", "value-marker-a1"), ("B", "value-marker-b3")];
-    scene.wait_for_data("web-prod", &second).await;
-    scene
-        .wait_for_condition("web-prod", "Ready", "True", "Synced")
-        .await;
+    scene.wait_synced("web-prod", &second).await;
 
     // Refused credentials (401) keep the data too.
     patch::<Secret>(
@@ -843,10 +831,7 @@ async fn a_refresh_asked_for_during_an_outage_happens_when_the_server_is_back() 
     assert_eq!(scene.data("web-prod").await.unwrap(), pairs(&[("A", "1")]));
     // The refresh failed, so it is still to be done: the next try fetches.
     scene.coffer.resume().await;
-    scene.wait_for_data("web-prod", &[("A", "2")]).await;
-    scene
-        .wait_for_condition("web-prod", "Ready", "True", "Synced")
-        .await;
+    scene.wait_synced("web-prod", &[("A", "2")]).await;
 }
 
 #[tokio::test]
