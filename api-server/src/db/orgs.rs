@@ -123,10 +123,18 @@ pub async fn rename<'e>(
     Ok(())
 }
 
-pub async fn delete<'e>(ex: impl AnyExecutor<'e>, id: OrgId) -> Result<(), sqlx::Error> {
+/// Deletes an organization with everything in it; its environments first, as
+/// [`super::projects::delete`] explains.
+pub async fn delete(conn: &mut sqlx::AnyConnection, id: OrgId) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "DELETE FROM environments WHERE project_id IN (SELECT id FROM projects WHERE org_id = $1)",
+    )
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
     sqlx::query("DELETE FROM organizations WHERE id = $1")
         .bind(id)
-        .execute(ex)
+        .execute(&mut *conn)
         .await?;
     Ok(())
 }

@@ -208,10 +208,17 @@ pub async fn update<'e>(
     Ok(())
 }
 
-pub async fn delete<'e>(ex: impl AnyExecutor<'e>, id: ProjectId) -> Result<(), sqlx::Error> {
+/// Deletes a project with everything in it. Its environments (with their secrets) go first:
+/// PostgreSQL may check that no secret version still uses a DEK before the cascade from the
+/// project has removed the versions, and refuse.
+pub async fn delete(conn: &mut sqlx::AnyConnection, id: ProjectId) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM environments WHERE project_id = $1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
     sqlx::query("DELETE FROM projects WHERE id = $1")
         .bind(id)
-        .execute(ex)
+        .execute(&mut *conn)
         .await?;
     Ok(())
 }

@@ -127,7 +127,7 @@ pub async fn delete(
         ));
     }
     let mut tx = state.db.begin().await?;
-    db::orgs::delete(&mut *tx, ctx.org.id).await?;
+    db::orgs::delete(&mut tx, ctx.org.id).await?;
     AuditEvent::new(action::ORG_DELETED, Outcome::Success, meta)
         .by(principal)
         .org(ctx.org.id)

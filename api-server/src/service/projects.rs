@@ -180,7 +180,7 @@ pub async fn delete(
 ) -> ApiResult<()> {
     let ctx = tenancy::project(state, principal, org, project, Action::ProjectDelete).await?;
     let mut tx = state.db.begin().await?;
-    db::projects::delete(&mut *tx, ctx.project.id).await?;
+    db::projects::delete(&mut tx, ctx.project.id).await?;
     audit(meta, principal, &ctx, action::PROJECT_DELETED)
         .details(json!({ "slug": ctx.project.slug }))
         .record(&mut *tx)

@@ -53,10 +53,14 @@ db_test!(async fn deleting_an_organization_needs_its_owner_and_its_slug_and_remo
     app.delete("/api/v1/orgs/acme", Some(&ann.access)).await.assert_error(StatusCode::UNPROCESSABLE_ENTITY, "confirmation_required");
     app.delete("/api/v1/orgs/acme?confirm=other", Some(&ann.access)).await.assert_error(StatusCode::UNPROCESSABLE_ENTITY, "confirmation_required");
     assert_eq!(app.get("/api/v1/orgs/acme/projects/web", Some(&ann.access)).await.status, StatusCode::OK);
+    for env in ["development", "staging"] {
+        let r = app.put(&format!("/api/v1/orgs/acme/projects/web/environments/{env}/secrets/KEY"), Some(&ann.access), json!({ "value": "v" })).await;
+        assert!(r.status.is_success(), "{}", r.text());
+    }
 
     assert_eq!(app.delete("/api/v1/orgs/acme?confirm=acme", Some(&ann.access)).await.status, StatusCode::NO_CONTENT);
     app.get("/api/v1/orgs/acme", Some(&ann.access)).await.assert_error(StatusCode::NOT_FOUND, "not_found");
-    for table in ["projects", "environments", "org_members", "invitations"] {
+    for table in ["projects", "environments", "org_members", "invitations", "secrets", "secret_versions", "deks"] {
         let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}")).fetch_one(app.state.db.pool()).await.unwrap();
         assert_eq!(n, 0, "{table}");
     }

@@ -1,7 +1,7 @@
 use axum::http::StatusCode;
 use serde_json::json;
 
-use crate::helpers::db_test;
+use crate::helpers::{acme_web, db_test};
 
 fn slugs(v: &serde_json::Value) -> Vec<String> {
     v.as_array()
@@ -152,4 +152,19 @@ db_test!(async fn environments_and_project_access_are_listed_in_bounded_pages(ap
         match page["next_cursor"].as_str() { Some(c) => cursor = Some(c.to_owned()), None => break }
     }
     assert_eq!(serde_json::Value::Array(seen), all["items"]);
+});
+
+db_test!(async fn a_project_is_deleted_with_its_secrets_in_every_environment(app) {
+    let ann = acme_web(&app).await;
+    for env in ["development", "staging", "production"] {
+        let r = app.put(&format!("/api/v1/orgs/acme/projects/web/environments/{env}/secrets/KEY"), Some(&ann.access), json!({ "value": "v" })).await;
+        assert!(r.status.is_success(), "{}", r.text());
+    }
+    let r = app.delete("/api/v1/orgs/acme/projects/web", Some(&ann.access)).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
+    app.get("/api/v1/orgs/acme/projects/web", Some(&ann.access)).await.assert_error(StatusCode::NOT_FOUND, "not_found");
+    for table in ["projects", "environments", "secrets", "secret_versions", "deks"] {
+        let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}")).fetch_one(app.state.db.pool()).await.unwrap();
+        assert_eq!(n, 0, "{table}");
+    }
 });
