@@ -202,6 +202,10 @@ pub struct Config {
     #[arg(long = "session-cache-ttl-ms", env = "COFFER_SESSION_CACHE_TTL_MS", value_name = "COFFER_SESSION_CACHE_TTL_MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub session_cache_ttl_ms: u64,
 
+    /// How long a confirmed API key or service token, and a caller's standing in a project or environment, are trusted from memory, in milliseconds (0: not at all).
+    #[arg(long = "access-cache-ttl-ms", env = "COFFER_ACCESS_CACHE_TTL_MS", value_name = "COFFER_ACCESS_CACHE_TTL_MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub access_cache_ttl_ms: u64,
+
     /// Login attempts allowed per account and minute.
     #[arg(long = "login-rate-per-account", env = "COFFER_LOGIN_RATE_PER_ACCOUNT", value_name = "COFFER_LOGIN_RATE_PER_ACCOUNT", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub login_rate_per_account: u32,

@@ -2,12 +2,14 @@
 //! rejections use the API error shape, the client's address, and pagination.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::body::Body;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -69,6 +71,52 @@ pub async fn error_envelope(req: Request, next: Next) -> Response {
     }
     let bytes = serde_json::to_vec(&document).unwrap_or_default();
     Response::from_parts(parts, Body::from(bytes))
+}
+
+/// Set by [`forget_changed_access`] on every request, and raised by [`mark_access_change`]
+/// when the request may change who may do what.
+#[derive(Debug, Clone, Default)]
+pub struct AccessChange(Arc<AtomicBool>);
+
+/// Forgets what [`crate::access`] remembers once the request is over, whether it answered,
+/// failed, timed out, panicked or was cancelled by its client, if its route raised
+/// [`AccessChange`].
+struct ForgetWhenOver {
+    state: AppState,
+    change: AccessChange,
+}
+
+impl Drop for ForgetWhenOver {
+    fn drop(&mut self) {
+        if self.change.0.load(Ordering::Acquire) {
+            self.state.access.forget_all();
+        }
+    }
+}
+
+/// Outer middleware: see [`AccessChange`]. It sits outside the timeout and panic layers so
+/// that a change committed by a handler that then failed is still noticed.
+pub async fn forget_changed_access(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let change = AccessChange::default();
+    req.extensions_mut().insert(change.clone());
+    let _forget = ForgetWhenOver { state, change };
+    next.run(req).await
+}
+
+/// Route layer of every route except the secret data routes: any state-changing request
+/// (anything but `GET`, `HEAD`, `OPTIONS`) may change credentials, membership, roles, grants,
+/// policies, names or existence, so it makes [`forget_changed_access`] forget.
+pub async fn mark_access_change(req: Request, next: Next) -> Response {
+    if !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        if let Some(change) = req.extensions().get::<AccessChange>() {
+            change.0.store(true, Ordering::Release);
+        }
+    }
+    next.run(req).await
 }
 
 /// `Json<T>` whose rejections are API errors: 400 malformed, 415 wrong content type,

@@ -4,6 +4,7 @@
 //! [`start`] turns a [`Config`] into a ready state (keys, database, migrations) and [`serve`]
 //! runs it until SIGTERM or SIGINT. `main.rs` only parses the configuration and calls these.
 
+pub mod access;
 pub mod auth;
 pub mod authz;
 pub mod config;
@@ -77,6 +78,10 @@ pub fn app(state: AppState) -> Router {
             timeout,
         ))
         .layer(CatchPanicLayer::new())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            http::forget_changed_access,
+        ))
         .layer(axum::middleware::from_fn(http::error_envelope))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::access::AccessCache;
 use crate::auth::jwt::JwtKeys;
 use crate::auth::password::PasswordHasher;
 use crate::auth::rate_limit::RateLimits;
@@ -29,6 +30,8 @@ pub struct Inner {
     /// Active sessions recently confirmed in the database. Entries are removed at once when
     /// this process ends a session; other replicas notice within the time to live.
     pub sessions: moka::sync::Cache<SessionId, SessionRow>,
+    /// Credentials and standings recently confirmed in the database (see [`crate::access`]).
+    pub access: AccessCache,
     /// The key-encryption keys: the active one wraps new DEKs.
     pub keyring: Keyring,
     /// Unwrapped DEKs, for a bounded time; wiped when evicted.
@@ -63,6 +66,7 @@ impl AppState {
             .max_capacity(100_000)
             .time_to_live(Duration::from_millis(config.session_cache_ttl_ms))
             .build();
+        let access = AccessCache::new(Duration::from_millis(config.access_cache_ttl_ms), 100_000);
         let keyring = Keyring::new(
             MasterKey::from_bytes(*keys.master.bytes()),
             keys.previous
@@ -80,6 +84,7 @@ impl AppState {
             passwords,
             limits,
             sessions,
+            access,
             keyring,
             deks,
             audit,

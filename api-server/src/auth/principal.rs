@@ -141,6 +141,39 @@ impl Subject for Caller {
     }
 }
 
+/// The live credential whose secret hashes to `hash`: from memory when it was confirmed
+/// recently (see [`crate::access`]), else from the database. Its use is recorded at most once
+/// per [`credentials::TOUCH_INTERVAL`] either way.
+async fn live_credential(state: &AppState, hash: String, now: Timestamp) -> Result<Live, ApiError> {
+    let epoch = state.access.epoch();
+    let (mut live, remembered) = match state.access.credential(&hash, now) {
+        Some(live) => (live, true),
+        None => {
+            let live = credentials::live_by_hash(state.db.pool(), &hash, now)
+                .await?
+                .ok_or_else(invalid_token)?;
+            (live, false)
+        }
+    };
+    let (table, id, last_used_at) = match &live {
+        Live::ApiKey {
+            id, last_used_at, ..
+        } => (Table::ApiKeys, id.to_string(), *last_used_at),
+        Live::ServiceToken {
+            id, last_used_at, ..
+        } => (Table::ServiceTokens, id.to_string(), *last_used_at),
+    };
+    let touch = credentials::needs_touch(last_used_at, now);
+    if touch {
+        credentials::touch(state.db.pool(), table, id, now).await?;
+        live.touched(now);
+    }
+    if touch || !remembered {
+        state.access.put_credential(epoch, hash, live.clone());
+    }
+    Ok(live)
+}
+
 fn is_safe(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
@@ -173,38 +206,27 @@ impl FromRequestParts<AppState> for Caller {
         let now = Timestamp::now();
         let principal = if token.starts_with(API_KEY_PREFIX) {
             let hash = tokens::hash(token);
-            let found = credentials::live_by_hash(state.db.pool(), &hash, now)
-                .await?
-                .ok_or_else(invalid_token)?;
-            match found {
+            match live_credential(state, hash, now).await? {
                 Live::ApiKey {
                     id,
                     user_id,
                     access,
-                    last_used_at,
-                } => {
-                    if credentials::needs_touch(last_used_at, now) {
-                        credentials::touch(state.db.pool(), Table::ApiKeys, id, now).await?;
-                    }
-                    Principal {
-                        user_id,
-                        credential: Credential::ApiKey {
-                            id,
-                            read_only: db::api_keys::is_read_only(&access),
-                        },
-                    }
-                }
+                    ..
+                } => Principal {
+                    user_id,
+                    credential: Credential::ApiKey {
+                        id,
+                        read_only: db::api_keys::is_read_only(&access),
+                    },
+                },
                 Live::ServiceToken {
                     id,
                     org_id,
                     project_id,
                     access,
-                    last_used_at,
                     environment_ids,
+                    ..
                 } => {
-                    if credentials::needs_touch(last_used_at, now) {
-                        credentials::touch(state.db.pool(), Table::ServiceTokens, id, now).await?;
-                    }
                     let read_write = db::service_tokens::is_read_write(&access);
                     if !read_write && !is_safe(&parts.method) {
                         return Err(ApiError::forbidden(

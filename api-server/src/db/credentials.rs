@@ -50,6 +50,8 @@ pub enum Live {
         user_id: UserId,
         access: String,
         last_used_at: Option<Timestamp>,
+        /// When the secret stops working (expiry, or the end of a rotated secret's grace).
+        valid_until: Option<Timestamp>,
     },
     ServiceToken {
         id: ServiceTokenId,
@@ -57,8 +59,29 @@ pub enum Live {
         project_id: ProjectId,
         access: String,
         last_used_at: Option<Timestamp>,
+        valid_until: Option<Timestamp>,
         environment_ids: Vec<EnvironmentId>,
     },
+}
+
+impl Live {
+    /// When the secret that found this credential stops working, if it ever does.
+    pub fn valid_until(&self) -> Option<Timestamp> {
+        match self {
+            Self::ApiKey { valid_until, .. } | Self::ServiceToken { valid_until, .. } => {
+                *valid_until
+            }
+        }
+    }
+
+    /// Notes that the use of this credential was recorded at `now`.
+    pub fn touched(&mut self, now: Timestamp) {
+        match self {
+            Self::ApiKey { last_used_at, .. } | Self::ServiceToken { last_used_at, .. } => {
+                *last_used_at = Some(now);
+            }
+        }
+    }
 }
 
 /// One row of [`live_by_hash`]: an API key, or a service token with one of its environments.
@@ -71,6 +94,18 @@ struct LiveRow {
     access: String,
     last_used_at: Option<Timestamp>,
     environment_id: Option<EnvironmentId>,
+    expires_at: Option<Timestamp>,
+    /// Set when the secret matched is the previous one, in its grace period.
+    grace_ends_at: Option<Timestamp>,
+}
+
+impl LiveRow {
+    fn valid_until(&self) -> Option<Timestamp> {
+        match (self.expires_at, self.grace_ends_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 fn parse_id<T: std::str::FromStr>(text: &str) -> Result<T, sqlx::Error>
@@ -90,11 +125,13 @@ pub async fn live_by_hash<'e>(
 ) -> Result<Option<Live>, sqlx::Error> {
     let rows: Vec<LiveRow> = sqlx::query_as(&format!(
         "SELECT 'api_key' AS kind, id, user_id AS owner_id, NULL AS project_id, access, \
-                last_used_at, NULL AS environment_id \
+                last_used_at, NULL AS environment_id, expires_at, \
+                CASE WHEN token_hash = $1 THEN NULL ELSE previous_expires_at END AS grace_ends_at \
          FROM api_keys WHERE {LIVE_BY_HASH} \
          UNION ALL \
          SELECT 'service_token' AS kind, t.id, t.org_id, t.project_id, t.access, \
-                t.last_used_at, te.environment_id \
+                t.last_used_at, te.environment_id, t.expires_at, \
+                CASE WHEN t.token_hash = $1 THEN NULL ELSE t.previous_expires_at END \
          FROM service_tokens t LEFT JOIN service_token_environments te ON te.token_id = t.id \
          WHERE {LIVE_BY_HASH}"
     ))
@@ -108,6 +145,7 @@ pub async fn live_by_hash<'e>(
             user_id: parse_id(&key.owner_id)?,
             access: key.access.clone(),
             last_used_at: key.last_used_at,
+            valid_until: key.valid_until(),
         }));
     }
     let Some(first) = rows.first() else {
@@ -122,6 +160,7 @@ pub async fn live_by_hash<'e>(
         project_id,
         access: first.access.clone(),
         last_used_at: first.last_used_at,
+        valid_until: first.valid_until(),
         environment_ids: rows
             .iter()
             .filter(|r| r.id == first.id)

@@ -20,6 +20,7 @@ use utoipa::openapi::{InfoBuilder, OpenApi as OpenApiDoc};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 
+use crate::http;
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -65,19 +66,30 @@ fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(health::router())
         .nest("/api/v1", meta::router())
-        .nest("/api/v1/auth", auth::router())
-        .nest("/api/v1/api-keys", api_keys::router())
+        .nest("/api/v1/auth", changes_access(auth::router()))
+        .nest("/api/v1/api-keys", changes_access(api_keys::router()))
         .nest("/api/v1/audit-events", audit::router())
         .nest(
             "/api/v1/orgs",
-            orgs::router()
-                .merge(teams::router())
-                .merge(projects::router())
-                .merge(secrets::router())
-                .merge(audit::org_router())
-                .merge(service_tokens::router()),
+            changes_access(
+                orgs::router()
+                    .merge(teams::router())
+                    .merge(projects::router())
+                    .merge(service_tokens::router()),
+            )
+            .merge(secrets::router())
+            .merge(audit::org_router()),
         )
-        .nest("/api/v1/invitations", orgs::invitations_router())
+        .nest(
+            "/api/v1/invitations",
+            changes_access(orgs::invitations_router()),
+        )
+}
+
+/// Routes whose state-changing requests may change who may do what (see [`crate::access`]).
+/// The secret data routes are the only others that change anything.
+fn changes_access(routes: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
+    routes.route_layer(axum::middleware::from_fn(http::mark_access_change))
 }
 
 /// The OpenAPI document of this server.

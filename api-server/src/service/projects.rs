@@ -297,7 +297,11 @@ pub async fn get_environment(
     principal: &(impl Subject + Sync),
     at: EnvPath<'_>,
 ) -> ApiResult<(EnvCtx, Vec<(String, String)>)> {
-    let ctx = tenancy::environment(state, principal, at, Action::ProjectRead).await?;
+    let mut ctx = tenancy::environment(state, principal, at, Action::ProjectRead).await?;
+    // The standing may be remembered: the revision shown must be the database's.
+    ctx.env = db::projects::environment(state.db.pool(), ctx.project.project.id, &ctx.env.slug)
+        .await?
+        .ok_or_else(|| ApiError::not_found("environment"))?;
     let policies = db::projects::policies(state.db.pool(), ctx.env.id).await?;
     Ok((ctx, policies))
 }

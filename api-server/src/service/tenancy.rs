@@ -3,6 +3,9 @@
 //! Every tenant-scoped operation starts here: the caller's standing is loaded with the resource,
 //! [`authz::decide`] is asked, and a hidden resource is answered exactly like a missing one.
 
+use std::sync::Arc;
+
+use crate::access::StandingKey;
 use crate::auth::Subject;
 use crate::authz::{self, Action, Decision, EnvAccess, OrgRole, ProjectRole, Standing, TokenScope};
 use crate::db;
@@ -30,6 +33,8 @@ pub struct ProjectCtx {
 #[derive(Debug, Clone)]
 pub struct EnvCtx {
     pub project: ProjectCtx,
+    /// The environment as it was when the caller's standing was confirmed: its `revision` and
+    /// `updated_at` may be older than the database's (they change with every secret write).
     pub env: EnvironmentRow,
     /// The environment's policy for the caller's project role, if one is set.
     pub policy: Option<EnvAccess>,
@@ -103,8 +108,43 @@ fn project_role(caller: &impl Subject, org: &OrgCtx, rows: &[StandingRow]) -> Op
         .max()
 }
 
-/// Loads the caller's standing at `org/project[/env]` in one query and decides on the
-/// organization and then the project, like [`org`] would with [`Action::OrgRead`].
+/// The caller's standing at `org/project[/env]`: remembered (see [`crate::access`]), or
+/// loaded in one query.
+async fn standing(
+    state: &AppState,
+    caller: &(impl Subject + Sync),
+    org_slug: &str,
+    project_slug: &str,
+    env_slug: Option<&str>,
+) -> ApiResult<Arc<[StandingRow]>> {
+    let key = StandingKey {
+        user: caller.user(),
+        org: org_slug.to_owned(),
+        project: project_slug.to_owned(),
+        env: env_slug.map(str::to_owned),
+    };
+    let epoch = state.access.epoch();
+    if let Some(rows) = state.access.standing(&key) {
+        return Ok(rows);
+    }
+    let rows: Arc<[StandingRow]> = db::projects::standing(
+        state.db.pool(),
+        org_slug,
+        caller.user(),
+        project_slug,
+        env_slug,
+    )
+    .await?
+    .into();
+    // What does not exist (yet) is not remembered: it may be created on another replica.
+    if !rows.is_empty() {
+        state.access.put_standing(epoch, key, rows.clone());
+    }
+    Ok(rows)
+}
+
+/// Loads the caller's standing at `org/project[/env]` and decides on the organization and then
+/// the project, like [`org`] would with [`Action::OrgRead`].
 async fn load_project(
     state: &AppState,
     caller: &(impl Subject + Sync),
@@ -112,15 +152,8 @@ async fn load_project(
     project_slug: &str,
     env_slug: Option<&str>,
     action: Action,
-) -> ApiResult<(ProjectCtx, Vec<StandingRow>)> {
-    let rows = db::projects::standing(
-        state.db.pool(),
-        org_slug,
-        caller.user(),
-        project_slug,
-        env_slug,
-    )
-    .await?;
+) -> ApiResult<(ProjectCtx, Arc<[StandingRow]>)> {
+    let rows = standing(state, caller, org_slug, project_slug, env_slug).await?;
     let first = rows
         .first()
         .ok_or_else(|| ApiError::not_found("organization"))?;

@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod access_cache;
 mod api_keys;
 mod audit;
 mod auth;
