@@ -5,8 +5,10 @@
 //! (UTC), flags are nullable timestamps (`revoked_at`) rather than booleans. Every function takes
 //! the owning tenant (here: the user) so no query can reach another tenant's rows.
 //!
-//! Durability: an acknowledged write is on disk. Every connection commits with an fsync (SQLite
-//! `synchronous = FULL`, PostgreSQL's default `synchronous_commit = on`).
+//! Durability: an acknowledged write is on disk. Every connection of the main pool commits with
+//! an fsync (SQLite `synchronous = FULL`, PostgreSQL's default `synchronous_commit = on`); only
+//! the read-audit writer's own pool commits without waiting for one (see
+//! [`crate::service::audit::AuditWriter`] for how that window is bounded).
 
 pub mod api_keys;
 pub mod audit;
@@ -25,6 +27,7 @@ use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
+use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AnyPool, ConnectOptions, Connection, Executor, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
@@ -36,6 +39,11 @@ static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/postgres");
 /// A PostgreSQL connection idle for longer than this is pinged before it is handed out.
 const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(5);
 
+/// Connections of the read-audit writer: one on SQLite (one writer at a time anyway), two on
+/// PostgreSQL (so a broken connection does not stall the writer while it is replaced).
+const AUDIT_CONNECTIONS_SQLITE: u32 = 1;
+const AUDIT_CONNECTIONS_POSTGRES: u32 = 2;
+
 /// Which database server is behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -43,11 +51,25 @@ pub enum Backend {
     Postgres,
 }
 
-/// The database: a connection pool, the backend it talks to, and on SQLite the queue this
-/// process's writers wait in.
+/// When a pool's commits reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Commits {
+    /// Fsynced before the commit returns (SQLite `synchronous = FULL`, PostgreSQL's
+    /// `synchronous_commit = on`, which is its default and is not overridden).
+    Durable,
+    /// Written before the commit returns, fsynced a little later: SQLite `synchronous = NORMAL`
+    /// (in the WAL, so a crash of the process loses nothing; power loss may lose the commits
+    /// since the last fsync), PostgreSQL `synchronous_commit = off` (its WAL writer flushes
+    /// within 3 × `wal_writer_delay`).
+    Relaxed,
+}
+
+/// The database: the main pool, the read-audit writer's pool (relaxed commits), the backend,
+/// and on SQLite the queue this process's writers wait in.
 #[derive(Debug, Clone)]
 pub struct Db {
     pool: AnyPool,
+    audit_pool: AnyPool,
     backend: Backend,
     /// SQLite allows one writer at a time. Writers of this process queue here, first come first
     /// served, and only then `BEGIN IMMEDIATE`, instead of all polling the file lock through
@@ -97,10 +119,12 @@ impl DerefMut for Tx {
     }
 }
 
+/// A pool over `url` whose connections commit as `commits` says.
 async fn connect_pool(
     url: &str,
     backend: Backend,
     max_connections: u32,
+    commits: Commits,
 ) -> Result<AnyPool, sqlx::Error> {
     let options: AnyConnectOptions = url
         .parse::<AnyConnectOptions>()?
@@ -122,16 +146,27 @@ async fn connect_pool(
         .test_before_acquire(false)
         .after_connect(move |conn, _meta| {
             Box::pin(async move {
-                if backend == Backend::Sqlite {
-                    // WAL lets readers proceed during a write; FULL fsyncs the WAL at every
-                    // commit (NORMAL would survive a crash of the process but not power loss);
-                    // the busy timeout makes writers of other processes wait for the lock
-                    // instead of failing at once.
-                    conn.execute(sqlx::raw_sql(
-                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                         PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
-                    ))
-                    .await?;
+                match (backend, commits) {
+                    // WAL lets readers proceed during a write; the busy timeout makes writers
+                    // of other processes wait for the lock instead of failing at once.
+                    (Backend::Sqlite, Commits::Durable) => {
+                        conn.execute(sqlx::raw_sql(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                        ))
+                        .await?;
+                    }
+                    (Backend::Sqlite, Commits::Relaxed) => {
+                        conn.execute(sqlx::raw_sql(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                        ))
+                        .await?;
+                    }
+                    (Backend::Postgres, Commits::Durable) => {}
+                    (Backend::Postgres, Commits::Relaxed) => {
+                        conn.execute("SET synchronous_commit = off").await?;
+                    }
                 }
                 Ok(())
             })
@@ -158,9 +193,15 @@ impl Db {
         } else {
             Backend::Postgres
         };
-        let pool = connect_pool(url, backend, max_connections).await?;
+        let pool = connect_pool(url, backend, max_connections, Commits::Durable).await?;
+        let audit_connections = match backend {
+            Backend::Sqlite => AUDIT_CONNECTIONS_SQLITE,
+            Backend::Postgres => AUDIT_CONNECTIONS_POSTGRES,
+        };
+        let audit_pool = connect_pool(url, backend, audit_connections, Commits::Relaxed).await?;
         Ok(Self {
             pool,
+            audit_pool,
             backend,
             writer: (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(()))),
         })
@@ -219,7 +260,13 @@ impl Db {
         }
     }
 
+    /// A connection of the read-audit writer's pool (relaxed commits).
+    async fn audit_connection(&self) -> Result<PoolConnection<Any>, sqlx::Error> {
+        self.audit_pool.acquire().await
+    }
+
     pub async fn close(&self) {
+        self.audit_pool.close().await;
         self.pool.close().await;
     }
 }
