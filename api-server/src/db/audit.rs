@@ -1,8 +1,10 @@
 //! The `audit_events` table. Events never hold passwords, tokens or secret values.
 
-use sqlx::FromRow;
 use sqlx::any::AnyExecutor;
+use sqlx::{Connection, Executor, FromRow};
+use tokio::time::Instant;
 
+use super::{Backend, Db};
 use crate::ids::{AuditEventId, Timestamp, UserId};
 
 /// A stored audit event.
@@ -38,6 +40,59 @@ const _: () = assert!(ROWS_PER_STATEMENT * COLUMNS <= 999);
 pub async fn insert<'e>(ex: impl AnyExecutor<'e>, e: &AuditRow) -> Result<(), sqlx::Error> {
     bind(sqlx::query(&values_sql(1)), e).execute(ex).await?;
     Ok(())
+}
+
+/// Commits `rows` in one transaction on the read-audit writer's connection, whose commits are
+/// relaxed (see [`Db`]). On SQLite it waits its turn in the writer queue like every write, and
+/// the commit is fsynced (`synchronous = FULL` for this one transaction) when it happens at or
+/// after `fsync_after`. True when the commit needs no later flush: fsynced, or on PostgreSQL,
+/// whose WAL writer flushes it within a bounded time anyway.
+pub async fn commit_batch(
+    db: &Db,
+    rows: &[AuditRow],
+    fsync_after: Instant,
+) -> Result<bool, sqlx::Error> {
+    let _writer = db.queue_writer().await;
+    let mut conn = db.audit_connection().await?;
+    if db.backend() == Backend::Postgres {
+        let mut tx = conn.begin().await?;
+        insert_many(&mut tx, rows).await?;
+        tx.commit().await?;
+        return Ok(true);
+    }
+    // Decided once this writer's turn has come, just before it commits.
+    let fsync = Instant::now() >= fsync_after;
+    if fsync {
+        // SQLite refuses to change the safety level inside a transaction.
+        conn.execute("PRAGMA synchronous = FULL").await?;
+    }
+    let outcome = async {
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        insert_many(&mut tx, rows).await?;
+        tx.commit().await
+    }
+    .await;
+    if fsync && conn.execute("PRAGMA synchronous = NORMAL").await.is_err() {
+        // Left fsyncing every commit it would be safe but slow: it is replaced instead.
+        conn.close_on_drop();
+    }
+    outcome.map(|()| fsync)
+}
+
+/// Makes every commit so far durable, without waiting on anyone: a passive checkpoint of the
+/// SQLite WAL, which fsyncs the WAL before it copies it into the database. True when every frame
+/// was checkpointed (readers of old snapshots or a concurrent checkpoint can hold some back:
+/// then try again later). Nothing to do on PostgreSQL.
+pub async fn flush(db: &Db) -> Result<bool, sqlx::Error> {
+    if db.backend() == Backend::Postgres {
+        return Ok(true);
+    }
+    let mut conn = db.audit_connection().await?;
+    let (busy, frames, checkpointed): (i64, i64, i64) =
+        sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&mut *conn)
+            .await?;
+    Ok(busy == 0 && checkpointed == frames)
 }
 
 /// Inserts `rows` with as few statements as the parameter limit allows; the caller owns the
@@ -163,6 +218,8 @@ pub async fn list_for_org<'e>(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
     use super::*;
 
     #[test]
@@ -171,5 +228,98 @@ mod tests {
         assert!(sql.starts_with(INSERT));
         assert!(sql.ends_with("$14, $15), ($16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30)"), "{sql}");
         assert_eq!(sql.matches('$').count(), 2 * COLUMNS);
+    }
+
+    fn row() -> AuditRow {
+        AuditRow {
+            id: AuditEventId::new(),
+            occurred_at: Timestamp::now(),
+            user_id: None,
+            actor_type: "anonymous".into(),
+            actor_id: None,
+            action: "secrets.read".into(),
+            outcome: "success".into(),
+            target_type: None,
+            target_id: None,
+            client_ip: None,
+            user_agent: None,
+            details: None,
+            org_id: None,
+            project_id: None,
+            environment_id: None,
+        }
+    }
+
+    async fn synchronous(conn: &mut sqlx::AnyConnection) -> i64 {
+        sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(conn)
+            .await
+            .expect("pragma")
+    }
+
+    #[tokio::test]
+    async fn sqlite_audit_batches_are_fsynced_only_when_due_and_writes_always() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let db = Db::connect(&url, 2).await.expect("connect");
+        db.migrate().await.expect("migrate");
+        let mut tx = db.begin().await.expect("begin");
+        assert_eq!(
+            synchronous(&mut tx).await,
+            2,
+            "a write transaction commits with FULL"
+        );
+        tx.rollback().await.expect("rollback");
+        let mut audit = db.audit_connection().await.expect("audit connection");
+        assert_eq!(synchronous(&mut audit).await, 1, "audit commits are NORMAL");
+        drop(audit);
+
+        let later = Instant::now() + std::time::Duration::from_secs(3600);
+        assert!(
+            !commit_batch(&db, &[row()], later)
+                .await
+                .expect("relaxed commit")
+        );
+        assert!(
+            commit_batch(&db, &[row(), row()], Instant::now())
+                .await
+                .expect("fsynced commit")
+        );
+        let mut audit = db.audit_connection().await.expect("audit connection");
+        assert_eq!(
+            synchronous(&mut audit).await,
+            1,
+            "relaxed again after an fsynced batch"
+        );
+        let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_events")
+            .fetch_one(&mut *audit)
+            .await
+            .expect("count");
+        assert_eq!(stored, 3);
+        drop(audit);
+        assert!(
+            flush(&db).await.expect("checkpoint"),
+            "with no reader, every frame is checkpointed"
+        );
+    }
+
+    #[tokio::test]
+    async fn postgres_audit_commits_are_asynchronous_and_writes_synchronous() {
+        let Ok(url) = std::env::var("COFFER_TEST_DATABASE_URL") else {
+            eprintln!("skipped: COFFER_TEST_DATABASE_URL is not set");
+            return;
+        };
+        let db = Db::connect(&url, 2).await.expect("connect");
+        let show = "SHOW synchronous_commit";
+        let mut tx = db.begin().await.expect("begin");
+        let mode: String = sqlx::query_scalar(show).fetch_one(&mut *tx).await.unwrap();
+        assert_eq!(mode, "on");
+        tx.rollback().await.unwrap();
+        let mut audit = db.audit_connection().await.expect("audit connection");
+        let mode: String = sqlx::query_scalar(show)
+            .fetch_one(&mut *audit)
+            .await
+            .unwrap();
+        assert_eq!(mode, "off");
     }
 }

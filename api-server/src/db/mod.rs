@@ -4,6 +4,11 @@
 //! they sort and paginate by creation), timestamps are BIGINT milliseconds since the Unix epoch
 //! (UTC), flags are nullable timestamps (`revoked_at`) rather than booleans. Every function takes
 //! the owning tenant (here: the user) so no query can reach another tenant's rows.
+//!
+//! Durability: an acknowledged write is on disk. Every connection of the main pool commits with
+//! an fsync (SQLite `synchronous = FULL`, PostgreSQL's default `synchronous_commit = on`); only
+//! the read-audit writer's own pool commits without waiting for one (see
+//! [`crate::service::audit::AuditWriter`] for how that window is bounded).
 
 pub mod api_keys;
 pub mod audit;
@@ -16,11 +21,15 @@ pub mod sessions;
 pub mod teams;
 pub mod users;
 
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
-use sqlx::{Any, AnyPool, ConnectOptions, Connection, Executor, Transaction};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, AnyPool, ConnectOptions, Connection, Executor, Transaction};
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 pub use crate::ids::Timestamp;
 
@@ -30,6 +39,11 @@ static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/postgres");
 /// A PostgreSQL connection idle for longer than this is pinged before it is handed out.
 const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(5);
 
+/// Connections of the read-audit writer: one on SQLite (one writer at a time anyway), two on
+/// PostgreSQL (so a broken connection does not stall the writer while it is replaced).
+const AUDIT_CONNECTIONS_SQLITE: u32 = 1;
+const AUDIT_CONNECTIONS_POSTGRES: u32 = 2;
+
 /// Which database server is behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -37,15 +51,138 @@ pub enum Backend {
     Postgres,
 }
 
-/// The database: a connection pool and the backend it talks to.
+/// When a pool's commits reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Commits {
+    /// Fsynced before the commit returns (SQLite `synchronous = FULL`, PostgreSQL's
+    /// `synchronous_commit = on`, which is its default and is not overridden).
+    Durable,
+    /// Written before the commit returns, fsynced a little later: SQLite `synchronous = NORMAL`
+    /// (in the WAL, so a crash of the process loses nothing; power loss may lose the commits
+    /// since the last fsync), PostgreSQL `synchronous_commit = off` (its WAL writer flushes
+    /// within 3 × `wal_writer_delay`).
+    Relaxed,
+}
+
+/// The database: the main pool, the read-audit writer's pool (relaxed commits), the backend,
+/// and on SQLite the queue this process's writers wait in.
 #[derive(Debug, Clone)]
 pub struct Db {
     pool: AnyPool,
+    audit_pool: AnyPool,
     backend: Backend,
+    /// SQLite allows one writer at a time. Writers of this process queue here, first come first
+    /// served, and only then `BEGIN IMMEDIATE`, instead of all polling the file lock through
+    /// SQLite's busy handler (sleep and retry: unfair, with a long tail). Other processes on
+    /// the same file (the admin CLI) still meet the busy timeout. `None` on PostgreSQL.
+    writer: Option<Arc<Mutex<()>>>,
 }
 
-/// A transaction; dropping it without `commit` rolls back.
-pub type Tx = Transaction<'static, Any>;
+/// A write transaction; dropping it without [`Tx::commit`] rolls back. On SQLite it holds this
+/// process's place as the writer until it ends. Derefs to the connection, so `&mut *tx` is an
+/// executor.
+pub struct Tx {
+    tx: Transaction<'static, Any>,
+    // Dropped after `tx`: the next writer goes ahead once this transaction has ended (or, when
+    // dropped, once its rollback is queued on the connection).
+    _writer: Option<OwnedMutexGuard<()>>,
+}
+
+impl Tx {
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.tx.rollback().await
+    }
+}
+
+impl std::fmt::Debug for Tx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tx")
+            .field("queued_writer", &self._writer.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Deref for Tx {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        &self.tx
+    }
+}
+
+impl DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        &mut self.tx
+    }
+}
+
+/// A pool over `url` whose connections commit as `commits` says.
+async fn connect_pool(
+    url: &str,
+    backend: Backend,
+    max_connections: u32,
+    commits: Commits,
+) -> Result<AnyPool, sqlx::Error> {
+    let options: AnyConnectOptions = url
+        .parse::<AnyConnectOptions>()?
+        .disable_statement_logging();
+    let mut pool_options = AnyPoolOptions::new()
+        .max_connections(max_connections)
+        .min_connections(if backend == Backend::Sqlite { 1 } else { 0 })
+        .acquire_timeout(Duration::from_secs(10))
+        // sqlx pings every connection it hands out unless told not to, and (whatever the
+        // options) pings every connection given back before it goes idle again, so an idle
+        // connection was alive when it was last released. A SQLite connection lives in this
+        // process: nothing can hang up on it while it idles, so the ping on acquire is a
+        // wasted round trip to its worker thread and is not made. A PostgreSQL connection
+        // can be cut while it idles (server restart, failover, a proxy's idle timeout), so
+        // one that has idled for a while is still pinged; one that was in use a moment ago,
+        // as every connection is under load, is not, which saves a network round trip per
+        // acquire. (Should the server go away mid-load, the statement that finds it fails,
+        // and the failed ping on release drops the connection.)
+        .test_before_acquire(false)
+        .after_connect(move |conn, _meta| {
+            Box::pin(async move {
+                match (backend, commits) {
+                    // WAL lets readers proceed during a write; the busy timeout makes writers
+                    // of other processes wait for the lock instead of failing at once.
+                    (Backend::Sqlite, Commits::Durable) => {
+                        conn.execute(sqlx::raw_sql(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                        ))
+                        .await?;
+                    }
+                    (Backend::Sqlite, Commits::Relaxed) => {
+                        conn.execute(sqlx::raw_sql(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                        ))
+                        .await?;
+                    }
+                    (Backend::Postgres, Commits::Durable) => {}
+                    (Backend::Postgres, Commits::Relaxed) => {
+                        conn.execute("SET synchronous_commit = off").await?;
+                    }
+                }
+                Ok(())
+            })
+        });
+    if backend == Backend::Postgres {
+        pool_options = pool_options.before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > PING_WHEN_IDLE_FOR {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        });
+    }
+    pool_options.connect_with(options).await
+}
 
 impl Db {
     /// Connects (creating a SQLite file if needed) without applying migrations.
@@ -56,50 +193,18 @@ impl Db {
         } else {
             Backend::Postgres
         };
-        let options: AnyConnectOptions = url
-            .parse::<AnyConnectOptions>()?
-            .disable_statement_logging();
-        let mut pool_options = AnyPoolOptions::new()
-            .max_connections(max_connections)
-            .min_connections(if backend == Backend::Sqlite { 1 } else { 0 })
-            .acquire_timeout(Duration::from_secs(10))
-            // sqlx pings every connection it hands out unless told not to, and (whatever the
-            // options) pings every connection given back before it goes idle again, so an idle
-            // connection was alive when it was last released. A SQLite connection lives in this
-            // process: nothing can hang up on it while it idles, so the ping on acquire is a
-            // wasted round trip to its worker thread and is not made. A PostgreSQL connection
-            // can be cut while it idles (server restart, failover, a proxy's idle timeout), so
-            // one that has idled for a while is still pinged; one that was in use a moment ago,
-            // as every connection is under load, is not, which saves a network round trip per
-            // acquire. (Should the server go away mid-load, the statement that finds it fails,
-            // and the failed ping on release drops the connection.)
-            .test_before_acquire(false)
-            .after_connect(move |conn, _meta| {
-                Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        // WAL lets readers proceed during a write; the busy timeout makes
-                        // concurrent writers wait for the lock instead of failing at once.
-                        conn.execute(sqlx::raw_sql(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
-                        ))
-                        .await?;
-                    }
-                    Ok(())
-                })
-            });
-        if backend == Backend::Postgres {
-            pool_options = pool_options.before_acquire(|conn, meta| {
-                Box::pin(async move {
-                    if meta.idle_for > PING_WHEN_IDLE_FOR {
-                        conn.ping().await?;
-                    }
-                    Ok(true)
-                })
-            });
-        }
-        let pool = pool_options.connect_with(options).await?;
-        Ok(Self { pool, backend })
+        let pool = connect_pool(url, backend, max_connections, Commits::Durable).await?;
+        let audit_connections = match backend {
+            Backend::Sqlite => AUDIT_CONNECTIONS_SQLITE,
+            Backend::Postgres => AUDIT_CONNECTIONS_POSTGRES,
+        };
+        let audit_pool = connect_pool(url, backend, audit_connections, Commits::Relaxed).await?;
+        Ok(Self {
+            pool,
+            audit_pool,
+            backend,
+            writer: (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(()))),
+        })
     }
 
     fn migrator(&self) -> &'static Migrator {
@@ -132,16 +237,36 @@ impl Db {
         self.backend
     }
 
-    /// Starts a transaction that holds the write lock from its first statement, so two
+    /// Starts a write transaction. On SQLite it first waits its turn in this process's writer
+    /// queue, then holds the write lock from its first statement (`BEGIN IMMEDIATE`), so two
     /// concurrent read-then-write transactions cannot deadlock on SQLite's lock upgrade.
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
-        match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
-            Backend::Postgres => self.pool.begin().await,
+        let writer = self.queue_writer().await;
+        let tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
+        Ok(Tx {
+            tx,
+            _writer: writer,
+        })
+    }
+
+    /// On SQLite, this process's turn to write (FIFO); nothing to wait for on PostgreSQL.
+    async fn queue_writer(&self) -> Option<OwnedMutexGuard<()>> {
+        match &self.writer {
+            Some(writer) => Some(writer.clone().lock_owned().await),
+            None => None,
         }
     }
 
+    /// A connection of the read-audit writer's pool (relaxed commits).
+    async fn audit_connection(&self) -> Result<PoolConnection<Any>, sqlx::Error> {
+        self.audit_pool.acquire().await
+    }
+
     pub async fn close(&self) {
+        self.audit_pool.close().await;
         self.pool.close().await;
     }
 }

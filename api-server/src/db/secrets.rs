@@ -197,20 +197,20 @@ pub async fn versions<'e>(
     .await
 }
 
-/// Creates the secret or moves it to its next version (reviving it if deleted); returns its id
-/// and the new version number.
+/// Creates the secret or moves it to its next version (reviving it if deleted); returns its id,
+/// the new version number and when the secret was created.
 pub async fn next_version<'e>(
     ex: impl AnyExecutor<'e>,
     env: EnvironmentId,
     key: &str,
     now: Timestamp,
-) -> Result<(SecretId, i64), sqlx::Error> {
+) -> Result<(SecretId, i64, Timestamp), sqlx::Error> {
     sqlx::query_as(
         "INSERT INTO secrets (id, environment_id, key, current_version, created_at, updated_at) \
          VALUES ($1, $2, $3, 1, $4, $4) \
          ON CONFLICT (environment_id, key) DO UPDATE SET current_version = secrets.current_version + 1, \
             updated_at = excluded.updated_at, deleted_at = NULL \
-         RETURNING id, current_version",
+         RETURNING id, current_version, created_at",
     )
     .bind(SecretId::new())
     .bind(env)
@@ -293,18 +293,25 @@ pub async fn restore<'e>(
     Ok(done.rows_affected() == 1)
 }
 
-/// Takes the environment's write lock for the rest of the transaction (a row lock on
-/// PostgreSQL; SQLite has one writer anyway), so writers of one environment run one at a time:
-/// what one counts is not changed by another before it commits.
-pub async fn lock_environment<'e>(
+/// Moves the environment to its next revision and returns it; the first statement of every
+/// write of the environment, as it also takes the environment's write lock for the rest of the
+/// transaction (a row lock on PostgreSQL; SQLite has one writer anyway), so writers of one
+/// environment run one at a time: what one reads and counts is not changed by another before it
+/// commits. (A write that fails after it rolls back, revision and all.) `None` when the environment
+/// is gone.
+pub async fn lock_and_bump_environment<'e>(
     ex: impl AnyExecutor<'e>,
     env: EnvironmentId,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE environments SET revision = revision WHERE id = $1")
-        .bind(env)
-        .execute(ex)
-        .await?;
-    Ok(())
+    now: Timestamp,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE environments SET revision = revision + 1, updated_at = $1 WHERE id = $2 \
+         RETURNING revision",
+    )
+    .bind(now)
+    .bind(env)
+    .fetch_optional(ex)
+    .await
 }
 
 /// How many live secrets the environment holds.
@@ -320,22 +327,18 @@ pub async fn count_live<'e>(
     .await
 }
 
-/// Bumps the environment's revision and the organization's; returns the new environment revision.
-pub async fn bump_revisions(
-    conn: &mut sqlx::AnyConnection,
+/// Bumps the organization's secrets revision (after [`lock_and_bump_environment`]). Taken last,
+/// just before commit: on PostgreSQL the organization's row lock serializes the writers of all
+/// its environments for as short a time as possible.
+pub async fn bump_org_revision<'e>(
+    ex: impl AnyExecutor<'e>,
     org: OrgId,
-    env: EnvironmentId,
-    now: Timestamp,
-) -> Result<i64, sqlx::Error> {
+) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE organizations SET secrets_revision = secrets_revision + 1 WHERE id = $1")
         .bind(org)
-        .execute(&mut *conn)
+        .execute(ex)
         .await?;
-    sqlx::query_scalar("UPDATE environments SET revision = revision + 1, updated_at = $1 WHERE id = $2 RETURNING revision")
-        .bind(now)
-        .bind(env)
-        .fetch_one(&mut *conn)
-        .await
+    Ok(())
 }
 
 /// The validators of an environment's bulk read: its revision, whether any live value holds

@@ -236,17 +236,25 @@ fn text(bytes: Zeroizing<Vec<u8>>) -> ApiResult<SecretString> {
     Ok(SecretString::from(s.to_owned()))
 }
 
-/// Writes new versions of `inputs` in `tx`; returns how many were written. Entries whose value
-/// and comment equal the current ones are left alone when `skip_unchanged`.
+/// One version just written, as its writer sees it (the value is the writer's own).
+struct Written {
+    key: String,
+    version: i64,
+    comment: Option<SecretString>,
+    created_at: Timestamp,
+}
+
+/// Writes new versions of `inputs` in `tx`. An input without a comment keeps the current one,
+/// given in `kept_comments` by key.
 async fn write_versions(
     state: &AppState,
     tx: &mut db::Tx,
     ctx: &EnvCtx,
     principal: &Caller,
     inputs: &[SecretInput],
-    current: &BTreeMap<String, SecretValue>,
+    kept_comments: &HashMap<&str, SecretString>,
     now: Timestamp,
-) -> ApiResult<Vec<(String, i64)>> {
+) -> ApiResult<Vec<Written>> {
     let org = ctx.project.org.org.id;
     let project = ctx.project.project.id;
     // Before the DEK is read: a rotation that commits first is seen, one that starts later waits.
@@ -266,13 +274,12 @@ async fn write_versions(
     let mut written = Vec::with_capacity(inputs.len());
     let mut seals = 0i64;
     for input in inputs {
-        let comment = match (&input.comment, current.get(&input.key)) {
-            (Some(c), _) => Some(c.clone()),
-            (None, Some(cur)) => cur.comment.clone(),
-            (None, None) => None,
+        let comment = match &input.comment {
+            Some(c) => Some(c.clone()),
+            None => kept_comments.get(input.key.as_str()).cloned(),
         };
         let comment = comment.filter(|c| !c.expose_secret().is_empty());
-        let (secret, version) =
+        let (secret, version, created_at) =
             db::secrets::next_version(&mut **tx, ctx.env.id, &input.key, now).await?;
         let aad = |field| ValueAad {
             org_id: org.to_string(),
@@ -302,7 +309,12 @@ async fn write_versions(
             },
         )
         .await?;
-        written.push((input.key.clone(), version));
+        written.push(Written {
+            key: input.key.clone(),
+            version,
+            comment,
+            created_at,
+        });
     }
     db::secrets::count_encryptions(&mut **tx, &dek_row.id, seals).await?;
     Ok(written)
@@ -665,16 +677,13 @@ fn check_entry_count(state: &AppState, entries: usize) -> ApiResult<()> {
     Ok(())
 }
 
-/// Writes `inputs` in one transaction: creating, updating, and (with `skip_unchanged`) leaving
-/// identical ones alone. Returns (created, updated, unchanged) keys.
-#[allow(clippy::too_many_arguments)]
+/// Writes `inputs` in one transaction: creating, updating, and leaving identical ones alone.
 async fn upsert(
     state: &AppState,
     meta: &ClientMeta,
     principal: &Caller,
     ctx: &EnvCtx,
     inputs: Vec<SecretInput>,
-    skip_unchanged: bool,
     what: &'static str,
 ) -> ApiResult<UpsertReport> {
     for input in &inputs {
@@ -687,14 +696,14 @@ async fn upsert(
             format!("`{}` appears twice", dup.key),
         ));
     }
+    // Every current value: what is unchanged is told by comparing values.
     let current = current_values(state, ctx).await?;
     let mut report = UpsertReport::default();
     let mut to_write = Vec::new();
     for input in inputs {
         match current.get(&input.key) {
             Some(cur)
-                if skip_unchanged
-                    && cur.value.expose_secret() == input.value.expose_secret()
+                if cur.value.expose_secret() == input.value.expose_secret()
                     && input.comment.as_ref().is_none_or(|c| {
                         c.expose_secret() == cur.comment.as_ref().map_or("", |x| x.expose_secret())
                     }) =>
@@ -718,20 +727,30 @@ async fn upsert(
         return Err(too_many_secrets(max_secrets));
     }
     check_references(state, principal, ctx, &current, &to_write).await?;
+    let kept_comments: HashMap<&str, SecretString> = current
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str(), v.comment.clone()?)))
+        .collect();
     let now = Timestamp::now();
     let mut tx = state.db.begin().await?;
-    db::secrets::lock_environment(&mut *tx, ctx.env.id).await?;
     if !to_write.is_empty() {
-        let written =
-            write_versions(state, &mut tx, ctx, principal, &to_write, &current, now).await?;
+        report.revision = Some(lock_and_bump_environment(&mut tx, ctx, now).await?);
+        let written = write_versions(
+            state,
+            &mut tx,
+            ctx,
+            principal,
+            &to_write,
+            &kept_comments,
+            now,
+        )
+        .await?;
         // Counted again under the lock: concurrent writers may have added secrets since.
         if db::secrets::count_live(&mut *tx, ctx.env.id).await? > max_secrets {
             return Err(too_many_secrets(max_secrets));
         }
-        report.revision = Some(
-            db::secrets::bump_revisions(&mut tx, ctx.project.org.org.id, ctx.env.id, now).await?,
-        );
-        report.versions = written.into_iter().collect();
+        db::secrets::bump_org_revision(&mut *tx, ctx.project.org.org.id).await?;
+        report.versions = written.into_iter().map(|w| (w.key, w.version)).collect();
     }
     audit(meta, principal, ctx, what)
         .details(json!({ "created": report.created, "updated": report.updated, "unchanged": report.unchanged.len() }))
@@ -739,6 +758,116 @@ async fn upsert(
         .await?;
     tx.commit().await?;
     Ok(report)
+}
+
+/// The first statement of a write of the environment: its next revision, and its write lock.
+async fn lock_and_bump_environment(
+    tx: &mut db::Tx,
+    ctx: &EnvCtx,
+    now: Timestamp,
+) -> ApiResult<i64> {
+    db::secrets::lock_and_bump_environment(&mut **tx, ctx.env.id, now)
+        .await?
+        .ok_or_else(|| ApiError::not_found("environment"))
+}
+
+/// How a single-secret write treats a live secret of the same key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IfLive {
+    /// 409: creating only.
+    Conflict,
+    /// A new version of it.
+    Update,
+}
+
+/// Writes one secret in one transaction and answers with what was written. Reads only what its
+/// checks need: the key's current row, under the environment's lock (whether it is live, its
+/// comment, which an input without one keeps); the live count only when the write adds a live
+/// secret; the environment's other values only when the new value holds a reference.
+async fn write_one(
+    state: &AppState,
+    meta: &ClientMeta,
+    principal: &Caller,
+    ctx: &EnvCtx,
+    input: SecretInput,
+    if_live: IfLive,
+    what: &'static str,
+) -> ApiResult<SecretValue> {
+    check_input(&input)?;
+    if references::needs_resolution(input.value.expose_secret()) {
+        let current = current_values(state, ctx).await?;
+        check_references(
+            state,
+            principal,
+            ctx,
+            &current,
+            std::slice::from_ref(&input),
+        )
+        .await?;
+    }
+    let now = Timestamp::now();
+    let mut tx = state.db.begin().await?;
+    lock_and_bump_environment(&mut tx, ctx, now).await?;
+    let live = db::secrets::one(&mut *tx, ctx.env.id, &input.key, None)
+        .await?
+        .filter(|r| r.deleted_at.is_none());
+    if live.is_some() && if_live == IfLive::Conflict {
+        return Err(ApiError::conflict(
+            "secret_exists",
+            format!("`{}` already exists; update it with PUT", input.key),
+        ));
+    }
+    let mut kept_comments = HashMap::new();
+    if let Some(row) = live
+        .as_ref()
+        .filter(|r| r.comment_ct.is_some() && input.comment.is_none())
+    {
+        if let Some(comment) = open_rows(state, ctx, vec![row.clone()])
+            .await?
+            .pop()
+            .and_then(|s| s.comment)
+        {
+            kept_comments.insert(input.key.as_str(), comment);
+        }
+    }
+    let mut written = write_versions(
+        state,
+        &mut tx,
+        ctx,
+        principal,
+        std::slice::from_ref(&input),
+        &kept_comments,
+        now,
+    )
+    .await?;
+    if live.is_none() {
+        let max_secrets = i64::from(state.config.max_secrets_per_environment);
+        if db::secrets::count_live(&mut *tx, ctx.env.id).await? > max_secrets {
+            return Err(too_many_secrets(max_secrets));
+        }
+    }
+    db::secrets::bump_org_revision(&mut *tx, ctx.project.org.org.id).await?;
+    let (created, updated) = if live.is_some() {
+        (vec![], vec![input.key.as_str()])
+    } else {
+        (vec![input.key.as_str()], vec![])
+    };
+    audit(meta, principal, ctx, what)
+        .details(json!({ "created": created, "updated": updated, "unchanged": 0 }))
+        .record(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    let written = written
+        .pop()
+        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("a write wrote nothing")))?;
+    Ok(SecretValue {
+        key: written.key,
+        value: input.value,
+        comment: written.comment,
+        version: written.version,
+        created_at: written.created_at,
+        updated_at: now,
+    })
 }
 
 /// What a bulk write did.
@@ -761,28 +890,16 @@ pub async fn create(
     input: SecretInput,
 ) -> ApiResult<SecretValue> {
     let ctx = tenancy::environment(state, principal, at, Action::SecretsWrite).await?;
-    check_input(&input)?;
-    if db::secrets::one(state.db.pool(), ctx.env.id, &input.key, None)
-        .await?
-        .is_some_and(|r| r.deleted_at.is_none())
-    {
-        return Err(ApiError::conflict(
-            "secret_exists",
-            format!("`{}` already exists; update it with PUT", input.key),
-        ));
-    }
-    let key = input.key.clone();
-    upsert(
+    write_one(
         state,
         meta,
         principal,
         &ctx,
-        vec![input],
-        false,
+        input,
+        IfLive::Conflict,
         action::CREATED,
     )
-    .await?;
-    fetch_after_write(state, &ctx, &key).await
+    .await
 }
 
 /// Creates or updates one secret.
@@ -794,18 +911,16 @@ pub async fn put(
     input: SecretInput,
 ) -> ApiResult<SecretValue> {
     let ctx = tenancy::environment(state, principal, at, Action::SecretsWrite).await?;
-    let key = input.key.clone();
-    upsert(
+    write_one(
         state,
         meta,
         principal,
         &ctx,
-        vec![input],
-        false,
+        input,
+        IfLive::Update,
         action::UPDATED,
     )
-    .await?;
-    fetch_after_write(state, &ctx, &key).await
+    .await
 }
 
 async fn fetch_after_write(state: &AppState, ctx: &EnvCtx, key: &str) -> ApiResult<SecretValue> {
@@ -828,16 +943,7 @@ pub async fn bulk_upsert(
 ) -> ApiResult<UpsertReport> {
     let ctx = tenancy::environment(state, principal, at, Action::SecretsWrite).await?;
     check_entry_count(state, inputs.len())?;
-    upsert(
-        state,
-        meta,
-        principal,
-        &ctx,
-        inputs,
-        true,
-        action::BULK_UPSERTED,
-    )
-    .await
+    upsert(state, meta, principal, &ctx, inputs, action::BULK_UPSERTED).await
 }
 
 /// Deletes a secret, keeping its history (restorable).
@@ -852,11 +958,11 @@ pub async fn delete(
     let now = Timestamp::now();
     let mut tx = state.db.begin().await?;
     // The same lock order as every write of the environment: environment first, then secrets.
-    db::secrets::lock_environment(&mut *tx, ctx.env.id).await?;
+    lock_and_bump_environment(&mut tx, &ctx, now).await?;
     if !db::secrets::mark_deleted(&mut *tx, ctx.env.id, key, now).await? {
         return Err(ApiError::not_found("secret"));
     }
-    db::secrets::bump_revisions(&mut tx, ctx.project.org.org.id, ctx.env.id, now).await?;
+    db::secrets::bump_org_revision(&mut *tx, ctx.project.org.org.id).await?;
     audit(meta, principal, &ctx, action::DELETED)
         .details(json!({ "keys": [key] }))
         .record(&mut *tx)
@@ -876,7 +982,7 @@ pub async fn restore(
     let ctx = tenancy::environment(state, principal, at, Action::SecretsWrite).await?;
     let now = Timestamp::now();
     let mut tx = state.db.begin().await?;
-    db::secrets::lock_environment(&mut *tx, ctx.env.id).await?;
+    lock_and_bump_environment(&mut tx, &ctx, now).await?;
     if !db::secrets::restore(&mut *tx, ctx.env.id, key, now).await? {
         return Err(ApiError::not_found("deleted secret"));
     }
@@ -884,7 +990,7 @@ pub async fn restore(
     if db::secrets::count_live(&mut *tx, ctx.env.id).await? > max_secrets {
         return Err(too_many_secrets(max_secrets));
     }
-    db::secrets::bump_revisions(&mut tx, ctx.project.org.org.id, ctx.env.id, now).await?;
+    db::secrets::bump_org_revision(&mut *tx, ctx.project.org.org.id).await?;
     audit(meta, principal, &ctx, action::RESTORED)
         .details(json!({ "keys": [key] }))
         .record(&mut *tx)
@@ -922,17 +1028,16 @@ pub async fn rollback(
                 .unwrap_or_else(|| SecretString::from(String::new())),
         ),
     };
-    upsert(
+    write_one(
         state,
         meta,
         principal,
         &ctx,
-        vec![input],
-        false,
+        input,
+        IfLive::Update,
         action::ROLLED_BACK,
     )
-    .await?;
-    fetch_after_write(state, &ctx, key).await
+    .await
 }
 
 /// Imports a file into the environment in one transaction; a malformed file changes nothing.
@@ -973,7 +1078,7 @@ pub async fn import(
             comment: None,
         })
         .collect();
-    upsert(state, meta, principal, &ctx, inputs, true, action::IMPORTED).await
+    upsert(state, meta, principal, &ctx, inputs, action::IMPORTED).await
 }
 
 /// At most 64 characters of an invalid key, with control characters left out.

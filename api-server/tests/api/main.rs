@@ -9,6 +9,7 @@ mod api_keys;
 mod audit;
 mod auth;
 mod client_address;
+mod durability;
 mod errors;
 mod health;
 mod imports;

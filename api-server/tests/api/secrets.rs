@@ -417,3 +417,59 @@ async fn no_secret_value_reaches_the_logs() {
         "a token reached the logs"
     );
 }
+
+db_test!(async fn each_of_concurrent_writes_of_one_key_answers_with_the_version_it_wrote(app) {
+    let ann = acme_web(&app).await;
+    let one = format!("{ENV}/development/secrets/SHARED");
+    let writes = (0..16).map(|i| {
+        let (app, one, token) = (&app, &one, ann.access.clone());
+        async move {
+            let value = format!("v{i}");
+            let r = app.put(one, Some(&token), json!({ "value": value })).await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+            let body = r.json();
+            assert_eq!(body["value"], value.as_str(), "the answer holds the value this request wrote");
+            (value, body["version"].as_i64().unwrap())
+        }
+    });
+    let answers = futures::future::join_all(writes).await;
+    let mut versions: Vec<i64> = answers.iter().map(|(_, v)| *v).collect();
+    versions.sort_unstable();
+    assert_eq!(versions, (1..=16).collect::<Vec<_>>(), "each answer names its own version");
+    for (value, version) in answers {
+        let stored = app.get(&format!("{one}/versions/{version}"), Some(&ann.access)).await.json();
+        assert_eq!(stored["value"], value.as_str(), "version {version} holds what its writer was told");
+    }
+});
+
+db_test!(async fn concurrent_creates_of_one_key_make_one_secret_and_answer_the_others_409(app) {
+    let ann = acme_web(&app).await;
+    let base = format!("{ENV}/development/secrets");
+    let creates = (0..8).map(|i| {
+        let (app, base, token) = (&app, &base, ann.access.clone());
+        async move { app.post(base, Some(&token), json!({ "key": "ONCE", "value": format!("v{i}") })).await }
+    });
+    let answers = futures::future::join_all(creates).await;
+    let created = answers.iter().filter(|r| r.status == StatusCode::CREATED).count();
+    assert_eq!(created, 1, "one create wins");
+    for r in answers.iter().filter(|r| r.status != StatusCode::CREATED) {
+        r.assert_error(StatusCode::CONFLICT, "secret_exists");
+    }
+    let history = app.get(&format!("{base}/ONCE/versions"), Some(&ann.access)).await.json();
+    assert_eq!(history["items"].as_array().unwrap().len(), 1, "no create became a second version");
+});
+
+db_test!(async fn a_put_without_a_comment_keeps_the_current_one_and_an_empty_one_clears_it(app) {
+    let ann = acme_web(&app).await;
+    let base = format!("{ENV}/development/secrets");
+    let r = app.post(&base, Some(&ann.access), json!({ "key": "K", "value": "a", "comment": "why" })).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let created_at = r.json()["created_at"].clone();
+    let r = app.put(&format!("{base}/K"), Some(&ann.access), json!({ "value": "b" })).await;
+    assert_eq!((r.json()["comment"].as_str(), r.json()["version"].as_i64()), (Some("why"), Some(2)));
+    assert_eq!(r.json()["created_at"], created_at, "created once");
+    assert_eq!(app.get(&format!("{base}/K"), Some(&ann.access)).await.json()["comment"], "why");
+    let r = app.put(&format!("{base}/K"), Some(&ann.access), json!({ "value": "c", "comment": "" })).await;
+    assert!(r.json()["comment"].is_null(), "{}", r.text());
+    assert!(app.get(&format!("{base}/K"), Some(&ann.access)).await.json()["comment"].is_null());
+});
