@@ -55,9 +55,7 @@ pub async fn commit_batch(
     let _writer = db.queue_writer().await;
     let mut conn = db.audit_connection().await?;
     if db.backend() == Backend::Postgres {
-        let mut tx = conn.begin().await?;
-        insert_many(&mut tx, rows).await?;
-        tx.commit().await?;
+        insert_atomically(&mut conn, rows, "BEGIN").await?;
         return Ok(true);
     }
     // Decided once this writer's turn has come, just before it commits.
@@ -66,17 +64,27 @@ pub async fn commit_batch(
         // SQLite refuses to change the safety level inside a transaction.
         conn.execute("PRAGMA synchronous = FULL").await?;
     }
-    let outcome = async {
-        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-        insert_many(&mut tx, rows).await?;
-        tx.commit().await
-    }
-    .await;
+    let outcome = insert_atomically(&mut conn, rows, "BEGIN IMMEDIATE").await;
     if fsync && conn.execute("PRAGMA synchronous = NORMAL").await.is_err() {
         // Left fsyncing every commit it would be safe but slow: it is replaced instead.
         conn.close_on_drop();
     }
     outcome.map(|()| fsync)
+}
+
+/// Inserts `rows`, all or none: a batch that fits in one statement is that statement alone
+/// (atomic by itself, one round trip), a larger one a transaction started with `begin`.
+async fn insert_atomically(
+    conn: &mut sqlx::AnyConnection,
+    rows: &[AuditRow],
+    begin: &'static str,
+) -> Result<(), sqlx::Error> {
+    if rows.len() <= ROWS_PER_STATEMENT {
+        return insert_many(conn, rows).await;
+    }
+    let mut tx = conn.begin_with(begin).await?;
+    insert_many(&mut tx, rows).await?;
+    tx.commit().await
 }
 
 /// Makes every commit so far durable, without waiting on anyone: a passive checkpoint of the
