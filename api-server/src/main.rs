@@ -5,6 +5,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use coffer_server::config::{Cli, Command};
 
+/// Requests allocate and free many small buffers; mimalloc does that in a fraction of the time
+/// glibc's allocator takes under concurrency.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
