@@ -7,8 +7,8 @@
 //!
 //! Durability: an acknowledged write is on disk. Every connection of the main pool commits with
 //! an fsync (SQLite `synchronous = FULL`, PostgreSQL's default `synchronous_commit = on`); only
-//! the read-audit writer's own pool commits without waiting for one (see
-//! [`crate::service::audit::AuditWriter`] for how that window is bounded).
+//! the read-audit writer's own pool commits without waiting for one, and is fsynced within a
+//! bounded time (see [`Commits::Relaxed`]).
 
 pub mod api_keys;
 pub mod audit;
@@ -22,7 +22,9 @@ pub mod teams;
 pub mod users;
 
 use std::ops::{Deref, DerefMut};
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -58,9 +60,9 @@ enum Commits {
     /// `synchronous_commit = on`, which is its default and is not overridden).
     Durable,
     /// Written before the commit returns, fsynced a little later: SQLite `synchronous = NORMAL`
-    /// (in the WAL, so a crash of the process loses nothing; power loss may lose the commits
-    /// since the last fsync), PostgreSQL `synchronous_commit = off` (its WAL writer flushes
-    /// within 3 × `wal_writer_delay`).
+    /// (in the WAL, so a crash of the process loses nothing; the WAL keeper fsyncs it within
+    /// [`WAL_SYNC_EVERY`], the window power loss could take), PostgreSQL `synchronous_commit =
+    /// off` (its WAL writer flushes within 3 × `wal_writer_delay`, 600 ms by default).
     Relaxed,
 }
 
@@ -76,6 +78,10 @@ pub struct Db {
     /// SQLite's busy handler (sleep and retry: unfair, with a long tail). Other processes on
     /// the same file (the admin CLI) still meet the busy timeout. `None` on PostgreSQL.
     writer: Option<Arc<Mutex<()>>>,
+    /// The SQLite WAL keeper's connection (see [`spawn_wal_keeper`]); closed with the others.
+    keeper: Option<AnyPool>,
+    /// How many times the SQLite WAL keeper has fsynced the WAL.
+    wal_syncs: Arc<AtomicU64>,
 }
 
 /// A write transaction; dropping it without [`Tx::commit`] rolls back. On SQLite it holds this
@@ -152,14 +158,16 @@ async fn connect_pool(
                     (Backend::Sqlite, Commits::Durable) => {
                         conn.execute(sqlx::raw_sql(
                             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000; \
+                             PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 67108864;",
                         ))
                         .await?;
                     }
                     (Backend::Sqlite, Commits::Relaxed) => {
                         conn.execute(sqlx::raw_sql(
                             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000; \
+                             PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 67108864;",
                         ))
                         .await?;
                     }
@@ -184,6 +192,63 @@ async fn connect_pool(
     pool_options.connect_with(options).await
 }
 
+/// How often the SQLite WAL keeper runs: the longest a relaxed commit waits for its fsync.
+pub const WAL_SYNC_EVERY: Duration = Duration::from_millis(200);
+
+/// The SQLite WAL keeper, off the request path: every [`WAL_SYNC_EVERY`] it fsyncs the WAL when
+/// it changed (so relaxed commits, see [`Commits::Relaxed`], reach the disk within that time
+/// whatever else happens), then checkpoints it passively into the database file (blocking no
+/// reader or writer). Connections turn SQLite's own checkpoints off: those run inside whichever
+/// commit crosses 1,000 WAL pages, and that request waited for the copy and its fsyncs. Stops
+/// when `pool` is closed. `synced` counts the fsyncs made.
+fn spawn_wal_keeper(pool: AnyPool, wal: PathBuf, synced: Arc<AtomicU64>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(WAL_SYNC_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = None;
+        loop {
+            tick.tick().await;
+            if pool.is_closed() {
+                return;
+            }
+            let path = wal.clone();
+            let seen = last;
+            let outcome = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+                let file = match std::fs::File::open(&path) {
+                    Ok(file) => file,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(e),
+                };
+                let meta = file.metadata()?;
+                let state = Some((meta.len(), meta.modified()?));
+                if state != seen {
+                    file.sync_data()?;
+                }
+                Ok(state.filter(|s| Some(*s) != seen))
+            })
+            .await;
+            match outcome {
+                Ok(Ok(Some(state))) => {
+                    last = Some(state);
+                    synced.fetch_add(1, Ordering::Release);
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot fsync the SQLite WAL"),
+                Err(e) => tracing::warn!(error = %e, "the SQLite WAL keeper failed"),
+            }
+            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .execute(&pool)
+                .await
+            {
+                if pool.is_closed() {
+                    return;
+                }
+                tracing::warn!(error = %e, "checkpoint of the SQLite WAL failed");
+            }
+        }
+    });
+}
+
 impl Db {
     /// Connects (creating a SQLite file if needed) without applying migrations.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, sqlx::Error> {
@@ -199,7 +264,25 @@ impl Db {
             Backend::Postgres => AUDIT_CONNECTIONS_POSTGRES,
         };
         let audit_pool = connect_pool(url, backend, audit_connections, Commits::Relaxed).await?;
+        let wal_syncs = Arc::new(AtomicU64::new(0));
+        let keeper = if backend == Backend::Sqlite {
+            let keeper = connect_pool(url, backend, 1, Commits::Durable).await?;
+            let file: String =
+                sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
+                    .fetch_one(&keeper)
+                    .await?;
+            spawn_wal_keeper(
+                keeper.clone(),
+                PathBuf::from(format!("{file}-wal")),
+                wal_syncs.clone(),
+            );
+            Some(keeper)
+        } else {
+            None
+        };
         Ok(Self {
+            keeper,
+            wal_syncs,
             pool,
             audit_pool,
             backend,
@@ -260,6 +343,11 @@ impl Db {
         }
     }
 
+    /// How many times the SQLite WAL keeper has fsynced the WAL (always 0 on PostgreSQL).
+    pub fn wal_syncs(&self) -> u64 {
+        self.wal_syncs.load(Ordering::Acquire)
+    }
+
     /// A connection of the read-audit writer's pool (relaxed commits).
     async fn audit_connection(&self) -> Result<PoolConnection<Any>, sqlx::Error> {
         self.audit_pool.acquire().await
@@ -268,6 +356,9 @@ impl Db {
     pub async fn close(&self) {
         self.audit_pool.close().await;
         self.pool.close().await;
+        if let Some(keeper) = &self.keeper {
+            keeper.close().await;
+        }
     }
 }
 

@@ -6,7 +6,6 @@ use std::time::Duration;
 use sqlx::any::AnyExecutor;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
 use crate::auth::{Principal, Subject};
 use crate::db;
@@ -166,34 +165,18 @@ pub const AUDIT_QUEUE_LEN: usize = 1024;
 pub const AUDIT_BATCH_ROWS: usize = 256;
 /// How long a request waits for room in a full queue before it is answered 503.
 pub const AUDIT_QUEUE_WAIT: Duration = Duration::from_secs(5);
-/// At most this long after one fsynced batch, the next is fsynced too (SQLite), and an idle
-/// writer flushes what it committed since: the read-audit records a power loss may take.
-pub const AUDIT_FSYNC_WINDOW: Duration = Duration::from_secs(1);
 
 /// Where the writer commits a batch: all rows in one transaction, or none.
 pub trait AuditSink: Send + Sync + 'static {
-    /// Commits `rows`; the commit is fsynced when it happens at or after `fsync_after`. True
-    /// when it needs no [`AuditSink::flush`] later (fsynced, or made durable by other means).
-    fn write(
-        &self,
-        rows: &[AuditRow],
-        fsync_after: Instant,
-    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
-
-    /// Makes every commit so far durable; false when it could not yet (to be tried again).
-    fn flush(&self) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
+    fn write(&self, rows: &[AuditRow]) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 }
 
-/// Commits on the audit writer's own connection. A process crash loses nothing committed; on
-/// power loss, SQLite may lose the batches of at most [`AUDIT_FSYNC_WINDOW`], PostgreSQL those
-/// of 3 × `wal_writer_delay` (see [`Db`]).
+/// Commits on the audit writer's own connection, whose commits are relaxed: a crash of the
+/// process loses nothing committed; power loss may take the last [`db::WAL_SYNC_EVERY`] of them
+/// on SQLite, 3 × `wal_writer_delay` on PostgreSQL (see [`Db`]).
 impl AuditSink for Db {
-    async fn write(&self, rows: &[AuditRow], fsync_after: Instant) -> Result<bool, sqlx::Error> {
-        db::audit::commit_batch(self, rows, fsync_after).await
-    }
-
-    async fn flush(&self) -> Result<bool, sqlx::Error> {
-        db::audit::flush(self).await
+    async fn write(&self, rows: &[AuditRow]) -> Result<(), sqlx::Error> {
+        db::audit::commit_batch(self, rows).await
     }
 }
 
@@ -203,7 +186,6 @@ pub struct WriterLimits {
     pub queue_len: usize,
     pub batch_rows: usize,
     pub queue_wait: Duration,
-    pub fsync_window: Duration,
 }
 
 impl Default for WriterLimits {
@@ -212,7 +194,6 @@ impl Default for WriterLimits {
             queue_len: AUDIT_QUEUE_LEN,
             batch_rows: AUDIT_BATCH_ROWS,
             queue_wait: AUDIT_QUEUE_WAIT,
-            fsync_window: AUDIT_FSYNC_WINDOW,
         }
     }
 }
@@ -233,11 +214,6 @@ struct Job {
 /// Fails closed: a request is told its events are stored only after their transaction
 /// committed, and a failed batch fails every request in it. A full queue makes requests wait
 /// (up to a bound, then 503); no event is ever dropped.
-///
-/// The fsync is amortised: commits are relaxed (committed, surviving a crash of the process,
-/// not yet fsynced), except that a batch committed [`WriterLimits::fsync_window`] or more after
-/// the last fsync is fsynced, and a writer left idle with relaxed commits flushes them once that
-/// window has passed.
 pub struct AuditWriter {
     queue: mpsc::Sender<Job>,
     queue_wait: Duration,
@@ -260,7 +236,7 @@ impl AuditWriter {
     pub fn start(sink: impl AuditSink, limits: WriterLimits) -> Self {
         let (queue, jobs) = mpsc::channel(limits.queue_len.max(1));
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(run(sink, jobs, stopped, limits));
+        let task = tokio::spawn(run(sink, jobs, stopped, limits.batch_rows.max(1)));
         Self {
             queue,
             queue_wait: limits.queue_wait,
@@ -319,62 +295,14 @@ impl AuditWriter {
     }
 }
 
-/// When the writer's commits must be fsynced.
-struct FsyncClock {
-    window: Duration,
-    /// A batch committed from then on is fsynced.
-    fsync_after: Instant,
-    /// Set while relaxed commits wait for an fsync: when an idle writer flushes them.
-    flush_at: Option<Instant>,
-}
-
-impl FsyncClock {
-    fn new(window: Duration) -> Self {
-        Self {
-            window,
-            fsync_after: Instant::now(),
-            flush_at: None,
-        }
-    }
-
-    /// After a commit (or a flush) that was, or was not, made durable.
-    fn settled(&mut self, durable: bool) {
-        let now = Instant::now();
-        if durable {
-            self.fsync_after = now + self.window;
-            self.flush_at = None;
-        } else {
-            self.flush_at.get_or_insert(self.fsync_after.max(now));
-        }
-    }
-
-    /// After a flush that could not finish: tried again a window later.
-    fn retry_flush(&mut self) {
-        self.flush_at = Some(Instant::now() + self.window);
-    }
-}
-
-async fn flush(sink: &impl AuditSink, clock: &mut FsyncClock) {
-    match sink.flush().await {
-        Ok(true) => clock.settled(true),
-        Ok(false) => clock.retry_flush(),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot flush the committed audit events to disk; trying again");
-            clock.retry_flush();
-        }
-    }
-}
-
-/// The writer task: batch, commit, answer, and flush relaxed commits when idle; until stopped
-/// (then drains the queue) or until every sender is gone.
+/// The writer task: batch, commit, answer; until stopped (then drains the queue) or until every
+/// sender is gone.
 async fn run(
     sink: impl AuditSink,
     mut jobs: mpsc::Receiver<Job>,
     mut stop: oneshot::Receiver<()>,
-    limits: WriterLimits,
+    batch_rows: usize,
 ) {
-    let batch_rows = limits.batch_rows.max(1);
-    let mut clock = FsyncClock::new(limits.fsync_window);
     let mut stopping = false;
     let mut carry = None;
     loop {
@@ -383,12 +311,7 @@ async fn run(
             None => tokio::select! {
                 job = jobs.recv() => match job {
                     Some(job) => job,
-                    None => {
-                        if clock.flush_at.is_some() {
-                            flush(&sink, &mut clock).await;
-                        }
-                        return;
-                    }
+                    None => return,
                 },
                 _ = &mut stop, if !stopping => {
                     // New requests are refused; those already queued are still committed.
@@ -396,16 +319,11 @@ async fn run(
                     jobs.close();
                     continue;
                 }
-                () = tokio::time::sleep_until(clock.flush_at.unwrap_or_else(Instant::now)),
-                    if clock.flush_at.is_some() => {
-                    flush(&sink, &mut clock).await;
-                    continue;
-                }
             },
         };
         let (batch, rest) = gather(first, &mut jobs, batch_rows);
         carry = rest;
-        commit(&sink, batch, &mut clock).await;
+        commit(&sink, batch).await;
     }
 }
 
@@ -429,18 +347,12 @@ fn gather(
     (batch, None)
 }
 
-async fn commit(sink: &impl AuditSink, mut batch: Vec<Job>, clock: &mut FsyncClock) {
+async fn commit(sink: &impl AuditSink, mut batch: Vec<Job>) {
     let rows: Vec<AuditRow> = batch
         .iter_mut()
         .flat_map(|job| std::mem::take(&mut job.rows))
         .collect();
-    let outcome = match sink.write(&rows, clock.fsync_after).await {
-        Ok(durable) => {
-            clock.settled(durable);
-            Ok(())
-        }
-        Err(e) => Err(Arc::new(e)),
-    };
+    let outcome = sink.write(&rows).await.map_err(Arc::new);
     if let Err(e) = &outcome {
         tracing::error!(error = %e, rows = rows.len(), requests = batch.len(), "audit batch failed; its reads are refused");
     }
@@ -520,25 +432,16 @@ mod tests {
     use super::*;
 
     /// Commits batches in memory; fails a batch holding a `poison` event; optionally holds each
-    /// write until the test lets it through. `relaxed`: fsyncs only the commits that the writer
-    /// asks to be (and flushes when asked).
+    /// write until the test lets it through.
     #[derive(Clone, Default)]
     struct Memory {
         committed: Arc<StdMutex<Vec<Vec<String>>>>,
         entered: Arc<Notify>,
         gate: Option<Arc<Semaphore>>,
-        relaxed: bool,
-        /// Per batch: whether it was fsynced.
-        fsynced: Arc<StdMutex<Vec<bool>>>,
-        flushed: Arc<Notify>,
     }
 
     impl AuditSink for Memory {
-        async fn write(
-            &self,
-            rows: &[AuditRow],
-            fsync_after: Instant,
-        ) -> Result<bool, sqlx::Error> {
+        async fn write(&self, rows: &[AuditRow]) -> Result<(), sqlx::Error> {
             self.entered.notify_one();
             if let Some(gate) = &self.gate {
                 gate.acquire().await.expect("gate open").forget();
@@ -548,14 +451,7 @@ mod tests {
             }
             let actions = rows.iter().map(|r| r.action.clone()).collect();
             self.committed.lock().unwrap().push(actions);
-            let fsynced = !self.relaxed || Instant::now() >= fsync_after;
-            self.fsynced.lock().unwrap().push(fsynced);
-            Ok(fsynced)
-        }
-
-        async fn flush(&self) -> Result<bool, sqlx::Error> {
-            self.flushed.notify_one();
-            Ok(true)
+            Ok(())
         }
     }
 
@@ -594,7 +490,6 @@ mod tests {
             queue_len,
             batch_rows: 8,
             queue_wait: Duration::from_millis(50),
-            fsync_window: AUDIT_FSYNC_WINDOW,
         }
     }
 
@@ -644,72 +539,6 @@ mod tests {
         assert!(results.iter().all(Result::is_ok));
         let committed = sink.committed.lock().unwrap().clone();
         assert_eq!(committed, [["a", "a", "b", "b", "c", "c", "d", "d"]]);
-    }
-
-    #[tokio::test]
-    async fn the_first_batch_is_fsynced_and_the_next_ones_within_the_window_are_not() {
-        let sink = Memory {
-            relaxed: true,
-            ..Memory::default()
-        };
-        let writer = AuditWriter::start(
-            sink.clone(),
-            WriterLimits {
-                fsync_window: Duration::from_secs(3600),
-                ..limits(16)
-            },
-        );
-        for action in ["a", "b", "c"] {
-            writer.record(vec![event(action)]).await.unwrap();
-        }
-        assert_eq!(*sink.fsynced.lock().unwrap(), [true, false, false]);
-    }
-
-    #[tokio::test]
-    async fn with_no_window_every_batch_is_fsynced() {
-        let sink = Memory {
-            relaxed: true,
-            ..Memory::default()
-        };
-        let writer = AuditWriter::start(
-            sink.clone(),
-            WriterLimits {
-                fsync_window: Duration::ZERO,
-                ..limits(16)
-            },
-        );
-        for action in ["a", "b", "c"] {
-            writer.record(vec![event(action)]).await.unwrap();
-        }
-        assert_eq!(*sink.fsynced.lock().unwrap(), [true, true, true]);
-    }
-
-    #[tokio::test]
-    async fn an_idle_writer_flushes_its_relaxed_commits_once_the_window_has_passed() {
-        let sink = Memory {
-            relaxed: true,
-            ..Memory::default()
-        };
-        let writer = AuditWriter::start(
-            sink.clone(),
-            WriterLimits {
-                fsync_window: Duration::from_millis(200),
-                ..limits(16)
-            },
-        );
-        // Right after an fsynced batch the next one is only committed (unless this machine
-        // stalled for the whole window between the two: then again).
-        while !sink.fsynced.lock().unwrap().contains(&false) {
-            writer.record(vec![event("read")]).await.unwrap();
-        }
-        // A guard against hanging, not a measure: the flush is due within 200 ms.
-        tokio::time::timeout(Duration::from_secs(60), sink.flushed.notified())
-            .await
-            .expect("the writer flushes when idle");
-        assert!(
-            sink.fsynced.lock().unwrap()[0],
-            "the first batch is fsynced"
-        );
     }
 
     #[tokio::test]
