@@ -195,13 +195,16 @@ async fn connect_pool(
 /// How often the SQLite WAL keeper runs: the longest a relaxed commit waits for its fsync.
 pub const WAL_SYNC_EVERY: Duration = Duration::from_millis(200);
 
+/// Above this size the SQLite WAL keeper resets the WAL instead of checkpointing passively.
+pub const WAL_TRUNCATE_ABOVE: u64 = 64 * 1024 * 1024;
+
 /// The SQLite WAL keeper, off the request path: every [`WAL_SYNC_EVERY`] it fsyncs the WAL when
 /// it changed (so relaxed commits, see [`Commits::Relaxed`], reach the disk within that time
-/// whatever else happens), then checkpoints it passively into the database file (blocking no
-/// reader or writer). Connections turn SQLite's own checkpoints off: those run inside whichever
-/// commit crosses 1,000 WAL pages, and that request waited for the copy and its fsyncs. Stops
-/// when `pool` is closed. `synced` counts the fsyncs made.
-fn spawn_wal_keeper(pool: AnyPool, wal: PathBuf, synced: Arc<AtomicU64>) {
+/// whatever else happens), then checkpoints it into the database file. Connections turn
+/// SQLite's own checkpoints off: those run inside whichever commit crosses 1,000 WAL pages, and
+/// that request waited for the copy and its fsyncs. Stops when `pool` is closed. `synced`
+/// counts the fsyncs made.
+fn spawn_wal_keeper(pool: AnyPool, writer: Arc<Mutex<()>>, wal: PathBuf, synced: Arc<AtomicU64>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(WAL_SYNC_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -211,42 +214,61 @@ fn spawn_wal_keeper(pool: AnyPool, wal: PathBuf, synced: Arc<AtomicU64>) {
             if pool.is_closed() {
                 return;
             }
-            let path = wal.clone();
-            let seen = last;
-            let outcome = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
-                let file = match std::fs::File::open(&path) {
-                    Ok(file) => file,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                    Err(e) => return Err(e),
-                };
-                let meta = file.metadata()?;
-                let state = Some((meta.len(), meta.modified()?));
-                if state != seen {
-                    file.sync_data()?;
-                }
-                Ok(state.filter(|s| Some(*s) != seen))
-            })
-            .await;
-            match outcome {
-                Ok(Ok(Some(state))) => {
-                    last = Some(state);
+            match tend_wal(&pool, &writer, &wal, &mut last, WAL_TRUNCATE_ABOVE).await {
+                Ok(true) => {
                     synced.fetch_add(1, Ordering::Release);
                 }
-                Ok(Ok(None)) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "cannot fsync the SQLite WAL"),
+                Ok(false) => {}
+                Err(_) if pool.is_closed() => return,
                 Err(e) => tracing::warn!(error = %e, "the SQLite WAL keeper failed"),
-            }
-            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                .execute(&pool)
-                .await
-            {
-                if pool.is_closed() {
-                    return;
-                }
-                tracing::warn!(error = %e, "checkpoint of the SQLite WAL failed");
             }
         }
     });
+}
+
+/// One round of the WAL keeper: fsyncs the WAL at `wal` unless it is as `last` seen (then
+/// remembered), and checkpoints it: passively (blocking no reader or writer), or, once it is
+/// larger than `truncate_above`, by resetting it, taking this process's writer lock first so
+/// that the reset can finish (writers would otherwise keep appending to it, and a WAL that is
+/// never reset never shrinks). True when it fsynced.
+async fn tend_wal(
+    pool: &AnyPool,
+    writer: &Arc<Mutex<()>>,
+    wal: &std::path::Path,
+    last: &mut Option<(u64, std::time::SystemTime)>,
+    truncate_above: u64,
+) -> Result<bool, sqlx::Error> {
+    let path = wal.to_owned();
+    let seen = *last;
+    let state = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let meta = file.metadata()?;
+        let state = (meta.len(), meta.modified()?);
+        if Some(state) != seen {
+            file.sync_data()?;
+        }
+        Ok(Some(state))
+    })
+    .await
+    .map_err(|e| sqlx::Error::Io(std::io::Error::other(e)))??;
+    let synced = state.is_some() && state != seen;
+    *last = state;
+    if synced {
+        // Between two writers, so that the checkpoint can take every frame and the next writer
+        // starts the WAL over; it only copies what changed since the last round.
+        let _writer = writer.lock().await;
+        let mode = if state.is_some_and(|(len, _)| len > truncate_above) {
+            "PRAGMA wal_checkpoint(TRUNCATE)"
+        } else {
+            "PRAGMA wal_checkpoint(PASSIVE)"
+        };
+        sqlx::query(mode).execute(pool).await?;
+    }
+    Ok(synced)
 }
 
 impl Db {
@@ -271,14 +293,17 @@ impl Db {
                 sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
                     .fetch_one(&keeper)
                     .await?;
-            spawn_wal_keeper(
-                keeper.clone(),
-                PathBuf::from(format!("{file}-wal")),
-                wal_syncs.clone(),
-            );
-            Some(keeper)
+            Some((keeper, PathBuf::from(format!("{file}-wal"))))
         } else {
             None
+        };
+        let writer = (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(())));
+        let keeper = match (keeper, &writer) {
+            (Some((pool, wal)), Some(writer)) => {
+                spawn_wal_keeper(pool.clone(), writer.clone(), wal, wal_syncs.clone());
+                Some(pool)
+            }
+            _ => None,
         };
         Ok(Self {
             keeper,
@@ -286,7 +311,7 @@ impl Db {
             pool,
             audit_pool,
             backend,
-            writer: (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(()))),
+            writer,
         })
     }
 
@@ -371,4 +396,62 @@ pub fn is_postgres(conn: &sqlx::AnyConnection) -> bool {
 /// True when `err` is a unique-constraint violation (to be answered with 409).
 pub fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_wal_keeper_fsyncs_a_changed_wal_once_and_resets_a_large_one() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("t.db");
+        let url = format!("sqlite://{}?mode=rwc", file.display());
+        let db = Db::connect(&url, 2).await.expect("connect");
+        let pool = db.pool().clone();
+        sqlx::query("CREATE TABLE t (v TEXT)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let writer = Arc::new(Mutex::new(()));
+        let wal = PathBuf::from(format!("{}-wal", file.display()));
+        let mut last = None;
+        let never = u64::MAX;
+
+        sqlx::query("INSERT INTO t VALUES ('a')")
+            .execute(&pool)
+            .await
+            .unwrap();
+        assert!(
+            tend_wal(&pool, &writer, &wal, &mut last, never)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !tend_wal(&pool, &writer, &wal, &mut last, never)
+                .await
+                .unwrap(),
+            "an unchanged WAL is not fsynced again"
+        );
+        assert!(std::fs::metadata(&wal).unwrap().len() > 0);
+
+        sqlx::query("INSERT INTO t VALUES ('b')")
+            .execute(&pool)
+            .await
+            .unwrap();
+        assert!(tend_wal(&pool, &writer, &wal, &mut last, 0).await.unwrap());
+        assert_eq!(
+            std::fs::metadata(&wal).unwrap().len(),
+            0,
+            "a WAL over the limit is reset"
+        );
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM t")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(rows, 2);
+        db.close().await;
+    }
 }
