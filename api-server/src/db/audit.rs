@@ -87,6 +87,17 @@ pub async fn insert_many(
 
 /// `INSERT … VALUES ($1, …, $15), ($16, …)` for `n` rows.
 fn values_sql(n: usize) -> String {
+    values_sql_from(n, 1)
+}
+
+/// `INSERT INTO audit_events … VALUES (…)` for one row whose parameters start at `$first`, to
+/// be bound with [`bind`]: for a statement that stores an event along with other work.
+pub fn insert_one_sql(first: usize) -> String {
+    values_sql_from(1, first)
+}
+
+/// [`values_sql`] numbering parameters from `$first`.
+fn values_sql_from(n: usize, first: usize) -> String {
     let mut sql = String::with_capacity(INSERT.len() + n * 80);
     sql.push_str(INSERT);
     for row in 0..n {
@@ -99,14 +110,14 @@ fn values_sql(n: usize) -> String {
                 sql.push_str(", ");
             }
             sql.push('$');
-            sql.push_str(&(row * COLUMNS + col + 1).to_string());
+            sql.push_str(&(row * COLUMNS + col + first).to_string());
         }
         sql.push(')');
     }
     sql
 }
 
-fn bind<'q>(
+pub fn bind<'q>(
     query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
     e: &'q AuditRow,
 ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {

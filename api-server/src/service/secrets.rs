@@ -244,8 +244,15 @@ struct Written {
     created_at: Timestamp,
 }
 
+/// The DEK that sealed a write's versions and how many encryptions it made: for
+/// [`db::secrets::finish_write`].
+struct Sealed {
+    dek_id: String,
+    seals: i64,
+}
+
 /// Writes new versions of `inputs` in `tx`. An input without a comment keeps the current one,
-/// given in `kept_comments` by key.
+/// given in `kept_comments` by key. The write ends with [`db::secrets::finish_write`].
 async fn write_versions(
     state: &AppState,
     tx: &mut db::Tx,
@@ -254,12 +261,15 @@ async fn write_versions(
     inputs: &[SecretInput],
     kept_comments: &HashMap<&str, SecretString>,
     now: Timestamp,
-) -> ApiResult<Vec<Written>> {
+) -> ApiResult<(Vec<Written>, Sealed)> {
     let org = ctx.project.org.org.id;
     let project = ctx.project.project.id;
-    // Before the DEK is read: a rotation that commits first is seen, one that starts later waits.
-    lock_project_keys(tx, project).await?;
-    let dek_row = match db::secrets::active_dek(&mut **tx, project).await? {
+    // The key lock is taken before the DEK is read: a rotation that commits first is seen, one
+    // that starts later waits.
+    let active = db::secrets::lock_keys_and_active_dek(tx, project)
+        .await?
+        .ok_or_else(|| ApiError::not_found("project"))?;
+    let dek_row = match active {
         Some(row)
             if u64::try_from(row.encryptions).unwrap_or(0)
                 < crate::crypto::envelope::DEK_ROTATE_AFTER =>
@@ -316,8 +326,13 @@ async fn write_versions(
             created_at,
         });
     }
-    db::secrets::count_encryptions(&mut **tx, &dek_row.id, seals).await?;
-    Ok(written)
+    Ok((
+        written,
+        Sealed {
+            dek_id: dek_row.id,
+            seals,
+        },
+    ))
 }
 
 fn audit(meta: &ClientMeta, principal: &Caller, ctx: &EnvCtx, what: &'static str) -> AuditEvent {
@@ -733,9 +748,10 @@ async fn upsert(
         .collect();
     let now = Timestamp::now();
     let mut tx = state.db.begin().await?;
+    let mut sealed = None;
     if !to_write.is_empty() {
         report.revision = Some(lock_and_bump_environment(&mut tx, ctx, now).await?);
-        let written = write_versions(
+        let (written, seals) = write_versions(
             state,
             &mut tx,
             ctx,
@@ -749,13 +765,18 @@ async fn upsert(
         if db::secrets::count_live(&mut *tx, ctx.env.id).await? > max_secrets {
             return Err(too_many_secrets(max_secrets));
         }
-        db::secrets::bump_org_revision(&mut *tx, ctx.project.org.org.id).await?;
         report.versions = written.into_iter().map(|w| (w.key, w.version)).collect();
+        sealed = Some(seals);
     }
-    audit(meta, principal, ctx, what)
-        .details(json!({ "created": report.created, "updated": report.updated, "unchanged": report.unchanged.len() }))
-        .record(&mut *tx)
-        .await?;
+    let event = audit(meta, principal, ctx, what)
+        .details(json!({ "created": report.created, "updated": report.updated, "unchanged": report.unchanged.len() }));
+    match sealed {
+        Some(s) => {
+            let org = ctx.project.org.org.id;
+            db::secrets::finish_write(&mut tx, &s.dek_id, s.seals, org, event.row()).await?;
+        }
+        None => event.record(&mut *tx).await?,
+    }
     tx.commit().await?;
     Ok(report)
 }
@@ -830,7 +851,7 @@ async fn write_one(
             kept_comments.insert(input.key.as_str(), comment);
         }
     }
-    let mut written = write_versions(
+    let (mut written, sealed) = write_versions(
         state,
         &mut tx,
         ctx,
@@ -846,16 +867,15 @@ async fn write_one(
             return Err(too_many_secrets(max_secrets));
         }
     }
-    db::secrets::bump_org_revision(&mut *tx, ctx.project.org.org.id).await?;
     let (created, updated) = if live.is_some() {
         (vec![], vec![input.key.as_str()])
     } else {
         (vec![input.key.as_str()], vec![])
     };
-    audit(meta, principal, ctx, what)
-        .details(json!({ "created": created, "updated": updated, "unchanged": 0 }))
-        .record(&mut *tx)
-        .await?;
+    let event = audit(meta, principal, ctx, what)
+        .details(json!({ "created": created, "updated": updated, "unchanged": 0 }));
+    let org = ctx.project.org.org.id;
+    db::secrets::finish_write(&mut tx, &sealed.dek_id, sealed.seals, org, event.row()).await?;
     tx.commit().await?;
     let written = written
         .pop()
