@@ -50,7 +50,8 @@ pub async fn commit_batch(db: &Db, rows: &[AuditRow]) -> Result<(), sqlx::Error>
         Backend::Sqlite => "BEGIN IMMEDIATE",
         Backend::Postgres => "BEGIN",
     };
-    insert_atomically(&mut conn, rows, begin).await
+    let stored = insert_atomically(&mut conn, rows, begin).await;
+    conn.settle(stored)
 }
 
 /// Inserts `rows`, all or none: a batch that fits in one statement is that statement alone

@@ -13,6 +13,7 @@
 pub mod api_keys;
 pub mod audit;
 pub mod credentials;
+pub mod hot;
 pub mod orgs;
 pub mod projects;
 pub mod secrets;
@@ -29,10 +30,10 @@ use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
-use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AnyPool, ConnectOptions, Connection, Executor, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
+use self::hot::{HotConnection, HotConnections};
 pub use crate::ids::Timestamp;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -71,6 +72,10 @@ enum Commits {
 #[derive(Debug, Clone)]
 pub struct Db {
     pool: AnyPool,
+    /// Connections kept for reads on the hot paths (see [`hot`]).
+    reads: Arc<HotConnections>,
+    /// The read-audit writer's connections, from `audit_pool`.
+    audit: Arc<HotConnections>,
     audit_pool: AnyPool,
     backend: Backend,
     /// SQLite allows one writer at a time. Writers of this process queue here, first come first
@@ -280,12 +285,22 @@ impl Db {
         } else {
             Backend::Postgres
         };
-        let pool = connect_pool(url, backend, max_connections, Commits::Durable).await?;
+        // Half the connections (at least one) are kept for reads, the rest pooled.
+        let hot_reads = (max_connections / 2).max(1);
+        let pooled = max_connections.saturating_sub(hot_reads).max(1);
+        let pool = connect_pool(url, backend, pooled, Commits::Durable).await?;
         let audit_connections = match backend {
             Backend::Sqlite => AUDIT_CONNECTIONS_SQLITE,
             Backend::Postgres => AUDIT_CONNECTIONS_POSTGRES,
         };
         let audit_pool = connect_pool(url, backend, audit_connections, Commits::Relaxed).await?;
+        let ping = (backend == Backend::Postgres).then_some(PING_WHEN_IDLE_FOR);
+        let reads = Arc::new(HotConnections::new(pool.clone(), hot_reads as usize, ping));
+        let audit = Arc::new(HotConnections::new(
+            audit_pool.clone(),
+            audit_connections as usize,
+            ping,
+        ));
         let wal_syncs = Arc::new(AtomicU64::new(0));
         let keeper = if backend == Backend::Sqlite {
             let keeper = connect_pool(url, backend, 1, Commits::Durable).await?;
@@ -309,6 +324,8 @@ impl Db {
             keeper,
             wal_syncs,
             pool,
+            reads,
+            audit,
             audit_pool,
             backend,
             writer,
@@ -373,12 +390,20 @@ impl Db {
         self.wal_syncs.load(Ordering::Acquire)
     }
 
-    /// A connection of the read-audit writer's pool (relaxed commits).
-    async fn audit_connection(&self) -> Result<PoolConnection<Any>, sqlx::Error> {
-        self.audit_pool.acquire().await
+    /// A connection for a read on a hot path; give it back with [`HotConnection::settle`].
+    pub async fn read_connection(&self) -> Result<HotConnection<'_>, sqlx::Error> {
+        self.reads.acquire().await
+    }
+
+    /// A connection of the read-audit writer (relaxed commits); give it back with
+    /// [`HotConnection::settle`].
+    async fn audit_connection(&self) -> Result<HotConnection<'_>, sqlx::Error> {
+        self.audit.acquire().await
     }
 
     pub async fn close(&self) {
+        self.reads.close();
+        self.audit.close();
         self.audit_pool.close().await;
         self.pool.close().await;
         if let Some(keeper) = &self.keeper {

@@ -526,8 +526,10 @@ pub async fn read_all(
     if_none_match: Option<&str>,
 ) -> ApiResult<BulkRead> {
     let ctx = tenancy::environment(state, principal, at, Action::SecretsRead).await?;
+    // One connection for both statements; a failed one closes it (see `HotConnection`).
+    let mut conn = state.db.read_connection().await?;
     let (revision, with_refs, org_revision) =
-        db::secrets::validators(state.db.pool(), ctx.project.org.org.id, ctx.env.id).await?;
+        db::secrets::validators(&mut *conn, ctx.project.org.org.id, ctx.env.id).await?;
     // The environment's id: one deleted and created again starts its revisions afresh.
     // Resolved values may change with other environments: then the tag covers the organization.
     let env_id = ctx.env.id;
@@ -543,9 +545,11 @@ pub async fn read_all(
         tags.split(',')
             .any(|t| t.trim().trim_start_matches("W/") == etag || t.trim() == "*")
     }) {
+        conn.done();
         return Ok(BulkRead::NotModified { etag, revision });
     }
-    let rows = db::secrets::current(state.db.pool(), ctx.env.id).await?;
+    let rows = db::secrets::current(&mut *conn, ctx.env.id).await?;
+    conn.done();
     let mut secrets = open_rows(state, &ctx, rows).await?;
     let mut events = if resolve_refs {
         resolve(state, meta, principal, &ctx, &mut secrets).await?
@@ -577,7 +581,11 @@ pub async fn read_one(
     resolve_refs: bool,
 ) -> ApiResult<SecretValue> {
     let ctx = tenancy::environment(state, principal, at, Action::SecretsRead).await?;
-    let row = db::secrets::one(state.db.pool(), ctx.env.id, key, version).await?;
+    let row = {
+        let mut conn = state.db.read_connection().await?;
+        let found = db::secrets::one(&mut *conn, ctx.env.id, key, version).await;
+        conn.settle(found)?
+    };
     let row = row
         .filter(|r| version.is_some() || r.deleted_at.is_none())
         .ok_or_else(|| {
