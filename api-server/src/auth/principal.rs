@@ -155,17 +155,15 @@ async fn live_credential(state: &AppState, hash: String, now: Timestamp) -> Resu
             (live, false)
         }
     };
-    let (table, id, last_used_at) = match &live {
-        Live::ApiKey {
-            id, last_used_at, ..
-        } => (Table::ApiKeys, id.to_string(), *last_used_at),
-        Live::ServiceToken {
-            id, last_used_at, ..
-        } => (Table::ServiceTokens, id.to_string(), *last_used_at),
-    };
-    let touch = credentials::needs_touch(last_used_at, now);
+    let touch = credentials::needs_touch(live.last_used_at(), now);
     if touch {
-        credentials::touch(state.db.pool(), table, id, now).await?;
+        let pool = state.db.pool();
+        match &live {
+            Live::ApiKey { id, .. } => credentials::touch(pool, Table::ApiKeys, *id, now).await?,
+            Live::ServiceToken { id, .. } => {
+                credentials::touch(pool, Table::ServiceTokens, *id, now).await?;
+            }
+        }
         live.touched(now);
     }
     if touch || !remembered {

@@ -74,6 +74,15 @@ impl Live {
         }
     }
 
+    /// When the use of this credential was last recorded.
+    pub fn last_used_at(&self) -> Option<Timestamp> {
+        match self {
+            Self::ApiKey { last_used_at, .. } | Self::ServiceToken { last_used_at, .. } => {
+                *last_used_at
+            }
+        }
+    }
+
     /// Notes that the use of this credential was recorded at `now`.
     pub fn touched(&mut self, now: Timestamp) {
         match self {

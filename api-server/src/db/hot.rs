@@ -53,17 +53,17 @@ impl HotConnections {
             .await
             .map_err(|_| sqlx::Error::PoolClosed)?;
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let conn = match idle {
+        let usable = match idle {
             Some((mut conn, since)) => {
                 let stale = self
                     .ping_when_idle_for
                     .is_some_and(|limit| since.elapsed() > limit);
-                if stale && conn.ping().await.is_err() {
-                    self.source.acquire().await?.detach()
-                } else {
-                    conn
-                }
+                (!stale || conn.ping().await.is_ok()).then_some(conn)
             }
+            None => None,
+        };
+        let conn = match usable {
+            Some(conn) => conn,
             None => self.source.acquire().await?.detach(),
         };
         Ok(HotConnection {

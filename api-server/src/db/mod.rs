@@ -159,21 +159,19 @@ async fn connect_pool(
             Box::pin(async move {
                 match (backend, commits) {
                     // WAL lets readers proceed during a write; the busy timeout makes writers
-                    // of other processes wait for the lock instead of failing at once.
-                    (Backend::Sqlite, Commits::Durable) => {
-                        conn.execute(sqlx::raw_sql(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                    // of other processes wait for the lock instead of failing at once; the WAL
+                    // keeper checkpoints (see `spawn_wal_keeper`).
+                    (Backend::Sqlite, _) => {
+                        let synchronous = match commits {
+                            Commits::Durable => "FULL",
+                            Commits::Relaxed => "NORMAL",
+                        };
+                        conn.execute(sqlx::raw_sql(&format!(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; \
                              PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000; \
-                             PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 67108864;",
-                        ))
-                        .await?;
-                    }
-                    (Backend::Sqlite, Commits::Relaxed) => {
-                        conn.execute(sqlx::raw_sql(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000; \
-                             PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 67108864;",
-                        ))
+                             PRAGMA wal_autocheckpoint = 0; \
+                             PRAGMA journal_size_limit = {WAL_TRUNCATE_ABOVE};"
+                        )))
                         .await?;
                     }
                     (Backend::Postgres, Commits::Durable) => {}
@@ -302,23 +300,19 @@ impl Db {
             ping,
         ));
         let wal_syncs = Arc::new(AtomicU64::new(0));
-        let keeper = if backend == Backend::Sqlite {
-            let keeper = connect_pool(url, backend, 1, Commits::Durable).await?;
-            let file: String =
-                sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
-                    .fetch_one(&keeper)
-                    .await?;
-            Some((keeper, PathBuf::from(format!("{file}-wal"))))
-        } else {
-            None
-        };
         let writer = (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(())));
-        let keeper = match (keeper, &writer) {
-            (Some((pool, wal)), Some(writer)) => {
-                spawn_wal_keeper(pool.clone(), writer.clone(), wal, wal_syncs.clone());
-                Some(pool)
+        let keeper = match &writer {
+            Some(writer) => {
+                let keeper = connect_pool(url, backend, 1, Commits::Durable).await?;
+                let file: String =
+                    sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
+                        .fetch_one(&keeper)
+                        .await?;
+                let wal = PathBuf::from(format!("{file}-wal"));
+                spawn_wal_keeper(keeper.clone(), writer.clone(), wal, wal_syncs.clone());
+                Some(keeper)
             }
-            _ => None,
+            None => None,
         };
         Ok(Self {
             keeper,
