@@ -209,6 +209,38 @@ impl TestApp {
     }
 
     /// Creates an API key for `session` and returns its token.
+    /// Creates a service token of `org` as `by`: (id, secret).
+    pub async fn service_token(&self, by: &Session, org: &str, body: Value) -> (String, String) {
+        let r = self
+            .post(
+                &format!("/api/v1/orgs/{org}/service-tokens"),
+                Some(&by.access),
+                body,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+        let v = r.json();
+        (
+            v["id"].as_str().expect("id").to_owned(),
+            v["token"].as_str().expect("token").to_owned(),
+        )
+    }
+
+    /// Gives `user` the project role `role` in `org/project`, as `by`.
+    pub async fn grant(&self, by: &Session, org: &str, project: &str, user: &Session, role: &str) {
+        let r = self
+            .put(
+                &format!(
+                    "/api/v1/orgs/{org}/projects/{project}/access/users/{}",
+                    user.user_id
+                ),
+                Some(&by.access),
+                json!({ "role": role }),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
+    }
+
     pub async fn api_key(&self, session: &Session, body: Value) -> (String, String) {
         let r = self
             .post("/api/v1/api-keys", Some(&session.access), body)

@@ -23,18 +23,6 @@ async fn setup(app: &TestApp) -> Session {
     ann
 }
 
-async fn token(app: &TestApp, by: &Session, body: serde_json::Value) -> (String, String) {
-    let r = app
-        .post("/api/v1/orgs/acme/service-tokens", Some(&by.access), body)
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
-    let v = r.json();
-    (
-        v["id"].as_str().unwrap().to_owned(),
-        v["token"].as_str().unwrap().to_owned(),
-    )
-}
-
 db_test!(async fn a_service_token_reads_only_its_project_and_environments(app) {
     let ann = setup(&app).await;
     let r = app.post("/api/v1/orgs/acme/service-tokens", Some(&ann.access), json!({
@@ -72,7 +60,7 @@ db_test!(async fn a_service_token_reads_only_its_project_and_environments(app) {
 
 db_test!(async fn a_read_write_service_token_writes_in_its_environments_only(app) {
     let ann = setup(&app).await;
-    let (_, t) = token(&app, &ann, json!({ "name": "ci", "project": "web", "environments": ["development", "staging"], "access": "read-write" })).await;
+    let (_, t) = app.service_token(&ann, "acme", json!({ "name": "ci", "project": "web", "environments": ["development", "staging"], "access": "read-write" })).await;
     let r = app.put(&format!("{WEB}/development/secrets/K"), Some(&t), json!({ "value": "from-ci" })).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(app.get(&format!("{WEB}/development/secrets/K"), Some(&ann.access)).await.json()["value"], "from-ci");
@@ -88,7 +76,7 @@ db_test!(async fn revoking_rotating_and_expiry_end_a_service_token(app, |c| c.ac
         let (app, t) = (&app, t.to_owned());
         async move { app.get(&format!("{WEB}/development/secrets"), Some(&t)).await }
     };
-    let (id, old) = token(&app, &ann, json!({ "name": "a", "project": "web", "environments": ["development"], "access": "read" })).await;
+    let (id, old) = app.service_token(&ann, "acme", json!({ "name": "a", "project": "web", "environments": ["development"], "access": "read" })).await;
     let r = app.post(&format!("/api/v1/orgs/acme/service-tokens/{id}/rotate"), Some(&ann.access), json!({ "grace_period_seconds": 60 })).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let new = r.json()["token"].as_str().unwrap().to_owned();
@@ -100,7 +88,7 @@ db_test!(async fn revoking_rotating_and_expiry_end_a_service_token(app, |c| c.ac
     read(&new).await.assert_error(StatusCode::UNAUTHORIZED, "invalid_token");
     app.delete(&format!("/api/v1/orgs/acme/service-tokens/{id}"), Some(&ann.access)).await.assert_error(StatusCode::NOT_FOUND, "not_found");
 
-    let (_, expiring) = token(&app, &ann, json!({ "name": "b", "project": "web", "environments": ["development"], "access": "read", "expires_in_days": 1 })).await;
+    let (_, expiring) = app.service_token(&ann, "acme", json!({ "name": "b", "project": "web", "environments": ["development"], "access": "read", "expires_in_days": 1 })).await;
     sqlx::query("UPDATE service_tokens SET expires_at = 1").execute(app.state.db.pool()).await.unwrap();
     read(&expiring).await.assert_error(StatusCode::UNAUTHORIZED, "invalid_token");
     let events = app.get("/api/v1/orgs/acme/audit-events", Some(&ann.access)).await.json();
@@ -117,7 +105,7 @@ db_test!(async fn only_owners_and_admins_manage_service_tokens_and_bad_requests_
     app.post("/api/v1/orgs/acme/service-tokens", Some(&member.access), body.clone()).await.assert_error(StatusCode::FORBIDDEN, "forbidden");
     app.get("/api/v1/orgs/acme/service-tokens", Some(&member.access)).await.assert_error(StatusCode::FORBIDDEN, "forbidden");
     let admin = app.member(&ann, "acme", "adm@example.com", "admin").await;
-    token(&app, &admin, body).await;
+    app.service_token(&admin, "acme", body).await;
     let post = |b: serde_json::Value| app.post("/api/v1/orgs/acme/service-tokens", Some(&ann.access), b);
     post(json!({ "name": "t", "project": "nope", "environments": ["development"], "access": "read" })).await.assert_error(StatusCode::UNPROCESSABLE_ENTITY, "unknown_project");
     post(json!({ "name": "t", "project": "web", "environments": ["qa"], "access": "read" })).await.assert_error(StatusCode::UNPROCESSABLE_ENTITY, "unknown_environment");

@@ -23,20 +23,6 @@ async fn put_secret(app: &TestApp, by: &Session, org: &str, project: &str, env: 
     assert!(r.status.is_success(), "{}", r.text());
 }
 
-async fn grant(app: &TestApp, by: &Session, org: &str, project: &str, user: &Session, role: &str) {
-    let r = app
-        .put(
-            &format!(
-                "/api/v1/orgs/{org}/projects/{project}/access/users/{}",
-                user.user_id
-            ),
-            Some(&by.access),
-            json!({ "role": role }),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
-}
-
 async fn set_policy(app: &TestApp, by: &Session, env: &str, role: &str, access: &str) {
     let r = app
         .put(
@@ -80,7 +66,7 @@ db_test!(async fn a_removed_member_is_refused_at_once_even_with_a_grant_left_beh
     app.project(&ann, "acme", "web").await;
     put_secret(&app, &ann, "acme", "web", "production", "acme-web-production").await;
     let bob = app.member(&ann, "acme", "bob@example.com", "member").await;
-    grant(&app, &ann, "acme", "web", &bob, "developer").await;
+    app.grant(&ann, "acme", "web", &bob, "developer").await;
     let (_, key) = app.api_key(&bob, json!({ "name": "laptop" })).await;
     for token in [&bob.access, &key] {
         assert_eq!(read(&app, token, "acme", "web", "production").await.as_deref(), Ok("acme-web-production"));
@@ -121,7 +107,7 @@ db_test!(async fn a_project_of_the_same_slug_in_another_organization_is_never_re
     let invitation = r.json()["token"].as_str().unwrap().to_owned();
     let r = app.call(Method::POST, &format!("/api/v1/invitations/{invitation}/accept"), Some(&bob.access), None).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    grant(&app, &zed, "globex", "web", &bob, "admin").await;
+    app.grant(&zed, "globex", "web", &bob, "admin").await;
 
     assert_eq!(read(&app, &bob.access, "globex", "web", "production").await.as_deref(), Ok("globex-web"));
     assert_eq!(read(&app, &bob.access, "acme", "web", "production").await, Err(StatusCode::NOT_FOUND));
@@ -132,11 +118,9 @@ db_test!(async fn a_project_of_the_same_slug_in_another_organization_is_never_re
     assert_eq!(read(&app, &zed.access, "acme", "web", "production").await, Err(StatusCode::NOT_FOUND));
 
     // A globex service token for its `web` reaches nothing in acme's `web`.
-    let r = app.post("/api/v1/orgs/globex/service-tokens", Some(&zed.access), json!({
+    let (_, token) = app.service_token(&zed, "globex", json!({
         "name": "ci", "project": "web", "environments": ["production"], "access": "read-write",
     })).await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
-    let token = r.json()["token"].as_str().unwrap().to_owned();
     assert_eq!(read(&app, &token, "globex", "web", "production").await.as_deref(), Ok("globex-web"));
     assert_eq!(read(&app, &token, "acme", "web", "production").await, Err(StatusCode::NOT_FOUND));
 });
@@ -149,18 +133,16 @@ db_test!(async fn an_environment_of_the_same_slug_in_another_project_is_never_re
     put_secret(&app, &ann, "acme", "web", "production", "web-production").await;
     put_secret(&app, &ann, "acme", "api", "production", "api-production").await;
     let bob = app.member(&ann, "acme", "bob@example.com", "member").await;
-    grant(&app, &ann, "acme", "api", &bob, "developer").await;
+    app.grant(&ann, "acme", "api", &bob, "developer").await;
 
     assert_eq!(read(&app, &bob.access, "acme", "api", "production").await.as_deref(), Ok("api-production"));
     assert_eq!(read(&app, &bob.access, "acme", "web", "production").await, Err(StatusCode::NOT_FOUND));
     assert_eq!(read(&app, &ann.access, "acme", "web", "production").await.as_deref(), Ok("web-production"));
 
     // A token for api's production only: web's production (same slug) and api's staging are out.
-    let r = app.post("/api/v1/orgs/acme/service-tokens", Some(&ann.access), json!({
+    let (_, token) = app.service_token(&ann, "acme", json!({
         "name": "ci", "project": "api", "environments": ["production"], "access": "read",
     })).await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
-    let token = r.json()["token"].as_str().unwrap().to_owned();
     assert_eq!(read(&app, &token, "acme", "api", "production").await.as_deref(), Ok("api-production"));
     assert_eq!(read(&app, &token, "acme", "web", "production").await, Err(StatusCode::NOT_FOUND));
     put_secret(&app, &ann, "acme", "api", "staging", "api-staging").await;
@@ -174,7 +156,7 @@ db_test!(async fn only_the_policy_for_the_callers_strongest_role_in_that_environ
     put_secret(&app, &ann, "acme", "web", "production", "web-production").await;
     put_secret(&app, &ann, "acme", "web", "staging", "web-staging").await;
     let bob = app.member(&ann, "acme", "bob@example.com", "member").await;
-    grant(&app, &ann, "acme", "web", &bob, "viewer").await;
+    app.grant(&ann, "acme", "web", &bob, "viewer").await;
 
     // Policies of other roles, and of bob's role in another environment, change nothing.
     set_policy(&app, &ann, "production", "developer", "none").await;

@@ -70,20 +70,6 @@ async fn grant_team(app: &TestApp, by: &Session, team: &str, role: &str) {
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
 }
 
-async fn grant_user(app: &TestApp, by: &Session, user: &Session, role: &str) {
-    let r = app
-        .put(
-            &format!(
-                "/api/v1/orgs/acme/projects/web/access/users/{}",
-                user.user_id
-            ),
-            Some(&by.access),
-            json!({ "role": role }),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
-}
-
 /// The status of `who` writing a secret in `development`.
 async fn write_status(app: &TestApp, who: &Session, key: &str) -> StatusCode {
     app.post(
@@ -310,18 +296,18 @@ db_test!(async fn the_strongest_of_direct_and_team_roles_wins(app) {
     join(&app, &ann, "devs", &bob).await;
 
     // A direct viewer in a developer team writes.
-    grant_user(&app, &ann, &bob, "viewer").await;
+    app.grant(&ann, "acme", "web", &bob, "viewer").await;
     grant_team(&app, &ann, "devs", "developer").await;
     assert_eq!(write_status(&app, &bob, "A").await, StatusCode::CREATED);
     assert_eq!(app.get("/api/v1/orgs/acme/projects/web", Some(&bob.access)).await.json()["role"], "developer");
 
     // A direct developer in a viewer team writes too.
-    grant_user(&app, &ann, &bob, "developer").await;
+    app.grant(&ann, "acme", "web", &bob, "developer").await;
     grant_team(&app, &ann, "devs", "viewer").await;
     assert_eq!(write_status(&app, &bob, "B").await, StatusCode::CREATED);
 
     // Both viewer: read only.
-    grant_user(&app, &ann, &bob, "viewer").await;
+    app.grant(&ann, "acme", "web", &bob, "viewer").await;
     assert_eq!(write_status(&app, &bob, "C").await, StatusCode::FORBIDDEN);
 
     // A team admin role lets him manage the project, which his direct role does not.
