@@ -137,7 +137,10 @@ async fn standing(
     .await?
     .into();
     // What does not exist (yet) is not remembered: it may be created on another replica.
-    if !rows.is_empty() {
+    let found = rows.first().is_some_and(|first| {
+        first.project_id.is_some() && (env_slug.is_none() || first.env_id.is_some())
+    });
+    if found {
         state.access.put_standing(epoch, key, rows.clone());
     }
     Ok(rows)

@@ -194,3 +194,24 @@ db_test!(async fn with_no_memory_a_revocation_made_elsewhere_is_seen_at_once(app
     let (_, token) = token_revoked_elsewhere(&app).await;
     assert_eq!(read(&app, &token).await, StatusCode::UNAUTHORIZED);
 });
+
+db_test!(async fn a_project_created_elsewhere_is_found_though_it_was_missing_a_moment_ago(app, |c| c.access_cache_ttl_ms = 60_000) {
+    let ann = setup(&app).await;
+    let url = "/api/v1/orgs/acme/projects/new";
+    app.get(url, Some(&ann.access)).await.assert_error(StatusCode::NOT_FOUND, "not_found");
+    // Created the way another replica would: in the database only.
+    let org: String = sqlx::query_scalar("SELECT id FROM organizations WHERE slug = 'acme'")
+        .fetch_one(app.state.db.pool())
+        .await
+        .unwrap();
+    let now = Timestamp::now();
+    sqlx::query("INSERT INTO projects (id, org_id, slug, name, created_at, updated_at) VALUES ($1, $2, 'new', 'New', $3, $3)")
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(org)
+        .bind(now)
+        .execute(app.state.db.pool())
+        .await
+        .unwrap();
+    let r = app.get(url, Some(&ann.access)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+});
