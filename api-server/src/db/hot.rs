@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 use sqlx::{AnyConnection, AnyPool, Connection};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
+/// How long a caller waits for a free connection, like the pools (then `PoolTimedOut`).
+const ACQUIRE_TIMEOUT: Duration = super::ACQUIRE_TIMEOUT;
+
 /// At most `size` connections, each taken from `source` (and so opened like the pool's) the
 /// first time it is needed.
 #[derive(Debug)]
@@ -47,10 +50,9 @@ impl HotConnections {
 
     /// A connection, waiting for one to be free (or for the source pool to open one).
     pub async fn acquire(&self) -> Result<HotConnection<'_>, sqlx::Error> {
-        let permit = self
-            .permits
-            .acquire()
+        let permit = tokio::time::timeout(ACQUIRE_TIMEOUT, self.permits.acquire())
             .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)?
             .map_err(|_| sqlx::Error::PoolClosed)?;
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let usable = match idle {

@@ -39,6 +39,9 @@ pub use crate::ids::Timestamp;
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/postgres");
 
+/// How long a caller waits for a free database connection.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A PostgreSQL connection idle for longer than this is pinged before it is handed out.
 const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(5);
 
@@ -143,7 +146,7 @@ async fn connect_pool(
     let mut pool_options = AnyPoolOptions::new()
         .max_connections(max_connections)
         .min_connections(if backend == Backend::Sqlite { 1 } else { 0 })
-        .acquire_timeout(Duration::from_secs(10))
+        .acquire_timeout(ACQUIRE_TIMEOUT)
         // sqlx pings every connection it hands out unless told not to, and (whatever the
         // options) pings every connection given back before it goes idle again, so an idle
         // connection was alive when it was last released. A SQLite connection lives in this
