@@ -206,6 +206,10 @@ pub struct Config {
     #[arg(long = "access-cache-ttl-ms", env = "COFFER_ACCESS_CACHE_TTL_MS", value_name = "COFFER_ACCESS_CACHE_TTL_MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub access_cache_ttl_ms: u64,
 
+    /// Bytes of environments' current secrets (sealed, as stored) kept in memory so that reads need no query for them (0: none). Changes are forgotten at once on this replica, and on PostgreSQL on every other replica as soon as they commit.
+    #[arg(long = "secret-cache-bytes", env = "COFFER_SECRET_CACHE_BYTES", value_name = "COFFER_SECRET_CACHE_BYTES", default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(0..=(1 << 40)))]
+    pub secret_cache_bytes: u64,
+
     /// Login attempts allowed per account and minute.
     #[arg(long = "login-rate-per-account", env = "COFFER_LOGIN_RATE_PER_ACCOUNT", value_name = "COFFER_LOGIN_RATE_PER_ACCOUNT", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub login_rate_per_account: u32,

@@ -125,6 +125,7 @@ pub async fn start(config: Config) -> Result<AppState, StartError> {
     let db = Db::connect(
         &config.effective_database_url(),
         config.database_max_connections,
+        usize::try_from(config.secret_cache_bytes).unwrap_or(usize::MAX),
     )
     .await?;
     db.migrate().await?;

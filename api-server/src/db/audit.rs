@@ -247,7 +247,7 @@ mod tests {
     async fn sqlite_audit_batches_are_relaxed_and_the_wal_keeper_fsyncs_them() {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
-        let db = Db::connect(&url, 2).await.expect("connect");
+        let db = Db::connect(&url, 2, 0).await.expect("connect");
         db.migrate().await.expect("migrate");
         let mut tx = db.begin().await.expect("begin");
         assert_eq!(
@@ -292,7 +292,7 @@ mod tests {
             eprintln!("skipped: COFFER_TEST_DATABASE_URL is not set");
             return;
         };
-        let db = Db::connect(&url, 2).await.expect("connect");
+        let db = Db::connect(&url, 2, 0).await.expect("connect");
         let show = "SHOW synchronous_commit";
         let mut tx = db.begin().await.expect("begin");
         let mode: String = sqlx::query_scalar(show).fetch_one(&mut *tx).await.unwrap();

@@ -12,6 +12,7 @@
 
 pub mod api_keys;
 pub mod audit;
+pub mod cache;
 pub mod credentials;
 pub mod hot;
 pub mod orgs;
@@ -33,6 +34,7 @@ use sqlx::migrate::Migrator;
 use sqlx::{Any, AnyConnection, AnyPool, ConnectOptions, Connection, Executor, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
+use self::cache::{Change, SecretCache};
 use self::hot::{HotConnection, HotConnections};
 pub use crate::ids::Timestamp;
 
@@ -90,6 +92,22 @@ pub struct Db {
     keeper: Option<AnyPool>,
     /// How many times the SQLite WAL keeper has fsynced the WAL.
     wal_syncs: Arc<AtomicU64>,
+    /// Environments' current secrets, sealed (see [`cache`]).
+    cache: Arc<SecretCache>,
+    /// On PostgreSQL, the listener for other replicas' changes; stops with the last clone.
+    listener: Option<Arc<AbortOnDrop>>,
+    /// On PostgreSQL, the channel of this deployment's changes (see [`cache::channel`]).
+    channel: Option<Arc<str>>,
+}
+
+/// A task that ends when this is dropped.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A write transaction; dropping it without [`Tx::commit`] rolls back. On SQLite it holds this
@@ -100,11 +118,69 @@ pub struct Tx {
     // Dropped after `tx`: the next writer goes ahead once this transaction has ended (or, when
     // dropped, once its rollback is queued on the connection).
     _writer: Option<OwnedMutexGuard<()>>,
+    // Dropped last: this replica forgets what the transaction changed once it has ended.
+    changes: Changes,
+}
+
+/// What a transaction changes: forgotten by this replica's cache when dropped, that is when the
+/// transaction has ended, whichever way.
+struct Changes {
+    cache: Arc<SecretCache>,
+    list: Vec<Change>,
+    /// How many of `list` other replicas have been notified of.
+    notified: usize,
+    /// On PostgreSQL, the channel other replicas listen on.
+    channel: Option<Arc<str>>,
+}
+
+impl Drop for Changes {
+    fn drop(&mut self) {
+        self.cache.forget(&self.list);
+    }
 }
 
 impl Tx {
-    pub async fn commit(self) -> Result<(), sqlx::Error> {
-        self.tx.commit().await
+    /// Records that this transaction changes an environment's secrets or the environment itself
+    /// (`Change::Everything`: anything). Every replica forgets what it knew of it when the
+    /// transaction ends: this one at once, the others on PostgreSQL through a notification the
+    /// transaction sends (see [`cache`]).
+    pub fn changed(&mut self, change: Change) {
+        if !self.changes.list.contains(&change) {
+            self.changes.list.push(change);
+        }
+    }
+
+    /// On PostgreSQL, the channel and payload of the notification of the changes recorded since
+    /// the last one, for a statement that sends it itself (`pg_notify`) and so saves a round
+    /// trip; the commit sends whatever no statement took.
+    pub fn take_notification(&mut self) -> Option<(Arc<str>, String)> {
+        let changes = &mut self.changes;
+        let channel = changes.channel.clone()?;
+        if changes.notified == changes.list.len() {
+            return None;
+        }
+        let payload = cache::payload(&changes.list[changes.notified..]);
+        changes.notified = changes.list.len();
+        Some((channel, payload))
+    }
+
+    pub async fn commit(mut self) -> Result<(), sqlx::Error> {
+        if let Some((channel, payload)) = self.take_notification() {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(&*channel)
+                .bind(payload)
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        let Tx {
+            tx,
+            _writer,
+            changes,
+        } = self;
+        let committed = tx.commit().await;
+        drop(_writer);
+        drop(changes);
+        committed
     }
 
     pub async fn rollback(self) -> Result<(), sqlx::Error> {
@@ -279,7 +355,12 @@ async fn tend_wal(
 
 impl Db {
     /// Connects (creating a SQLite file if needed) without applying migrations.
-    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, sqlx::Error> {
+    /// `cache_bytes` bounds the cache of environments' secrets (0: none, see [`cache`]).
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        cache_bytes: usize,
+    ) -> Result<Self, sqlx::Error> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -317,7 +398,29 @@ impl Db {
             }
             None => None,
         };
+        let cache = Arc::new(SecretCache::new(cache_bytes, true));
+        let channel: Option<Arc<str>> = match backend {
+            Backend::Postgres => {
+                let schema: String =
+                    sqlx::query_scalar("SELECT CAST(COALESCE(current_schema(), 'public') AS TEXT)")
+                        .fetch_one(&pool)
+                        .await?;
+                Some(cache::channel(&schema).into())
+            }
+            Backend::Sqlite => None,
+        };
+        // Other replicas write too: their changes must reach this cache.
+        let listener =
+            match &channel {
+                Some(channel) if cache_bytes > 0 => Some(Arc::new(AbortOnDrop(
+                    cache::spawn_listener(url.to_owned(), channel.clone(), cache.clone()),
+                ))),
+                _ => None,
+            };
         Ok(Self {
+            cache,
+            listener,
+            channel,
             keeper,
             wal_syncs,
             pool,
@@ -371,6 +474,12 @@ impl Db {
         Ok(Tx {
             tx,
             _writer: writer,
+            changes: Changes {
+                cache: self.cache.clone(),
+                list: Vec::new(),
+                notified: 0,
+                channel: self.channel.clone(),
+            },
         })
     }
 
@@ -398,7 +507,15 @@ impl Db {
         self.audit.acquire().await
     }
 
+    /// The cache of environments' secrets.
+    pub fn cache(&self) -> &SecretCache {
+        &self.cache
+    }
+
     pub async fn close(&self) {
+        if let Some(listener) = &self.listener {
+            listener.0.abort();
+        }
         self.reads.close();
         self.audit.close();
         self.audit_pool.close().await;
@@ -431,7 +548,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let file = dir.path().join("t.db");
         let url = format!("sqlite://{}?mode=rwc", file.display());
-        let db = Db::connect(&url, 2).await.expect("connect");
+        let db = Db::connect(&url, 2, 0).await.expect("connect");
         let pool = db.pool().clone();
         sqlx::query("CREATE TABLE t (v TEXT)")
             .execute(&pool)

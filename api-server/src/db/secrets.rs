@@ -1,9 +1,12 @@
 //! Data-encryption keys, secrets and their versions. Values and comments are stored sealed.
 
+use std::sync::Arc;
+
 use sqlx::any::AnyExecutor;
 use sqlx::{AnyConnection, FromRow};
 
 use super::audit::AuditRow;
+use super::cache::Snapshot;
 use crate::ids::{EnvironmentId, OrgId, ProjectId, SecretId, Timestamp};
 
 /// A project's data-encryption key, wrapped.
@@ -158,28 +161,39 @@ pub async fn lock_keys_and_active_dek(
 }
 
 /// Ends a write of secrets: adds `seals` to the DEK's count of encryptions, bumps the
-/// organization's secrets revision and stores `event`. One statement on PostgreSQL, where each
-/// is otherwise one more round trip while the environment's lock is held; three elsewhere.
+/// organization's secrets revision, stores `event` and notifies other replicas of the changes
+/// recorded on `tx` (see [`super::cache`]). One statement on PostgreSQL, where each is otherwise
+/// one more round trip while the environment's lock is held; three elsewhere.
 pub async fn finish_write(
-    conn: &mut AnyConnection,
+    tx: &mut super::Tx,
     dek: &str,
     seals: i64,
     org: OrgId,
     event: &AuditRow,
 ) -> Result<(), sqlx::Error> {
-    if !super::is_postgres(conn) {
-        count_encryptions(&mut *conn, dek, seals).await?;
-        bump_org_revision(&mut *conn, org).await?;
-        return super::audit::insert(&mut *conn, event).await;
+    if !super::is_postgres(tx) {
+        count_encryptions(&mut **tx, dek, seals).await?;
+        bump_org_revision(&mut **tx, org).await?;
+        return super::audit::insert(&mut **tx, event).await;
     }
+    let notification = tx.take_notification();
+    // A data-modifying statement of a `WITH` runs in full, its `RETURNING` list included, even
+    // though nothing reads it.
+    let (notify, first_audit_param) = match notification {
+        Some(_) => (" RETURNING pg_notify($4, $5)", 6),
+        None => ("", 4),
+    };
     let sql = format!(
         "WITH d AS (UPDATE deks SET encryptions = encryptions + $1 WHERE id = $2), \
-              o AS (UPDATE organizations SET secrets_revision = secrets_revision + 1 WHERE id = $3) \
+              o AS (UPDATE organizations SET secrets_revision = secrets_revision + 1 WHERE id = $3{notify}) \
          {}",
-        super::audit::insert_one_sql(4)
+        super::audit::insert_one_sql(first_audit_param)
     );
-    let query = sqlx::query(&sql).bind(seals).bind(dek).bind(org);
-    super::audit::bind(query, event).execute(&mut *conn).await?;
+    let mut query = sqlx::query(&sql).bind(seals).bind(dek).bind(org);
+    if let Some((channel, payload)) = &notification {
+        query = query.bind(&**channel).bind(payload.as_str());
+    }
+    super::audit::bind(query, event).execute(&mut **tx).await?;
     Ok(())
 }
 
@@ -211,22 +225,82 @@ pub async fn count_encryptions<'e>(
     Ok(())
 }
 
-const SEALED_COLUMNS: &str = "s.id, s.key, s.current_version AS version, v.dek_id, v.value_ct, v.comment_ct, \
-     v.has_references, s.created_at, s.updated_at, s.deleted_at";
-
-/// Every live secret of an environment at its current version: one query.
-pub async fn current<'e>(
-    ex: impl AnyExecutor<'e>,
+/// An environment's live secrets at their current versions with its validators, from this
+/// replica's cache or in one statement (then kept, see [`super::cache`]). `None` when the
+/// environment is gone.
+pub async fn snapshot(
+    db: &super::Db,
+    org: OrgId,
     env: EnvironmentId,
-) -> Result<Vec<SealedRow>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {SEALED_COLUMNS} FROM secrets s \
-         JOIN secret_versions v ON v.secret_id = s.id AND v.version = s.current_version \
-         WHERE s.environment_id = $1 AND s.deleted_at IS NULL ORDER BY s.key"
-    ))
+) -> Result<Option<Arc<Snapshot>>, sqlx::Error> {
+    let cache = db.cache();
+    if let Some(snapshot) = cache.get(org, env) {
+        return Ok(Some(snapshot));
+    }
+    let epoch = cache.epoch();
+    let mut conn = db.read_connection().await?;
+    let loaded = load_snapshot(&mut conn, org, env).await;
+    let loaded = conn.settle(loaded)?;
+    Ok(loaded.map(|snapshot| cache.store(org, env, snapshot, epoch)))
+}
+
+/// [`snapshot`] from the database: one statement, so what it reads is one consistent state.
+async fn load_snapshot(
+    conn: &mut AnyConnection,
+    org: OrgId,
+    env: EnvironmentId,
+) -> Result<Option<Snapshot>, sqlx::Error> {
+    #[derive(FromRow)]
+    struct Row {
+        revision: i64,
+        org_revision: i64,
+        id: Option<SecretId>,
+        key: Option<String>,
+        version: Option<i64>,
+        dek_id: Option<String>,
+        value_ct: Option<Vec<u8>>,
+        comment_ct: Option<Vec<u8>>,
+        has_references: Option<i64>,
+        created_at: Option<Timestamp>,
+        updated_at: Option<Timestamp>,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT e.revision, o.secrets_revision AS org_revision, s.id, s.key, \
+                s.current_version AS version, v.dek_id, v.value_ct, v.comment_ct, \
+                v.has_references, s.created_at, s.updated_at \
+         FROM environments e CROSS JOIN organizations o \
+         LEFT JOIN secrets s ON s.environment_id = e.id AND s.deleted_at IS NULL \
+         LEFT JOIN secret_versions v ON v.secret_id = s.id AND v.version = s.current_version \
+         WHERE e.id = $1 AND o.id = $2",
+    )
     .bind(env)
-    .fetch_all(ex)
-    .await
+    .bind(org)
+    .fetch_all(conn)
+    .await?;
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let (revision, org_revision) = (first.revision, first.org_revision);
+    let mut sealed: Vec<SealedRow> = rows
+        .into_iter()
+        .filter_map(|r| {
+            Some(SealedRow {
+                id: r.id?,
+                key: r.key?,
+                version: r.version?,
+                dek_id: r.dek_id?,
+                value_ct: r.value_ct?,
+                comment_ct: r.comment_ct,
+                has_references: r.has_references?,
+                created_at: r.created_at?,
+                updated_at: r.updated_at?,
+                deleted_at: None,
+            })
+        })
+        .collect();
+    // By bytes, whatever the database's collation: lookups search it.
+    sealed.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+    Ok(Some(Snapshot::new(revision, org_revision, sealed)))
 }
 
 /// One secret (live or deleted) at `version`, or at its current version.
@@ -408,26 +482,6 @@ pub async fn bump_org_revision<'e>(
         .execute(ex)
         .await?;
     Ok(())
-}
-
-/// The validators of an environment's bulk read: its revision, whether any live value holds
-/// references, and the organization's secrets revision.
-pub async fn validators<'e>(
-    ex: impl AnyExecutor<'e>,
-    org: OrgId,
-    env: EnvironmentId,
-) -> Result<(i64, i64, i64), sqlx::Error> {
-    sqlx::query_as(
-        "SELECT e.revision, \
-                (SELECT COUNT(*) FROM secrets s JOIN secret_versions v ON v.secret_id = s.id AND v.version = s.current_version \
-                 WHERE s.environment_id = e.id AND s.deleted_at IS NULL AND v.has_references = 1), \
-                o.secrets_revision \
-         FROM environments e, organizations o WHERE e.id = $1 AND o.id = $2",
-    )
-    .bind(env)
-    .bind(org)
-    .fetch_one(ex)
-    .await
 }
 
 /// A wrapped DEK with what binds it: its organization and project.

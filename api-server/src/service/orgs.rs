@@ -8,6 +8,7 @@ use serde_json::json;
 use crate::auth::Principal;
 use crate::auth::tokens;
 use crate::authz::{Action, OrgRole};
+use crate::db::cache::Change;
 use crate::db::orgs::{InvitationRow, MemberRow, OrgRow};
 use crate::db::{self, is_unique_violation};
 use crate::error::{ApiError, ApiResult};
@@ -127,6 +128,7 @@ pub async fn delete(
         ));
     }
     let mut tx = state.db.begin().await?;
+    tx.changed(Change::Everything);
     db::orgs::delete(&mut tx, ctx.org.id).await?;
     AuditEvent::new(action::ORG_DELETED, Outcome::Success, meta)
         .by(principal)

@@ -4,6 +4,7 @@ use serde_json::json;
 
 use crate::auth::{Principal, Subject};
 use crate::authz::{Action, EnvAccess, OrgRole, ProjectRole};
+use crate::db::cache::Change;
 use crate::db::projects::{EnvironmentRow, GrantRow, ProjectRow};
 use crate::db::{self, is_unique_violation};
 use crate::error::{ApiError, ApiResult};
@@ -180,6 +181,7 @@ pub async fn delete(
 ) -> ApiResult<()> {
     let ctx = tenancy::project(state, principal, org, project, Action::ProjectDelete).await?;
     let mut tx = state.db.begin().await?;
+    tx.changed(Change::Everything);
     db::projects::delete(&mut tx, ctx.project.id).await?;
     audit(meta, principal, &ctx, action::PROJECT_DELETED)
         .details(json!({ "slug": ctx.project.slug }))
@@ -314,6 +316,10 @@ pub async fn delete_environment(
 ) -> ApiResult<()> {
     let ctx = tenancy::environment(state, principal, at, Action::EnvironmentsManage).await?;
     let mut tx = state.db.begin().await?;
+    tx.changed(Change::Environment {
+        org: ctx.project.org.org.id,
+        env: ctx.env.id,
+    });
     db::projects::delete_environment(&mut *tx, ctx.env.id).await?;
     audit(meta, principal, &ctx.project, action::ENVIRONMENT_DELETED)
         .environment(ctx.env.id)

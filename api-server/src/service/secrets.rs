@@ -12,6 +12,7 @@ use crate::auth::{Caller, Subject};
 use crate::authz::Action;
 use crate::crypto::envelope::{Dek, DekContext, Field, ValueAad, WrappedDek};
 use crate::db;
+use crate::db::cache::{Change, Snapshot};
 use crate::db::secrets::{DekRow, NewVersion, SealedRow, VersionRow};
 use crate::error::{ApiError, ApiResult};
 use crate::ids::{EnvironmentId, OrgId, ProjectId, Timestamp};
@@ -174,11 +175,18 @@ fn unwrap_dek(state: &AppState, org: OrgId, row: &DekRow) -> ApiResult<Arc<Dek>>
     Ok(dek)
 }
 
+/// The environment's live secrets, sealed, with its validators (see [`db::cache`]).
+async fn snapshot(state: &AppState, ctx: &EnvCtx) -> ApiResult<Arc<Snapshot>> {
+    db::secrets::snapshot(&state.db, ctx.project.org.org.id, ctx.env.id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("environment"))
+}
+
 /// Opens sealed rows of one environment; each distinct DEK is unwrapped once.
 async fn open_rows(
     state: &AppState,
     ctx: &EnvCtx,
-    rows: Vec<SealedRow>,
+    rows: &[SealedRow],
 ) -> ApiResult<Vec<SecretValue>> {
     let org = ctx.project.org.org.id;
     let project = ctx.project.project.id;
@@ -220,7 +228,7 @@ async fn open_rows(
             None => None,
         };
         out.push(SecretValue {
-            key: row.key,
+            key: row.key.clone(),
             value,
             comment,
             version: row.version,
@@ -348,8 +356,8 @@ async fn current_values(
     state: &AppState,
     ctx: &EnvCtx,
 ) -> ApiResult<BTreeMap<String, SecretValue>> {
-    let rows = db::secrets::current(state.db.pool(), ctx.env.id).await?;
-    Ok(open_rows(state, ctx, rows)
+    let snapshot = snapshot(state, ctx).await?;
+    Ok(open_rows(state, ctx, &snapshot.rows)
         .await?
         .into_iter()
         .map(|s| (s.key.clone(), s))
@@ -420,14 +428,11 @@ impl Lookup for OrgLookup<'_> {
             Err(e) => return Err(e.clone()),
         };
         let internal = |e: ApiError| LookupError::Internal(e.to_string());
-        let row = db::secrets::one(self.state.db.pool(), ctx.env.id, &place.key, None)
-            .await
-            .map_err(|e| internal(e.into()))?
-            .filter(|r| r.deleted_at.is_none());
-        let Some(row) = row else {
+        let snapshot = snapshot(self.state, &ctx).await.map_err(internal)?;
+        let Some(row) = snapshot.row(&place.key) else {
             return Ok(None);
         };
-        let value = open_rows(self.state, &ctx, vec![row])
+        let value = open_rows(self.state, &ctx, std::slice::from_ref(row))
             .await
             .map_err(internal)?
             .pop()
@@ -526,14 +531,12 @@ pub async fn read_all(
     if_none_match: Option<&str>,
 ) -> ApiResult<BulkRead> {
     let ctx = tenancy::environment(state, principal, at, Action::SecretsRead).await?;
-    // One connection for both statements; a failed one closes it (see `HotConnection`).
-    let mut conn = state.db.read_connection().await?;
-    let (revision, with_refs, org_revision) =
-        db::secrets::validators(&mut *conn, ctx.project.org.org.id, ctx.env.id).await?;
+    let snapshot = snapshot(state, &ctx).await?;
+    let (revision, org_revision) = (snapshot.revision, snapshot.org_revision);
     // The environment's id: one deleted and created again starts its revisions afresh.
     // Resolved values may change with other environments: then the tag covers the organization.
     let env_id = ctx.env.id;
-    let etag = if resolve_refs && with_refs > 0 {
+    let etag = if resolve_refs && snapshot.has_references() {
         format!("\"{env_id}.e{revision}.o{org_revision}\"")
     } else {
         format!(
@@ -545,12 +548,9 @@ pub async fn read_all(
         tags.split(',')
             .any(|t| t.trim().trim_start_matches("W/") == etag || t.trim() == "*")
     }) {
-        conn.done();
         return Ok(BulkRead::NotModified { etag, revision });
     }
-    let rows = db::secrets::current(&mut *conn, ctx.env.id).await?;
-    conn.done();
-    let mut secrets = open_rows(state, &ctx, rows).await?;
+    let mut secrets = open_rows(state, &ctx, &snapshot.rows).await?;
     let mut events = if resolve_refs {
         resolve(state, meta, principal, &ctx, &mut secrets).await?
     } else {
@@ -581,23 +581,27 @@ pub async fn read_one(
     resolve_refs: bool,
 ) -> ApiResult<SecretValue> {
     let ctx = tenancy::environment(state, principal, at, Action::SecretsRead).await?;
-    let row = {
-        let mut conn = state.db.read_connection().await?;
-        let found = db::secrets::one(&mut *conn, ctx.env.id, key, version).await;
-        conn.settle(found)?
+    let mut values = match version {
+        None => {
+            let snapshot = snapshot(state, &ctx).await?;
+            let row = snapshot
+                .row(key)
+                .ok_or_else(|| ApiError::not_found("secret"))?;
+            open_rows(state, &ctx, std::slice::from_ref(row)).await?
+        }
+        Some(_) => {
+            let row = {
+                let mut conn = state.db.read_connection().await?;
+                let found = db::secrets::one(&mut *conn, ctx.env.id, key, version).await;
+                conn.settle(found)?
+            };
+            let row = row.ok_or_else(|| ApiError::not_found("secret version"))?;
+            open_rows(state, &ctx, &[row]).await?
+        }
     };
-    let row = row
-        .filter(|r| version.is_some() || r.deleted_at.is_none())
-        .ok_or_else(|| {
-            if version.is_some() {
-                ApiError::not_found("secret version")
-            } else {
-                ApiError::not_found("secret")
-            }
-        })?;
-    let mut values = open_rows(state, &ctx, vec![row]).await?;
     let mut events = Vec::new();
-    if resolve_refs {
+    // The rest of the environment is loaded only for a value that refers to it.
+    if resolve_refs && references::needs_resolution(values[0].value.expose_secret()) {
         let place = Place {
             project: ctx.project.project.slug.clone(),
             env: ctx.env.slug.clone(),
@@ -795,6 +799,10 @@ async fn lock_and_bump_environment(
     ctx: &EnvCtx,
     now: Timestamp,
 ) -> ApiResult<i64> {
+    tx.changed(Change::Environment {
+        org: ctx.project.org.org.id,
+        env: ctx.env.id,
+    });
     db::secrets::lock_and_bump_environment(&mut **tx, ctx.env.id, now)
         .await?
         .ok_or_else(|| ApiError::not_found("environment"))
@@ -851,7 +859,7 @@ async fn write_one(
         .as_ref()
         .filter(|r| r.comment_ct.is_some() && input.comment.is_none())
     {
-        if let Some(comment) = open_rows(state, ctx, vec![row.clone()])
+        if let Some(comment) = open_rows(state, ctx, std::slice::from_ref(row))
             .await?
             .pop()
             .and_then(|s| s.comment)
@@ -955,7 +963,7 @@ async fn fetch_after_write(state: &AppState, ctx: &EnvCtx, key: &str) -> ApiResu
     let row = db::secrets::one(state.db.pool(), ctx.env.id, key, None)
         .await?
         .ok_or_else(|| ApiError::not_found("secret"))?;
-    open_rows(state, ctx, vec![row])
+    open_rows(state, ctx, &[row])
         .await?
         .pop()
         .ok_or_else(|| ApiError::not_found("secret"))
@@ -1044,7 +1052,7 @@ pub async fn rollback(
     let old = db::secrets::one(state.db.pool(), ctx.env.id, key, Some(version))
         .await?
         .ok_or_else(|| ApiError::not_found("secret version"))?;
-    let old = open_rows(state, &ctx, vec![old])
+    let old = open_rows(state, &ctx, &[old])
         .await?
         .pop()
         .ok_or_else(|| ApiError::not_found("secret version"))?;
@@ -1138,8 +1146,8 @@ pub async fn export(
     resolve_refs: bool,
 ) -> ApiResult<String> {
     let ctx = tenancy::environment(state, principal, at, Action::SecretsRead).await?;
-    let rows = db::secrets::current(state.db.pool(), ctx.env.id).await?;
-    let mut secrets = open_rows(state, &ctx, rows).await?;
+    let snapshot = snapshot(state, &ctx).await?;
+    let mut secrets = open_rows(state, &ctx, &snapshot.rows).await?;
     let mut events = if resolve_refs {
         resolve(state, meta, principal, &ctx, &mut secrets).await?
     } else {
@@ -1186,6 +1194,7 @@ pub async fn rotate_project_dek(
         .map_or(1, |d| d.version + 1);
     let new_row = create_dek(state, &mut tx, org_id, project_id, version).await?;
     let new_dek = unwrap_dek(state, org_id, &new_row)?;
+    tx.changed(Change::Everything);
     let stored = db::secrets::project_versions(&mut *tx, project_id).await?;
     let mut old: HashMap<String, Arc<Dek>> = HashMap::new();
     let mut seals = 0i64;

@@ -2,6 +2,7 @@
 //! PostgreSQL schema when `COFFER_TEST_DATABASE_URL` is set), driven through the real router.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
@@ -50,8 +51,8 @@ pub struct TestApp {
     pub router: Router,
     pub state: AppState,
     /// Kept for the test's duration: the data directory, and the PostgreSQL schema to drop.
-    _dir: tempfile::TempDir,
-    _schema: Option<PgSchema>,
+    _dir: Arc<tempfile::TempDir>,
+    _schema: Option<Arc<PgSchema>>,
 }
 
 impl TestApp {
@@ -69,7 +70,11 @@ impl TestApp {
         config
     }
 
-    async fn start(config: Config, dir: tempfile::TempDir, schema: Option<PgSchema>) -> Self {
+    async fn start(
+        config: Config,
+        dir: Arc<tempfile::TempDir>,
+        schema: Option<Arc<PgSchema>>,
+    ) -> Self {
         let state = coffer_server::start(config)
             .await
             .expect("coffer-server starts");
@@ -90,7 +95,7 @@ impl TestApp {
             dir.path().join("coffer.db").display()
         );
         let config = Self::config(&dir, url, tweak);
-        Self::start(config, dir, None).await
+        Self::start(config, Arc::new(dir), None).await
     }
 
     /// `None` (and a message) when `COFFER_TEST_DATABASE_URL` is not set; in CI that fails.
@@ -99,7 +104,17 @@ impl TestApp {
         let schema = PgSchema::create(&admin_url).await;
         let dir = tempfile::tempdir().expect("temp dir");
         let config = Self::config(&dir, schema.url.clone(), tweak);
-        Some(Self::start(config, dir, Some(schema)).await)
+        Some(Self::start(config, Arc::new(dir), Some(Arc::new(schema))).await)
+    }
+
+    /// A second coffer-server on the same database and keys, as another replica would be.
+    pub async fn replica(&self) -> Self {
+        Self::start(
+            self.state.config.clone(),
+            self._dir.clone(),
+            self._schema.clone(),
+        )
+        .await
     }
 
     /// Sends a request through the whole application.

@@ -23,6 +23,7 @@ mod orgs;
 mod projects;
 mod read_audit;
 mod references;
+mod secret_cache;
 mod secrets;
 mod server;
 mod service_tokens;
