@@ -118,46 +118,18 @@ pub async fn active_dek<'e>(
     .await
 }
 
-/// Takes the project's key lock (see [`lock_project_keys`]) and reads its active DEK, in one
-/// statement on PostgreSQL. `None` when the project is gone; `Some(None)` when it has no DEK.
+/// Takes the project's key lock (see [`lock_project_keys`]), then reads its active DEK. Two
+/// statements, not one: on PostgreSQL a statement that waits for the lock re-reads the locked
+/// row only, so a DEK read in the same statement could be one a writer it waited for has just
+/// replaced. `None` when the project is gone; `Some(None)` when it has no DEK.
 pub async fn lock_keys_and_active_dek(
     conn: &mut AnyConnection,
     project: ProjectId,
 ) -> Result<Option<Option<DekRow>>, sqlx::Error> {
-    if !super::is_postgres(conn) {
-        if !lock_project_keys(conn, project).await? {
-            return Ok(None);
-        }
-        return Ok(Some(active_dek(&mut *conn, project).await?));
+    if !lock_project_keys(conn, project).await? {
+        return Ok(None);
     }
-    #[derive(FromRow)]
-    struct Row {
-        id: Option<String>,
-        project_id: Option<ProjectId>,
-        version: Option<i64>,
-        kek_id: Option<String>,
-        wrapped: Option<Vec<u8>>,
-        encryptions: Option<i64>,
-    }
-    let row: Option<Row> = sqlx::query_as(&format!(
-        "SELECT d.id, d.project_id, d.version, d.kek_id, d.wrapped, d.encryptions FROM projects p \
-         LEFT JOIN LATERAL (SELECT {DEK_COLUMNS} FROM deks WHERE project_id = p.id \
-              AND retired_at IS NULL ORDER BY version DESC LIMIT 1) d ON TRUE \
-         WHERE p.id = $1 FOR NO KEY UPDATE OF p"
-    ))
-    .bind(project)
-    .fetch_optional(&mut *conn)
-    .await?;
-    Ok(row.map(|r| {
-        Some(DekRow {
-            id: r.id?,
-            project_id: r.project_id?,
-            version: r.version?,
-            kek_id: r.kek_id?,
-            wrapped: r.wrapped?,
-            encryptions: r.encryptions?,
-        })
-    }))
+    Ok(Some(active_dek(&mut *conn, project).await?))
 }
 
 /// Ends a write of secrets: adds `seals` to the DEK's count of encryptions, bumps the

@@ -248,6 +248,8 @@ async fn two_writes_that_find_the_data_key_spent_start_one_new_key_between_them(
     app.org(&ann, "acme").await;
     app.project(&ann, "acme", "web").await;
     let dev = format!("{WEB}/environments/development/secrets");
+    // Two environments: writes to one are committed one transaction after the other anyway.
+    let staging = format!("{WEB}/environments/staging/secrets");
     spend_nonce_budgets(&app).await;
 
     let holder = app.hold_lock(HOLD_WRITES).await;
@@ -259,7 +261,7 @@ async fn two_writes_that_find_the_data_key_spent_start_one_new_key_between_them(
             json!({ "key": "A", "value": "a1" }),
         ),
         app.post(
-            &dev,
+            &staging,
             Some(&ann.access),
             json!({ "key": "B", "value": "b1" }),
         ),
@@ -278,7 +280,8 @@ async fn two_writes_that_find_the_data_key_spent_start_one_new_key_between_them(
         [(1, budget), (2, 2)],
         "one new key, counting both writes"
     );
-    assert_values_decrypt_afresh(&app, &ann, &dev, &[("A", "a1"), ("B", "b1")]).await;
+    assert_values_decrypt_afresh(&app, &ann, &dev, &[("A", "a1")]).await;
+    assert_values_decrypt_afresh(&app, &ann, &staging, &[("B", "b1")]).await;
 }
 
 /// PostgreSQL only; skipped, saying so, when `COFFER_TEST_DATABASE_URL` is not set.
