@@ -14,6 +14,7 @@ use crate::db::Db;
 use crate::db::sessions::SessionRow;
 use crate::ids::SessionId;
 use crate::service::audit::{AuditWriter, WriterLimits};
+use crate::service::secrets::{MAX_WAITING_WRITES, SecretWrites};
 
 /// Everything a request handler may need; cheap to clone.
 #[derive(Debug, Clone)]
@@ -38,6 +39,8 @@ pub struct Inner {
     pub deks: DekCache,
     /// Commits the audit events of reads in groups.
     pub audit: AuditWriter,
+    /// Single-secret writes waiting for their environment's transaction.
+    pub secret_writes: Arc<SecretWrites>,
 }
 
 impl std::ops::Deref for AppState {
@@ -88,6 +91,7 @@ impl AppState {
             keyring,
             deks,
             audit,
+            secret_writes: Arc::new(SecretWrites::new(MAX_WAITING_WRITES)),
         })))
     }
 }

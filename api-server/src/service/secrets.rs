@@ -6,12 +6,14 @@ use std::sync::Arc;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
+use tokio::sync::oneshot;
 use zeroize::Zeroizing;
 
 use crate::auth::{Caller, Subject};
 use crate::authz::Action;
 use crate::crypto::envelope::{Dek, DekContext, Field, ValueAad, WrappedDek};
 use crate::db;
+use crate::db::audit::AuditRow;
 use crate::db::cache::{Change, Snapshot};
 use crate::db::secrets::{DekRow, NewVersion, SealedRow, VersionRow};
 use crate::error::{ApiError, ApiResult};
@@ -21,6 +23,7 @@ use crate::secrets::references::{self, Lookup, LookupError, Place};
 use crate::service::ClientMeta;
 use crate::service::audit::{AuditEvent, Outcome};
 use crate::service::tenancy::{self, EnvCtx, EnvPath};
+use crate::service::write_queue::{DrainGuard, Pushed, WriteQueues};
 use crate::state::AppState;
 
 pub const MAX_KEY_LEN: usize = 256;
@@ -270,6 +273,34 @@ async fn write_versions(
     kept_comments: &HashMap<&str, SecretString>,
     now: Timestamp,
 ) -> ApiResult<(Vec<Written>, Sealed)> {
+    let (dek_row, dek) = write_dek(state, tx, ctx).await?;
+    let (written, seals) = seal_versions(
+        state,
+        tx,
+        ctx,
+        principal,
+        (&dek_row, &dek),
+        inputs,
+        kept_comments,
+        now,
+    )
+    .await?;
+    Ok((
+        written,
+        Sealed {
+            dek_id: dek_row.id,
+            seals,
+        },
+    ))
+}
+
+/// The project's DEK for a write, under the project's key lock: the active one, or a new one
+/// when there is none or it has sealed enough.
+async fn write_dek(
+    state: &AppState,
+    tx: &mut db::Tx,
+    ctx: &EnvCtx,
+) -> ApiResult<(DekRow, Arc<Dek>)> {
     let org = ctx.project.org.org.id;
     let project = ctx.project.project.id;
     // The key lock is taken before the DEK is read: a rotation that commits first is seen, one
@@ -288,6 +319,24 @@ async fn write_versions(
         None => create_dek(state, tx, org, project, 1).await?,
     };
     let dek = unwrap_dek(state, org, &dek_row)?;
+    Ok((dek_row, dek))
+}
+
+/// Seals `inputs` with `dek` and inserts them as new versions; also how many encryptions that
+/// made. An input without a comment keeps the one in `kept_comments`.
+#[allow(clippy::too_many_arguments)]
+async fn seal_versions(
+    _state: &AppState,
+    tx: &mut db::Tx,
+    ctx: &EnvCtx,
+    principal: &Caller,
+    (dek_row, dek): (&DekRow, &Dek),
+    inputs: &[SecretInput],
+    kept_comments: &HashMap<&str, SecretString>,
+    now: Timestamp,
+) -> ApiResult<(Vec<Written>, i64)> {
+    let org = ctx.project.org.org.id;
+    let project = ctx.project.project.id;
     let (actor_type, actor_id) = principal.actor();
     let mut written = Vec::with_capacity(inputs.len());
     let mut seals = 0i64;
@@ -334,13 +383,7 @@ async fn write_versions(
             created_at,
         });
     }
-    Ok((
-        written,
-        Sealed {
-            dek_id: dek_row.id,
-            seals,
-        },
-    ))
+    Ok((written, seals))
 }
 
 fn audit(meta: &ClientMeta, principal: &Caller, ctx: &EnvCtx, what: &'static str) -> AuditEvent {
@@ -810,17 +853,46 @@ async fn lock_and_bump_environment(
 
 /// How a single-secret write treats a live secret of the same key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum IfLive {
+pub enum IfLive {
     /// 409: creating only.
     Conflict,
     /// A new version of it.
     Update,
 }
 
-/// Writes one secret in one transaction and answers with what was written. Reads only what its
-/// checks need: the key's current row, under the environment's lock (whether it is live, its
-/// comment, which an input without one keeps); the live count only when the write adds a live
-/// secret; the environment's other values only when the new value holds a reference.
+/// Single-secret writes waiting for their environment's next transaction (see
+/// [`write_queue`](super::write_queue)).
+pub type SecretWrites = WriteQueues<WriteJob>;
+
+/// Writes of one environment taken into one transaction, at most.
+const MAX_BATCH: usize = 64;
+
+/// Writes one environment may have waiting; more are answered 503.
+pub const MAX_WAITING_WRITES: usize = 1024;
+
+/// A single-secret write waiting for its environment's transaction.
+pub struct WriteJob {
+    ctx: EnvCtx,
+    meta: ClientMeta,
+    principal: Caller,
+    input: SecretInput,
+    if_live: IfLive,
+    what: &'static str,
+    reply: oneshot::Sender<ApiResult<SecretValue>>,
+}
+
+impl std::fmt::Debug for WriteJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteJob")
+            .field("env", &self.ctx.env.id)
+            .field("key", &self.input.key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Writes one secret and answers with what was written. The checks that need no lock run
+/// here; the write waits in its environment's queue and is committed with the writes queued
+/// beside it (see [`write_batch`]).
 async fn write_one(
     state: &AppState,
     meta: &ClientMeta,
@@ -842,68 +914,188 @@ async fn write_one(
         )
         .await?;
     }
-    let now = Timestamp::now();
-    let mut tx = state.db.begin().await?;
-    lock_and_bump_environment(&mut tx, ctx, now).await?;
-    let live = db::secrets::one(&mut *tx, ctx.env.id, &input.key, None)
-        .await?
-        .filter(|r| r.deleted_at.is_none());
-    if live.is_some() && if_live == IfLive::Conflict {
-        return Err(ApiError::conflict(
-            "secret_exists",
-            format!("`{}` already exists; update it with PUT", input.key),
-        ));
-    }
-    let mut kept_comments = HashMap::new();
-    if let Some(row) = live
-        .as_ref()
-        .filter(|r| r.comment_ct.is_some() && input.comment.is_none())
-    {
-        if let Some(comment) = open_rows(state, ctx, std::slice::from_ref(row))
-            .await?
-            .pop()
-            .and_then(|s| s.comment)
-        {
-            kept_comments.insert(input.key.as_str(), comment);
+    let (reply, answer) = oneshot::channel();
+    let env = ctx.env.id;
+    let job = WriteJob {
+        ctx: ctx.clone(),
+        meta: meta.clone(),
+        principal: principal.clone(),
+        input,
+        if_live,
+        what,
+        reply,
+    };
+    match state.secret_writes.push(env, job) {
+        Pushed::Queued => {}
+        Pushed::StartDrain => {
+            tokio::spawn(drain_writes(state.clone(), env));
+        }
+        Pushed::Full(_) => {
+            return Err(ApiError::Unavailable {
+                message: "too many writes to this environment are waiting; try again".into(),
+                retry_after: Some(std::time::Duration::from_secs(1)),
+            });
         }
     }
-    let (mut written, sealed) = write_versions(
-        state,
-        &mut tx,
-        ctx,
-        principal,
-        std::slice::from_ref(&input),
-        &kept_comments,
-        now,
-    )
-    .await?;
-    if live.is_none() {
+    answer.await.map_err(|_| {
+        ApiError::internal(anyhow::anyhow!(
+            "the write task of the environment ended without an answer"
+        ))
+    })?
+}
+
+/// Writes the environment's queued writes, a batch per transaction, until none is left.
+async fn drain_writes(state: AppState, env: EnvironmentId) {
+    let _guard = DrainGuard {
+        queues: state.secret_writes.clone(),
+        env,
+    };
+    loop {
+        let jobs = state.secret_writes.take(env, MAX_BATCH);
+        if jobs.is_empty() {
+            return;
+        }
+        let answers = match write_batch(&state, &jobs).await {
+            Ok(values) => values.into_iter().map(Ok).collect(),
+            Err(e) if jobs.len() == 1 => vec![Err(e)],
+            // The database failed or is busy (a commit may even have landed): every write of
+            // the batch is answered so, none is tried again.
+            Err(ApiError::Unavailable {
+                message,
+                retry_after,
+            }) => jobs
+                .iter()
+                .map(|_| {
+                    Err(ApiError::Unavailable {
+                        message: message.clone(),
+                        retry_after,
+                    })
+                })
+                .collect(),
+            Err(e @ ApiError::Internal(_)) => {
+                let message = format!("{:#}", anyhow::Error::from(e));
+                jobs.iter()
+                    .map(|_| {
+                        Err(ApiError::internal(anyhow::anyhow!(
+                            "a batch of writes failed: {message}"
+                        )))
+                    })
+                    .collect()
+            }
+            // One write that fails (a conflict, a limit) fails its batch: each is then written
+            // on its own, and answered for itself.
+            Err(_) => {
+                let mut answers = Vec::with_capacity(jobs.len());
+                for job in &jobs {
+                    let one = write_batch(&state, std::slice::from_ref(job)).await;
+                    answers.push(one.and_then(|mut v| {
+                        v.pop().ok_or_else(|| {
+                            ApiError::internal(anyhow::anyhow!("a write wrote nothing"))
+                        })
+                    }));
+                }
+                answers
+            }
+        };
+        for (job, answer) in jobs.into_iter().zip(answers) {
+            // Its request may have gone: the write stands all the same.
+            let _ = job.reply.send(answer);
+        }
+    }
+}
+
+/// Writes `jobs` (all of one environment) in one transaction, one after the other as if each
+/// were alone, and answers with what each wrote. Reads only what the checks need: each key's
+/// current row, under the environment's lock (whether it is live, its comment, which an input
+/// without one keeps); the live count only when a write adds a live secret. One lock, one data
+/// key, one audit statement and one commit for all.
+async fn write_batch(state: &AppState, jobs: &[WriteJob]) -> ApiResult<Vec<SecretValue>> {
+    let Some(first) = jobs.first() else {
+        return Ok(Vec::new());
+    };
+    let now = Timestamp::now();
+    let mut tx = state.db.begin().await?;
+    lock_and_bump_environment(&mut tx, &first.ctx, now).await?;
+    let (dek_row, dek) = write_dek(state, &mut tx, &first.ctx).await?;
+    let mut values = Vec::with_capacity(jobs.len());
+    let mut events = Vec::with_capacity(jobs.len());
+    let mut seals = 0;
+    let mut adds = false;
+    for job in jobs {
+        let (ctx, input) = (&job.ctx, &job.input);
+        let live = db::secrets::one(&mut *tx, ctx.env.id, &input.key, None)
+            .await?
+            .filter(|r| r.deleted_at.is_none());
+        if live.is_some() && job.if_live == IfLive::Conflict {
+            return Err(ApiError::conflict(
+                "secret_exists",
+                format!("`{}` already exists; update it with PUT", input.key),
+            ));
+        }
+        let mut kept_comments = HashMap::new();
+        if let Some(row) = live
+            .as_ref()
+            .filter(|r| r.comment_ct.is_some() && input.comment.is_none())
+        {
+            if let Some(comment) = open_rows(state, ctx, std::slice::from_ref(row))
+                .await?
+                .pop()
+                .and_then(|s| s.comment)
+            {
+                kept_comments.insert(input.key.as_str(), comment);
+            }
+        }
+        let (mut written, n) = seal_versions(
+            state,
+            &mut tx,
+            ctx,
+            &job.principal,
+            (&dek_row, &dek),
+            std::slice::from_ref(input),
+            &kept_comments,
+            now,
+        )
+        .await?;
+        seals += n;
+        adds |= live.is_none();
+        let (created, updated) = if live.is_some() {
+            (vec![], vec![input.key.as_str()])
+        } else {
+            (vec![input.key.as_str()], vec![])
+        };
+        events.push(
+            audit(&job.meta, &job.principal, ctx, job.what)
+                .details(json!({ "created": created, "updated": updated, "unchanged": 0 })),
+        );
+        let written = written
+            .pop()
+            .ok_or_else(|| ApiError::internal(anyhow::anyhow!("a write wrote nothing")))?;
+        values.push(SecretValue {
+            key: written.key,
+            value: input.value.clone(),
+            comment: written.comment,
+            version: written.version,
+            created_at: written.created_at,
+            updated_at: now,
+        });
+    }
+    if adds {
         let max_secrets = i64::from(state.config.max_secrets_per_environment);
-        if db::secrets::count_live(&mut *tx, ctx.env.id).await? > max_secrets {
+        if db::secrets::count_live(&mut *tx, first.ctx.env.id).await? > max_secrets {
             return Err(too_many_secrets(max_secrets));
         }
     }
-    let (created, updated) = if live.is_some() {
-        (vec![], vec![input.key.as_str()])
-    } else {
-        (vec![input.key.as_str()], vec![])
-    };
-    let event = audit(meta, principal, ctx, what)
-        .details(json!({ "created": created, "updated": updated, "unchanged": 0 }));
-    let org = ctx.project.org.org.id;
-    db::secrets::finish_write(&mut tx, &sealed.dek_id, sealed.seals, org, event.row()).await?;
-    tx.commit().await?;
-    let written = written
-        .pop()
+    let org = first.ctx.project.org.org.id;
+    let (event, more) = events
+        .split_first()
         .ok_or_else(|| ApiError::internal(anyhow::anyhow!("a write wrote nothing")))?;
-    Ok(SecretValue {
-        key: written.key,
-        value: input.value,
-        comment: written.comment,
-        version: written.version,
-        created_at: written.created_at,
-        updated_at: now,
-    })
+    db::secrets::finish_write(&mut tx, &dek_row.id, seals, org, event.row()).await?;
+    if !more.is_empty() {
+        let rows: Vec<AuditRow> = more.iter().map(|e| e.row().clone()).collect();
+        db::audit::insert_many(&mut tx, &rows).await?;
+    }
+    tx.commit().await?;
+    Ok(values)
 }
 
 /// What a bulk write did.

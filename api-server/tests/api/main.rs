@@ -30,3 +30,4 @@ mod service_tokens;
 mod sessions;
 mod standing;
 mod teams;
+mod write_groups;
