@@ -73,7 +73,9 @@ pub async fn insert_dek<'e>(
 /// under a DEK that a concurrent rotation retires, and two writers never both start the next DEK.
 /// On PostgreSQL it is the project row's `FOR NO KEY UPDATE` lock (rows of other tables that
 /// reference the project can still be inserted); on SQLite the write transaction is the lock.
-/// False when the project is gone.
+/// The DEK is read by a later statement: one that waits for this lock re-reads only the locked
+/// row, so a DEK read in the same statement could be one that the writer it waited for has just
+/// replaced. False when the project is gone.
 pub async fn lock_project_keys(
     conn: &mut AnyConnection,
     project: ProjectId,
@@ -116,20 +118,6 @@ pub async fn active_dek<'e>(
     .bind(project)
     .fetch_optional(ex)
     .await
-}
-
-/// Takes the project's key lock (see [`lock_project_keys`]), then reads its active DEK. Two
-/// statements, not one: on PostgreSQL a statement that waits for the lock re-reads the locked
-/// row only, so a DEK read in the same statement could be one a writer it waited for has just
-/// replaced. `None` when the project is gone; `Some(None)` when it has no DEK.
-pub async fn lock_keys_and_active_dek(
-    conn: &mut AnyConnection,
-    project: ProjectId,
-) -> Result<Option<Option<DekRow>>, sqlx::Error> {
-    if !lock_project_keys(conn, project).await? {
-        return Ok(None);
-    }
-    Ok(Some(active_dek(&mut *conn, project).await?))
 }
 
 /// Ends a write of secrets: adds `seals` to the DEK's count of encryptions, bumps the
@@ -426,6 +414,32 @@ pub async fn lock_and_bump_environment<'e>(
     .bind(now)
     .bind(env)
     .fetch_optional(ex)
+    .await
+}
+
+/// [`lock_and_bump_environment`], then [`lock_project_keys`] of its project: one statement on
+/// PostgreSQL. `None` when either is gone.
+pub async fn lock_environment_and_keys(
+    conn: &mut AnyConnection,
+    env: EnvironmentId,
+    project: ProjectId,
+    now: Timestamp,
+) -> Result<Option<i64>, sqlx::Error> {
+    if !super::is_postgres(conn) {
+        let Some(revision) = lock_and_bump_environment(&mut *conn, env, now).await? else {
+            return Ok(None);
+        };
+        return Ok(lock_project_keys(conn, project).await?.then_some(revision));
+    }
+    sqlx::query_scalar(
+        "WITH e AS (UPDATE environments SET revision = revision + 1, updated_at = $1 WHERE id = $2 \
+                    RETURNING revision) \
+         SELECT e.revision FROM e, projects p WHERE p.id = $3 FOR NO KEY UPDATE OF p",
+    )
+    .bind(now)
+    .bind(env)
+    .bind(project)
+    .fetch_optional(conn)
     .await
 }
 

@@ -301,13 +301,23 @@ async fn write_dek(
     tx: &mut db::Tx,
     ctx: &EnvCtx,
 ) -> ApiResult<(DekRow, Arc<Dek>)> {
-    let org = ctx.project.org.org.id;
-    let project = ctx.project.project.id;
     // The key lock is taken before the DEK is read: a rotation that commits first is seen, one
     // that starts later waits.
-    let active = db::secrets::lock_keys_and_active_dek(tx, project)
-        .await?
-        .ok_or_else(|| ApiError::not_found("project"))?;
+    if !db::secrets::lock_project_keys(tx, ctx.project.project.id).await? {
+        return Err(ApiError::not_found("project"));
+    }
+    keys_locked_dek(state, tx, ctx).await
+}
+
+/// [`write_dek`] once the project's key lock is held.
+async fn keys_locked_dek(
+    state: &AppState,
+    tx: &mut db::Tx,
+    ctx: &EnvCtx,
+) -> ApiResult<(DekRow, Arc<Dek>)> {
+    let org = ctx.project.org.org.id;
+    let project = ctx.project.project.id;
+    let active = db::secrets::active_dek(&mut **tx, project).await?;
     let dek_row = match active {
         Some(row)
             if u64::try_from(row.encryptions).unwrap_or(0)
@@ -1015,8 +1025,15 @@ async fn write_batch(state: &AppState, jobs: &[WriteJob]) -> ApiResult<Vec<Secre
     };
     let now = Timestamp::now();
     let mut tx = state.db.begin().await?;
-    lock_and_bump_environment(&mut tx, &first.ctx, now).await?;
-    let (dek_row, dek) = write_dek(state, &mut tx, &first.ctx).await?;
+    let ctx = &first.ctx;
+    tx.changed(Change::Environment {
+        org: ctx.project.org.org.id,
+        env: ctx.env.id,
+    });
+    db::secrets::lock_environment_and_keys(&mut tx, ctx.env.id, ctx.project.project.id, now)
+        .await?
+        .ok_or_else(|| ApiError::not_found("environment"))?;
+    let (dek_row, dek) = keys_locked_dek(state, &mut tx, ctx).await?;
     let mut values = Vec::with_capacity(jobs.len());
     let mut events = Vec::with_capacity(jobs.len());
     let mut seals = 0;
