@@ -326,7 +326,6 @@ pub async fn next_version<'e>(
 /// What a new version row holds.
 #[derive(Debug)]
 pub struct NewVersion<'a> {
-    pub secret: SecretId,
     pub version: i64,
     pub dek_id: &'a str,
     pub value_ct: &'a [u8],
@@ -339,6 +338,7 @@ pub struct NewVersion<'a> {
 
 pub async fn insert_version<'e>(
     ex: impl AnyExecutor<'e>,
+    secret: SecretId,
     v: &NewVersion<'_>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
@@ -346,7 +346,7 @@ pub async fn insert_version<'e>(
                                       created_at, actor_type, actor_id) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
-    .bind(v.secret)
+    .bind(secret)
     .bind(v.version)
     .bind(v.dek_id)
     .bind(v.value_ct)
@@ -358,6 +358,60 @@ pub async fn insert_version<'e>(
     .execute(ex)
     .await?;
     Ok(())
+}
+
+/// Moves `key` to version `v.version` (creating the secret, or bringing a deleted one back) and
+/// inserts that version; returns the secret's creation time. One statement on PostgreSQL, two
+/// elsewhere. The caller read the version to come under the environment's lock: should the
+/// secret be at another, this fails (and the transaction must not commit).
+pub async fn upsert_with_version(
+    tx: &mut super::Tx,
+    env: EnvironmentId,
+    key: &str,
+    v: &NewVersion<'_>,
+) -> Result<Timestamp, sqlx::Error> {
+    let mismatch = |found: i64| {
+        sqlx::Error::Protocol(format!(
+            "secret version {found} written where {} was expected",
+            v.version
+        ))
+    };
+    if !super::is_postgres(tx) {
+        let (secret, version, created_at) = next_version(&mut **tx, env, key, v.created_at).await?;
+        if version != v.version {
+            return Err(mismatch(version));
+        }
+        insert_version(&mut **tx, secret, v).await?;
+        return Ok(created_at);
+    }
+    let (version, created_at): (i64, Timestamp) = sqlx::query_as(
+        "WITH s AS (INSERT INTO secrets (id, environment_id, key, current_version, created_at, updated_at) \
+                    VALUES ($1, $2, $3, 1, $4, $4) \
+                    ON CONFLICT (environment_id, key) DO UPDATE SET current_version = secrets.current_version + 1, \
+                       updated_at = excluded.updated_at, deleted_at = NULL \
+                    RETURNING id, current_version, created_at), \
+              v AS (INSERT INTO secret_versions (secret_id, version, dek_id, value_ct, comment_ct, \
+                                                 has_references, created_at, actor_type, actor_id) \
+                    SELECT id, $5, $6, $7, $8, $9, $4, $10, $11 FROM s WHERE current_version = $5) \
+         SELECT current_version, created_at FROM s",
+    )
+    .bind(SecretId::new())
+    .bind(env)
+    .bind(key)
+    .bind(v.created_at)
+    .bind(v.version)
+    .bind(v.dek_id)
+    .bind(v.value_ct)
+    .bind(v.comment_ct)
+    .bind(i64::from(v.has_references))
+    .bind(v.actor_type)
+    .bind(v.actor_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    if version != v.version {
+        return Err(mismatch(version));
+    }
+    Ok(created_at)
 }
 
 /// Soft-deletes a live secret; false when there is none.

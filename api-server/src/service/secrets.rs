@@ -282,6 +282,7 @@ async fn write_versions(
         (&dek_row, &dek),
         inputs,
         kept_comments,
+        None,
         now,
     )
     .await?;
@@ -333,7 +334,9 @@ async fn keys_locked_dek(
 }
 
 /// Seals `inputs` with `dek` and inserts them as new versions; also how many encryptions that
-/// made. An input without a comment keeps the one in `kept_comments`.
+/// made. An input without a comment keeps the one in `kept_comments`. `next`, when given, is
+/// the version each key gets, as read under the environment's lock: then the secret and its
+/// version are written in one statement (PostgreSQL), else its version comes first.
 #[allow(clippy::too_many_arguments)]
 async fn seal_versions(
     _state: &AppState,
@@ -343,6 +346,7 @@ async fn seal_versions(
     (dek_row, dek): (&DekRow, &Dek),
     inputs: &[SecretInput],
     kept_comments: &HashMap<&str, SecretString>,
+    next: Option<&HashMap<&str, i64>>,
     now: Timestamp,
 ) -> ApiResult<(Vec<Written>, i64)> {
     let org = ctx.project.org.org.id;
@@ -356,8 +360,15 @@ async fn seal_versions(
             None => kept_comments.get(input.key.as_str()).cloned(),
         };
         let comment = comment.filter(|c| !c.expose_secret().is_empty());
-        let (secret, version, created_at) =
-            db::secrets::next_version(&mut **tx, ctx.env.id, &input.key, now).await?;
+        let known = next.and_then(|n| n.get(input.key.as_str()).copied());
+        let (secret, version, created_at) = match known {
+            Some(version) => (None, version, now),
+            None => {
+                let (secret, version, created_at) =
+                    db::secrets::next_version(&mut **tx, ctx.env.id, &input.key, now).await?;
+                (Some(secret), version, created_at)
+            }
+        };
         let aad = |field| ValueAad {
             org_id: org.to_string(),
             project_id: project.to_string(),
@@ -371,21 +382,23 @@ async fn seal_versions(
             .as_ref()
             .map(|c| dek.seal(c.expose_secret().as_bytes(), &aad(Field::Comment)));
         seals += 1 + i64::from(comment_ct.is_some());
-        db::secrets::insert_version(
-            &mut **tx,
-            &NewVersion {
-                secret,
-                version,
-                dek_id: &dek_row.id,
-                value_ct: &value_ct,
-                comment_ct: comment_ct.as_deref(),
-                has_references: references::has_references(input.value.expose_secret()),
-                created_at: now,
-                actor_type,
-                actor_id: &actor_id,
-            },
-        )
-        .await?;
+        let new = NewVersion {
+            version,
+            dek_id: &dek_row.id,
+            value_ct: &value_ct,
+            comment_ct: comment_ct.as_deref(),
+            has_references: references::has_references(input.value.expose_secret()),
+            created_at: now,
+            actor_type,
+            actor_id: &actor_id,
+        };
+        let created_at = match secret {
+            Some(secret) => {
+                db::secrets::insert_version(&mut **tx, secret, &new).await?;
+                created_at
+            }
+            None => db::secrets::upsert_with_version(tx, ctx.env.id, &input.key, &new).await?,
+        };
         written.push(Written {
             key: input.key.clone(),
             version,
@@ -1040,9 +1053,13 @@ async fn write_batch(state: &AppState, jobs: &[WriteJob]) -> ApiResult<Vec<Secre
     let mut adds = false;
     for job in jobs {
         let (ctx, input) = (&job.ctx, &job.input);
-        let live = db::secrets::one(&mut *tx, ctx.env.id, &input.key, None)
-            .await?
-            .filter(|r| r.deleted_at.is_none());
+        let row = db::secrets::one(&mut *tx, ctx.env.id, &input.key, None).await?;
+        // Read under the environment's lock: the version this write makes, deleted or not.
+        let next = HashMap::from([(
+            input.key.as_str(),
+            row.as_ref().map_or(1, |r| r.version + 1),
+        )]);
+        let live = row.filter(|r| r.deleted_at.is_none());
         if live.is_some() && job.if_live == IfLive::Conflict {
             return Err(ApiError::conflict(
                 "secret_exists",
@@ -1070,6 +1087,7 @@ async fn write_batch(state: &AppState, jobs: &[WriteJob]) -> ApiResult<Vec<Secre
             (&dek_row, &dek),
             std::slice::from_ref(input),
             &kept_comments,
+            Some(&next),
             now,
         )
         .await?;
