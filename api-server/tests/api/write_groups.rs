@@ -97,18 +97,22 @@ db_test!(async fn concurrent_writes_to_one_environment_all_land_each_versioned_a
     assert_eq!(created + updated, 24);
 });
 
-/// Ann's environment with `A` written once, its queue held up behind a lock on the
-/// environment's row: a write of `A` waits for it. Returns the lock, the first write, the
-/// environment's id and its revision before.
-async fn held(
-    app: &Arc<TestApp>,
-    ann: &Session,
-) -> (
-    crate::helpers::LockHolder,
-    tokio::task::JoinHandle<TestResponse>,
-    EnvironmentId,
-    i64,
-) {
+/// A PostgreSQL app where Ann's environment has `A` written once, and its queue is held up
+/// behind a lock on the environment's row: a write of `A` waits for it. `None` without
+/// PostgreSQL.
+struct Held {
+    app: Arc<TestApp>,
+    ann: Session,
+    holder: crate::helpers::LockHolder,
+    first: tokio::task::JoinHandle<TestResponse>,
+    env: EnvironmentId,
+    /// The environment's revision before the first write.
+    before: i64,
+}
+
+async fn held() -> Option<Held> {
+    let app = Arc::new(TestApp::postgres(|_| {}).await?);
+    let ann = acme_web(&app).await;
     let r = app
         .put(
             &format!("{ENV}/secrets/A"),
@@ -117,33 +121,36 @@ async fn held(
         )
         .await;
     assert!(r.status.is_success(), "{}", r.text());
-    let (env, before) = environment(app, ann).await;
+    let (env, before) = environment(&app, &ann).await;
     let mut holder = app
         .hold_lock("SELECT id FROM environments WHERE slug = 'development' FOR UPDATE")
         .await;
-    let first = write(app, ann, "A", "1", false);
+    let first = write(&app, &ann, "A", "1", false);
     holder.wait_for_waiters(1).await;
-    (holder, first, env, before)
+    Some(Held {
+        app,
+        ann,
+        holder,
+        first,
+        env,
+        before,
+    })
 }
 
 #[tokio::test]
 async fn writes_queued_behind_a_running_one_are_committed_together() {
-    let Some(app) = TestApp::postgres(|_| {}).await else {
-        return;
-    };
-    let ann = acme_web(&app).await;
-    let app = Arc::new(app);
-    let (holder, first, env, before) = held(&app, &ann).await;
+    let Some(h) = held().await else { return };
+    let (app, ann) = (&h.app, &h.ann);
 
     let mut queued_writes = Vec::new();
     for i in 0..5 {
-        queued_writes.push(write(&app, &ann, "A", &format!("{}", i + 2), false));
-        queued_writes.push(write(&app, &ann, &format!("B{i}"), "b", true));
+        queued_writes.push(write(app, ann, "A", &format!("{}", i + 2), false));
+        queued_writes.push(write(app, ann, &format!("B{i}"), "b", true));
     }
-    queued(&app, env, 10).await;
-    holder.release().await;
+    queued(app, h.env, 10).await;
+    h.holder.release().await;
 
-    let r = first.await.unwrap();
+    let r = h.first.await.unwrap();
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(r.json()["version"], 2);
     let mut a_versions = Vec::new();
@@ -156,11 +163,11 @@ async fn writes_queued_behind_a_running_one_are_committed_together() {
     }
     a_versions.sort_unstable();
     assert_eq!(a_versions, vec![3, 4, 5, 6, 7]);
-    assert_eq!(versions(&app, &ann, "A").await, (1..=7).collect::<Vec<_>>());
-    let (_, after) = environment(&app, &ann).await;
+    assert_eq!(versions(app, ann, "A").await, (1..=7).collect::<Vec<_>>());
+    let (_, after) = environment(app, ann).await;
     assert_eq!(
         after,
-        before + 2,
+        h.before + 2,
         "the first write, then the ten queued behind it in one"
     );
     let created: Vec<Value> = app.audit_events(&ann.access, "secret.created").await;
@@ -169,23 +176,19 @@ async fn writes_queued_behind_a_running_one_are_committed_together() {
 
 #[tokio::test]
 async fn a_write_that_fails_in_a_group_fails_alone() {
-    let Some(app) = TestApp::postgres(|_| {}).await else {
-        return;
-    };
-    let ann = acme_web(&app).await;
-    let app = Arc::new(app);
-    let (holder, first, env, before) = held(&app, &ann).await;
+    let Some(h) = held().await else { return };
+    let (app, ann) = (&h.app, &h.ann);
 
     let mut queued_writes = Vec::new();
     for i in 0..4 {
-        queued_writes.push(write(&app, &ann, &format!("B{i}"), "b", false));
+        queued_writes.push(write(app, ann, &format!("B{i}"), "b", false));
     }
     // `A` exists: creating it again is a conflict.
-    let conflict = write(&app, &ann, "A", "x", true);
-    queued(&app, env, 5).await;
-    holder.release().await;
+    let conflict = write(app, ann, "A", "x", true);
+    queued(app, h.env, 5).await;
+    h.holder.release().await;
 
-    assert_eq!(first.await.unwrap().status, StatusCode::OK);
+    assert_eq!(h.first.await.unwrap().status, StatusCode::OK);
     for task in queued_writes {
         let r = task.await.unwrap();
         assert!(r.status.is_success(), "{}", r.text());
@@ -194,10 +197,10 @@ async fn a_write_that_fails_in_a_group_fails_alone() {
         .await
         .unwrap()
         .assert_error(StatusCode::CONFLICT, "secret_exists");
-    let (_, after) = environment(&app, &ann).await;
+    let (_, after) = environment(app, ann).await;
     assert_eq!(
         after,
-        before + 5,
+        h.before + 5,
         "the group failed: its four good writes went one by one"
     );
     let all = app
