@@ -548,8 +548,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let file = dir.path().join("t.db");
         let url = format!("sqlite://{}?mode=rwc", file.display());
-        let db = Db::connect(&url, 2, 0).await.expect("connect");
-        let pool = db.pool().clone();
+        // A pool of its own: a `Db` would run its own WAL keeper beside this test's rounds.
+        sqlx::any::install_default_drivers();
+        let pool = connect_pool(&url, Backend::Sqlite, 2, Commits::Durable)
+            .await
+            .expect("connect");
         sqlx::query("CREATE TABLE t (v TEXT)")
             .execute(&pool)
             .await
@@ -591,6 +594,6 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(rows, 2);
-        db.close().await;
+        pool.close().await;
     }
 }
