@@ -16,6 +16,8 @@ use crate::ids::{Timestamp, UserId};
 use crate::service::{self, ClientMeta};
 use crate::state::AppState;
 
+/// Signing up, in and out, and refreshing: none changes an API key, a service token or anyone's
+/// standing (sessions are remembered apart, see `AppState::sessions`).
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(register))
@@ -23,7 +25,11 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(refresh))
         .routes(routes!(logout))
         .routes(routes!(me))
-        .routes(routes!(change_password))
+}
+
+/// Changing the password, which revokes the user's API keys (unless asked not to).
+pub fn credentials_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(change_password))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -66,7 +66,10 @@ fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(health::router())
         .nest("/api/v1", meta::router())
-        .nest("/api/v1/auth", changes_access(auth::router()))
+        .nest(
+            "/api/v1/auth",
+            auth::router().merge(changes_access(auth::credentials_router())),
+        )
         .nest("/api/v1/api-keys", changes_access(api_keys::router()))
         .nest("/api/v1/audit-events", audit::router())
         .nest(

@@ -190,6 +190,21 @@ db_test!(async fn until_then_the_remembered_credential_is_used(app, |c| c.access
     assert_eq!(read(&app, &token).await, StatusCode::UNAUTHORIZED);
 });
 
+db_test!(async fn sign_ups_sign_ins_and_refreshes_leave_what_is_remembered_alone(app, |c| c.access_cache_ttl_ms = 60_000) {
+    let (ann, token) = token_revoked_elsewhere(&app).await;
+    let bob = app.register("bob@example.com").await;
+    let r = app.post("/api/v1/auth/refresh", None, json!({ "refresh_token": bob.refresh })).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = app.post("/api/v1/auth/logout", Some(&bob.access), json!({})).await;
+    assert!(r.status.is_success(), "{}", r.text());
+    assert_eq!(read(&app, &token).await, StatusCode::OK, "still remembered");
+    // A password change revokes API keys: that forgets everything.
+    let body = json!({ "current_password": crate::helpers::PASSWORD, "new_password": "a brand new passphrase 42" });
+    let r = app.call(Method::PUT, "/api/v1/auth/change-password", Some(&ann.access), Some(body)).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
+    assert_eq!(read(&app, &token).await, StatusCode::UNAUTHORIZED);
+});
+
 db_test!(async fn with_no_memory_a_revocation_made_elsewhere_is_seen_at_once(app, |c| c.access_cache_ttl_ms = 0) {
     let (_, token) = token_revoked_elsewhere(&app).await;
     assert_eq!(read(&app, &token).await, StatusCode::UNAUTHORIZED);
