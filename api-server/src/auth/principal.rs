@@ -157,6 +157,7 @@ async fn live_credential(state: &AppState, hash: String, now: Timestamp) -> Resu
     };
     let touch = credentials::needs_touch(live.last_used_at(), now);
     if touch {
+        let _turn = state.db.write_turn().await;
         let pool = state.db.pool();
         match &live {
             Live::ApiKey { id, .. } => credentials::touch(pool, Table::ApiKeys, *id, now).await?,

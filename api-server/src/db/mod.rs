@@ -483,6 +483,14 @@ impl Db {
         })
     }
 
+    /// This process's turn to write, for one statement outside a transaction (autocommit) on
+    /// [`Db::pool`]: hold it while the statement runs. On SQLite it queues the statement with
+    /// the transactions (see `writer`) instead of having it meet their lock in SQLite's busy
+    /// handler; `None` on PostgreSQL.
+    pub async fn write_turn(&self) -> Option<OwnedMutexGuard<()>> {
+        self.queue_writer().await
+    }
+
     /// On SQLite, this process's turn to write (FIFO); nothing to wait for on PostgreSQL.
     async fn queue_writer(&self) -> Option<OwnedMutexGuard<()>> {
         match &self.writer {

@@ -159,6 +159,12 @@ impl AuditEvent {
         &self.row
     }
 
+    /// Stores the event on its own, outside any transaction (in this process's write order).
+    pub async fn commit(self, db: &Db) -> Result<(), sqlx::Error> {
+        let _turn = db.write_turn().await;
+        self.record(db.pool()).await
+    }
+
     pub async fn record<'e>(self, ex: impl AnyExecutor<'e>) -> Result<(), sqlx::Error> {
         db::audit::insert(ex, &self.row).await
     }

@@ -100,7 +100,7 @@ async fn refused(
         let audited = AuditEvent::new(action::RATE_LIMITED, Outcome::Denied, meta)
             .about_user(user)
             .details(json!({ "limit": limit.as_str() }))
-            .record(state.db.pool())
+            .commit(&state.db)
             .await;
         if let Err(e) = audited {
             return e.into();
@@ -232,7 +232,7 @@ pub async fn login(
         AuditEvent::new(action::LOGIN, Outcome::Failure, meta)
             .about_user(user_id)
             .details(json!({ "reason": "invalid_credentials" }))
-            .record(state.db.pool())
+            .commit(&state.db)
             .await?;
         return Err(invalid());
     };
@@ -396,7 +396,7 @@ pub async fn change_password(
         AuditEvent::new(action::PASSWORD_CHANGED, Outcome::Failure, meta)
             .by(principal)
             .details(json!({ "reason": "wrong_current_password" }))
-            .record(state.db.pool())
+            .commit(&state.db)
             .await?;
         return Err(ApiError::forbidden(
             "wrong_password",
