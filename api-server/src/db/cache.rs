@@ -104,15 +104,19 @@ pub struct Snapshot {
     pub org_revision: i64,
     /// The live secrets at their current versions, ordered by key.
     pub rows: Vec<SealedRow>,
+    /// Whether a live value holds references.
+    references: bool,
     loaded: Instant,
 }
 
 impl Snapshot {
     pub fn new(revision: i64, org_revision: i64, rows: Vec<SealedRow>) -> Self {
+        let references = rows.iter().any(|r| r.has_references != 0);
         Self {
             revision,
             org_revision,
             rows,
+            references,
             loaded: Instant::now(),
         }
     }
@@ -127,7 +131,7 @@ impl Snapshot {
 
     /// Whether a live value holds references (then resolved reads depend on the organization).
     pub fn has_references(&self) -> bool {
-        self.rows.iter().any(|r| r.has_references != 0)
+        self.references
     }
 
     /// Roughly what it takes in memory.
