@@ -216,3 +216,35 @@ async fn a_write_that_fails_in_a_group_fails_alone() {
         .clone();
     assert_eq!(a["value"], "1");
 }
+
+#[tokio::test]
+async fn an_environment_with_too_many_writes_waiting_answers_503_with_retry_after() {
+    let Some(h) = held().await else { return };
+    let (app, ann) = (&h.app, &h.ann);
+    let max = coffer_server::service::secrets::MAX_WAITING_WRITES;
+    let waiting: Vec<_> = (0..max)
+        .map(|i| write(app, ann, &format!("W{i}"), "w", false))
+        .collect();
+    queued(app, h.env, max).await;
+
+    let r = app
+        .put(
+            &format!("{ENV}/secrets/ONE_TOO_MANY"),
+            Some(&ann.access),
+            json!({ "value": "x" }),
+        )
+        .await;
+    r.assert_error(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable");
+    assert!(r.headers.contains_key("retry-after"));
+
+    h.holder.release().await;
+    assert_eq!(h.first.await.unwrap().status, StatusCode::OK);
+    for task in waiting {
+        let r = task.await.unwrap();
+        assert!(r.status.is_success(), "{}", r.text());
+    }
+    let r = app
+        .get(&format!("{ENV}/secrets/ONE_TOO_MANY"), Some(&ann.access))
+        .await;
+    r.assert_error(StatusCode::NOT_FOUND, "not_found");
+}
