@@ -5,16 +5,17 @@
 //! Coherence. A write records what it changes on its transaction ([`super::Tx::changed`]); when
 //! the transaction ends (committed, rolled back or dropped) this replica forgets those
 //! environments, before the write's response is sent. On PostgreSQL the same transaction sends
-//! a notification on [`CHANNEL`] that every replica's listener ([`spawn_listener`]) receives
+//! a notification on the deployment's [`channel`] that every replica's listener ([`spawn_listener`]) receives
 //! as soon as the write commits, and forgets them too. While a replica's listener is not
 //! connected its cache is off (cleared, bypassed), since it could miss notifications. A load
 //! that raced a change is not kept: every change moves an epoch that a load compares before it
 //! stores. Whatever happens, nothing is used older than [`MAX_AGE`].
 //!
 //! Bounds: at most `max_bytes` of rows (least recently loaded environments go first); an
-//! environment larger than a sixteenth of that is never kept.
+//! environment larger than a sixteenth of that is never kept, and is remembered as such (until
+//! it changes), so that reads of single secrets in it fetch just their row.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -173,6 +174,8 @@ struct Inner {
     bytes: usize,
     /// The organizations' secrets revisions, as last loaded.
     orgs: HashMap<OrgId, i64>,
+    /// Environments found too large to keep (at most [`MAX_ORGS`] remembered).
+    oversize: HashSet<EnvironmentId>,
     /// The PostgreSQL backend of the connected listener.
     listener: Option<i32>,
 }
@@ -225,6 +228,17 @@ impl SecretCache {
         Some(snapshot.clone())
     }
 
+    /// Whether loading the environment's secrets would keep them: the cache is in use and the
+    /// environment was not found too large. When not, a read of one secret fetches its row
+    /// alone.
+    pub fn worth_loading(&self, env: EnvironmentId) -> bool {
+        if self.max_bytes == 0 {
+            return false;
+        }
+        let inner = self.lock();
+        inner.live && !inner.oversize.contains(&env)
+    }
+
     /// The epoch a load starts in; `None` when whatever it loads is not to be kept.
     pub fn epoch(&self) -> Option<u64> {
         if self.max_bytes == 0 {
@@ -247,11 +261,15 @@ impl SecretCache {
             return snapshot;
         };
         let size = snapshot.bytes();
-        if size > self.max_bytes / 16 {
-            return snapshot;
-        }
         let mut inner = self.lock();
         if !inner.live || inner.epoch != epoch {
+            return snapshot;
+        }
+        if size > self.max_bytes / 16 {
+            if inner.oversize.len() >= MAX_ORGS {
+                inner.oversize.clear();
+            }
+            inner.oversize.insert(env);
             return snapshot;
         }
         if inner.orgs.len() >= MAX_ORGS {
@@ -297,6 +315,7 @@ impl SecretCache {
                 Change::Environment { org, env } => {
                     inner.remove(env);
                     inner.orgs.remove(&org);
+                    inner.oversize.remove(&env);
                 }
                 Change::Everything => inner.clear(),
             }
@@ -328,11 +347,6 @@ impl SecretCache {
         self.lock().listener
     }
 
-    /// Whether the cache is in use.
-    pub fn is_live(&self) -> bool {
-        self.max_bytes > 0 && self.lock().live
-    }
-
     /// How many environments are kept.
     pub fn len(&self) -> usize {
         self.lock().envs.len()
@@ -354,6 +368,7 @@ impl Inner {
         self.envs.clear();
         self.order.clear();
         self.orgs.clear();
+        self.oversize.clear();
         self.bytes = 0;
     }
 }
@@ -368,25 +383,32 @@ pub fn spawn_listener(
 ) -> tokio::task::JoinHandle<()> {
     cache.suspend();
     tokio::spawn(async move {
+        // Said once per outage, not once per failed reconnection.
         let mut reported = false;
         loop {
-            match listen(&url, &channel, &cache).await {
-                Ok(()) => reported = false,
-                Err(e) => {
-                    cache.suspend();
-                    if !reported {
-                        tracing::warn!(error = %e, "the change listener is not connected; secrets are read from the database until it is");
-                        reported = true;
-                    }
-                }
+            let mut connected = false;
+            let Err(e) = listen(&url, &channel, &cache, &mut connected).await;
+            cache.suspend();
+            if connected {
+                reported = false;
+            }
+            if !reported {
+                tracing::warn!(error = %e, "the change listener is not connected; secrets are read from the database until it is");
+                reported = true;
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     })
 }
 
-/// One connection of the listener: returns when it is lost.
-async fn listen(url: &str, channel: &str, cache: &SecretCache) -> Result<(), sqlx::Error> {
+/// One connection of the listener, until it fails; `connected` tells whether it got as far as
+/// listening.
+async fn listen(
+    url: &str,
+    channel: &str,
+    cache: &SecretCache,
+    connected: &mut bool,
+) -> Result<std::convert::Infallible, sqlx::Error> {
     use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
     let options = url
         .parse::<PgConnectOptions>()?
@@ -400,14 +422,14 @@ async fn listen(url: &str, channel: &str, cache: &SecretCache) -> Result<(), sql
         .fetch_one(&mut listener)
         .await?;
     cache.resume(Some(backend));
+    *connected = true;
     tracing::debug!("the change listener is connected");
     loop {
         match listener.try_recv().await? {
             Some(notification) => cache.forget(&parse_payload(notification.payload())),
             // Lost (`PgListener` would reconnect on the next call, but a notification missed
-            // meanwhile must suspend the cache: reconnecting is the caller's).
+            // meanwhile must suspend the cache first: reconnecting is the caller's).
             None => {
-                cache.suspend();
                 return Err(sqlx::Error::Io(std::io::Error::new(
                     std::io::ErrorKind::ConnectionReset,
                     "the change listener's connection was lost",
@@ -489,12 +511,16 @@ mod tests {
         assert!(cache.get(org, envs[39]).is_some());
 
         let big = EnvironmentId::new();
+        assert!(cache.worth_loading(big));
         let epoch = cache.epoch();
         cache.store(org, big, Snapshot::new(1, 1, vec![row("A", 8000)]), epoch);
         assert!(
             cache.get(org, big).is_none(),
             "over a sixteenth is never kept"
         );
+        assert!(!cache.worth_loading(big), "nor loaded again for one secret");
+        cache.forget(&[Change::Environment { org, env: big }]);
+        assert!(cache.worth_loading(big), "until it changes");
     }
 
     #[test]

@@ -204,6 +204,28 @@ pub async fn snapshot(
     Ok(loaded.map(|snapshot| cache.store(org, env, snapshot, epoch)))
 }
 
+/// The live secret `key` of an environment at its current version: from the cached snapshot,
+/// or by loading the snapshot (then kept) when it would be kept, else its row alone, so that a
+/// read of one secret never loads a whole environment that is not cached.
+pub async fn live_one(
+    db: &super::Db,
+    org: OrgId,
+    env: EnvironmentId,
+    key: &str,
+) -> Result<Option<SealedRow>, sqlx::Error> {
+    let cache = db.cache();
+    if let Some(snapshot) = cache.get(org, env) {
+        return Ok(snapshot.row(key).cloned());
+    }
+    if cache.worth_loading(env) {
+        let snapshot = snapshot(db, org, env).await?;
+        return Ok(snapshot.and_then(|s| s.row(key).cloned()));
+    }
+    let mut conn = db.read_connection().await?;
+    let found = one(&mut *conn, env, key, None).await;
+    Ok(conn.settle(found)?.filter(|r| r.deleted_at.is_none()))
+}
+
 /// [`snapshot`] from the database: one statement, so what it reads is one consistent state.
 async fn load_snapshot(
     conn: &mut AnyConnection,
@@ -300,6 +322,14 @@ pub async fn versions<'e>(
     .await
 }
 
+/// [`next_version`]'s statement, returning `id, current_version, created_at`; parameters: a new
+/// id, the environment, the key, the time.
+const NEXT_VERSION: &str = "INSERT INTO secrets (id, environment_id, key, current_version, created_at, updated_at) \
+     VALUES ($1, $2, $3, 1, $4, $4) \
+     ON CONFLICT (environment_id, key) DO UPDATE SET current_version = secrets.current_version + 1, \
+        updated_at = excluded.updated_at, deleted_at = NULL \
+     RETURNING id, current_version, created_at";
+
 /// Creates the secret or moves it to its next version (reviving it if deleted); returns its id,
 /// the new version number and when the secret was created.
 pub async fn next_version<'e>(
@@ -308,19 +338,13 @@ pub async fn next_version<'e>(
     key: &str,
     now: Timestamp,
 ) -> Result<(SecretId, i64, Timestamp), sqlx::Error> {
-    sqlx::query_as(
-        "INSERT INTO secrets (id, environment_id, key, current_version, created_at, updated_at) \
-         VALUES ($1, $2, $3, 1, $4, $4) \
-         ON CONFLICT (environment_id, key) DO UPDATE SET current_version = secrets.current_version + 1, \
-            updated_at = excluded.updated_at, deleted_at = NULL \
-         RETURNING id, current_version, created_at",
-    )
-    .bind(SecretId::new())
-    .bind(env)
-    .bind(key)
-    .bind(now)
-    .fetch_one(ex)
-    .await
+    sqlx::query_as(NEXT_VERSION)
+        .bind(SecretId::new())
+        .bind(env)
+        .bind(key)
+        .bind(now)
+        .fetch_one(ex)
+        .await
 }
 
 /// What a new version row holds.
@@ -384,30 +408,27 @@ pub async fn upsert_with_version(
         insert_version(&mut **tx, secret, v).await?;
         return Ok(created_at);
     }
-    let (version, created_at): (i64, Timestamp) = sqlx::query_as(
-        "WITH s AS (INSERT INTO secrets (id, environment_id, key, current_version, created_at, updated_at) \
-                    VALUES ($1, $2, $3, 1, $4, $4) \
-                    ON CONFLICT (environment_id, key) DO UPDATE SET current_version = secrets.current_version + 1, \
-                       updated_at = excluded.updated_at, deleted_at = NULL \
-                    RETURNING id, current_version, created_at), \
+    let sql = format!(
+        "WITH s AS ({NEXT_VERSION}), \
               v AS (INSERT INTO secret_versions (secret_id, version, dek_id, value_ct, comment_ct, \
                                                  has_references, created_at, actor_type, actor_id) \
                     SELECT id, $5, $6, $7, $8, $9, $4, $10, $11 FROM s WHERE current_version = $5) \
-         SELECT current_version, created_at FROM s",
-    )
-    .bind(SecretId::new())
-    .bind(env)
-    .bind(key)
-    .bind(v.created_at)
-    .bind(v.version)
-    .bind(v.dek_id)
-    .bind(v.value_ct)
-    .bind(v.comment_ct)
-    .bind(i64::from(v.has_references))
-    .bind(v.actor_type)
-    .bind(v.actor_id)
-    .fetch_one(&mut **tx)
-    .await?;
+         SELECT current_version, created_at FROM s"
+    );
+    let (version, created_at): (i64, Timestamp) = sqlx::query_as(&sql)
+        .bind(SecretId::new())
+        .bind(env)
+        .bind(key)
+        .bind(v.created_at)
+        .bind(v.version)
+        .bind(v.dek_id)
+        .bind(v.value_ct)
+        .bind(v.comment_ct)
+        .bind(i64::from(v.has_references))
+        .bind(v.actor_type)
+        .bind(v.actor_id)
+        .fetch_one(&mut **tx)
+        .await?;
     if version != v.version {
         return Err(mismatch(version));
     }
@@ -450,6 +471,9 @@ pub async fn restore<'e>(
     Ok(done.rows_affected() == 1)
 }
 
+/// [`lock_and_bump_environment`]'s statement; parameters: the time, the environment.
+const BUMP_ENVIRONMENT: &str = "UPDATE environments SET revision = revision + 1, updated_at = $1 WHERE id = $2 RETURNING revision";
+
 /// Moves the environment to its next revision and returns it; the first statement of every
 /// write of the environment, as it also takes the environment's write lock for the rest of the
 /// transaction (a row lock on PostgreSQL; SQLite has one writer anyway), so writers of one
@@ -461,14 +485,11 @@ pub async fn lock_and_bump_environment<'e>(
     env: EnvironmentId,
     now: Timestamp,
 ) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar(
-        "UPDATE environments SET revision = revision + 1, updated_at = $1 WHERE id = $2 \
-         RETURNING revision",
-    )
-    .bind(now)
-    .bind(env)
-    .fetch_optional(ex)
-    .await
+    sqlx::query_scalar(BUMP_ENVIRONMENT)
+        .bind(now)
+        .bind(env)
+        .fetch_optional(ex)
+        .await
 }
 
 /// [`lock_and_bump_environment`], then [`lock_project_keys`] of its project: one statement on
@@ -485,11 +506,10 @@ pub async fn lock_environment_and_keys(
         };
         return Ok(lock_project_keys(conn, project).await?.then_some(revision));
     }
-    sqlx::query_scalar(
-        "WITH e AS (UPDATE environments SET revision = revision + 1, updated_at = $1 WHERE id = $2 \
-                    RETURNING revision) \
-         SELECT e.revision FROM e, projects p WHERE p.id = $3 FOR NO KEY UPDATE OF p",
-    )
+    sqlx::query_scalar(&format!(
+        "WITH e AS ({BUMP_ENVIRONMENT}) \
+         SELECT e.revision FROM e, projects p WHERE p.id = $3 FOR NO KEY UPDATE OF p"
+    ))
     .bind(now)
     .bind(env)
     .bind(project)

@@ -152,8 +152,6 @@ impl AuditEvent {
         self
     }
 
-    /// Stores the event with `ex`: inside the caller's transaction, with the change it audits.
-    /// Standalone events of reads go through [`AuditWriter::record`] instead.
     /// The row this event is stored as.
     pub fn row(&self) -> &AuditRow {
         &self.row
@@ -165,6 +163,8 @@ impl AuditEvent {
         self.record(db.pool()).await
     }
 
+    /// Stores the event with `ex`: inside the caller's transaction, with the change it audits.
+    /// Standalone events of reads go through [`AuditWriter::record`] instead.
     pub async fn record<'e>(self, ex: impl AnyExecutor<'e>) -> Result<(), sqlx::Error> {
         db::audit::insert(ex, &self.row).await
     }

@@ -275,7 +275,6 @@ async fn write_versions(
 ) -> ApiResult<(Vec<Written>, Sealed)> {
     let (dek_row, dek) = write_dek(state, tx, ctx).await?;
     let (written, seals) = seal_versions(
-        state,
         tx,
         ctx,
         principal,
@@ -335,18 +334,17 @@ async fn keys_locked_dek(
 
 /// Seals `inputs` with `dek` and inserts them as new versions; also how many encryptions that
 /// made. An input without a comment keeps the one in `kept_comments`. `next`, when given, is
-/// the version each key gets, as read under the environment's lock: then the secret and its
-/// version are written in one statement (PostgreSQL), else its version comes first.
+/// the version each input gets (in order), as read under the environment's lock: then the secret
+/// and its version are written in one statement (PostgreSQL), else its version comes first.
 #[allow(clippy::too_many_arguments)]
 async fn seal_versions(
-    _state: &AppState,
     tx: &mut db::Tx,
     ctx: &EnvCtx,
     principal: &Caller,
     (dek_row, dek): (&DekRow, &Dek),
     inputs: &[SecretInput],
     kept_comments: &HashMap<&str, SecretString>,
-    next: Option<&HashMap<&str, i64>>,
+    next: Option<&[i64]>,
     now: Timestamp,
 ) -> ApiResult<(Vec<Written>, i64)> {
     let org = ctx.project.org.org.id;
@@ -354,13 +352,13 @@ async fn seal_versions(
     let (actor_type, actor_id) = principal.actor();
     let mut written = Vec::with_capacity(inputs.len());
     let mut seals = 0i64;
-    for input in inputs {
+    for (i, input) in inputs.iter().enumerate() {
         let comment = match &input.comment {
             Some(c) => Some(c.clone()),
             None => kept_comments.get(input.key.as_str()).cloned(),
         };
         let comment = comment.filter(|c| !c.expose_secret().is_empty());
-        let known = next.and_then(|n| n.get(input.key.as_str()).copied());
+        let known = next.and_then(|n| n.get(i).copied());
         let (secret, version, created_at) = match known {
             Some(version) => (None, version, now),
             None => {
@@ -494,11 +492,14 @@ impl Lookup for OrgLookup<'_> {
             Err(e) => return Err(e.clone()),
         };
         let internal = |e: ApiError| LookupError::Internal(e.to_string());
-        let snapshot = snapshot(self.state, &ctx).await.map_err(internal)?;
-        let Some(row) = snapshot.row(&place.key) else {
+        let org = ctx.project.org.org.id;
+        let row = db::secrets::live_one(&self.state.db, org, ctx.env.id, &place.key)
+            .await
+            .map_err(|e| internal(e.into()))?;
+        let Some(row) = row else {
             return Ok(None);
         };
-        let value = open_rows(self.state, &ctx, std::slice::from_ref(row))
+        let value = open_rows(self.state, &ctx, &[row])
             .await
             .map_err(internal)?
             .pop()
@@ -649,11 +650,11 @@ pub async fn read_one(
     let ctx = tenancy::environment(state, principal, at, Action::SecretsRead).await?;
     let mut values = match version {
         None => {
-            let snapshot = snapshot(state, &ctx).await?;
-            let row = snapshot
-                .row(key)
+            let org = ctx.project.org.org.id;
+            let row = db::secrets::live_one(&state.db, org, ctx.env.id, key)
+                .await?
                 .ok_or_else(|| ApiError::not_found("secret"))?;
-            open_rows(state, &ctx, std::slice::from_ref(row)).await?
+            open_rows(state, &ctx, &[row]).await?
         }
         Some(_) => {
             let row = {
@@ -865,18 +866,23 @@ async fn lock_and_bump_environment(
     ctx: &EnvCtx,
     now: Timestamp,
 ) -> ApiResult<i64> {
-    tx.changed(Change::Environment {
-        org: ctx.project.org.org.id,
-        env: ctx.env.id,
-    });
+    changes_environment(tx, ctx);
     db::secrets::lock_and_bump_environment(&mut **tx, ctx.env.id, now)
         .await?
         .ok_or_else(|| ApiError::not_found("environment"))
 }
 
+/// Records on `tx` that it changes the environment's secrets (see [`db::Tx::changed`]).
+fn changes_environment(tx: &mut db::Tx, ctx: &EnvCtx) {
+    tx.changed(Change::Environment {
+        org: ctx.project.org.org.id,
+        env: ctx.env.id,
+    });
+}
+
 /// How a single-secret write treats a live secret of the same key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IfLive {
+enum IfLive {
     /// 409: creating only.
     Conflict,
     /// A new version of it.
@@ -1039,10 +1045,7 @@ async fn write_batch(state: &AppState, jobs: &[WriteJob]) -> ApiResult<Vec<Secre
     let now = Timestamp::now();
     let mut tx = state.db.begin().await?;
     let ctx = &first.ctx;
-    tx.changed(Change::Environment {
-        org: ctx.project.org.org.id,
-        env: ctx.env.id,
-    });
+    changes_environment(&mut tx, ctx);
     db::secrets::lock_environment_and_keys(&mut tx, ctx.env.id, ctx.project.project.id, now)
         .await?
         .ok_or_else(|| ApiError::not_found("environment"))?;
@@ -1055,10 +1058,7 @@ async fn write_batch(state: &AppState, jobs: &[WriteJob]) -> ApiResult<Vec<Secre
         let (ctx, input) = (&job.ctx, &job.input);
         let row = db::secrets::one(&mut *tx, ctx.env.id, &input.key, None).await?;
         // Read under the environment's lock: the version this write makes, deleted or not.
-        let next = HashMap::from([(
-            input.key.as_str(),
-            row.as_ref().map_or(1, |r| r.version + 1),
-        )]);
+        let next = row.as_ref().map_or(1, |r| r.version + 1);
         let live = row.filter(|r| r.deleted_at.is_none());
         if live.is_some() && job.if_live == IfLive::Conflict {
             return Err(ApiError::conflict(
@@ -1080,14 +1080,13 @@ async fn write_batch(state: &AppState, jobs: &[WriteJob]) -> ApiResult<Vec<Secre
             }
         }
         let (mut written, n) = seal_versions(
-            state,
             &mut tx,
             ctx,
             &job.principal,
             (&dek_row, &dek),
             std::slice::from_ref(input),
             &kept_comments,
-            Some(&next),
+            Some(&[next]),
             now,
         )
         .await?;

@@ -106,6 +106,23 @@ db_test!(async fn an_entity_tag_kept_in_memory_changes_with_the_environment(app)
     assert_eq!(if_none_match(&app, &ann, &tag).await, StatusCode::OK);
 });
 
+db_test!(async fn an_environment_too_large_to_keep_is_read_one_row_at_a_time(app, |c| c.secret_cache_bytes = 16 * 1024) {
+    let ann = acme_web(&app).await;
+    // Sealed, 2 KiB is over a sixteenth of the 16 KiB cache.
+    put(&app, &ann, "BIG", &"x".repeat(2048)).await;
+    put(&app, &ann, "SMALL", "1").await;
+    assert_eq!(value_twice(&app, &ann, "SMALL").await, "1");
+    assert_eq!(value_twice(&app, &ann, "BIG").await, "x".repeat(2048));
+    assert_eq!(value_twice(&app, &ann, "GONE").await, Value::Null);
+    assert!(app.state.db.cache().is_empty(), "nothing kept");
+    put(&app, &ann, "SMALL", "2").await;
+    assert_eq!(value_twice(&app, &ann, "SMALL").await, "2");
+    let r = app.delete(&one("SMALL"), Some(&ann.access)).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
+    assert_eq!(value_twice(&app, &ann, "SMALL").await, Value::Null);
+    assert_eq!(all_twice(&app, &ann).await, json!({ "BIG": "x".repeat(2048) }));
+});
+
 /// Polls `check` every 50 ms for at most 5 s (well under `db::cache::MAX_AGE`, so what it sees
 /// was brought by a notification, not by age).
 async fn eventually<F, Fut>(what: &str, mut check: F)
