@@ -10,17 +10,25 @@ use serde_json::json;
 
 use coffer_operator::crd::Project;
 
-use crate::support::{Coffer, RunningOperator, Scene};
+use kube_testenv::wait_until;
 
-/// The `Ready` condition of the `Project` `name` as `(status, reason)`.
-async fn project_ready(scene: &Scene, name: &str) -> Option<(String, String)> {
-    let project = scene.api::<Project>().get(name).await.unwrap();
-    project
-        .status?
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == "Ready")
-        .map(|c| (c.status, c.reason))
+use crate::support::{Coffer, RunningOperator, Scene, TIMEOUT};
+
+/// Waits until the `Project` `name`'s `Ready` condition has `status` and `reason`: the Project
+/// controller writes it in its own pass, not with the Environment's.
+async fn wait_for_project_ready(scene: &Scene, name: &str, status: &str, reason: &str) {
+    let what = format!("project {name} has Ready={status} ({reason})");
+    wait_until(&what, TIMEOUT, || async {
+        let project = scene.api::<Project>().get(name).await.ok()?;
+        project
+            .status?
+            .conditions
+            .into_iter()
+            .any(|c| c.type_ == "Ready" && c.status == status && c.reason == reason)
+            .then_some(())
+    })
+    .await
+    .unwrap();
 }
 
 /// A local port that counts the connections made to it and answers none.
@@ -87,10 +95,7 @@ async fn a_credentials_secret_is_used_only_when_labelled_for_it() {
         .wait_for_condition("web-prod", "Ready", "False", "CredentialsNotAllowed")
         .await;
     scene.wait_for_event("CredentialsNotAllowed", true).await;
-    assert_eq!(
-        project_ready(&scene, "web").await,
-        Some(("False".to_owned(), "CredentialsNotAllowed".to_owned()))
-    );
+    wait_for_project_ready(&scene, "web", "False", "CredentialsNotAllowed").await;
     assert!(scene.data("web-prod").await.is_none());
 
     // a label with another value is no opt-in either
@@ -144,10 +149,7 @@ async fn credentials_go_only_to_allowed_servers_and_never_over_plain_http_to_ano
         .wait_for_condition("web-prod", "Ready", "False", "ServerNotAllowed")
         .await;
     scene.wait_for_event("ServerNotAllowed", true).await;
-    assert_eq!(
-        project_ready(&scene, "web").await,
-        Some(("False".to_owned(), "ServerNotAllowed".to_owned()))
-    );
+    wait_for_project_ready(&scene, "web", "False", "ServerNotAllowed").await;
     assert_eq!(seen.load(Ordering::SeqCst), 0, "a connection was made");
     operator.stop().await;
 
