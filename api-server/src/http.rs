@@ -111,10 +111,10 @@ pub async fn forget_changed_access(
 /// (anything but `GET`, `HEAD`, `OPTIONS`) may change credentials, membership, roles, grants,
 /// policies, names or existence, so it makes [`forget_changed_access`] forget.
 pub async fn mark_access_change(req: Request, next: Next) -> Response {
-    if !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
-        if let Some(change) = req.extensions().get::<AccessChange>() {
-            change.0.store(true, Ordering::Release);
-        }
+    if !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+        && let Some(change) = req.extensions().get::<AccessChange>()
+    {
+        change.0.store(true, Ordering::Release);
     }
     next.run(req).await
 }
@@ -195,18 +195,18 @@ fn redact_values(message: &str) -> String {
         .strip_prefix("Failed to deserialize the JSON body into the target type: ")
         .unwrap_or(message);
     for marker in ["invalid type: ", "invalid value: ", "invalid length "] {
-        if let Some(start) = message.find(marker) {
-            if let Some(expected) = message[start..].find(", expected") {
-                let kind = message[start + marker.len()..start + expected]
-                    .split([' ', '`', '"'])
-                    .next()
-                    .unwrap_or_default();
-                return format!(
-                    "{}{marker}{kind}{}",
-                    &message[..start],
-                    &message[start + expected..]
-                );
-            }
+        if let Some(start) = message.find(marker)
+            && let Some(expected) = message[start..].find(", expected")
+        {
+            let kind = message[start + marker.len()..start + expected]
+                .split([' ', '`', '"'])
+                .next()
+                .unwrap_or_default();
+            return format!(
+                "{}{marker}{kind}{}",
+                &message[..start],
+                &message[start + expected..]
+            );
         }
     }
     message.to_owned()

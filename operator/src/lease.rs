@@ -102,10 +102,10 @@ pub async fn watch(api: Api<Lease>, name: &str, identity: &str, mut until: Insta
 pub async fn confirm(api: &Api<Lease>, name: &str, identity: &str) -> Instant {
     loop {
         let now = Instant::now();
-        if let Ok(Ok(lease)) = tokio::time::timeout(CHECK_EVERY, api.get(name)).await {
-            if let Some(until) = act_until(read(&lease, identity, Timestamp::now()), now) {
-                return until;
-            }
+        if let Ok(Ok(lease)) = tokio::time::timeout(CHECK_EVERY, api.get(name)).await
+            && let Some(until) = act_until(read(&lease, identity, Timestamp::now()), now)
+        {
+            return until;
         }
         tokio::time::sleep_until((now + CHECK_EVERY).into()).await;
     }

@@ -302,15 +302,15 @@ impl Sources {
         let slot = self.slot(key);
         let mut state = slot.lock().await;
         if !force {
-            if let Some(snapshot) = &state.snapshot {
-                if snapshot.fetched_at.elapsed() < max_age {
-                    return Ok(snapshot.clone());
-                }
+            if let Some(snapshot) = &state.snapshot
+                && snapshot.fetched_at.elapsed() < max_age
+            {
+                return Ok(snapshot.clone());
             }
-            if let Some((at, failure)) = &state.failure {
-                if at.elapsed() < failure_hold(failure, max_age) {
-                    return Err(failure.clone());
-                }
+            if let Some((at, failure)) = &state.failure
+                && at.elapsed() < failure_hold(failure, max_age)
+            {
+                return Err(failure.clone());
             }
         }
         match self.fetch(key, origin, state.snapshot.as_deref()).await {

@@ -69,17 +69,18 @@ where
         .conditions()
         .iter()
         .find(|c| c.type_ == CONDITION_READY);
-    if let Some(ready) = ready {
-        if ready.status == "False" && was != Some(ready.reason.as_str()) {
-            ctx.event(
-                &object.object_ref(&()),
-                true,
-                &ready.reason,
-                action,
-                ready.message.clone(),
-            )
-            .await;
-        }
+    if let Some(ready) = ready
+        && ready.status == "False"
+        && was != Some(ready.reason.as_str())
+    {
+        ctx.event(
+            &object.object_ref(&()),
+            true,
+            &ready.reason,
+            action,
+            ready.message.clone(),
+        )
+        .await;
     }
     Ok(())
 }

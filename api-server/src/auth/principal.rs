@@ -270,13 +270,12 @@ impl FromRequestParts<AppState> for Caller {
         if let Credential::ApiKey {
             read_only: true, ..
         } = principal.credential
+            && !is_safe(&parts.method)
         {
-            if !is_safe(&parts.method) {
-                return Err(ApiError::forbidden(
-                    "read_only_key",
-                    "this API key is read-only",
-                ));
-            }
+            return Err(ApiError::forbidden(
+                "read_only_key",
+                "this API key is read-only",
+            ));
         }
         Ok(Self::User(principal))
     }

@@ -208,7 +208,7 @@ fn check_value_size(key: &str, line: usize, len: usize, max: usize) -> Result<()
     if len <= max {
         return Ok(());
     }
-    let limit = if max >= 1024 && max % 1024 == 0 {
+    let limit = if max >= 1024 && max.is_multiple_of(1024) {
         format!("{} KiB", max / 1024)
     } else {
         format!("{max} bytes")
@@ -316,10 +316,10 @@ impl DotenvCursor<'_> {
             return Err(ParseError::at(line, "expected `KEY=value`"));
         };
         let mut key = text[..eq].trim();
-        if let Some(rest) = key.strip_prefix("export") {
-            if rest.starts_with([' ', '\t']) {
-                key = rest.trim_start();
-            }
+        if let Some(rest) = key.strip_prefix("export")
+            && rest.starts_with([' ', '\t'])
+        {
+            key = rest.trim_start();
         }
         let key = key.to_owned();
         self.pos += eq + 1;

@@ -265,19 +265,19 @@ fn parse_reference(offset: usize, raw: &str) -> Result<Reference, SyntaxError> {
             Some((env2, key)) => (Some(env), Some(env2), key),
         },
     };
-    if let Some(project) = project {
-        if !is_slug(project) {
-            return Err(syntax(
-                "the project must be a slug of 1 to 63 lowercase letters, digits or `-`",
-            ));
-        }
+    if let Some(project) = project
+        && !is_slug(project)
+    {
+        return Err(syntax(
+            "the project must be a slug of 1 to 63 lowercase letters, digits or `-`",
+        ));
     }
-    if let Some(env) = env {
-        if !is_slug(env) {
-            return Err(syntax(
-                "the environment must be a slug of 1 to 63 lowercase letters, digits or `-`",
-            ));
-        }
+    if let Some(env) = env
+        && !is_slug(env)
+    {
+        return Err(syntax(
+            "the environment must be a slug of 1 to 63 lowercase letters, digits or `-`",
+        ));
     }
     if !is_key(key) {
         return Err(syntax(

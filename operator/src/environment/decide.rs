@@ -260,15 +260,13 @@ fn environment_gone(mut draft: Draft<'_>, read: &Read) -> Plan {
     let mut message = format!("coffer-server has no environment {}", read.source.place());
     let mut actions = Vec::new();
     if env.spec.sync.deletion_policy == DeletionPolicy::Delete {
-        if let Some(current) = &read.secret {
-            if build::ownership(current, env) == Ownership::Owned {
-                actions.push(Act::DeleteSecret {
-                    secret: Box::new(current.clone()),
-                    note: format!(
-                        "{message}: deleted Secret {secret_name:?} (deletionPolicy Delete)"
-                    ),
-                });
-            }
+        if let Some(current) = &read.secret
+            && build::ownership(current, env) == Ownership::Owned
+        {
+            actions.push(Act::DeleteSecret {
+                secret: Box::new(current.clone()),
+                note: format!("{message}: deleted Secret {secret_name:?} (deletionPolicy Delete)"),
+            });
         }
         draft.set(
             CONDITION_SYNCED,
