@@ -210,6 +210,10 @@ pub struct Config {
     #[arg(long = "secret-cache-bytes", env = "COFFER_SECRET_CACHE_BYTES", value_name = "COFFER_SECRET_CACHE_BYTES", default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(0..=(1 << 40)))]
     pub secret_cache_bytes: u64,
 
+    /// Bytes of read-audit events kept in the journal (in the data directory) and not yet in the database, above which reads are refused with 503 until the database has caught up.
+    #[arg(long = "audit-backlog-bytes", env = "COFFER_AUDIT_BACKLOG_BYTES", value_name = "COFFER_AUDIT_BACKLOG_BYTES", default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u64).range((64 * 1024)..=(1 << 40)))]
+    pub audit_backlog_bytes: u64,
+
     /// Login attempts allowed per account and minute.
     #[arg(long = "login-rate-per-account", env = "COFFER_LOGIN_RATE_PER_ACCOUNT", value_name = "COFFER_LOGIN_RATE_PER_ACCOUNT", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub login_rate_per_account: u32,
@@ -296,16 +300,15 @@ impl Config {
                 ));
             }
         }
-        if let Some(url) = &self.database_url {
-            if !(url.starts_with("sqlite:")
+        if let Some(url) = &self.database_url
+            && !(url.starts_with("sqlite:")
                 || url.starts_with("postgres://")
                 || url.starts_with("postgresql://"))
-            {
-                return Err(ConfigError::new(
-                    "COFFER_DATABASE_URL",
-                    "must start with sqlite:, postgres:// or postgresql://",
-                ));
-            }
+        {
+            return Err(ConfigError::new(
+                "COFFER_DATABASE_URL",
+                "must start with sqlite:, postgres:// or postgresql://",
+            ));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log)
             .map_err(|e| ConfigError::new("COFFER_LOG", format!("invalid filter: {e}")))?;

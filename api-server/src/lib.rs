@@ -60,6 +60,8 @@ pub enum StartError {
     Tls(String),
     #[error("password hashing parameters: {0}")]
     PasswordHashing(#[from] argon2::password_hash::Error),
+    #[error("cannot open the read-audit journal: {0}")]
+    AuditJournal(std::io::Error),
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
 }

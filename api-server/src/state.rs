@@ -13,8 +13,11 @@ use crate::crypto::{Keys, MasterKey};
 use crate::db::Db;
 use crate::db::sessions::SessionRow;
 use crate::ids::SessionId;
-use crate::service::audit::{AuditWriter, WriterLimits};
+use crate::service::audit_journal::{AuditWriter, JournalLimits};
 use crate::service::secrets::{MAX_WAITING_WRITES, SecretWrites};
+
+/// The read-audit journal's directory, in the data directory.
+pub const AUDIT_JOURNAL_DIR: &str = "audit-journal";
 
 /// Everything a request handler may need; cheap to clone.
 #[derive(Debug, Clone)]
@@ -37,7 +40,8 @@ pub struct Inner {
     pub keyring: Keyring,
     /// Unwrapped DEKs, for a bounded time; wiped when evicted.
     pub deks: DekCache,
-    /// Commits the audit events of reads in groups.
+    /// Keeps the audit events of reads in the read-audit journal and drains them into the
+    /// database.
     pub audit: AuditWriter,
     /// Single-secret writes waiting for their environment's transaction.
     pub secret_writes: Arc<SecretWrites>,
@@ -51,9 +55,9 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    /// State over an already migrated database. Starts the audit writer, so it must be called
-    /// within a Tokio runtime.
-    pub fn new(config: Config, db: Db, keys: Keys) -> Result<Self, argon2::password_hash::Error> {
+    /// State over an already migrated database. Starts the read-audit journal's drainer, so it
+    /// must be called within a Tokio runtime.
+    pub fn new(config: Config, db: Db, keys: Keys) -> Result<Self, crate::StartError> {
         let concurrency = config.password_hash_concurrency.map_or_else(
             || std::thread::available_parallelism().map_or(2, usize::from),
             |n| n as usize,
@@ -78,7 +82,12 @@ impl AppState {
                 .collect(),
         );
         let deks = DekCache::new(Duration::from_secs(300), 10_000);
-        let audit = AuditWriter::start(db.clone(), WriterLimits::default());
+        let audit = AuditWriter::start(
+            &config.data_dir.join(AUDIT_JOURNAL_DIR),
+            db.clone(),
+            JournalLimits::new(config.audit_backlog_bytes),
+        )
+        .map_err(crate::StartError::AuditJournal)?;
         Ok(Self(Arc::new(Inner {
             config,
             db,

@@ -1,5 +1,4 @@
-//! Connections kept for the hot paths (reading a secret, the 304 check, committing a batch of
-//! read audits), outside sqlx's pool.
+//! Connections kept for the hot paths (reading a secret, the 304 check), outside sqlx's pool.
 //!
 //! sqlx pings every connection given back to its pool, whatever the pool's options, to flush
 //! what a cancelled statement may have left behind: on PostgreSQL one more network round trip
@@ -109,14 +108,15 @@ impl HotConnection<'_> {
 
 impl Drop for HotConnection<'_> {
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            if self.reusable && !self.from.permits.is_closed() {
-                self.from
-                    .idle
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push((conn, Instant::now()));
-            }
+        if let Some(conn) = self.conn.take()
+            && self.reusable
+            && !self.from.permits.is_closed()
+        {
+            self.from
+                .idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((conn, Instant::now()));
         }
     }
 }

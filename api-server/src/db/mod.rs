@@ -5,10 +5,10 @@
 //! (UTC), flags are nullable timestamps (`revoked_at`) rather than booleans. Every function takes
 //! the owning tenant (here: the user) so no query can reach another tenant's rows.
 //!
-//! Durability: an acknowledged write is on disk. Every connection of the main pool commits with
-//! an fsync (SQLite `synchronous = FULL`, PostgreSQL's default `synchronous_commit = on`); only
-//! the read-audit writer's own pool commits without waiting for one, and is fsynced within a
-//! bounded time (see [`Commits::Relaxed`]).
+//! Durability: an acknowledged write is on disk. Every connection commits with an fsync (SQLite
+//! `synchronous = FULL`, PostgreSQL's default `synchronous_commit = on`). The audit events of
+//! reads reach the database through the read-audit journal (see
+//! [`crate::service::audit_journal`]).
 
 pub mod api_keys;
 pub mod audit;
@@ -26,7 +26,6 @@ pub mod users;
 use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -47,11 +46,6 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A PostgreSQL connection idle for longer than this is pinged before it is handed out.
 const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(5);
 
-/// Connections of the read-audit writer: one on SQLite (one writer at a time anyway), two on
-/// PostgreSQL (so a broken connection does not stall the writer while it is replaced).
-const AUDIT_CONNECTIONS_SQLITE: u32 = 1;
-const AUDIT_CONNECTIONS_POSTGRES: u32 = 2;
-
 /// Which database server is behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -59,29 +53,12 @@ pub enum Backend {
     Postgres,
 }
 
-/// When a pool's commits reach the disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Commits {
-    /// Fsynced before the commit returns (SQLite `synchronous = FULL`, PostgreSQL's
-    /// `synchronous_commit = on`, which is its default and is not overridden).
-    Durable,
-    /// Written before the commit returns, fsynced a little later: SQLite `synchronous = NORMAL`
-    /// (in the WAL, so a crash of the process loses nothing; the WAL keeper fsyncs it within
-    /// [`WAL_SYNC_EVERY`], the window power loss could take), PostgreSQL `synchronous_commit =
-    /// off` (its WAL writer flushes within 3 × `wal_writer_delay`, 600 ms by default).
-    Relaxed,
-}
-
-/// The database: the main pool, the read-audit writer's pool (relaxed commits), the backend,
-/// and on SQLite the queue this process's writers wait in.
+/// The database: the pool, the backend, and on SQLite the queue this process's writers wait in.
 #[derive(Debug, Clone)]
 pub struct Db {
     pool: AnyPool,
     /// Connections kept for reads on the hot paths (see [`hot`]).
     reads: Arc<HotConnections>,
-    /// The read-audit writer's connections, from `audit_pool`.
-    audit: Arc<HotConnections>,
-    audit_pool: AnyPool,
     backend: Backend,
     /// SQLite allows one writer at a time. Writers of this process queue here, first come first
     /// served, and only then `BEGIN IMMEDIATE`, instead of all polling the file lock through
@@ -90,8 +67,6 @@ pub struct Db {
     writer: Option<Arc<Mutex<()>>>,
     /// The SQLite WAL keeper's connection (see [`spawn_wal_keeper`]); closed with the others.
     keeper: Option<AnyPool>,
-    /// How many times the SQLite WAL keeper has fsynced the WAL.
-    wal_syncs: Arc<AtomicU64>,
     /// Environments' current secrets, sealed (see [`cache`]).
     cache: Arc<SecretCache>,
     /// On PostgreSQL, the listener for other replicas' changes; stops with the last clone.
@@ -209,12 +184,11 @@ impl DerefMut for Tx {
     }
 }
 
-/// A pool over `url` whose connections commit as `commits` says.
+/// A pool over `url` whose connections commit durably.
 async fn connect_pool(
     url: &str,
     backend: Backend,
     max_connections: u32,
-    commits: Commits,
 ) -> Result<AnyPool, sqlx::Error> {
     let options: AnyConnectOptions = url
         .parse::<AnyConnectOptions>()?
@@ -236,27 +210,18 @@ async fn connect_pool(
         .test_before_acquire(false)
         .after_connect(move |conn, _meta| {
             Box::pin(async move {
-                match (backend, commits) {
-                    // WAL lets readers proceed during a write; the busy timeout makes writers
-                    // of other processes wait for the lock instead of failing at once; the WAL
-                    // keeper checkpoints (see `spawn_wal_keeper`).
-                    (Backend::Sqlite, _) => {
-                        let synchronous = match commits {
-                            Commits::Durable => "FULL",
-                            Commits::Relaxed => "NORMAL",
-                        };
-                        conn.execute(sqlx::raw_sql(&format!(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; \
-                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000; \
-                             PRAGMA wal_autocheckpoint = 0; \
-                             PRAGMA journal_size_limit = {WAL_TRUNCATE_ABOVE};"
-                        )))
-                        .await?;
-                    }
-                    (Backend::Postgres, Commits::Durable) => {}
-                    (Backend::Postgres, Commits::Relaxed) => {
-                        conn.execute("SET synchronous_commit = off").await?;
-                    }
+                // WAL lets readers proceed during a write; FULL fsyncs the WAL at every commit;
+                // the busy timeout makes writers of other processes wait for the lock instead
+                // of failing at once; the WAL keeper checkpoints (see `spawn_wal_keeper`).
+                // PostgreSQL keeps its default, `synchronous_commit = on`.
+                if backend == Backend::Sqlite {
+                    conn.execute(sqlx::raw_sql(&format!(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                         PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000; \
+                         PRAGMA wal_autocheckpoint = 0; \
+                         PRAGMA journal_size_limit = {WAL_TRUNCATE_ABOVE};"
+                    )))
+                    .await?;
                 }
                 Ok(())
             })
@@ -274,21 +239,19 @@ async fn connect_pool(
     pool_options.connect_with(options).await
 }
 
-/// How often the SQLite WAL keeper runs: the longest a relaxed commit waits for its fsync.
-pub const WAL_SYNC_EVERY: Duration = Duration::from_millis(200);
+/// How often the SQLite WAL keeper runs.
+pub const WAL_CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
 /// Above this size the SQLite WAL keeper resets the WAL instead of checkpointing passively.
 pub const WAL_TRUNCATE_ABOVE: u64 = 64 * 1024 * 1024;
 
-/// The SQLite WAL keeper, off the request path: every [`WAL_SYNC_EVERY`] it fsyncs the WAL when
-/// it changed (so relaxed commits, see [`Commits::Relaxed`], reach the disk within that time
-/// whatever else happens), then checkpoints it into the database file. Connections turn
-/// SQLite's own checkpoints off: those run inside whichever commit crosses 1,000 WAL pages, and
-/// that request waited for the copy and its fsyncs. Stops when `pool` is closed. `synced`
-/// counts the fsyncs made.
-fn spawn_wal_keeper(pool: AnyPool, writer: Arc<Mutex<()>>, wal: PathBuf, synced: Arc<AtomicU64>) {
+/// The SQLite WAL keeper, off the request path: every [`WAL_CHECKPOINT_EVERY`] it checkpoints
+/// the WAL into the database file when it changed. Connections turn SQLite's own checkpoints
+/// off: those run inside whichever commit crosses 1,000 WAL pages, and that request waited for
+/// the copy and its fsyncs. Stops when `pool` is closed.
+fn spawn_wal_keeper(pool: AnyPool, writer: Arc<Mutex<()>>, wal: PathBuf) {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(WAL_SYNC_EVERY);
+        let mut tick = tokio::time::interval(WAL_CHECKPOINT_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last = None;
         loop {
@@ -297,10 +260,7 @@ fn spawn_wal_keeper(pool: AnyPool, writer: Arc<Mutex<()>>, wal: PathBuf, synced:
                 return;
             }
             match tend_wal(&pool, &writer, &wal, &mut last, WAL_TRUNCATE_ABOVE).await {
-                Ok(true) => {
-                    synced.fetch_add(1, Ordering::Release);
-                }
-                Ok(false) => {}
+                Ok(_) => {}
                 Err(_) if pool.is_closed() => return,
                 Err(e) => tracing::warn!(error = %e, "the SQLite WAL keeper failed"),
             }
@@ -308,11 +268,11 @@ fn spawn_wal_keeper(pool: AnyPool, writer: Arc<Mutex<()>>, wal: PathBuf, synced:
     });
 }
 
-/// One round of the WAL keeper: fsyncs the WAL at `wal` unless it is as `last` seen (then
-/// remembered), and checkpoints it: passively (blocking no reader or writer), or, once it is
-/// larger than `truncate_above`, by resetting it, taking this process's writer lock first so
-/// that the reset can finish (writers would otherwise keep appending to it, and a WAL that is
-/// never reset never shrinks). True when it fsynced.
+/// One round of the WAL keeper: unless the WAL at `wal` is as `last` seen (then remembered),
+/// checkpoints it: passively (blocking no reader or writer), or, once it is larger than
+/// `truncate_above`, by resetting it, taking this process's writer lock first so that the reset
+/// can finish (writers would otherwise keep appending to it, and a WAL that is never reset never
+/// shrinks). True when it checkpointed.
 async fn tend_wal(
     pool: &AnyPool,
     writer: &Arc<Mutex<()>>,
@@ -323,23 +283,18 @@ async fn tend_wal(
     let path = wal.to_owned();
     let seen = *last;
     let state = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
-        let file = match std::fs::File::open(&path) {
-            Ok(file) => file,
+        let meta = match std::fs::metadata(&path) {
+            Ok(meta) => meta,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        let meta = file.metadata()?;
-        let state = (meta.len(), meta.modified()?);
-        if Some(state) != seen {
-            file.sync_data()?;
-        }
-        Ok(Some(state))
+        Ok(Some((meta.len(), meta.modified()?)))
     })
     .await
     .map_err(|e| sqlx::Error::Io(std::io::Error::other(e)))??;
-    let synced = state.is_some() && state != seen;
+    let changed = state.is_some() && state != seen;
     *last = state;
-    if synced {
+    if changed {
         // Between two writers, so that the checkpoint can take every frame and the next writer
         // starts the WAL over; it only copies what changed since the last round.
         let _writer = writer.lock().await;
@@ -350,7 +305,7 @@ async fn tend_wal(
         };
         sqlx::query(mode).execute(pool).await?;
     }
-    Ok(synced)
+    Ok(changed)
 }
 
 impl Db {
@@ -370,30 +325,19 @@ impl Db {
         // Half the connections (at least one) are kept for reads, the rest pooled.
         let hot_reads = (max_connections / 2).max(1);
         let pooled = max_connections.saturating_sub(hot_reads).max(1);
-        let pool = connect_pool(url, backend, pooled, Commits::Durable).await?;
-        let audit_connections = match backend {
-            Backend::Sqlite => AUDIT_CONNECTIONS_SQLITE,
-            Backend::Postgres => AUDIT_CONNECTIONS_POSTGRES,
-        };
-        let audit_pool = connect_pool(url, backend, audit_connections, Commits::Relaxed).await?;
+        let pool = connect_pool(url, backend, pooled).await?;
         let ping = (backend == Backend::Postgres).then_some(PING_WHEN_IDLE_FOR);
         let reads = Arc::new(HotConnections::new(pool.clone(), hot_reads as usize, ping));
-        let audit = Arc::new(HotConnections::new(
-            audit_pool.clone(),
-            audit_connections as usize,
-            ping,
-        ));
-        let wal_syncs = Arc::new(AtomicU64::new(0));
         let writer = (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(())));
         let keeper = match &writer {
             Some(writer) => {
-                let keeper = connect_pool(url, backend, 1, Commits::Durable).await?;
+                let keeper = connect_pool(url, backend, 1).await?;
                 let file: String =
                     sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
                         .fetch_one(&keeper)
                         .await?;
                 let wal = PathBuf::from(format!("{file}-wal"));
-                spawn_wal_keeper(keeper.clone(), writer.clone(), wal, wal_syncs.clone());
+                spawn_wal_keeper(keeper.clone(), writer.clone(), wal);
                 Some(keeper)
             }
             None => None,
@@ -422,11 +366,8 @@ impl Db {
             listener,
             channel,
             keeper,
-            wal_syncs,
             pool,
             reads,
-            audit,
-            audit_pool,
             backend,
             writer,
         })
@@ -499,20 +440,9 @@ impl Db {
         }
     }
 
-    /// How many times the SQLite WAL keeper has fsynced the WAL (always 0 on PostgreSQL).
-    pub fn wal_syncs(&self) -> u64 {
-        self.wal_syncs.load(Ordering::Acquire)
-    }
-
     /// A connection for a read on a hot path; give it back with [`HotConnection::settle`].
     pub async fn read_connection(&self) -> Result<HotConnection<'_>, sqlx::Error> {
         self.reads.acquire().await
-    }
-
-    /// A connection of the read-audit writer (relaxed commits); give it back with
-    /// [`HotConnection::settle`].
-    async fn audit_connection(&self) -> Result<HotConnection<'_>, sqlx::Error> {
-        self.audit.acquire().await
     }
 
     /// The cache of environments' secrets.
@@ -525,8 +455,6 @@ impl Db {
             listener.0.abort();
         }
         self.reads.close();
-        self.audit.close();
-        self.audit_pool.close().await;
         self.pool.close().await;
         if let Some(keeper) = &self.keeper {
             keeper.close().await;
@@ -552,13 +480,13 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn the_wal_keeper_fsyncs_a_changed_wal_once_and_resets_a_large_one() {
+    async fn the_wal_keeper_checkpoints_a_changed_wal_once_and_resets_a_large_one() {
         let dir = tempfile::tempdir().expect("temp dir");
         let file = dir.path().join("t.db");
         let url = format!("sqlite://{}?mode=rwc", file.display());
         // A pool of its own: a `Db` would run its own WAL keeper beside this test's rounds.
         sqlx::any::install_default_drivers();
-        let pool = connect_pool(&url, Backend::Sqlite, 2, Commits::Durable)
+        let pool = connect_pool(&url, Backend::Sqlite, 2)
             .await
             .expect("connect");
         sqlx::query("CREATE TABLE t (v TEXT)")
@@ -583,7 +511,7 @@ mod tests {
             !tend_wal(&pool, &writer, &wal, &mut last, never)
                 .await
                 .unwrap(),
-            "an unchanged WAL is not fsynced again"
+            "an unchanged WAL is not checkpointed again"
         );
         assert!(std::fs::metadata(&wal).unwrap().len() > 0);
 

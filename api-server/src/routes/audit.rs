@@ -110,7 +110,7 @@ impl From<AuditRow> for AuditEvent {
 /// The caller's audit events, newest first.
 #[utoipa::path(
     get, path = "/", tag = "audit", security(("bearer" = [])), params(PageParams),
-    responses((status = 200, body = Page<AuditEvent>), (status = 401, body = ErrorResponse))
+    responses((status = 200, body = Page<AuditEvent>), (status = 401, body = ErrorResponse), (status = 503, body = ErrorResponse))
 )]
 pub async fn list_events(
     State(state): State<AppState>,
@@ -118,6 +118,7 @@ pub async fn list_events(
     Query(page): Query<PageParams>,
 ) -> Result<Json<Page<AuditEvent>>, ApiError> {
     let limit = page.limit()?;
+    state.audit.flush().await?;
     let rows = db::audit::list_for_user(
         state.db.pool(),
         principal.user_id,
@@ -137,7 +138,7 @@ pub async fn list_events(
 #[utoipa::path(
     get, path = "/{org}/audit-events", tag = "audit", security(("bearer" = [])),
     params(("org" = String, Path), OrgAuditParams),
-    responses((status = 200, body = Page<AuditEvent>), (status = 400, body = ErrorResponse), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse))
+    responses((status = 200, body = Page<AuditEvent>), (status = 400, body = ErrorResponse), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse), (status = 503, body = ErrorResponse))
 )]
 pub async fn list_org_events(
     State(state): State<AppState>,

@@ -3,6 +3,7 @@
 
 pub mod api_keys;
 pub mod audit;
+pub mod audit_journal;
 pub mod auth;
 pub mod keys;
 pub mod orgs;

@@ -628,8 +628,8 @@ pub async fn read_all(
         audit(meta, principal, &ctx, action::READ)
             .details(json!({ "keys": keys, "resolved": resolve_refs })),
     );
-    // Committed before any value leaves: a read that cannot be audited is refused.
-    state.audit.record(events).await?;
+    // Kept before any value leaves: a read that cannot be audited is refused.
+    state.audit.record(events)?;
     Ok(BulkRead::Values {
         etag,
         revision,
@@ -696,7 +696,7 @@ pub async fn read_one(
         audit(meta, principal, &ctx, action::READ)
             .details(json!({ "keys": [key], "version": version, "resolved": resolve_refs })),
     );
-    state.audit.record(events).await?;
+    state.audit.record(events)?;
     values.pop().ok_or_else(|| ApiError::not_found("secret"))
 }
 
@@ -1070,14 +1070,12 @@ async fn write_batch(state: &AppState, jobs: &[WriteJob]) -> ApiResult<Vec<Secre
         if let Some(row) = live
             .as_ref()
             .filter(|r| r.comment_ct.is_some() && input.comment.is_none())
-        {
-            if let Some(comment) = open_rows(state, ctx, std::slice::from_ref(row))
+            && let Some(comment) = open_rows(state, ctx, std::slice::from_ref(row))
                 .await?
                 .pop()
                 .and_then(|s| s.comment)
-            {
-                kept_comments.insert(input.key.as_str(), comment);
-            }
+        {
+            kept_comments.insert(input.key.as_str(), comment);
         }
         let (mut written, n) = seal_versions(
             &mut tx,
@@ -1389,7 +1387,7 @@ pub async fn export(
         audit(meta, principal, &ctx, action::EXPORTED)
             .details(json!({ "keys": keys, "format": format.as_str(), "resolved": resolve_refs })),
     );
-    state.audit.record(events).await?;
+    state.audit.record(events)?;
     Ok(file)
 }
 

@@ -326,10 +326,18 @@ db_test!(async fn no_secret_value_is_stored_in_plaintext(app) {
     }
     if app.state.db.backend() == coffer_server::db::Backend::Sqlite {
         sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(app.state.db.pool()).await.unwrap();
-        let dir = app.state.config.data_dir.clone();
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
-            assert!(!bytes.windows(marker.len()).any(|w| w == marker.as_bytes()), "a file in the data directory holds the value");
+        // The database, its WAL, the keys, the read-audit journal: every file.
+        let mut dirs = vec![app.state.config.data_dir.clone()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                let bytes = std::fs::read(&path).unwrap();
+                assert!(!bytes.windows(marker.len()).any(|w| w == marker.as_bytes()), "{} holds the value", path.display());
+            }
         }
     }
 });
