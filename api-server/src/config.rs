@@ -210,8 +210,8 @@ pub struct Config {
     #[arg(long = "secret-cache-bytes", env = "COFFER_SECRET_CACHE_BYTES", value_name = "COFFER_SECRET_CACHE_BYTES", default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(0..=(1 << 40)))]
     pub secret_cache_bytes: u64,
 
-    /// Bytes of read-audit events kept in the journal (in the data directory) and not yet in the database, above which reads are refused with 503 until the database has caught up.
-    #[arg(long = "audit-backlog-bytes", env = "COFFER_AUDIT_BACKLOG_BYTES", value_name = "COFFER_AUDIT_BACKLOG_BYTES", default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u64).range((64 * 1024)..=(1 << 40)))]
+    /// Bytes of read-audit events kept in the journal (in the data directory) and not yet in the database, above which reads wait for room (at most 5 s, then 503).
+    #[arg(long = "audit-backlog-bytes", env = "COFFER_AUDIT_BACKLOG_BYTES", value_name = "COFFER_AUDIT_BACKLOG_BYTES", default_value_t = 8 * 1024 * 1024, value_parser = clap::value_parser!(u64).range((64 * 1024)..=(1 << 40)))]
     pub audit_backlog_bytes: u64,
 
     /// Login attempts allowed per account and minute.

@@ -43,11 +43,21 @@ pub async fn insert<'e>(ex: impl AnyExecutor<'e>, e: &AuditRow) -> Result<(), sq
 
 /// Stores `rows` in one durable transaction (a writer like any other). A row whose id is already
 /// stored is skipped: the read-audit journal may drain a segment again after a crash.
-pub async fn commit_batch(db: &Db, rows: &[AuditRow]) -> Result<(), sqlx::Error> {
+pub async fn commit_batch(db: &Db, rows: &[AuditRow], pace: Pace) -> Result<(), sqlx::Error> {
+    if pace == Pace::CatchUp && rows.len() <= MAX_DRAINED_PER_STATEMENT {
+        // One statement is atomic by itself, and a commit of its own: one round trip.
+        let _turn = db.write_turn().await;
+        let mut conn = db.pool().acquire().await?;
+        return insert_chunks(&mut conn, rows, Batch::Drained(pace)).await;
+    }
     let mut tx = db.begin().await?;
-    insert_chunks(&mut tx, rows, Batch::Drained).await?;
+    insert_chunks(&mut tx, rows, Batch::Drained(pace)).await?;
     tx.commit().await
 }
+
+/// Rows of one statement when the drainer catches up: 15,360 parameters, under both SQLite's
+/// limit (32,766 since 3.32) and PostgreSQL's (65,535).
+pub const MAX_DRAINED_PER_STATEMENT: usize = 1024;
 
 /// Inserts `rows` with as few statements as the parameter limit allows; the caller owns the
 /// transaction (on failure nothing must be committed).
@@ -58,16 +68,26 @@ pub async fn insert_many(
     insert_chunks(conn, rows, Batch::WithChange).await
 }
 
+/// How a batch drained from the read-audit journal is inserted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// In the background, while the drainer keeps up: a few rows per statement, yielding to
+    /// other tasks between statements, so that the database server (on the same cores, in a
+    /// small deployment) serves requests' statements between these instead of after all of
+    /// them.
+    Background,
+    /// As fast as it can, in as few statements as it can: the drainer is behind, or reads
+    /// wait for room.
+    CatchUp,
+}
+
 /// What a batch of rows is inserted for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Batch {
     /// With the change they audit: as few statements as possible.
     WithChange,
-    /// Drained from the read-audit journal, in the background: a few rows per statement,
-    /// yielding to other tasks between statements, so that the database server (on the same
-    /// cores, in a small deployment) serves requests' statements between these instead of
-    /// after all of them; and skipping rows already stored.
-    Drained,
+    /// Drained from the read-audit journal: rows already stored are skipped.
+    Drained(Pace),
 }
 
 async fn insert_chunks(
@@ -75,13 +95,15 @@ async fn insert_chunks(
     rows: &[AuditRow],
     batch: Batch,
 ) -> Result<(), sqlx::Error> {
+    let skip_stored = " ON CONFLICT (id) DO NOTHING";
     let (per_statement, suffix) = match batch {
         Batch::WithChange => (ROWS_PER_STATEMENT, ""),
-        Batch::Drained => (8, " ON CONFLICT (id) DO NOTHING"),
+        Batch::Drained(Pace::Background) => (8, skip_stored),
+        Batch::Drained(Pace::CatchUp) => (MAX_DRAINED_PER_STATEMENT, skip_stored),
     };
     let numbered = super::is_postgres(conn);
     for (i, chunk) in rows.chunks(per_statement).enumerate() {
-        if i > 0 && batch == Batch::Drained {
+        if i > 0 && batch == Batch::Drained(Pace::Background) {
             tokio::task::yield_now().await;
         }
         let mut sql = values_sql(chunk.len(), numbered.then_some(1));
@@ -258,11 +280,15 @@ mod tests {
         let db = Db::connect(&url, 2, 0).await.expect("connect");
         db.migrate().await.expect("migrate");
         let first: Vec<AuditRow> = (0..100).map(|_| row()).collect();
-        commit_batch(&db, &first).await.expect("commit");
+        commit_batch(&db, &first, Pace::Background)
+            .await
+            .expect("commit");
         // Drained again after a crash, along with events that were not.
         let mut again = first[40..].to_vec();
         again.extend((0..10).map(|_| row()));
-        commit_batch(&db, &again).await.expect("commit again");
+        commit_batch(&db, &again, Pace::CatchUp)
+            .await
+            .expect("commit again");
         let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_events")
             .fetch_one(db.pool())
             .await

@@ -15,14 +15,16 @@
 //! is stored once even if it is drained twice (`ON CONFLICT DO NOTHING` on its id), and the
 //! unfinished last line of a crashed append is ignored (its read was never answered).
 //!
-//! The events not yet drained are bounded ([`JournalLimits::max_backlog_bytes`]): while the
-//! database refuses them, reads go on until the bound, then are refused with 503 until the
-//! drainer catches up. Nothing is ever dropped.
+//! The events not yet drained are bounded ([`JournalLimits::max_backlog_bytes`]): when reads
+//! come faster than the database takes their events, or while it refuses them, a read waits
+//! for room (at most [`JournalLimits::wait`], then 503) once the bound is reached. Nothing is
+//! ever dropped.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -37,38 +39,45 @@ use crate::service::audit::AuditEvent;
 /// Where the drainer stores events: all of one call in one durable transaction, or none. An
 /// event already stored (same id) is not stored again.
 pub trait AuditSink: Send + Sync + 'static {
-    fn write(&self, rows: &[AuditRow]) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+    fn write(
+        &self,
+        rows: &[AuditRow],
+        pace: Pace,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 }
 
+pub use crate::db::audit::Pace;
+
 impl AuditSink for Db {
-    async fn write(&self, rows: &[AuditRow]) -> Result<(), sqlx::Error> {
-        crate::db::audit::commit_batch(self, rows).await
+    async fn write(&self, rows: &[AuditRow], pace: Pace) -> Result<(), sqlx::Error> {
+        crate::db::audit::commit_batch(self, rows, pace).await
     }
 }
 
 /// The bounds and pace of a journal.
 #[derive(Debug, Clone, Copy)]
 pub struct JournalLimits {
-    /// Bytes appended and not yet in the database above which reads are refused (503).
+    /// Bytes appended and not yet in the database above which reads wait for room.
     pub max_backlog_bytes: u64,
-    /// Events per drained transaction at most.
+    /// Events per drained batch (one transaction) at most.
     pub batch_rows: usize,
     /// Size from which the drainer starts a new segment (the full one is deleted once drained).
     pub segment_bytes: u64,
     /// How long the drainer lets events gather after the first one before it drains them.
     pub drain_delay: Duration,
-    /// How long an audit listing waits for this process's events to reach the database.
-    pub flush_wait: Duration,
+    /// How long a read waits for room, and an audit listing for this process's events to
+    /// reach the database, before either is answered 503.
+    pub wait: Duration,
 }
 
 impl JournalLimits {
     pub fn new(max_backlog_bytes: u64) -> Self {
         Self {
             max_backlog_bytes,
-            batch_rows: 256,
+            batch_rows: crate::db::audit::MAX_DRAINED_PER_STATEMENT,
             segment_bytes: 4 * 1024 * 1024,
             drain_delay: Duration::from_millis(10),
-            flush_wait: Duration::from_secs(5),
+            wait: Duration::from_secs(5),
         }
     }
 }
@@ -119,6 +128,7 @@ impl AuditWriter {
                 closed: false,
             }),
             wake: Notify::new(),
+            waiting: AtomicUsize::new(0),
             drained: watch::Sender::new(0),
             limits,
         });
@@ -134,26 +144,47 @@ impl AuditWriter {
     }
 
     /// Keeps `events` together (all or none) before the read they audit is answered: a read
-    /// whose events this refuses must be refused too.
-    pub fn record(&self, events: Vec<AuditEvent>) -> ApiResult<()> {
+    /// whose events this refuses must be refused too. Waits while the backlog is full.
+    pub async fn record(&self, events: Vec<AuditEvent>) -> ApiResult<()> {
         if events.is_empty() {
             return Ok(());
         }
-        let rows: Vec<&AuditRow> = events.iter().map(AuditEvent::row).collect();
-        self.journal.append(&rows)
+        let mut line = Vec::with_capacity(events.len() * 512);
+        for event in &events {
+            serde_json::to_writer(&mut line, event.row()).map_err(|e| {
+                ApiError::internal(anyhow::anyhow!("cannot encode an audit event: {e}"))
+            })?;
+            line.push(b'\n');
+        }
+        let journal = &self.journal;
+        let mut drained = journal.drained.subscribe();
+        let deadline = tokio::time::Instant::now() + journal.limits.wait;
+        loop {
+            match journal.append(&line)? {
+                Appended::Yes => return Ok(()),
+                Appended::Full => {
+                    journal.waiting.fetch_add(1, Ordering::Relaxed);
+                    let room = tokio::time::timeout_at(deadline, drained.changed()).await;
+                    journal.waiting.fetch_sub(1, Ordering::Relaxed);
+                    if !matches!(room, Ok(Ok(()))) {
+                        return Err(ApiError::Unavailable {
+                            message: "the audit log is behind; try again".into(),
+                            retry_after: Some(Duration::from_secs(1)),
+                        });
+                    }
+                }
+            }
+        }
     }
 
     /// Waits until every event recorded so far by this process is in the database, so that a
-    /// listing sees them (503 when that takes longer than [`JournalLimits::flush_wait`]).
+    /// listing sees them (503 when that takes longer than [`JournalLimits::wait`]).
     pub async fn flush(&self) -> ApiResult<()> {
         let target = self.journal.lock().appended;
         let mut drained = self.journal.drained.subscribe();
         self.journal.wake.notify_one();
-        match tokio::time::timeout(
-            self.journal.limits.flush_wait,
-            drained.wait_for(|d| *d >= target),
-        )
-        .await
+        match tokio::time::timeout(self.journal.limits.wait, drained.wait_for(|d| *d >= target))
+            .await
         {
             Ok(Ok(_)) => Ok(()),
             _ => Err(ApiError::Unavailable {
@@ -186,6 +217,8 @@ struct Journal {
     files: Mutex<Files>,
     /// Raised by every append; the drainer waits for it.
     wake: Notify,
+    /// Reads waiting for room: the drainer then catches up rather than stay in the background.
+    waiting: AtomicUsize,
     /// Bytes of events in the database, counted like [`Files::appended`].
     drained: watch::Sender<u64>,
     limits: JournalLimits,
@@ -217,14 +250,9 @@ impl Journal {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn append(&self, rows: &[&AuditRow]) -> ApiResult<()> {
-        let mut line = Vec::with_capacity(rows.len() * 512);
-        for row in rows {
-            serde_json::to_writer(&mut line, row).map_err(|e| {
-                ApiError::internal(anyhow::anyhow!("cannot encode an audit event: {e}"))
-            })?;
-            line.push(b'\n');
-        }
+    /// Appends `line` (whole events) unless the backlog is full; events larger than the whole
+    /// backlog go in alone.
+    fn append(&self, line: &[u8]) -> ApiResult<Appended> {
         let size = line.len() as u64;
         let mut files = self.lock();
         if files.closed {
@@ -235,16 +263,13 @@ impl Journal {
         }
         let backlog = files.appended - *self.drained.borrow();
         if backlog + size > self.limits.max_backlog_bytes && backlog > 0 {
-            return Err(ApiError::Unavailable {
-                message: "the audit log is behind; try again".into(),
-                retry_after: Some(Duration::from_secs(1)),
-            });
+            return Ok(Appended::Full);
         }
         let current = match &mut files.current {
             Some(current) => current,
             empty => empty.insert(Segment::create(&self.dir).map_err(|e| journal_failed(&e))?),
         };
-        if let Err(e) = current.file.write_all_at(&line, current.len) {
+        if let Err(e) = current.file.write_all_at(line, current.len) {
             // Whatever part of the events reached the file is cut off, so that the next append
             // overwrites it; if even that fails, the segment takes no more appends.
             if current.file.set_len(current.len).is_err() {
@@ -257,12 +282,12 @@ impl Journal {
         files.appended += size;
         drop(files);
         self.wake.notify_one();
-        Ok(())
+        Ok(Appended::Yes)
     }
 
     /// Stores the next batch of events in `sink`. `Ok(false)` when there is nothing to drain.
     async fn drain_batch(&self, sink: &impl AuditSink) -> Result<bool, sqlx::Error> {
-        let (file, from, to) = {
+        let (file, from, to, behind) = {
             let mut files = self.lock();
             if files
                 .current
@@ -276,10 +301,9 @@ impl Journal {
                 .sealed
                 .front()
                 .or(files.current.as_ref().filter(|c| c.drained < c.len));
-            match next {
-                Some(s) => (s.file.clone(), s.drained, s.len),
-                None => return Ok(false),
-            }
+            let Some(s) = next else { return Ok(false) };
+            let behind = files.appended - *self.drained.borrow();
+            (s.file.clone(), s.drained, s.len, behind)
         };
         let (rows, end) = if from < to {
             let (bytes, base) = read_lines(&file, from, to)?;
@@ -288,9 +312,13 @@ impl Journal {
             (Vec::new(), from)
         };
         if !rows.is_empty() {
-            let started = std::time::Instant::now();
-            sink.write(&rows).await?;
-            tracing::debug!(rows = rows.len(), took = ?started.elapsed(), "read-audit events stored");
+            // In the background while it keeps up; at full speed once it falls behind.
+            let pace = if behind > end - from || self.waiting.load(Ordering::Relaxed) > 0 {
+                Pace::CatchUp
+            } else {
+                Pace::Background
+            };
+            sink.write(&rows, pace).await?;
         }
         let mut files = self.lock();
         let files = &mut *files;
@@ -316,6 +344,13 @@ impl Journal {
         }
         Ok(true)
     }
+}
+
+/// Whether [`Journal::append`] took the events.
+enum Appended {
+    Yes,
+    /// The backlog is full: wait for the drainer.
+    Full,
 }
 
 fn journal_failed(e: &std::io::Error) -> ApiError {
@@ -482,7 +517,7 @@ mod tests {
     }
 
     impl AuditSink for Memory {
-        async fn write(&self, rows: &[AuditRow]) -> Result<(), sqlx::Error> {
+        async fn write(&self, rows: &[AuditRow], _: Pace) -> Result<(), sqlx::Error> {
             if self.refuse.load(Ordering::SeqCst) {
                 return Err(sqlx::Error::Protocol("refused".into()));
             }
@@ -524,7 +559,7 @@ mod tests {
             batch_rows: 8,
             segment_bytes: 2048,
             drain_delay: Duration::from_millis(1),
-            flush_wait: Duration::from_secs(30),
+            wait: Duration::from_secs(30),
         }
     }
 
@@ -545,7 +580,7 @@ mod tests {
         let mut expected = Vec::new();
         for i in 0..40 {
             let action = if i % 2 == 0 { "even" } else { "odd" };
-            writer.record(events(action, 3)).unwrap();
+            writer.record(events(action, 3)).await.unwrap();
             expected.extend([action; 3]);
         }
         writer.flush().await.unwrap();
@@ -564,7 +599,7 @@ mod tests {
         let refusing = Memory::refusing();
         let first = AuditWriter::start(dir.path(), refusing.clone(), limits()).unwrap();
         for _ in 0..10 {
-            first.record(events("before-crash", 2)).unwrap();
+            first.record(events("before-crash", 2)).await.unwrap();
         }
         // A live process's segments are its own.
         let beside = Memory::default();
@@ -585,7 +620,7 @@ mod tests {
 
         let sink = Memory::default();
         let next = AuditWriter::start(dir.path(), sink.clone(), limits()).unwrap();
-        next.record(events("after-restart", 1)).unwrap();
+        next.record(events("after-restart", 1)).await.unwrap();
         next.flush().await.unwrap();
         let mut expected = vec!["before-crash"; 20];
         expected.push("after-restart");
@@ -598,18 +633,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn while_the_database_refuses_events_reads_go_on_until_the_backlog_bound_then_503() {
+    async fn while_the_database_refuses_events_reads_go_on_until_the_bound_then_wait_then_503() {
         let dir = tempfile::tempdir().unwrap();
         let sink = Memory::refusing();
         let small = JournalLimits {
             max_backlog_bytes: 4096,
-            flush_wait: Duration::from_millis(100),
+            wait: Duration::from_millis(100),
             ..limits()
         };
-        let writer = AuditWriter::start(dir.path(), sink.clone(), small).unwrap();
+        let writer = Arc::new(AuditWriter::start(dir.path(), sink.clone(), small).unwrap());
         let mut kept = 0;
         let refused = loop {
-            match writer.record(events("held", 1)) {
+            match writer.record(events("held", 1)).await {
                 Ok(()) => kept += 1,
                 Err(e) => break e,
             }
@@ -632,19 +667,60 @@ mod tests {
         );
 
         sink.refuse.store(false, Ordering::SeqCst);
-        writer.flush().await.unwrap();
+        // The drainer retries after a pause that grew while it was refused (at most 2 s).
+        let mut flushed = writer.flush().await;
+        for _ in 0..100 {
+            if flushed.is_ok() {
+                break;
+            }
+            flushed = writer.flush().await;
+        }
+        flushed.unwrap();
         assert_eq!(
             sink.actions().len(),
             kept,
             "nothing kept is lost or stored twice"
         );
-        writer.record(events("later", 1)).unwrap();
+        writer.record(events("later", 1)).await.unwrap();
         writer.shutdown().await;
         assert_eq!(
             sink.actions().len(),
             kept + 1,
             "shutdown drains what is left"
         );
+    }
+
+    #[tokio::test]
+    async fn reads_faster_than_the_database_wait_for_room_and_all_get_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = Memory::refusing();
+        let small = JournalLimits {
+            max_backlog_bytes: 4096,
+            ..limits()
+        };
+        let writer = Arc::new(AuditWriter::start(dir.path(), sink.clone(), small).unwrap());
+        // About 40 × 300 bytes: more than the backlog holds.
+        let reads = {
+            let writer = writer.clone();
+            tokio::spawn(async move {
+                for _ in 0..40 {
+                    writer.record(events("read", 1)).await?;
+                }
+                ApiResult::Ok(())
+            })
+        };
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while writer.journal.waiting.load(Ordering::Relaxed) == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("a read waits for room");
+        sink.refuse.store(false, Ordering::SeqCst);
+        reads.await.unwrap().unwrap();
+        writer.flush().await.unwrap();
+        assert_eq!(sink.actions().len(), 40);
+        writer.shutdown().await;
     }
 
     #[tokio::test]
@@ -656,17 +732,17 @@ mod tests {
         // No segment exists until the first event; where it would go is not a directory.
         std::fs::remove_dir(&journal).unwrap();
         std::fs::write(&journal, b"").unwrap();
-        let refused = writer.record(events("refused", 1)).unwrap_err();
+        let refused = writer.record(events("refused", 1)).await.unwrap_err();
         assert!(matches!(refused, ApiError::Internal(_)), "{refused:?}");
 
         std::fs::remove_file(&journal).unwrap();
         std::fs::create_dir(&journal).unwrap();
-        writer.record(events("kept", 1)).unwrap();
+        writer.record(events("kept", 1)).await.unwrap();
         writer.flush().await.unwrap();
         assert_eq!(sink.actions(), ["kept"]);
         writer.shutdown().await;
         assert!(matches!(
-            writer.record(events("late", 1)),
+            writer.record(events("late", 1)).await,
             Err(ApiError::Unavailable { .. })
         ));
     }

@@ -629,7 +629,7 @@ pub async fn read_all(
             .details(json!({ "keys": keys, "resolved": resolve_refs })),
     );
     // Kept before any value leaves: a read that cannot be audited is refused.
-    state.audit.record(events)?;
+    state.audit.record(events).await?;
     Ok(BulkRead::Values {
         etag,
         revision,
@@ -696,7 +696,7 @@ pub async fn read_one(
         audit(meta, principal, &ctx, action::READ)
             .details(json!({ "keys": [key], "version": version, "resolved": resolve_refs })),
     );
-    state.audit.record(events)?;
+    state.audit.record(events).await?;
     values.pop().ok_or_else(|| ApiError::not_found("secret"))
 }
 
@@ -1387,7 +1387,7 @@ pub async fn export(
         audit(meta, principal, &ctx, action::EXPORTED)
             .details(json!({ "keys": keys, "format": format.as_str(), "resolved": resolve_refs })),
     );
-    state.audit.record(events)?;
+    state.audit.record(events).await?;
     Ok(file)
 }
 
