@@ -11,10 +11,36 @@ use crate::config::Config;
 use crate::crypto::envelope::{DekCache, Keyring};
 use crate::crypto::{Keys, MasterKey};
 use crate::db::Db;
+use crate::db::cache::Change;
 use crate::db::sessions::SessionRow;
 use crate::ids::SessionId;
 use crate::service::audit_journal::{AuditWriter, JournalLimits};
 use crate::service::secrets::{MAX_WAITING_WRITES, SecretWrites};
+
+/// Forgets, as soon as the change listener hears of it, every session another replica ended, so
+/// that it is refused here at once too; forgets them all when a notification may have been
+/// missed (this receiver lagged). Ends with the database handle.
+async fn forget_remote_sessions(
+    mut remote: tokio::sync::broadcast::Receiver<Arc<[Change]>>,
+    sessions: moka::sync::Cache<SessionId, SessionRow>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match remote.recv().await {
+            Ok(changes) => {
+                for change in changes.iter() {
+                    match change {
+                        Change::Session(id) => sessions.invalidate(id),
+                        Change::Everything => sessions.invalidate_all(),
+                        Change::Environment { .. } => {}
+                    }
+                }
+            }
+            Err(RecvError::Lagged(_)) => sessions.invalidate_all(),
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
 
 /// The read-audit journal's directory, in the data directory.
 pub const AUDIT_JOURNAL_DIR: &str = "audit-journal";
@@ -73,6 +99,9 @@ impl AppState {
             .max_capacity(100_000)
             .time_to_live(Duration::from_millis(config.session_cache_ttl_ms))
             .build();
+        if let Some(remote) = db.remote_changes() {
+            tokio::spawn(forget_remote_sessions(remote, sessions.clone()));
+        }
         let access = AccessCache::new(Duration::from_millis(config.access_cache_ttl_ms), 100_000);
         let keyring = Keyring::new(
             MasterKey::from_bytes(*keys.master.bytes()),

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::secrets::SealedRow;
-use crate::ids::{EnvironmentId, OrgId};
+use crate::ids::{EnvironmentId, OrgId, SessionId};
 
 /// The PostgreSQL notification channel of changes to secrets and environments, for the
 /// deployment whose tables are in `schema`: channels are per database, and deployments on other
@@ -46,6 +46,11 @@ pub fn channel(schema: &str) -> String {
 /// notification of their change be lost with nothing noticing (a silently broken connection).
 pub const MAX_AGE: Duration = Duration::from_secs(10);
 
+/// Other replicas' changes as this replica's listener hears them, for what else keeps state in
+/// memory (the sessions confirmed recently). A receiver that lags behind must assume anything
+/// changed.
+pub type RemoteChanges = tokio::sync::broadcast::Sender<Arc<[Change]>>;
+
 /// A notification carries at most this many changed environments; a transaction that changes
 /// more sends "everything changed" instead (PostgreSQL caps a payload at 8,000 bytes).
 const MAX_NOTIFIED: usize = 64;
@@ -60,10 +65,13 @@ pub enum Change {
     Environment { org: OrgId, env: EnvironmentId },
     /// Anything: deleted projects and organizations, re-sealed data.
     Everything,
+    /// A login session ended (logout, password change, a reused refresh token): no replica may
+    /// accept it from memory any longer. The secret cache has nothing to forget for it.
+    Session(SessionId),
 }
 
-/// The changes of one transaction, as a notification payload: `org:env` pairs separated by
-/// commas, or `*`.
+/// The changes of one transaction, as a notification payload: `org:env` pairs and `s:session`
+/// separated by commas, or `*`.
 pub fn payload(changes: &[Change]) -> String {
     if changes.len() > MAX_NOTIFIED || changes.contains(&Change::Everything) {
         return "*".to_owned();
@@ -72,6 +80,7 @@ pub fn payload(changes: &[Change]) -> String {
         .iter()
         .filter_map(|c| match c {
             Change::Environment { org, env } => Some(format!("{org}:{env}")),
+            Change::Session(id) => Some(format!("s:{id}")),
             Change::Everything => None,
         })
         .collect::<Vec<_>>()
@@ -81,6 +90,9 @@ pub fn payload(changes: &[Change]) -> String {
 /// The changes a notification payload names; everything when it cannot be read.
 pub fn parse_payload(payload: &str) -> Vec<Change> {
     let parse = |pair: &str| {
+        if let Some(session) = pair.strip_prefix("s:") {
+            return session.parse().ok().map(Change::Session);
+        }
         let (org, env) = pair.split_once(':')?;
         Some(Change::Environment {
             org: org.parse().ok()?,
@@ -318,6 +330,7 @@ impl SecretCache {
                     inner.oversize.remove(&env);
                 }
                 Change::Everything => inner.clear(),
+                Change::Session(_) => {}
             }
         }
     }
@@ -380,6 +393,7 @@ pub fn spawn_listener(
     url: String,
     channel: Arc<str>,
     cache: Arc<SecretCache>,
+    remote: RemoteChanges,
 ) -> tokio::task::JoinHandle<()> {
     cache.suspend();
     tokio::spawn(async move {
@@ -387,7 +401,7 @@ pub fn spawn_listener(
         let mut reported = false;
         loop {
             let mut connected = false;
-            let Err(e) = listen(&url, &channel, &cache, &mut connected).await;
+            let Err(e) = listen(&url, &channel, &cache, &remote, &mut connected).await;
             cache.suspend();
             if connected {
                 reported = false;
@@ -407,6 +421,7 @@ async fn listen(
     url: &str,
     channel: &str,
     cache: &SecretCache,
+    remote: &RemoteChanges,
     connected: &mut bool,
 ) -> Result<std::convert::Infallible, sqlx::Error> {
     use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
@@ -426,7 +441,12 @@ async fn listen(
     tracing::debug!("the change listener is connected");
     loop {
         match listener.try_recv().await? {
-            Some(notification) => cache.forget(&parse_payload(notification.payload())),
+            Some(notification) => {
+                let changes: Arc<[Change]> = parse_payload(notification.payload()).into();
+                cache.forget(&changes);
+                // Nobody listening (yet) is fine: the receivers were not there to miss it.
+                let _ = remote.send(changes);
+            }
             // Lost (`PgListener` would reconnect on the next call, but a notification missed
             // meanwhile must suspend the cache first: reconnecting is the caller's).
             None => {
@@ -552,6 +572,12 @@ mod tests {
         let (org, env) = ids();
         let one = [Change::Environment { org, env }];
         assert_eq!(parse_payload(&payload(&one)), one);
+        let mixed = [
+            Change::Session(SessionId::new()),
+            Change::Environment { org, env },
+        ];
+        assert_eq!(parse_payload(&payload(&mixed)), mixed);
+        assert_eq!(parse_payload("s:nonsense"), [Change::Everything]);
         assert_eq!(
             parse_payload(&payload(&[Change::Everything])),
             [Change::Everything]

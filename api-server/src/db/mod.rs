@@ -73,6 +73,8 @@ pub struct Db {
     listener: Option<Arc<AbortOnDrop>>,
     /// On PostgreSQL, the channel of this deployment's changes (see [`cache::channel`]).
     channel: Option<Arc<str>>,
+    /// On PostgreSQL, other replicas' changes as the listener hears them.
+    remote: Option<cache::RemoteChanges>,
 }
 
 /// A task that ends when this is dropped.
@@ -353,18 +355,26 @@ impl Db {
             }
             Backend::Sqlite => None,
         };
-        // Other replicas write too: their changes must reach this cache.
-        let listener =
-            match &channel {
-                Some(channel) if cache_bytes > 0 => Some(Arc::new(AbortOnDrop(
-                    cache::spawn_listener(url.to_owned(), channel.clone(), cache.clone()),
-                ))),
-                _ => None,
-            };
+        // Other replicas write too: their changes must reach this cache, and the sessions they
+        // end must reach this replica's memory of sessions. The listener runs even without a
+        // secret cache, for those.
+        let remote = channel
+            .as_ref()
+            .map(|_| tokio::sync::broadcast::channel(1024).0);
+        let listener = match (&channel, &remote) {
+            (Some(channel), Some(remote)) => Some(Arc::new(AbortOnDrop(cache::spawn_listener(
+                url.to_owned(),
+                channel.clone(),
+                cache.clone(),
+                remote.clone(),
+            )))),
+            _ => None,
+        };
         Ok(Self {
             cache,
             listener,
             channel,
+            remote,
             keeper,
             pool,
             reads,
@@ -443,6 +453,14 @@ impl Db {
     /// A connection for a read on a hot path; give it back with [`HotConnection::settle`].
     pub async fn read_connection(&self) -> Result<HotConnection<'_>, sqlx::Error> {
         self.reads.acquire().await
+    }
+
+    /// Other replicas' changes, as they are heard (on PostgreSQL; `None` on SQLite, where this
+    /// process is the only writer).
+    pub fn remote_changes(&self) -> Option<tokio::sync::broadcast::Receiver<Arc<[Change]>>> {
+        self.remote
+            .as_ref()
+            .map(tokio::sync::broadcast::Sender::subscribe)
     }
 
     /// The cache of environments' secrets.

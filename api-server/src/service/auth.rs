@@ -10,6 +10,7 @@ use crate::auth::Principal;
 use crate::auth::password::check_password_policy;
 use crate::auth::rate_limit::{FailureReservation, Limit};
 use crate::auth::tokens::{self, REFRESH_TOKEN_PREFIX};
+use crate::db::cache::Change;
 use crate::db::sessions::RefreshTokenRow;
 use crate::db::users::UserRow;
 use crate::db::{self, Tx, is_unique_violation};
@@ -265,6 +266,7 @@ async fn refresh_reuse(state: &AppState, meta: &ClientMeta, token: &RefreshToken
         let mut tx = state.db.begin().await?;
         db::sessions::revoke_session(&mut *tx, token.session_id, "refresh_token_reuse", now)
             .await?;
+        tx.changed(Change::Session(token.session_id));
         AuditEvent::new(action::REFRESH_REUSE_DETECTED, Outcome::Denied, meta)
             .about_user(Some(token.user_id))
             .target("session", token.session_id)
@@ -357,6 +359,7 @@ pub async fn logout(state: &AppState, meta: &ClientMeta, principal: &Principal) 
     let now = Timestamp::now();
     let mut tx = state.db.begin().await?;
     db::sessions::revoke_session(&mut *tx, session, "logout", now).await?;
+    tx.changed(Change::Session(session));
     AuditEvent::new(action::LOGOUT, Outcome::Success, meta)
         .by(principal)
         .target("session", session)
@@ -423,6 +426,9 @@ pub async fn change_password(
         now,
     )
     .await?;
+    for id in &ended {
+        tx.changed(Change::Session(*id));
+    }
     let keys_revoked = if revoke_api_keys {
         db::api_keys::revoke_all(&mut *tx, user.id, now).await?
     } else {

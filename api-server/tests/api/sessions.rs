@@ -1,7 +1,9 @@
+use std::time::Duration;
+
 use axum::http::{Method, StatusCode};
 use serde_json::json;
 
-use crate::helpers::{PASSWORD, db_test};
+use crate::helpers::{PASSWORD, TestApp, db_test};
 
 db_test!(async fn a_refresh_token_rotates_and_the_new_tokens_work(app) {
     let s = app.register("ann@example.com").await;
@@ -101,3 +103,71 @@ db_test!(async fn api_keys_cannot_log_out_or_change_the_password(app) {
     ).await.assert_error(StatusCode::FORBIDDEN, "session_required");
     assert_eq!(app.login("gil@example.com", PASSWORD).await.status, StatusCode::OK);
 });
+
+/// Polls `app` with `access` until it is refused (a guard against hanging, not a measure).
+async fn refused_within_5_s(app: &TestApp, access: &str) {
+    for _ in 0..100 {
+        let r = app.get("/api/v1/auth/me", Some(access)).await;
+        if r.status == StatusCode::UNAUTHORIZED {
+            r.assert_error(StatusCode::UNAUTHORIZED, "session_ended");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the other replica still accepts the ended session");
+}
+
+/// With PostgreSQL, a session ended through one replica is refused by the others at once: the
+/// end reaches their memory of sessions through the change channel, long before that memory's
+/// time to live (here a minute) would.
+#[tokio::test]
+async fn a_session_ended_on_one_replica_is_refused_by_the_others() {
+    let Some(a) = TestApp::postgres(|config| config.session_cache_ttl_ms = 60_000).await else {
+        return;
+    };
+    let b = a.replica().await;
+    for app in [&a, &b] {
+        for _ in 0..100 {
+            if app.state.db.cache().listener_backend().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            app.state.db.cache().listener_backend().is_some(),
+            "the change listener connects"
+        );
+    }
+    let first = a.register("gil@example.com").await;
+    let second = a.login("gil@example.com", PASSWORD).await.json();
+    let second = second["access_token"].as_str().unwrap().to_owned();
+    let third = a.login("gil@example.com", PASSWORD).await.json();
+    let third = third["access_token"].as_str().unwrap().to_owned();
+    // b remembers all three sessions.
+    for access in [&first.access, &second, &third] {
+        assert_eq!(
+            b.get("/api/v1/auth/me", Some(access)).await.status,
+            StatusCode::OK
+        );
+    }
+
+    let r = a
+        .call(Method::POST, "/api/v1/auth/logout", Some(&second), None)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
+    refused_within_5_s(&b, &second).await;
+
+    let r = a.call(
+        Method::PUT,
+        "/api/v1/auth/change-password",
+        Some(&first.access),
+        Some(json!({ "current_password": PASSWORD, "new_password": "an entirely new passphrase 8" })),
+    ).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
+    refused_within_5_s(&b, &third).await;
+    assert_eq!(
+        b.get("/api/v1/auth/me", Some(&first.access)).await.status,
+        StatusCode::OK,
+        "the session that changed the password stays"
+    );
+}
