@@ -234,7 +234,7 @@ pub async fn serve_until(
         }
     };
     pruner.abort();
-    // Requests have finished; whatever audit events are still queued are committed first.
+    // Requests have finished; the read-audit journal is drained into the database first.
     state.audit.shutdown().await;
     state.db.close().await;
     tracing::info!("coffer-server stopped");
