@@ -274,7 +274,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_batch_is_committed_durably_and_an_event_already_stored_is_skipped() {
+    async fn a_batch_drained_again_stores_only_the_events_not_yet_stored() {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
         let db = Db::connect(&url, 2, 0).await.expect("connect");

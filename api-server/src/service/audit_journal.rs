@@ -285,9 +285,11 @@ impl Journal {
         Ok(Appended::Yes)
     }
 
-    /// Stores the next batch of events in `sink`. `Ok(false)` when there is nothing to drain.
+    /// Stores what the oldest segment with events not yet in the database holds, as far as one
+    /// read takes it, in `sink`: batches of at most [`JournalLimits::batch_rows`], each counted
+    /// as drained once stored. `Ok(false)` when there is nothing to drain.
     async fn drain_batch(&self, sink: &impl AuditSink) -> Result<bool, sqlx::Error> {
-        let (file, from, to, behind) = {
+        let (file, from, to) = {
             let mut files = self.lock();
             if files
                 .current
@@ -302,27 +304,39 @@ impl Journal {
                 .front()
                 .or(files.current.as_ref().filter(|c| c.drained < c.len));
             let Some(s) = next else { return Ok(false) };
-            let behind = files.appended - *self.drained.borrow();
-            (s.file.clone(), s.drained, s.len, behind)
+            (s.file.clone(), s.drained, s.len)
         };
-        let (rows, end) = if from < to {
-            let (bytes, base) = read_lines(&file, from, to)?;
-            parse(&bytes, base, self.limits.batch_rows)
-        } else {
-            (Vec::new(), from)
-        };
-        if !rows.is_empty() {
-            // In the background while it keeps up; at full speed once it falls behind.
-            let pace = if behind > end - from || self.waiting.load(Ordering::Relaxed) > 0 {
-                Pace::CatchUp
-            } else {
-                Pace::Background
-            };
-            sink.write(&rows, pace).await?;
+        if from == to {
+            self.drained_up_to(&file, from, from);
+            return Ok(true);
         }
+        let bytes = read_lines(&file, from, to)?;
+        let mut lines = bytes.split_inclusive(|b| *b == b'\n').peekable();
+        let mut start = from;
+        while lines.peek().is_some() {
+            let (rows, end) = parse(&mut lines, start, self.limits.batch_rows);
+            if !rows.is_empty() {
+                // In the background while it keeps up; at full speed once it falls behind.
+                let behind = self.lock().appended - *self.drained.borrow() > end - start;
+                let pace = if behind || self.waiting.load(Ordering::Relaxed) > 0 {
+                    Pace::CatchUp
+                } else {
+                    Pace::Background
+                };
+                sink.write(&rows, pace).await?;
+            }
+            self.drained_up_to(&file, start, end);
+            start = end;
+        }
+        Ok(true)
+    }
+
+    /// Records that the bytes `from..end` of the segment of `file` are in the database, and
+    /// deletes the segment once it is sealed and drained.
+    fn drained_up_to(&self, file: &Arc<File>, from: u64, end: u64) {
         let mut files = self.lock();
         let files = &mut *files;
-        let same = |s: &Segment| Arc::ptr_eq(&s.file, &file);
+        let same = |s: &Segment| Arc::ptr_eq(&s.file, file);
         let segment = files
             .sealed
             .iter_mut()
@@ -342,7 +356,6 @@ impl Journal {
             }
             files.sealed.pop_front();
         }
-        Ok(true)
     }
 }
 
@@ -401,8 +414,12 @@ fn adopt(dir: &Path) -> std::io::Result<Vec<Segment>> {
             std::fs::remove_file(&path)?;
             continue;
         }
-        let bytes = std::fs::read(&path)?;
-        let len = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1) as u64;
+        let len = whole_lines_len(&file)?;
+        if len == 0 {
+            // Nothing whole in it: at most the start of an append whose read was never answered.
+            std::fs::remove_file(&path)?;
+            continue;
+        }
         adopted.push(Segment {
             file: Arc::new(file),
             path,
@@ -413,9 +430,26 @@ fn adopt(dir: &Path) -> std::io::Result<Vec<Segment>> {
     Ok(adopted)
 }
 
-/// The bytes of `file` from `from` (before `to`) up to the end of the last whole line read, and
-/// `from`: [`READ_BYTES`] at a time, or as much as it takes to hold one whole line.
-fn read_lines(file: &File, from: u64, to: u64) -> std::io::Result<(Vec<u8>, u64)> {
+/// The length of `file` up to the end of its last whole line (0 when it has none), read from
+/// the end.
+fn whole_lines_len(file: &File) -> std::io::Result<u64> {
+    let mut end = file.metadata()?.len();
+    let mut chunk = vec![0; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(chunk.len() as u64);
+        let part = &mut chunk[..usize::try_from(end - start).unwrap_or(0)];
+        file.read_exact_at(part, start)?;
+        if let Some(last) = part.iter().rposition(|b| *b == b'\n') {
+            return Ok(start + last as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
+/// The bytes of `file` from `from` (before `to`) up to the end of the last whole line read:
+/// [`READ_BYTES`] at a time, or as much as it takes to hold one whole line.
+fn read_lines(file: &File, from: u64, to: u64) -> std::io::Result<Vec<u8>> {
     let mut want = (to - from).min(READ_BYTES);
     loop {
         let mut bytes = vec![0; usize::try_from(want).unwrap_or(usize::MAX)];
@@ -423,7 +457,7 @@ fn read_lines(file: &File, from: u64, to: u64) -> std::io::Result<(Vec<u8>, u64)
         match bytes.iter().rposition(|b| *b == b'\n') {
             Some(last) => {
                 bytes.truncate(last + 1);
-                return Ok((bytes, from));
+                return Ok(bytes);
             }
             // Appends end with a newline, so up to `to` there is one.
             None if want < to - from => want = (want * 2).min(to - from),
@@ -436,15 +470,17 @@ fn read_lines(file: &File, from: u64, to: u64) -> std::io::Result<(Vec<u8>, u64)
     }
 }
 
-/// Up to `max_rows` events from whole lines of `bytes` (which start at `base`), and the offset
-/// after the last line taken. A line that is not an event is logged and skipped.
-fn parse(bytes: &[u8], base: u64, max_rows: usize) -> (Vec<AuditRow>, u64) {
+/// Up to `max_rows` events from the next whole `lines` (the first starting at offset `base`),
+/// and the offset after the last line taken. A line that is not an event is logged and skipped.
+fn parse<'a>(
+    lines: &mut impl Iterator<Item = &'a [u8]>,
+    base: u64,
+    max_rows: usize,
+) -> (Vec<AuditRow>, u64) {
     let mut rows = Vec::new();
     let mut end = base;
-    for line in bytes.split_inclusive(|b| *b == b'\n') {
-        if rows.len() == max_rows {
-            break;
-        }
+    while rows.len() < max_rows {
+        let Some(line) = lines.next() else { break };
         match serde_json::from_slice::<AuditRow>(line) {
             Ok(row) => rows.push(row),
             Err(e) => {
