@@ -58,6 +58,9 @@ const MAX_NOTIFIED: usize = 64;
 /// Organizations whose secrets revision is remembered, at most.
 const MAX_ORGS: usize = 100_000;
 
+/// Environments remembered as too large to keep, at most (then forgotten all at once).
+const MAX_OVERSIZE: usize = 100_000;
+
 /// What a transaction changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
@@ -186,7 +189,7 @@ struct Inner {
     bytes: usize,
     /// The organizations' secrets revisions, as last loaded.
     orgs: HashMap<OrgId, i64>,
-    /// Environments found too large to keep (at most [`MAX_ORGS`] remembered).
+    /// Environments found too large to keep (at most [`MAX_OVERSIZE`] remembered).
     oversize: HashSet<EnvironmentId>,
     /// The PostgreSQL backend of the connected listener.
     listener: Option<i32>,
@@ -278,7 +281,7 @@ impl SecretCache {
             return snapshot;
         }
         if size > self.max_bytes / 16 {
-            if inner.oversize.len() >= MAX_ORGS {
+            if inner.oversize.len() >= MAX_OVERSIZE {
                 inner.oversize.clear();
             }
             inner.oversize.insert(env);
