@@ -417,7 +417,7 @@ impl Db {
     /// queue, then holds the write lock from its first statement (`BEGIN IMMEDIATE`), so two
     /// concurrent read-then-write transactions cannot deadlock on SQLite's lock upgrade.
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
-        let writer = self.queue_writer().await;
+        let writer = self.write_turn().await;
         let tx = match self.backend {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.pool.begin().await?,
@@ -434,16 +434,11 @@ impl Db {
         })
     }
 
-    /// This process's turn to write, for one statement outside a transaction (autocommit) on
-    /// [`Db::pool`]: hold it while the statement runs. On SQLite it queues the statement with
-    /// the transactions (see `writer`) instead of having it meet their lock in SQLite's busy
-    /// handler; `None` on PostgreSQL.
+    /// This process's turn to write (FIFO): [`Db::begin`] takes it, and so must one statement
+    /// outside a transaction (autocommit) on [`Db::pool`], held while the statement runs. On
+    /// SQLite it queues the statement with the transactions (see `writer`) instead of having it
+    /// meet their lock in SQLite's busy handler; `None` on PostgreSQL.
     pub async fn write_turn(&self) -> Option<OwnedMutexGuard<()>> {
-        self.queue_writer().await
-    }
-
-    /// On SQLite, this process's turn to write (FIFO); nothing to wait for on PostgreSQL.
-    async fn queue_writer(&self) -> Option<OwnedMutexGuard<()>> {
         match &self.writer {
             Some(writer) => Some(writer.clone().lock_owned().await),
             None => None,
