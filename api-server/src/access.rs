@@ -48,6 +48,9 @@ pub struct AccessCache {
     epoch: AtomicU64,
     credentials: Cache<String, Entry<Live>>,
     standing: Cache<StandingKey, Entry<Arc<[StandingRow]>>>,
+    /// The epoch, for long-lived requests (event streams) that check access again whenever it
+    /// may have changed.
+    changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for AccessCache {
@@ -83,7 +86,13 @@ impl AccessCache {
                 })
                 .time_to_live(ttl.max(Duration::from_millis(1)))
                 .build(),
+            changed: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Changes whenever [`AccessCache::forget_all`] is called (on this replica).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 
     /// The current epoch, to be read before a lookup whose answer will be stored.
@@ -142,9 +151,10 @@ impl AccessCache {
 
     /// Forgets everything: who may do what may have changed.
     pub fn forget_all(&self) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
         self.credentials.invalidate_all();
         self.standing.invalidate_all();
+        self.changed.send_replace(epoch);
     }
 }
 

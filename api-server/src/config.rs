@@ -266,6 +266,50 @@ pub struct Config {
     /// Longest a request may take, in seconds.
     #[arg(long = "request-timeout", env = "COFFER_REQUEST_TIMEOUT", value_name = "COFFER_REQUEST_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub request_timeout_secs: u64,
+
+    /// How long change events are kept for event streams and history (seconds, or a number
+    /// with `s`, `m`, `h` or `d`); older ones are pruned in the background.
+    #[arg(long = "event-retention", env = "COFFER_EVENT_RETENTION", value_name = "COFFER_EVENT_RETENTION", default_value = "7d", value_parser = parse_duration_secs)]
+    pub event_retention_secs: u64,
+
+    /// Most event streams open at once on this server.
+    #[arg(long = "event-streams-max", env = "COFFER_EVENT_STREAMS_MAX", value_name = "COFFER_EVENT_STREAMS_MAX", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub event_streams_max: u32,
+
+    /// Most event streams one organization may have open at once on this server.
+    #[arg(long = "event-streams-per-org", env = "COFFER_EVENT_STREAMS_PER_ORG", value_name = "COFFER_EVENT_STREAMS_PER_ORG", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub event_streams_per_org: u32,
+
+    /// Most event streams one credential (login session, API key, service token) may have
+    /// open at once on this server.
+    #[arg(long = "event-streams-per-credential", env = "COFFER_EVENT_STREAMS_PER_CREDENTIAL", value_name = "COFFER_EVENT_STREAMS_PER_CREDENTIAL", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub event_streams_per_credential: u32,
+}
+
+/// Seconds, written as a number of seconds or with a unit: `90`, `90s`, `15m`, `12h`, `7d`;
+/// from 1 second to 10 years.
+fn parse_duration_secs(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, unit) = match text.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&text[..i], c),
+        _ => (text, 's'),
+    };
+    let scale = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3_600,
+        'd' => 86_400,
+        _ => return Err(format!("unknown unit `{unit}` (use s, m, h or d)")),
+    };
+    let secs = number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| format!("`{text}` is not a duration such as 3600, 90m, 12h or 7d"))?;
+    if !(1..=10 * 365 * 86_400).contains(&secs) {
+        return Err("must be from 1 second to 10 years".into());
+    }
+    Ok(secs)
 }
 
 impl Config {
@@ -334,6 +378,10 @@ impl Config {
         Duration::from_secs(self.session_max_lifetime_secs)
     }
 
+    pub fn event_retention(&self) -> Duration {
+        Duration::from_secs(self.event_retention_secs)
+    }
+
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
     }
@@ -358,6 +406,17 @@ impl Config {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn durations_take_seconds_or_a_unit() {
+        assert_eq!(parse_duration_secs("90"), Ok(90));
+        assert_eq!(parse_duration_secs("15m"), Ok(900));
+        assert_eq!(parse_duration_secs("12h"), Ok(43_200));
+        assert_eq!(Config::defaults().event_retention_secs, 7 * 86_400);
+        for bad in ["", "0", "7w", "-1d", "d", "99999999999999999999"] {
+            assert!(parse_duration_secs(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn production_without_a_master_key_names_the_variable() {

@@ -132,6 +132,7 @@ pub async fn start(config: Config) -> Result<AppState, StartError> {
     .await?;
     db.migrate().await?;
     let state = AppState::new(config, db, keys)?;
+    tokio::spawn(service::events::index_unindexed_references(state.clone()));
     let missing = service::keys::missing_master_keys(&state).await?;
     if !missing.is_empty() {
         return Err(ConfigError::new(
@@ -181,13 +182,26 @@ pub async fn serve_until(
         let state = state.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(10));
-            loop {
+            for round in 0u64.. {
                 every.tick().await;
                 state.limits.prune();
                 // Evicted DEKs are only dropped (and wiped) when the cache does its upkeep.
                 state.deks.run_pending_tasks();
+                if round % 6 == 0
+                    && let Err(e) = service::events::prune_expired(&state).await
+                {
+                    tracing::warn!(error = %e, "cannot prune expired events");
+                }
             }
         })
+    };
+    // Long-lived responses (event streams) end when the server stops, or it would wait for them.
+    let shutdown = {
+        let stopping = state.shutdown.clone();
+        async move {
+            shutdown.await;
+            stopping.cancel();
+        }
     };
     let service = app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let result = match (&config.tls_cert, &config.tls_key) {

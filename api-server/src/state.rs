@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::access::AccessCache;
 use crate::auth::jwt::JwtKeys;
 use crate::auth::password::PasswordHasher;
@@ -15,6 +17,7 @@ use crate::db::cache::Change;
 use crate::db::sessions::SessionRow;
 use crate::ids::SessionId;
 use crate::service::audit_journal::{AuditWriter, JournalLimits};
+use crate::service::events::StreamSlots;
 use crate::service::secrets::{MAX_WAITING_WRITES, SecretWrites};
 
 /// Forgets, as soon as the change listener hears of it, every session another replica ended, so
@@ -23,21 +26,31 @@ use crate::service::secrets::{MAX_WAITING_WRITES, SecretWrites};
 async fn forget_remote_sessions(
     mut remote: tokio::sync::broadcast::Receiver<Arc<[Change]>>,
     sessions: moka::sync::Cache<SessionId, SessionRow>,
+    ended: tokio::sync::watch::Sender<u64>,
 ) {
     use tokio::sync::broadcast::error::RecvError;
     loop {
-        match remote.recv().await {
+        let forgot = match remote.recv().await {
             Ok(changes) => {
+                let mut forgot = false;
                 for change in changes.iter() {
                     match change {
                         Change::Session(id) => sessions.invalidate(id),
                         Change::Everything => sessions.invalidate_all(),
-                        Change::Environment { .. } => {}
+                        Change::Environment { .. } | Change::Events(_) => continue,
                     }
+                    forgot = true;
                 }
+                forgot
             }
-            Err(RecvError::Lagged(_)) => sessions.invalidate_all(),
+            Err(RecvError::Lagged(_)) => {
+                sessions.invalidate_all();
+                true
+            }
             Err(RecvError::Closed) => return,
+        };
+        if forgot {
+            ended.send_modify(|n| *n += 1);
         }
     }
 }
@@ -60,6 +73,9 @@ pub struct Inner {
     /// Active sessions recently confirmed in the database. Entries are removed at once when
     /// this process ends a session; other replicas notice within the time to live.
     pub sessions: moka::sync::Cache<SessionId, SessionRow>,
+    /// Changes whenever sessions end (here or, heard through the change listener, elsewhere):
+    /// long-lived requests (event streams) authenticate again then.
+    pub sessions_ended: tokio::sync::watch::Sender<u64>,
     /// Credentials and standings recently confirmed in the database (see [`crate::access`]).
     pub access: AccessCache,
     /// The key-encryption keys: the active one wraps new DEKs.
@@ -71,6 +87,10 @@ pub struct Inner {
     pub audit: AuditWriter,
     /// Single-secret writes waiting for their environment's transaction.
     pub secret_writes: Arc<SecretWrites>,
+    /// Event streams open, counted against their limits.
+    pub event_streams: StreamSlots,
+    /// Cancelled when the server stops: long-lived responses (event streams) end then.
+    pub shutdown: CancellationToken,
 }
 
 impl std::ops::Deref for AppState {
@@ -81,6 +101,13 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
+    /// Forgets a session this process ended: refused from now on, and long-lived requests made
+    /// with it end.
+    pub fn forget_session(&self, id: SessionId) {
+        self.sessions.invalidate(&id);
+        self.sessions_ended.send_modify(|n| *n += 1);
+    }
+
     /// State over an already migrated database. Starts the read-audit journal's drainer, so it
     /// must be called within a Tokio runtime.
     pub fn new(config: Config, db: Db, keys: Keys) -> Result<Self, crate::StartError> {
@@ -99,8 +126,13 @@ impl AppState {
             .max_capacity(100_000)
             .time_to_live(Duration::from_millis(config.session_cache_ttl_ms))
             .build();
+        let sessions_ended = tokio::sync::watch::Sender::new(0);
         if let Some(remote) = db.remote_changes() {
-            tokio::spawn(forget_remote_sessions(remote, sessions.clone()));
+            tokio::spawn(forget_remote_sessions(
+                remote,
+                sessions.clone(),
+                sessions_ended.clone(),
+            ));
         }
         let access = AccessCache::new(Duration::from_millis(config.access_cache_ttl_ms), 100_000);
         let keyring = Keyring::new(
@@ -125,11 +157,14 @@ impl AppState {
             passwords,
             limits,
             sessions,
+            sessions_ended,
             access,
             keyring,
             deks,
             audit,
             secret_writes: Arc::new(SecretWrites::new(MAX_WAITING_WRITES)),
+            event_streams: StreamSlots::default(),
+            shutdown: CancellationToken::new(),
         })))
     }
 }

@@ -50,8 +50,14 @@ impl Principal {
     }
 }
 
-fn bearer(parts: &Parts) -> Result<&str, ApiError> {
-    let value = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
+/// The bearer token of a request.
+pub fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    bearer_header(&parts.headers)
+}
+
+/// The bearer token in `headers`.
+pub fn bearer_header(headers: &axum::http::HeaderMap) -> Result<&str, ApiError> {
+    let value = headers.get(header::AUTHORIZATION).ok_or_else(|| {
         ApiError::unauthorized(
             "missing_credentials",
             "authentication required: send `Authorization: Bearer <token>`",
@@ -202,6 +208,19 @@ impl FromRequestParts<AppState> for Caller {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let token = bearer(parts)?;
+        Self::authenticate(state, token, &parts.method).await
+    }
+}
+
+impl Caller {
+    /// The caller a bearer `token` stands for, on a request with `method` (read-only
+    /// credentials are refused on methods that could change something). Long-lived requests
+    /// (event streams) ask again from time to time: a credential revoked meanwhile fails.
+    pub async fn authenticate(
+        state: &AppState,
+        token: &str,
+        method: &Method,
+    ) -> Result<Self, ApiError> {
         let now = Timestamp::now();
         let principal = if token.starts_with(API_KEY_PREFIX) {
             let hash = tokens::hash(token);
@@ -227,7 +246,7 @@ impl FromRequestParts<AppState> for Caller {
                     ..
                 } => {
                     let read_write = db::service_tokens::is_read_write(&access);
-                    if !read_write && !is_safe(&parts.method) {
+                    if !read_write && !is_safe(method) {
                         return Err(ApiError::forbidden(
                             "read_only_token",
                             "this service token is read-only",
@@ -270,7 +289,7 @@ impl FromRequestParts<AppState> for Caller {
         if let Credential::ApiKey {
             read_only: true, ..
         } = principal.credential
-            && !is_safe(&parts.method)
+            && !is_safe(method)
         {
             return Err(ApiError::forbidden(
                 "read_only_key",

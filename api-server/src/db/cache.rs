@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::secrets::SealedRow;
-use crate::ids::{EnvironmentId, OrgId, SessionId};
+use crate::ids::{EnvironmentId, OrgId, ProjectId, SessionId};
 
 /// The PostgreSQL notification channel of changes to secrets and environments, for the
 /// deployment whose tables are in `schema`: channels are per database, and deployments on other
@@ -71,10 +71,13 @@ pub enum Change {
     /// A login session ended (logout, password change, a reused refresh token): no replica may
     /// accept it from memory any longer. The secret cache has nothing to forget for it.
     Session(SessionId),
+    /// Events of the project were recorded: its event streams read on. The secret cache has
+    /// nothing to forget for it (the change that made the events says what changed).
+    Events(ProjectId),
 }
 
-/// The changes of one transaction, as a notification payload: `org:env` pairs and `s:session`
-/// separated by commas, or `*`.
+/// The changes of one transaction, as a notification payload: `org:env` pairs, `s:session` and
+/// `e:project` separated by commas, or `*`. Ids only: what changed is read from the database.
 pub fn payload(changes: &[Change]) -> String {
     if changes.len() > MAX_NOTIFIED || changes.contains(&Change::Everything) {
         return "*".to_owned();
@@ -84,6 +87,7 @@ pub fn payload(changes: &[Change]) -> String {
         .filter_map(|c| match c {
             Change::Environment { org, env } => Some(format!("{org}:{env}")),
             Change::Session(id) => Some(format!("s:{id}")),
+            Change::Events(project) => Some(format!("e:{project}")),
             Change::Everything => None,
         })
         .collect::<Vec<_>>()
@@ -95,6 +99,9 @@ pub fn parse_payload(payload: &str) -> Vec<Change> {
     let parse = |pair: &str| {
         if let Some(session) = pair.strip_prefix("s:") {
             return session.parse().ok().map(Change::Session);
+        }
+        if let Some(project) = pair.strip_prefix("e:") {
+            return project.parse().ok().map(Change::Events);
         }
         let (org, env) = pair.split_once(':')?;
         Some(Change::Environment {
@@ -333,7 +340,7 @@ impl SecretCache {
                     inner.oversize.remove(&env);
                 }
                 Change::Everything => inner.clear(),
-                Change::Session(_) => {}
+                Change::Session(_) | Change::Events(_) => {}
             }
         }
     }
@@ -440,6 +447,9 @@ async fn listen(
         .fetch_one(&mut listener)
         .await?;
     cache.resume(Some(backend));
+    // Notifications sent while no listener was connected are lost: what keeps state from them
+    // starts over.
+    let _ = remote.send(Arc::from([Change::Everything]));
     *connected = true;
     tracing::debug!("the change listener is connected");
     loop {
@@ -578,6 +588,7 @@ mod tests {
         let mixed = [
             Change::Session(SessionId::new()),
             Change::Environment { org, env },
+            Change::Events(ProjectId::new()),
         ];
         assert_eq!(parse_payload(&payload(&mixed)), mixed);
         assert_eq!(parse_payload("s:nonsense"), [Change::Everything]);

@@ -14,6 +14,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod cache;
 pub mod credentials;
+pub mod events;
 pub mod hot;
 pub mod orgs;
 pub mod projects;
@@ -34,6 +35,7 @@ use sqlx::{Any, AnyConnection, AnyPool, ConnectOptions, Connection, Executor, Tr
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use self::cache::{Change, SecretCache};
+use self::events::{NewEvent, Wake};
 use self::hot::{HotConnection, HotConnections};
 pub use crate::ids::Timestamp;
 
@@ -75,6 +77,11 @@ pub struct Db {
     channel: Option<Arc<str>>,
     /// On PostgreSQL, other replicas' changes as the listener hears them.
     remote: Option<cache::RemoteChanges>,
+    /// On PostgreSQL, the key of the events lock (see [`events`]).
+    events_lock: Option<i64>,
+    /// Events recorded: by this process's transactions once they commit, and by other replicas
+    /// as the listener hears of them.
+    wake: tokio::sync::broadcast::Sender<Wake>,
 }
 
 /// A task that ends when this is dropped.
@@ -97,6 +104,10 @@ pub struct Tx {
     _writer: Option<OwnedMutexGuard<()>>,
     // Dropped last: this replica forgets what the transaction changed once it has ended.
     changes: Changes,
+    /// Events inserted at commit, under the events lock (see [`events`]).
+    events: Vec<NewEvent>,
+    events_lock: Option<i64>,
+    wake: tokio::sync::broadcast::Sender<Wake>,
 }
 
 /// What a transaction changes: forgotten by this replica's cache when dropped, that is when the
@@ -127,6 +138,13 @@ impl Tx {
         }
     }
 
+    /// Records `event` with this transaction: it is inserted when the transaction commits, and
+    /// event streams of every replica hear of it then.
+    pub fn event(&mut self, event: NewEvent) {
+        self.changed(Change::Events(event.project_id));
+        self.events.push(event);
+    }
+
     /// On PostgreSQL, the channel and payload of the notification of the changes recorded since
     /// the last one, for a statement that sends it itself (`pg_notify`) and so saves a round
     /// trip; the commit sends whatever no statement took.
@@ -142,7 +160,13 @@ impl Tx {
     }
 
     pub async fn commit(mut self) -> Result<(), sqlx::Error> {
-        if let Some((channel, payload)) = self.take_notification() {
+        let notification = self.take_notification();
+        if !self.events.is_empty() {
+            let notify = notification
+                .as_ref()
+                .map(|(channel, payload)| (&**channel, payload.as_str()));
+            events::insert(&mut self.tx, self.events_lock, &self.events, notify).await?;
+        } else if let Some((channel, payload)) = notification {
             sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(&*channel)
                 .bind(payload)
@@ -153,10 +177,22 @@ impl Tx {
             tx,
             _writer,
             changes,
+            events,
+            wake,
+            ..
         } = self;
         let committed = tx.commit().await;
         drop(_writer);
         drop(changes);
+        if committed.is_ok() {
+            let mut projects: Vec<_> = events.iter().map(|e| e.project_id).collect();
+            projects.sort_unstable();
+            projects.dedup();
+            for project in projects {
+                // Nobody listening is fine.
+                let _ = wake.send(Wake::Project(project));
+            }
+        }
         committed
     }
 
@@ -345,22 +381,27 @@ impl Db {
             None => None,
         };
         let cache = Arc::new(SecretCache::new(cache_bytes, true));
-        let channel: Option<Arc<str>> = match backend {
-            Backend::Postgres => {
-                let schema: String =
-                    sqlx::query_scalar("SELECT CAST(COALESCE(current_schema(), 'public') AS TEXT)")
-                        .fetch_one(&pool)
-                        .await?;
-                Some(cache::channel(&schema).into())
-            }
+        // On PostgreSQL, the change channel and the events lock are the deployment's: its schema's.
+        let schema: Option<String> = match backend {
+            Backend::Postgres => Some(
+                sqlx::query_scalar("SELECT CAST(COALESCE(current_schema(), 'public') AS TEXT)")
+                    .fetch_one(&pool)
+                    .await?,
+            ),
             Backend::Sqlite => None,
         };
+        let channel: Option<Arc<str>> = schema.as_deref().map(|s| cache::channel(s).into());
+        let events_lock = schema.as_deref().map(events::lock_key);
         // Other replicas write too: their changes must reach this cache, and the sessions they
         // end must reach this replica's memory of sessions. The listener runs even without a
         // secret cache, for those.
         let remote = channel
             .as_ref()
             .map(|_| tokio::sync::broadcast::channel(1024).0);
+        let (wake, _) = tokio::sync::broadcast::channel(1024);
+        if let Some(remote) = &remote {
+            tokio::spawn(events::wake_on_remote(remote.subscribe(), wake.clone()));
+        }
         let listener = match (&channel, &remote) {
             (Some(channel), Some(remote)) => Some(Arc::new(AbortOnDrop(cache::spawn_listener(
                 url.to_owned(),
@@ -375,6 +416,8 @@ impl Db {
             listener,
             channel,
             remote,
+            events_lock,
+            wake,
             keeper,
             pool,
             reads,
@@ -431,6 +474,9 @@ impl Db {
                 notified: 0,
                 channel: self.channel.clone(),
             },
+            events: Vec::new(),
+            events_lock: self.events_lock,
+            wake: self.wake.clone(),
         })
     }
 
@@ -456,6 +502,12 @@ impl Db {
         self.remote
             .as_ref()
             .map(tokio::sync::broadcast::Sender::subscribe)
+    }
+
+    /// Wakes when events are recorded (see [`Wake`]). A receiver that lags behind must assume
+    /// any project has new events.
+    pub fn event_wakes(&self) -> tokio::sync::broadcast::Receiver<Wake> {
+        self.wake.subscribe()
     }
 
     /// The cache of environments' secrets.

@@ -394,15 +394,15 @@ pub async fn update_environment<'e>(
     Ok(())
 }
 
+/// Deletes an environment; its last revision, `None` when it was already gone.
 pub async fn delete_environment<'e>(
     ex: impl AnyExecutor<'e>,
     id: EnvironmentId,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM environments WHERE id = $1")
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar("DELETE FROM environments WHERE id = $1 RETURNING revision")
         .bind(id)
-        .execute(ex)
-        .await?;
-    Ok(())
+        .fetch_optional(ex)
+        .await
 }
 
 /// Every policy of an environment as (role, access).

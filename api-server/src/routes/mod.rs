@@ -4,6 +4,7 @@
 pub mod api_keys;
 pub mod audit;
 pub mod auth;
+pub mod events;
 pub mod health;
 pub mod meta;
 pub mod orgs;
@@ -37,6 +38,7 @@ use crate::state::AppState;
         (name = "teams", description = "Teams of an organization's members"),
         (name = "projects", description = "Projects, environments and access"),
         (name = "secrets", description = "Secrets: values, versions, import and export"),
+        (name = "events", description = "Change events: streams and history"),
         (name = "service-tokens", description = "Machine identities scoped to a project's environments"),
     )
 )]
@@ -81,6 +83,7 @@ fn api() -> OpenApiRouter<AppState> {
                     .merge(service_tokens::router()),
             )
             .merge(secrets::router())
+            .merge(events::router())
             .merge(audit::org_router()),
         )
         .nest(

@@ -275,7 +275,7 @@ async fn refresh_reuse(state: &AppState, meta: &ClientMeta, token: &RefreshToken
         tx.commit().await
     }
     .await;
-    state.sessions.invalidate(&token.session_id);
+    state.forget_session(token.session_id);
     match result {
         Ok(()) => ApiError::unauthorized(
             "refresh_token_reused",
@@ -366,7 +366,7 @@ pub async fn logout(state: &AppState, meta: &ClientMeta, principal: &Principal) 
         .record(&mut *tx)
         .await?;
     tx.commit().await?;
-    state.sessions.invalidate(&session);
+    state.forget_session(session);
     Ok(())
 }
 
@@ -441,7 +441,7 @@ pub async fn change_password(
         .await?;
     tx.commit().await?;
     for id in &ended {
-        state.sessions.invalidate(id);
+        state.forget_session(*id);
     }
     Ok(())
 }

@@ -11,8 +11,20 @@ use crate::error::{ApiError, ApiResult};
 use crate::ids::{EnvironmentId, ProjectId, Timestamp, UserId};
 use crate::service::ClientMeta;
 use crate::service::audit::{AuditEvent, Outcome, action};
+use crate::service::events;
 use crate::service::tenancy::{self, EnvCtx, EnvPath, ProjectCtx, check_name, check_slug};
 use crate::state::AppState;
+use coffer_client::types::EventType;
+
+/// Most environments a project may have.
+pub const MAX_ENVIRONMENTS: usize = 100;
+
+fn too_many_environments() -> ApiError {
+    ApiError::validation(
+        "too_many_environments",
+        format!("a project has at most {MAX_ENVIRONMENTS} environments"),
+    )
+}
 
 /// Environments a new project gets unless the request names others.
 pub const DEFAULT_ENVIRONMENTS: [&str; 3] = ["development", "staging", "production"];
@@ -39,6 +51,9 @@ pub async fn create(
     let name = check_name(name)?;
     check_slug(slug, "project")?;
     let env_slugs = environments.unwrap_or_else(|| DEFAULT_ENVIRONMENTS.map(String::from).to_vec());
+    if env_slugs.len() > MAX_ENVIRONMENTS {
+        return Err(too_many_environments());
+    }
     for (i, env) in env_slugs.iter().enumerate() {
         check_slug(env, "environment")?;
         if env_slugs[..i].contains(env) {
@@ -82,6 +97,23 @@ pub async fn create(
         };
         db::projects::insert_environment(&mut *tx, &row).await?;
         envs.push(row);
+    }
+    let ctx = ProjectCtx {
+        org: org.clone(),
+        project: project.clone(),
+        role: Some(ProjectRole::Admin),
+    };
+    let actor = events::actor(principal);
+    for env in &envs {
+        events::environment_changed(
+            &mut tx,
+            &ctx,
+            env,
+            EventType::EnvironmentCreated,
+            &actor,
+            now,
+        )
+        .await?;
     }
     crate::service::secrets::create_dek(state, &mut tx, org.org.id, project.id, 1).await?;
     if org.role < Some(OrgRole::Admin) {
@@ -182,6 +214,7 @@ pub async fn delete(
     let ctx = tenancy::project(state, principal, org, project, Action::ProjectDelete).await?;
     let mut tx = state.db.begin().await?;
     tx.changed(Change::Everything);
+    events::project_deleted(&mut tx, &ctx, &events::actor(principal), Timestamp::now()).await?;
     db::projects::delete(&mut tx, ctx.project.id).await?;
     audit(meta, principal, &ctx, action::PROJECT_DELETED)
         .details(json!({ "slug": ctx.project.slug }))
@@ -208,12 +241,11 @@ pub async fn create_environment(
     };
     let now = Timestamp::now();
     let mut tx = state.db.begin().await?;
-    let position = db::projects::environments(&mut *tx, ctx.project.id)
-        .await?
-        .iter()
-        .map(|e| e.position + 1)
-        .max()
-        .unwrap_or(0);
+    let existing = db::projects::environments(&mut *tx, ctx.project.id).await?;
+    if existing.len() >= MAX_ENVIRONMENTS {
+        return Err(too_many_environments());
+    }
+    let position = existing.iter().map(|e| e.position + 1).max().unwrap_or(0);
     let env = EnvironmentRow {
         id: EnvironmentId::new(),
         project_id: ctx.project.id,
@@ -239,6 +271,16 @@ pub async fn create_environment(
         .details(json!({ "slug": slug }))
         .record(&mut *tx)
         .await?;
+    let actor = events::actor(principal);
+    events::environment_changed(
+        &mut tx,
+        &ctx,
+        &env,
+        EventType::EnvironmentCreated,
+        &actor,
+        now,
+    )
+    .await?;
     tx.commit().await?;
     Ok(env)
 }
@@ -269,8 +311,11 @@ pub async fn update_environment(
         .position(|e| e.slug == env)
         .ok_or_else(|| ApiError::not_found("environment"))?;
     let mut moved = envs.remove(index);
+    let mut renamed = false;
     if let Some(name) = name {
-        moved.name = check_name(name)?;
+        let name = check_name(name)?;
+        renamed = name != moved.name;
+        moved.name = name;
     }
     let target = position.map_or(index, |p| (p as usize).min(envs.len()));
     envs.insert(target, moved);
@@ -290,6 +335,18 @@ pub async fn update_environment(
         .environment(updated.id)
         .record(&mut *tx)
         .await?;
+    if renamed {
+        let actor = events::actor(principal);
+        events::environment_changed(
+            &mut tx,
+            &ctx,
+            &updated,
+            EventType::EnvironmentRenamed,
+            &actor,
+            now,
+        )
+        .await?;
+    }
     tx.commit().await?;
     Ok(updated)
 }
@@ -320,12 +377,28 @@ pub async fn delete_environment(
         org: ctx.project.org.org.id,
         env: ctx.env.id,
     });
-    db::projects::delete_environment(&mut *tx, ctx.env.id).await?;
+    let revision = db::projects::delete_environment(&mut *tx, ctx.env.id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("environment"))?;
     audit(meta, principal, &ctx.project, action::ENVIRONMENT_DELETED)
         .environment(ctx.env.id)
         .details(json!({ "slug": ctx.env.slug }))
         .record(&mut *tx)
         .await?;
+    let deleted = EnvironmentRow {
+        revision,
+        ..ctx.env.clone()
+    };
+    let actor = events::actor(principal);
+    events::environment_changed(
+        &mut tx,
+        &ctx.project,
+        &deleted,
+        EventType::EnvironmentDeleted,
+        &actor,
+        Timestamp::now(),
+    )
+    .await?;
     tx.commit().await?;
     Ok(())
 }

@@ -22,9 +22,11 @@ use crate::secrets::formats::{self, Format};
 use crate::secrets::references::{self, Lookup, LookupError, Place};
 use crate::service::ClientMeta;
 use crate::service::audit::{AuditEvent, Outcome};
+use crate::service::events;
 use crate::service::tenancy::{self, EnvCtx, EnvPath};
 use crate::service::write_queue::{DrainGuard, Pushed, WriteQueues};
 use crate::state::AppState;
+use coffer_client::types::{ChangeAction, KeyChange};
 
 pub const MAX_KEY_LEN: usize = 256;
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
@@ -413,6 +415,33 @@ fn audit(meta: &ClientMeta, principal: &Caller, ctx: &EnvCtx, what: &'static str
         .org(ctx.project.org.org.id)
         .project(ctx.project.project.id)
         .environment(ctx.env.id)
+}
+
+/// The current value of one secret, unresolved, for this server's own upkeep (not audited:
+/// it never leaves the server). `None` when there is no live secret `key`.
+pub async fn current_raw_value(
+    state: &AppState,
+    org: OrgId,
+    project: ProjectId,
+    env: EnvironmentId,
+    key: &str,
+) -> ApiResult<Option<SecretString>> {
+    let Some(row) = db::secrets::live_one(&state.db, org, env, key).await? else {
+        return Ok(None);
+    };
+    let stored = db::secrets::dek(state.db.pool(), project, &row.dek_id)
+        .await?
+        .ok_or_else(|| crypto_failure("missing DEK"))?;
+    let dek = unwrap_dek(state, org, &stored)?;
+    let aad = ValueAad {
+        org_id: org.to_string(),
+        project_id: project.to_string(),
+        environment_id: env.to_string(),
+        key: row.key.clone(),
+        version: row.version,
+        field: Field::Value,
+    };
+    text(dek.open(&row.value_ct, &aad).map_err(crypto_failure)?).map(Some)
 }
 
 /// The environment's current values by key (unresolved).
@@ -846,6 +875,24 @@ async fn upsert(
         }
         report.versions = written.into_iter().map(|w| (w.key, w.version)).collect();
         sealed = Some(seals);
+        for input in &to_write {
+            let had = current
+                .get(&input.key)
+                .is_some_and(|c| references::has_references(c.value.expose_secret()));
+            events::index_references(&mut tx, ctx, &input.key, &input.value, had).await?;
+        }
+        if let Some(revision) = report.revision {
+            let changes = events::written(&report.created, &report.updated);
+            events::secrets_changed(
+                &mut tx,
+                ctx,
+                revision,
+                changes,
+                &events::actor(principal),
+                now,
+            )
+            .await?;
+        }
     }
     let event = audit(meta, principal, ctx, what)
         .details(json!({ "created": report.created, "updated": report.updated, "unchanged": report.unchanged.len() }));
@@ -1046,19 +1093,24 @@ async fn write_batch(state: &AppState, jobs: &[WriteJob]) -> ApiResult<Vec<Secre
     let mut tx = state.db.begin().await?;
     let ctx = &first.ctx;
     changes_environment(&mut tx, ctx);
-    db::secrets::lock_environment_and_keys(&mut tx, ctx.env.id, ctx.project.project.id, now)
-        .await?
-        .ok_or_else(|| ApiError::not_found("environment"))?;
+    let revision =
+        db::secrets::lock_environment_and_keys(&mut tx, ctx.env.id, ctx.project.project.id, now)
+            .await?
+            .ok_or_else(|| ApiError::not_found("environment"))?;
     let (dek_row, dek) = keys_locked_dek(state, &mut tx, ctx).await?;
     let mut values = Vec::with_capacity(jobs.len());
-    let mut events = Vec::with_capacity(jobs.len());
+    let mut audit_events = Vec::with_capacity(jobs.len());
     let mut seals = 0;
     let mut adds = false;
+    // The batch's changes by key, each as the batch's writes leave it, and who made them.
+    let mut changes: BTreeMap<&str, ChangeAction> = BTreeMap::new();
+    let mut actor = None;
     for job in jobs {
         let (ctx, input) = (&job.ctx, &job.input);
         let row = db::secrets::one(&mut *tx, ctx.env.id, &input.key, None).await?;
         // Read under the environment's lock: the version this write makes, deleted or not.
         let next = row.as_ref().map_or(1, |r| r.version + 1);
+        let had_references = row.as_ref().is_some_and(|r| r.has_references != 0);
         let live = row.filter(|r| r.deleted_at.is_none());
         if live.is_some() && job.if_live == IfLive::Conflict {
             return Err(ApiError::conflict(
@@ -1090,12 +1142,20 @@ async fn write_batch(state: &AppState, jobs: &[WriteJob]) -> ApiResult<Vec<Secre
         .await?;
         seals += n;
         adds |= live.is_none();
+        events::index_references(&mut tx, ctx, &input.key, &input.value, had_references).await?;
+        let action = match (live.is_some(), changes.get(input.key.as_str())) {
+            // Created earlier in this batch: still a creation as far as readers can tell.
+            (_, Some(ChangeAction::Created)) | (false, _) => ChangeAction::Created,
+            (true, _) => ChangeAction::Updated,
+        };
+        changes.insert(&input.key, action);
+        actor = Some(events::actor(&job.principal));
         let (created, updated) = if live.is_some() {
             (vec![], vec![input.key.as_str()])
         } else {
             (vec![input.key.as_str()], vec![])
         };
-        events.push(
+        audit_events.push(
             audit(&job.meta, &job.principal, ctx, job.what)
                 .details(json!({ "created": created, "updated": updated, "unchanged": 0 })),
         );
@@ -1117,8 +1177,18 @@ async fn write_batch(state: &AppState, jobs: &[WriteJob]) -> ApiResult<Vec<Secre
             return Err(too_many_secrets(max_secrets));
         }
     }
+    let changes = changes
+        .into_iter()
+        .map(|(key, action)| KeyChange {
+            key: key.to_owned(),
+            action,
+        })
+        .collect();
+    if let Some(actor) = &actor {
+        events::secrets_changed(&mut tx, &first.ctx, revision, changes, actor, now).await?;
+    }
     let org = first.ctx.project.org.org.id;
-    let (event, more) = events
+    let (event, more) = audit_events
         .split_first()
         .ok_or_else(|| ApiError::internal(anyhow::anyhow!("a write wrote nothing")))?;
     db::secrets::finish_write(&mut tx, &dek_row.id, seals, org, event.row()).await?;
@@ -1218,10 +1288,23 @@ pub async fn delete(
     let now = Timestamp::now();
     let mut tx = state.db.begin().await?;
     // The same lock order as every write of the environment: environment first, then secrets.
-    lock_and_bump_environment(&mut tx, &ctx, now).await?;
+    let revision = lock_and_bump_environment(&mut tx, &ctx, now).await?;
     if !db::secrets::mark_deleted(&mut *tx, ctx.env.id, key, now).await? {
         return Err(ApiError::not_found("secret"));
     }
+    let change = KeyChange {
+        key: key.to_owned(),
+        action: ChangeAction::Deleted,
+    };
+    events::secrets_changed(
+        &mut tx,
+        &ctx,
+        revision,
+        vec![change],
+        &events::actor(principal),
+        now,
+    )
+    .await?;
     db::secrets::bump_org_revision(&mut *tx, ctx.project.org.org.id).await?;
     audit(meta, principal, &ctx, action::DELETED)
         .details(json!({ "keys": [key] }))
@@ -1242,10 +1325,23 @@ pub async fn restore(
     let ctx = tenancy::environment(state, principal, at, Action::SecretsWrite).await?;
     let now = Timestamp::now();
     let mut tx = state.db.begin().await?;
-    lock_and_bump_environment(&mut tx, &ctx, now).await?;
+    let revision = lock_and_bump_environment(&mut tx, &ctx, now).await?;
     if !db::secrets::restore(&mut *tx, ctx.env.id, key, now).await? {
         return Err(ApiError::not_found("deleted secret"));
     }
+    let change = KeyChange {
+        key: key.to_owned(),
+        action: ChangeAction::Restored,
+    };
+    events::secrets_changed(
+        &mut tx,
+        &ctx,
+        revision,
+        vec![change],
+        &events::actor(principal),
+        now,
+    )
+    .await?;
     let max_secrets = i64::from(state.config.max_secrets_per_environment);
     if db::secrets::count_live(&mut *tx, ctx.env.id).await? > max_secrets {
         return Err(too_many_secrets(max_secrets));

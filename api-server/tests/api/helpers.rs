@@ -117,6 +117,18 @@ impl TestApp {
         .await
     }
 
+    /// Waits (up to 5 s) until the PostgreSQL change listener is connected: other replicas'
+    /// notifications reach this one from then on.
+    pub async fn wait_for_listener(&self) {
+        for _ in 0..100 {
+            if self.state.db.cache().listener_backend().is_some() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("the change listener does not connect");
+    }
+
     /// Sends a request through the whole application.
     pub async fn send(&self, request: Request<Body>) -> TestResponse {
         let response = self
@@ -598,4 +610,155 @@ where
     };
     let (a, (b, waited)) = tokio::join!(first, control);
     (a, b, waited)
+}
+
+/// One Server-Sent Events message (comments are skipped).
+#[derive(Debug, Clone)]
+pub struct SseMessage {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: String,
+}
+
+impl SseMessage {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.data).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.data))
+    }
+}
+
+/// An open event stream, read message by message.
+pub struct EventStream {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    body: Body,
+    buffer: String,
+    /// Comment lines seen (heartbeats).
+    pub comments: usize,
+    ended: bool,
+}
+
+impl EventStream {
+    /// The next message, or `None` when none comes within `within` or the stream ended.
+    pub async fn next_within(&mut self, within: std::time::Duration) -> Option<SseMessage> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(message) = self.parse_one() {
+                return Some(message);
+            }
+            if self.ended {
+                return None;
+            }
+            match tokio::time::timeout_at(deadline, self.body.frame()).await {
+                Err(_) => return None,
+                Ok(None) | Ok(Some(Err(_))) => self.ended = true,
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buffer.push_str(&String::from_utf8_lossy(&data));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next message; panics when none comes within 10 s (the machine may be busy).
+    pub async fn next(&mut self) -> SseMessage {
+        self.next_within(std::time::Duration::from_secs(10))
+            .await
+            .expect("a message within 10 s")
+    }
+
+    /// Whether the server ended the stream within `within` (messages before the end are
+    /// skipped).
+    pub async fn ends_within(&mut self, within: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < deadline {
+            let left = deadline - tokio::time::Instant::now();
+            if self.next_within(left).await.is_none() && self.ended {
+                return true;
+            }
+        }
+        self.ended
+    }
+
+    fn parse_one(&mut self) -> Option<SseMessage> {
+        loop {
+            let end = self.buffer.find("\n\n")?;
+            let block: String = self.buffer.drain(..end + 2).collect();
+            let mut message = SseMessage {
+                id: None,
+                event: None,
+                data: String::new(),
+            };
+            let mut any = false;
+            for line in block.lines() {
+                if line.starts_with(':') {
+                    self.comments += 1;
+                    continue;
+                }
+                let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                let value = value.strip_prefix(' ').unwrap_or(value);
+                any = true;
+                match field {
+                    "id" => message.id = Some(value.to_owned()),
+                    "event" => message.event = Some(value.to_owned()),
+                    "data" => {
+                        if !message.data.is_empty() {
+                            message.data.push('\n');
+                        }
+                        message.data.push_str(value);
+                    }
+                    _ => {}
+                }
+            }
+            if any {
+                return Some(message);
+            }
+        }
+    }
+}
+
+impl TestApp {
+    /// Opens an event stream at `path` (`Accept: text/event-stream`), resuming after
+    /// `last_event_id` when given. A refusal is read whole: see [`EventStream::refusal`].
+    pub async fn stream(
+        &self,
+        path: &str,
+        token: &str,
+        last_event_id: Option<&str>,
+    ) -> EventStream {
+        let mut builder = Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .header("authorization", format!("Bearer {token}"))
+            .header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            builder = builder.header("last-event-id", id);
+        }
+        let response = self
+            .router
+            .clone()
+            .oneshot(builder.body(Body::empty()).expect("request"))
+            .await
+            .expect("infallible");
+        EventStream {
+            status: response.status(),
+            headers: response.headers().clone(),
+            body: response.into_body(),
+            buffer: String::new(),
+            comments: 0,
+            ended: false,
+        }
+    }
+}
+
+impl EventStream {
+    /// The error body of a refused stream.
+    pub async fn refusal(self) -> TestResponse {
+        let body = self.body.collect().await.expect("body").to_bytes().to_vec();
+        TestResponse {
+            status: self.status,
+            headers: self.headers,
+            body,
+        }
+    }
 }

@@ -11,6 +11,7 @@ mod auth;
 mod client_address;
 mod durability;
 mod errors;
+mod events;
 mod health;
 mod imports;
 mod isolation;

@@ -126,18 +126,8 @@ async fn a_session_ended_on_one_replica_is_refused_by_the_others() {
         return;
     };
     let b = a.replica().await;
-    for app in [&a, &b] {
-        for _ in 0..100 {
-            if app.state.db.cache().listener_backend().is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert!(
-            app.state.db.cache().listener_backend().is_some(),
-            "the change listener connects"
-        );
-    }
+    a.wait_for_listener().await;
+    b.wait_for_listener().await;
     let first = a.register("gil@example.com").await;
     let second = a.login("gil@example.com", PASSWORD).await.json();
     let second = second["access_token"].as_str().unwrap().to_owned();

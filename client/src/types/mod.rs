@@ -5,6 +5,7 @@
 //! Requests refuse unknown fields, as the server does; responses accept fields added later.
 
 mod errors;
+mod events;
 mod page;
 mod projects;
 pub(crate) mod revealed;
@@ -13,6 +14,9 @@ mod secrets;
 mod service_tokens;
 
 pub use errors::{ErrorDetail, ErrorResponse};
+pub use events::{
+    Actor, ChangeAction, EnvironmentRevision, Event, EventType, KeyChange, Resync, ResyncReason,
+};
 pub use page::Page;
 pub use projects::{
     CreateEnvironmentRequest, CreateProjectRequest, Environment, EnvironmentDetail, Project,
