@@ -1,12 +1,15 @@
 use std::time::Duration;
 
-use reqwest::header::{ACCEPT, ETAG, HeaderValue, IF_NONE_MATCH, RETRY_AFTER};
+use reqwest::header::{
+    ACCEPT, CACHE_CONTROL, CONTENT_TYPE, ETAG, HeaderValue, IF_NONE_MATCH, RETRY_AFTER,
+};
 use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
 use secrecy::{ExposeSecret as _, SecretString};
 use serde::de::DeserializeOwned;
 
 use crate::Error;
 use crate::error::describe_json_error;
+use crate::stream::EventStream;
 use crate::types::{
     BulkUpsertRequest, CreateEnvironmentRequest, CreateProjectRequest, CreateServiceTokenRequest,
     Environment, EnvironmentDetail, ErrorResponse, IssuedServiceToken, Project, PutSecretRequest,
@@ -14,6 +17,10 @@ use crate::types::{
 };
 
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an event stream may last before the client ends it (and its caller resumes it):
+/// longer than coffer-server ever keeps one open (an hour). It replaces the per-request
+/// timeout, which would cut every stream off after a few seconds.
+const STREAM_TIMEOUT: Duration = Duration::from_secs(2 * 3600);
 const USER_AGENT: &str = concat!("coffer-client/", env!("CARGO_PKG_VERSION"));
 /// The largest answer body a [`Client`] reads unless told otherwise: far above any answer
 /// coffer-server gives (a bulk read of an environment is bounded by the server's own limits),
@@ -233,6 +240,65 @@ impl Client {
     ) -> Result<(), Error> {
         let url = self.secrets_url(org, project, env, Some(key))?;
         self.empty(self.request(Method::DELETE, url)).await
+    }
+
+    /// Opens the event stream of `project`: its changes as they are committed, for the
+    /// environments the token may read secrets of (only those of `environments` when given,
+    /// which must all exist and be readable). Without `last_event_id` the stream starts with a
+    /// [`crate::StreamMessage::Resync`] (the environments' current revisions); with it, it goes
+    /// on with every later event exactly once, or starts with a `Resync` when the server no
+    /// longer retains the events after it.
+    ///
+    /// The answer's headers must come within 10 s; afterwards the stream is taken for dead when
+    /// nothing arrives for [`crate::DEFAULT_IDLE_TIMEOUT`] (the server sends a heartbeat at
+    /// least every 15 s). A refusal is an [`Error::Api`] (429 and 503 with `retry_after`).
+    pub async fn project_events(
+        &self,
+        org: &str,
+        project: &str,
+        environments: Option<&[String]>,
+        last_event_id: Option<i64>,
+    ) -> Result<EventStream, Error> {
+        let mut url = self.url(&[org, "projects", project, "events"])?;
+        if let Some(environments) = environments {
+            if environments.is_empty() {
+                return Err(Error::InvalidUrl(
+                    "`environments` names no environment".into(),
+                ));
+            }
+            url.query_pairs_mut()
+                .append_pair("environments", &environments.join(","));
+        }
+        let mut request = self
+            .http
+            .get(url)
+            .timeout(STREAM_TIMEOUT)
+            .bearer_auth(self.token.expose_secret())
+            .header(ACCEPT, "text/event-stream")
+            .header(CACHE_CONTROL, "no-cache");
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id.to_string());
+        }
+        let response = match tokio::time::timeout(TIMEOUT, request.send()).await {
+            Ok(sent) => sent.map_err(Error::Transport)?,
+            Err(_) => return Err(Error::StreamIdle(TIMEOUT)),
+        };
+        if !response.status().is_success() {
+            return Err(api_error(response, self.max_response_bytes).await);
+        }
+        let content_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if !content_type.starts_with("text/event-stream") {
+            return Err(Error::Decode(format!(
+                "{}: {} with content type {content_type:?} instead of an event stream",
+                response.url().path(),
+                response.status()
+            )));
+        }
+        Ok(EventStream::new(response))
     }
 
     /// Creates a service token; the answer holds the token itself, shown this once.

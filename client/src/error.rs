@@ -27,6 +27,10 @@ pub enum Error {
     /// The base URL (or a path segment built from an argument) is not usable.
     #[error("invalid coffer-server URL: {0}")]
     InvalidUrl(String),
+    /// An event stream did not answer, or sent nothing (not even a heartbeat), for this long:
+    /// the connection is taken for dead.
+    #[error("coffer-server's event stream sent nothing for {} s", .0.as_secs())]
+    StreamIdle(Duration),
 }
 
 impl Error {

@@ -27,6 +27,9 @@
 //! # }
 //! ```
 //!
+//! A project's changes can be followed as they happen with [`Client::project_events`], an
+//! [`EventStream`] of [`StreamMessage`]s that resumes after the last event it delivered.
+//!
 //! Secrets arrive as [`Revealed`] (or `secrecy::SecretString` in requests): their `Debug` output
 //! is redacted, and neither the token nor a secret value ever appears in an [`Error`].
 
@@ -37,9 +40,13 @@ pub mod types;
 mod client;
 #[cfg(feature = "http")]
 mod error;
+#[cfg(feature = "http")]
+mod stream;
 
 #[cfg(feature = "http")]
 pub use client::{Client, DEFAULT_MAX_RESPONSE_BYTES, Fetched};
 #[cfg(feature = "http")]
 pub use error::Error;
+#[cfg(feature = "http")]
+pub use stream::{DEFAULT_IDLE_TIMEOUT, EventStream, MAX_MESSAGE_BYTES, StreamMessage};
 pub use types::*;

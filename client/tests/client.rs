@@ -1,13 +1,16 @@
 //! coffer-client against a real coffer-server (in-process, over a socket, SQLite in a temporary
-//! directory): every method, conditional reads, service tokens, errors, and no secret in `Debug`.
+//! directory): every method, conditional reads, service tokens, event streams, errors, and no
+//! secret in `Debug`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 
+use std::time::Duration;
+
 use coffer_client::{
-    BulkUpsertRequest, Client, CreateEnvironmentRequest, CreateProjectRequest, CreateSecretRequest,
-    CreateServiceTokenRequest, Error, Fetched, ProjectRole, PutSecretRequest, SecretsPage,
-    TokenAccess,
+    BulkUpsertRequest, ChangeAction, Client, CreateEnvironmentRequest, CreateProjectRequest,
+    CreateSecretRequest, CreateServiceTokenRequest, Error, Event, EventStream, EventType, Fetched,
+    ProjectRole, PutSecretRequest, Resync, ResyncReason, SecretsPage, StreamMessage, TokenAccess,
 };
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -497,4 +500,141 @@ async fn debug_output_shows_neither_the_token_nor_secret_values() {
     };
     assert!(!format!("{page:?}").contains("hunter2"));
     assert_eq!(page.secrets[0].value.expose(), "hunter2-value");
+}
+
+/// The next message of `stream`, which must come within 10 s.
+async fn next(stream: &mut EventStream) -> StreamMessage {
+    tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("a message within 10 s")
+        .unwrap()
+        .expect("the stream goes on")
+}
+
+async fn next_event(stream: &mut EventStream) -> Event {
+    match next(stream).await {
+        StreamMessage::Event(event) => event,
+        other => panic!("expected an event, got {other:?}"),
+    }
+}
+
+async fn next_resync(stream: &mut EventStream) -> Resync {
+    match next(stream).await {
+        StreamMessage::Resync(resync) => resync,
+        other => panic!("expected a resync, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_event_stream_starts_with_the_revisions_and_resumes_after_the_last_event() {
+    let server = Server::start().await;
+    let client = server.client().await;
+    client
+        .create_project(ORG, &project("web", Some(&["development", "production"])))
+        .await
+        .unwrap();
+
+    let mut stream = client.project_events(ORG, "web", None, None).await.unwrap();
+    let start = next_resync(&mut stream).await;
+    assert_eq!(start.reason, ResyncReason::Start);
+    let names: Vec<&str> = start
+        .environments
+        .iter()
+        .map(|e| e.environment.as_str())
+        .collect();
+    assert_eq!(names, ["development", "production"]);
+    assert_eq!(stream.last_event_id(), Some(start.last_event_id));
+
+    client
+        .put_secret(ORG, "web", "production", "A", &put("hunter2-1"))
+        .await
+        .unwrap();
+    let first = next_event(&mut stream).await;
+    assert_eq!(
+        (first.kind, first.environment.as_str()),
+        (EventType::SecretsChanged, "production")
+    );
+    assert_eq!(first.changes.len(), 1);
+    assert_eq!(
+        (first.changes[0].key.as_str(), first.changes[0].action),
+        ("A", ChangeAction::Created)
+    );
+    assert!(first.id > start.last_event_id && !first.via_reference);
+    assert_eq!(stream.last_event_id(), Some(first.id));
+    assert!(!format!("{stream:?} {first:?}").contains("hunter2"));
+    drop(stream);
+
+    // What happened while it was closed comes on resumption, exactly once, without a resync.
+    client
+        .put_secret(ORG, "web", "development", "B", &put("1"))
+        .await
+        .unwrap();
+    client
+        .put_secret(ORG, "web", "production", "A", &put("hunter2-2"))
+        .await
+        .unwrap();
+    let mut resumed = client
+        .project_events(ORG, "web", None, Some(first.id))
+        .await
+        .unwrap();
+    let missed = [
+        next_event(&mut resumed).await,
+        next_event(&mut resumed).await,
+    ];
+    assert_eq!(
+        missed
+            .iter()
+            .map(|e| (e.environment.as_str(), e.changes[0].action))
+            .collect::<Vec<_>>(),
+        [
+            ("development", ChangeAction::Created),
+            ("production", ChangeAction::Updated)
+        ]
+    );
+    assert!(missed[1].revision > first.revision);
+    assert_eq!(resumed.last_event_id(), Some(missed[1].id));
+
+    // Only the environments asked for.
+    let only = [String::from("production")];
+    let mut narrowed = client
+        .project_events(ORG, "web", Some(&only), None)
+        .await
+        .unwrap();
+    let start = next_resync(&mut narrowed).await;
+    assert_eq!(start.environments.len(), 1);
+    assert_eq!(start.environments[0].environment, "production");
+    assert_eq!(start.environments[0].revision, missed[1].revision);
+}
+
+#[tokio::test]
+async fn an_event_stream_is_refused_with_the_servers_error() {
+    let server = Server::start().await;
+    let client = server.client().await;
+    client
+        .create_project(ORG, &project("web", None))
+        .await
+        .unwrap();
+    let err = client
+        .project_events(ORG, "nope", None, None)
+        .await
+        .unwrap_err();
+    assert!(err.is_not_found(), "{err:?}");
+    let stranger = Client::new(&server.base, SecretString::from("cfr_not-a-real-token")).unwrap();
+    let err = stranger
+        .project_events(ORG, "web", None, None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(401), "{err:?}");
+    assert!(!format!("{err} {err:?}").contains("not-a-real-token"));
+    let err = client
+        .project_events(ORG, "web", Some(&[]), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidUrl(_)), "{err:?}");
+    let missing = [String::from("qa")];
+    let err = client
+        .project_events(ORG, "web", Some(&missing), None)
+        .await
+        .unwrap_err();
+    assert!(err.is_not_found(), "{err:?}");
 }

@@ -463,7 +463,7 @@ impl Sources {
 /// The condition reason for a failed request to coffer-server.
 pub fn reason_for(error: &ClientError) -> Reason {
     match error {
-        ClientError::Transport(_) => Reason::ServerUnreachable,
+        ClientError::Transport(_) | ClientError::StreamIdle(_) => Reason::ServerUnreachable,
         ClientError::Api { status, .. } => match *status {
             401 => Reason::Unauthorized,
             403 => Reason::Forbidden,
