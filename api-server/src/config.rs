@@ -284,6 +284,31 @@ pub struct Config {
     /// open at once on this server.
     #[arg(long = "event-streams-per-credential", env = "COFFER_EVENT_STREAMS_PER_CREDENTIAL", value_name = "COFFER_EVENT_STREAMS_PER_CREDENTIAL", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub event_streams_per_credential: u32,
+
+    /// Let webhooks reach loopback and private addresses (in-cluster receivers). Link-local and
+    /// cloud-metadata addresses are refused whatever this says.
+    #[arg(long = "webhook-allow-private", env = "COFFER_WEBHOOK_ALLOW_PRIVATE", value_name = "COFFER_WEBHOOK_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub webhook_allow_private: bool,
+
+    /// How long one webhook delivery attempt may take (connecting and answering), in ms.
+    #[arg(long = "webhook-timeout-ms", env = "COFFER_WEBHOOK_TIMEOUT_MS", value_name = "COFFER_WEBHOOK_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=120_000))]
+    pub webhook_timeout_ms: u64,
+
+    /// Attempts per webhook delivery before it is given up.
+    #[arg(long = "webhook-max-attempts", env = "COFFER_WEBHOOK_MAX_ATTEMPTS", value_name = "COFFER_WEBHOOK_MAX_ATTEMPTS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub webhook_max_attempts: u32,
+
+    /// Wait before the second attempt of a delivery, in ms; it doubles with each attempt after.
+    #[arg(long = "webhook-retry-base-ms", env = "COFFER_WEBHOOK_RETRY_BASE_MS", value_name = "COFFER_WEBHOOK_RETRY_BASE_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(10..=86_400_000))]
+    pub webhook_retry_base_ms: u64,
+
+    /// Longest wait between two attempts of a delivery, in ms.
+    #[arg(long = "webhook-retry-max-ms", env = "COFFER_WEBHOOK_RETRY_MAX_MS", value_name = "COFFER_WEBHOOK_RETRY_MAX_MS", default_value_t = 6 * 3_600_000, value_parser = clap::value_parser!(u64).range(10..=7 * 86_400_000))]
+    pub webhook_retry_max_ms: u64,
+
+    /// A webhook whose attempts fail this many times in a row is disabled (and audited).
+    #[arg(long = "webhook-disable-after", env = "COFFER_WEBHOOK_DISABLE_AFTER", value_name = "COFFER_WEBHOOK_DISABLE_AFTER", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub webhook_disable_after: u32,
 }
 
 /// Seconds, written as a number of seconds or with a unit: `90`, `90s`, `15m`, `12h`, `7d`;

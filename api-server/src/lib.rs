@@ -132,7 +132,6 @@ pub async fn start(config: Config) -> Result<AppState, StartError> {
     .await?;
     db.migrate().await?;
     let state = AppState::new(config, db, keys)?;
-    tokio::spawn(service::events::index_unindexed_references(state.clone()));
     let missing = service::keys::missing_master_keys(&state).await?;
     if !missing.is_empty() {
         return Err(ConfigError::new(
@@ -167,6 +166,13 @@ fn create_data_dir(config: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Starts what runs beside the requests: the webhook delivery worker, and the indexing of
+/// references written before the index existed. Both end when the server stops.
+pub fn spawn_workers(state: &AppState) {
+    tokio::spawn(service::events::index_unindexed_references(state.clone()));
+    tokio::spawn(service::webhooks::run_worker(state.clone()));
+}
+
 /// Serves the API until SIGTERM/SIGINT, then finishes in-flight requests (up to 30 s).
 pub async fn serve(state: AppState) -> Result<(), StartError> {
     serve_until(state, shutdown_signal()).await
@@ -178,6 +184,7 @@ pub async fn serve_until(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let config = state.config.clone();
+    spawn_workers(&state);
     let pruner = {
         let state = state.clone();
         tokio::spawn(async move {

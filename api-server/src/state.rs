@@ -19,6 +19,7 @@ use crate::ids::SessionId;
 use crate::service::audit_journal::{AuditWriter, JournalLimits};
 use crate::service::events::StreamSlots;
 use crate::service::secrets::{MAX_WAITING_WRITES, SecretWrites};
+use crate::service::webhooks::Webhooks;
 
 /// Forgets, as soon as the change listener hears of it, every session another replica ended, so
 /// that it is refused here at once too; forgets them all when a notification may have been
@@ -87,6 +88,9 @@ pub struct Inner {
     pub audit: AuditWriter,
     /// Single-secret writes waiting for their environment's transaction.
     pub secret_writes: Arc<SecretWrites>,
+    /// Webhook delivery: the outbound HTTP client (behind the address guard) and the worker's
+    /// wake-up.
+    pub webhooks: Webhooks,
     /// Event streams open, counted against their limits.
     pub event_streams: StreamSlots,
     /// Cancelled when the server stops: long-lived responses (event streams) end then.
@@ -143,6 +147,11 @@ impl AppState {
                 .collect(),
         );
         let deks = DekCache::new(Duration::from_secs(300), 10_000);
+        let webhooks = Webhooks::new(
+            config.webhook_allow_private,
+            Duration::from_millis(config.webhook_timeout_ms),
+        )
+        .map_err(|e| crate::StartError::Io(std::io::Error::other(e)))?;
         let audit = AuditWriter::start(
             &config.data_dir.join(AUDIT_JOURNAL_DIR),
             db.clone(),
@@ -163,6 +172,7 @@ impl AppState {
             deks,
             audit,
             secret_writes: Arc::new(SecretWrites::new(MAX_WAITING_WRITES)),
+            webhooks,
             event_streams: StreamSlots::default(),
             shutdown: CancellationToken::new(),
         })))

@@ -185,6 +185,17 @@ pub async fn pruned_through<'e>(ex: impl AnyExecutor<'e>) -> Result<i64, sqlx::E
         .await
 }
 
+/// Whether an event created before `cutoff` is stored (a read: an idle server writes nothing).
+pub async fn any_before<'e>(
+    ex: impl AnyExecutor<'e>,
+    cutoff: Timestamp,
+) -> Result<bool, sqlx::Error> {
+    let oldest: Option<Timestamp> = sqlx::query_scalar("SELECT MIN(created_at) FROM events")
+        .fetch_one(ex)
+        .await?;
+    Ok(oldest.is_some_and(|t| t < cutoff))
+}
+
 /// Deletes up to `batch` of the oldest events created before `cutoff`; how many it deleted.
 /// Records the last id deleted as pruned, so that readers behind it resynchronise.
 pub async fn prune(

@@ -23,6 +23,7 @@ pub mod service_tokens;
 pub mod sessions;
 pub mod teams;
 pub mod users;
+pub mod webhooks;
 
 use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;

@@ -12,6 +12,7 @@ pub mod projects;
 pub mod secrets;
 pub mod service_tokens;
 pub mod teams;
+pub mod webhooks;
 
 use std::sync::{Arc, OnceLock};
 
@@ -39,6 +40,7 @@ use crate::state::AppState;
         (name = "projects", description = "Projects, environments and access"),
         (name = "secrets", description = "Secrets: values, versions, import and export"),
         (name = "events", description = "Change events: streams and history"),
+        (name = "webhooks", description = "Change events sent to HTTP endpoints, signed"),
         (name = "service-tokens", description = "Machine identities scoped to a project's environments"),
     )
 )]
@@ -80,7 +82,8 @@ fn api() -> OpenApiRouter<AppState> {
                 orgs::router()
                     .merge(teams::router())
                     .merge(projects::router())
-                    .merge(service_tokens::router()),
+                    .merge(service_tokens::router())
+                    .merge(webhooks::router()),
             )
             .merge(secrets::router())
             .merge(events::router())

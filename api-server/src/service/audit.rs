@@ -96,6 +96,13 @@ impl AuditEvent {
         }
     }
 
+    /// An event of the server's own doing (no request behind it): its actor is `system`.
+    pub fn system(action: &'static str, outcome: Outcome) -> Self {
+        let mut event = Self::new(action, outcome, &ClientMeta::default());
+        event.row.actor_type = "system".into();
+        event
+    }
+
     /// The user the event belongs to (whose audit log shows it), acting themselves.
     pub fn by_user(mut self, user: UserId) -> Self {
         self.row.user_id = Some(user);

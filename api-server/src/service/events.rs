@@ -466,20 +466,28 @@ async fn index_one(state: &AppState, secret: &db::events::Unindexed) -> ApiResul
     Ok(())
 }
 
-/// Deletes events older than the retention; run in the background.
+/// Deletes events, and finished webhook deliveries, older than the retention; run in the
+/// background. How many events it deleted.
 pub async fn prune_expired(state: &AppState) -> ApiResult<u64> {
     let cutoff = Timestamp::now().minus(state.config.event_retention());
     let mut total = 0;
-    loop {
+    // Each step reads before it writes: an idle server writes nothing.
+    while db::events::any_before(state.db.pool(), cutoff).await? {
         let mut tx = state.db.begin().await?;
         let deleted = db::events::prune(&mut tx, cutoff, 5_000).await?;
         tx.commit().await?;
         total += deleted;
         if deleted < 5_000 {
-            return Ok(total);
+            break;
         }
         tokio::task::yield_now().await;
     }
+    if db::webhooks::any_finished_before(state.db.pool(), cutoff).await? {
+        let mut tx = state.db.begin().await?;
+        db::webhooks::prune(&mut *tx, cutoff).await?;
+        tx.commit().await?;
+    }
+    Ok(total)
 }
 
 /// The environments of a project that the caller may read, by id; only those named in `wanted`

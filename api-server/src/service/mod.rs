@@ -13,6 +13,7 @@ pub mod secrets;
 pub mod service_tokens;
 pub mod teams;
 pub mod tenancy;
+pub mod webhooks;
 pub mod write_queue;
 
 /// Where a request came from, for rate limits and audit events.

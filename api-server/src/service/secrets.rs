@@ -23,7 +23,7 @@ use crate::secrets::references::{self, Lookup, LookupError, Place};
 use crate::service::ClientMeta;
 use crate::service::audit::{AuditEvent, Outcome};
 use crate::service::events;
-use crate::service::tenancy::{self, EnvCtx, EnvPath};
+use crate::service::tenancy::{self, EnvCtx, EnvPath, ProjectCtx};
 use crate::service::write_queue::{DrainGuard, Pushed, WriteQueues};
 use crate::state::AppState;
 use coffer_client::types::{ChangeAction, KeyChange};
@@ -317,8 +317,44 @@ async fn keys_locked_dek(
     tx: &mut db::Tx,
     ctx: &EnvCtx,
 ) -> ApiResult<(DekRow, Arc<Dek>)> {
-    let org = ctx.project.org.org.id;
-    let project = ctx.project.project.id;
+    project_keys_locked_dek(state, tx, &ctx.project).await
+}
+
+/// The project's DEK for sealing something (it counts the encryptions itself), under the
+/// project's key lock taken here: see [`write_dek`].
+pub async fn dek_for_sealing(
+    state: &AppState,
+    tx: &mut db::Tx,
+    ctx: &ProjectCtx,
+) -> ApiResult<(String, Arc<Dek>)> {
+    lock_project_keys(tx, ctx.project.id).await?;
+    let (row, dek) = project_keys_locked_dek(state, tx, ctx).await?;
+    Ok((row.id, dek))
+}
+
+/// The DEK `dek_id` of a project, unwrapped, for opening what it sealed.
+pub async fn project_dek(
+    state: &AppState,
+    org: OrgId,
+    project: ProjectId,
+    dek_id: &str,
+) -> ApiResult<Arc<Dek>> {
+    if let Some(dek) = state.deks.get(dek_id) {
+        return Ok(dek);
+    }
+    let row = db::secrets::dek(state.db.pool(), project, dek_id)
+        .await?
+        .ok_or_else(|| crypto_failure("missing DEK"))?;
+    unwrap_dek(state, org, &row)
+}
+
+async fn project_keys_locked_dek(
+    state: &AppState,
+    tx: &mut db::Tx,
+    ctx: &ProjectCtx,
+) -> ApiResult<(DekRow, Arc<Dek>)> {
+    let org = ctx.org.org.id;
+    let project = ctx.project.id;
     let active = db::secrets::active_dek(&mut **tx, project).await?;
     let dek_row = match active {
         Some(row)
@@ -429,10 +465,7 @@ pub async fn current_raw_value(
     let Some(row) = db::secrets::live_one(&state.db, org, env, key).await? else {
         return Ok(None);
     };
-    let stored = db::secrets::dek(state.db.pool(), project, &row.dek_id)
-        .await?
-        .ok_or_else(|| crypto_failure("missing DEK"))?;
-    let dek = unwrap_dek(state, org, &stored)?;
+    let dek = project_dek(state, org, project, &row.dek_id).await?;
     let aad = ValueAad {
         org_id: org.to_string(),
         project_id: project.to_string(),
@@ -1556,11 +1589,20 @@ pub async fn rotate_project_dek(
         )
         .await?;
     }
+    seals += crate::service::webhooks::reseal_secrets(
+        state,
+        &mut tx,
+        (org_id, project_id),
+        (&new_row.id, &new_dek),
+        &mut old,
+    )
+    .await?;
     db::secrets::count_encryptions(&mut *tx, &new_row.id, seals).await?;
     db::secrets::retire_deks_except(&mut *tx, project_id, &new_row.id, now).await?;
     // The key lock makes this impossible; a rotation that reported success while a value stayed
     // under a retired key would be worse than one that fails, so it is checked before commit.
-    let stale = db::secrets::versions_under_retired_deks(&mut *tx, project_id).await?;
+    let stale = db::secrets::versions_under_retired_deks(&mut *tx, project_id).await?
+        + db::webhooks::secrets_under_retired_deks(&mut *tx, project_id).await?;
     if stale != 0 {
         return Err(ApiError::internal(anyhow::anyhow!(
             "data-key rotation of project {project_id} rolled back: {stale} version(s) are still sealed under a retired key"

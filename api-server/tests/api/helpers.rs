@@ -78,6 +78,7 @@ impl TestApp {
         let state = coffer_server::start(config)
             .await
             .expect("coffer-server starts");
+        coffer_server::spawn_workers(&state);
         let router =
             app(state.clone()).layer(MockConnectInfo(SocketAddr::from(([192, 0, 2, 10], 40_000))));
         Self {

@@ -34,6 +34,9 @@ fn body_for(method: &Method, path: &str) -> Option<Value> {
             json!({ "name": "t", "project": "web", "environments": ["production"], "access": "read-write" })
         }
         ("POST", "rotate") => json!({}),
+        ("POST", "webhooks") => json!({ "url": "https://example.com/hook" }),
+        ("PATCH", "{id}") if path.contains("/webhooks/") => json!({ "enabled": false }),
+        ("POST", "rotate-secret" | "ping" | "redeliver") => json!({}),
         (_, _) if matches!(*method, Method::GET | Method::DELETE) => return Some(Value::Null),
         (m, p) => panic!("no test body for {m} …/{p}: add one"),
     };

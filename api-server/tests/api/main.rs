@@ -31,4 +31,5 @@ mod service_tokens;
 mod sessions;
 mod standing;
 mod teams;
+mod webhooks;
 mod write_groups;

@@ -12,6 +12,7 @@ pub(crate) mod revealed;
 mod roles;
 mod secrets;
 mod service_tokens;
+mod webhooks;
 
 pub use errors::{ErrorDetail, ErrorResponse};
 pub use events::{
@@ -30,4 +31,8 @@ pub use secrets::{
 };
 pub use service_tokens::{
     CreateServiceTokenRequest, IssuedServiceToken, ServiceToken, TokenAccess,
+};
+pub use webhooks::{
+    CreateWebhookRequest, CreatedWebhook, QueuedDelivery, RotateWebhookSecretRequest,
+    UpdateWebhookRequest, Webhook, WebhookAttempt, WebhookSecret,
 };
