@@ -236,6 +236,90 @@ pub async fn list_for_org<'e>(
     .await
 }
 
+/// A place in an organization's audit feed: on PostgreSQL the inserting transaction's id and
+/// the insert order; on SQLite (`0`, rowid).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct FeedPosition(pub i64, pub i64);
+
+impl std::fmt::Display for FeedPosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.0, self.1)
+    }
+}
+
+impl std::str::FromStr for FeedPosition {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let (a, b) = s.split_once('.').ok_or(())?;
+        let (a, b) = (a.parse().map_err(drop)?, b.parse().map_err(drop)?);
+        if a < 0 || b < 0 {
+            return Err(());
+        }
+        Ok(Self(a, b))
+    }
+}
+
+/// An event of the feed with its position.
+#[derive(Debug, Clone, FromRow)]
+pub struct FeedRow {
+    #[sqlx(flatten)]
+    pub row: AuditRow,
+    pub feed_a: i64,
+    pub feed_b: i64,
+}
+
+const FEED_COLUMNS: &str = "id, occurred_at, user_id, actor_type, actor_id, action, outcome, \
+     target_type, target_id, client_ip, user_agent, details, org_id, project_id, environment_id";
+
+/// The organization's events after `after` that can no longer be preceded by another, oldest
+/// first, at most `limit`.
+pub async fn feed_after(
+    conn: &mut sqlx::AnyConnection,
+    org_id: &str,
+    after: FeedPosition,
+    limit: i64,
+) -> Result<Vec<FeedRow>, sqlx::Error> {
+    let sql = if super::is_postgres(conn) {
+        format!(
+            "SELECT {FEED_COLUMNS}, feed_tx AS feed_a, feed_seq AS feed_b FROM audit_events \
+             WHERE org_id = $1 AND (feed_tx > $2 OR (feed_tx = $2 AND feed_seq > $3)) \
+               AND feed_tx < CAST(CAST(pg_snapshot_xmin(pg_current_snapshot()) AS TEXT) AS BIGINT) \
+             ORDER BY feed_tx, feed_seq LIMIT $4"
+        )
+    } else {
+        format!(
+            "SELECT {FEED_COLUMNS}, 0 AS feed_a, rowid AS feed_b FROM audit_events \
+             WHERE org_id = $1 AND $2 >= 0 AND rowid > $3 ORDER BY rowid LIMIT $4"
+        )
+    };
+    sqlx::query_as(&sql)
+        .bind(org_id)
+        .bind(after.0)
+        .bind(after.1)
+        .bind(limit)
+        .fetch_all(conn)
+        .await
+}
+
+/// The position of the organization's last event that can no longer be preceded by another.
+pub async fn feed_head(
+    conn: &mut sqlx::AnyConnection,
+    org_id: &str,
+) -> Result<FeedPosition, sqlx::Error> {
+    let sql = if super::is_postgres(conn) {
+        "SELECT feed_tx, feed_seq FROM audit_events WHERE org_id = $1 \
+           AND feed_tx < CAST(CAST(pg_snapshot_xmin(pg_current_snapshot()) AS TEXT) AS BIGINT) \
+         ORDER BY feed_tx DESC, feed_seq DESC LIMIT 1"
+    } else {
+        "SELECT 0, rowid FROM audit_events WHERE org_id = $1 ORDER BY rowid DESC LIMIT 1"
+    };
+    let found: Option<(i64, i64)> = sqlx::query_as(sql)
+        .bind(org_id)
+        .fetch_optional(conn)
+        .await?;
+    Ok(found.map_or(FeedPosition::default(), |(a, b)| FeedPosition(a, b)))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -80,6 +80,9 @@ pub struct OrgAuditParams {
     pub since: Option<String>,
     /// Only events before this time (RFC 3339).
     pub until: Option<String>,
+    /// Stream (`Accept: text/event-stream`): start after this position (an SSE `id` of the
+    /// stream; also taken from `Last-Event-ID`).
+    pub after: Option<String>,
 }
 
 impl From<AuditRow> for AuditEvent {
@@ -134,18 +137,58 @@ pub async fn list_events(
     )))
 }
 
-/// An organization's audit events, newest first (owners and admins), with filters.
+/// An organization's audit events (owners and admins). Pages, newest first, with filters; or,
+/// with `Accept: text/event-stream`, a live stream of every event as it is stored (`event:
+/// audit`, `data:` the event as JSON), oldest first, from now or after the position given by
+/// `Last-Event-ID` (or `?after=`), with a heartbeat comment at least every 15 s.
 #[utoipa::path(
     get, path = "/{org}/audit-events", tag = "audit", security(("bearer" = [])),
-    params(("org" = String, Path), OrgAuditParams),
-    responses((status = 200, body = Page<AuditEvent>), (status = 400, body = ErrorResponse), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse), (status = 503, body = ErrorResponse))
+    params(("org" = String, Path), OrgAuditParams,
+           ("Last-Event-ID" = Option<String>, Header, description = "Resume a stream after this position")),
+    responses(
+        (status = 200, description = "A page (`Accept: application/json`), or the live stream (`Accept: text/event-stream`)",
+         content(
+            (Page<AuditEvent> = "application/json"),
+            (String = "text/event-stream", example = "id: 812.40\nevent: audit\ndata: {\"id\":\"0193…\",\"action\":\"secret.updated\",…}\n\n"),
+         )),
+        (status = 400, body = ErrorResponse), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse),
+        (status = 429, body = ErrorResponse), (status = 503, body = ErrorResponse))
 )]
 pub async fn list_org_events(
     State(state): State<AppState>,
     principal: Principal,
     Path(org): Path<String>,
     Query(params): Query<OrgAuditParams>,
-) -> Result<Json<Page<AuditEvent>>, ApiError> {
+    headers: axum::http::HeaderMap,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse as _;
+    if crate::routes::events::wants_stream(&headers) {
+        let position = headers
+            .get("last-event-id")
+            .map(|v| v.to_str().unwrap_or_default().to_owned())
+            .or(params.after.clone());
+        let after = position
+            .map(|p| {
+                p.trim().parse::<db::audit::FeedPosition>().map_err(|_| {
+                    ApiError::bad_request(
+                        "invalid_position",
+                        "the position must be an id this stream sent",
+                    )
+                })
+            })
+            .transpose()?;
+        let token = crate::auth::principal::bearer_header(&headers)?;
+        let frames = service::audit::open_org_feed(
+            &state,
+            principal,
+            secrecy::SecretString::from(token),
+            org,
+            after,
+            |row| serde_json::to_string(&AuditEvent::from(row.clone())).unwrap_or_default(),
+        )
+        .await?;
+        return Ok(crate::routes::events::sse(frames));
+    }
     let page = PageParams {
         limit: params.limit,
         cursor: params.cursor.clone(),
@@ -181,5 +224,6 @@ pub async fn list_org_events(
         limit,
         |e| e.id.to_string(),
         AuditEvent::from,
-    )))
+    ))
+    .into_response())
 }

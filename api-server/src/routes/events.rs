@@ -76,7 +76,8 @@ fn position(params: &EventParams, headers: &HeaderMap) -> Result<Option<i64>, Ap
     Ok(from_header.or(cursor).or(params.after))
 }
 
-fn wants_stream(headers: &HeaderMap) -> bool {
+/// Whether the request asks for Server-Sent Events.
+pub fn wants_stream(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::ACCEPT)
         .iter()
@@ -148,10 +149,16 @@ pub async fn project_events(
         after,
     };
     let frames = events::open_stream(&state, caller, SecretString::from(token), request).await?;
+    Ok(sse(frames))
+}
+
+/// A Server-Sent Events response of `frames`, with a heartbeat comment every
+/// [`events::HEARTBEAT`].
+pub fn sse(frames: tokio::sync::mpsc::Receiver<events::Frame>) -> Response {
     let stream = futures::stream::unfold(frames, |mut frames| async move {
         let frame = frames.recv().await?;
         let event = SseEvent::default()
-            .id(frame.id.to_string())
+            .id(frame.id)
             .event(frame.event)
             .data(frame.data);
         Some((Ok::<_, Infallible>(event), frames))
@@ -167,5 +174,5 @@ pub async fn project_events(
     response
         .headers_mut()
         .insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(response)
+    response
 }

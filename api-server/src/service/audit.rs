@@ -231,3 +231,136 @@ pub async fn list_for_org(
     )
     .await?)
 }
+
+/// How often the live audit stream reads the organization's feed when nothing woke it.
+pub const FEED_POLL_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// An organization's live audit stream (owners and admins): every event stored after `after`
+/// (or from now), each rendered by `render`, resumable by its SSE id (a [`FeedPosition`]).
+pub async fn open_org_feed(
+    state: &crate::state::AppState,
+    principal: Principal,
+    token: secrecy::SecretString,
+    org: String,
+    after: Option<db::audit::FeedPosition>,
+    render: fn(&AuditRow) -> String,
+) -> crate::error::ApiResult<tokio::sync::mpsc::Receiver<crate::service::events::Frame>> {
+    use crate::authz::Action;
+    use crate::service::tenancy;
+    let ctx = tenancy::org(state, &principal, &org, Action::OrgAuditRead).await?;
+    let (kind, id) = principal.actor();
+    let slot = state
+        .event_streams
+        .take(state, ctx.org.id, format!("{kind}:{id}"))?;
+    let wakes = state.db.event_wakes();
+    let changes = crate::service::events::Changes::new(state);
+    let org_id = ctx.org.id.to_string();
+    let cursor = match after {
+        Some(after) => after,
+        None => {
+            let mut conn = state.db.pool().acquire().await?;
+            db::audit::feed_head(&mut conn, &org_id).await?
+        }
+    };
+    let feed = OrgFeed {
+        state: state.clone(),
+        principal,
+        token,
+        org,
+        org_id,
+        cursor,
+        render,
+        _slot: slot,
+    };
+    let (sender, receiver) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(crate::service::events::run_feed(
+        feed, sender, wakes, changes,
+    ));
+    Ok(receiver)
+}
+
+/// The source of a live audit stream.
+struct OrgFeed {
+    state: crate::state::AppState,
+    principal: Principal,
+    token: secrecy::SecretString,
+    org: String,
+    org_id: String,
+    cursor: db::audit::FeedPosition,
+    render: fn(&AuditRow) -> String,
+    _slot: crate::service::events::Slot,
+}
+
+impl crate::service::events::Feed for OrgFeed {
+    async fn deliver(
+        &mut self,
+        sender: &tokio::sync::mpsc::Sender<crate::service::events::Frame>,
+    ) -> Result<(), crate::service::events::End> {
+        use crate::service::events::{End, Frame};
+        const PAGE: i64 = 200;
+        loop {
+            let rows = {
+                let mut conn = self.state.db.pool().acquire().await?;
+                db::audit::feed_after(&mut conn, &self.org_id, self.cursor, PAGE).await?
+            };
+            let full = rows.len() as i64 == PAGE;
+            for row in rows {
+                self.cursor = db::audit::FeedPosition(row.feed_a, row.feed_b);
+                let frame = Frame {
+                    id: self.cursor.to_string(),
+                    event: "audit",
+                    data: (self.render)(&row.row),
+                };
+                sender.send(frame).await.map_err(|_| End::Done)?;
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn recheck(&mut self) -> Result<(), crate::service::events::End> {
+        use secrecy::ExposeSecret as _;
+        let caller = crate::auth::Caller::authenticate(
+            &self.state,
+            self.token.expose_secret(),
+            &axum::http::Method::GET,
+        )
+        .await?;
+        let crate::auth::Caller::User(principal) = caller else {
+            return Err(crate::error::ApiError::not_found("organization").into());
+        };
+        if principal.actor() != self.principal.actor() {
+            return Err(crate::error::ApiError::unauthorized(
+                "invalid_token",
+                "the token is invalid, expired or revoked",
+            )
+            .into());
+        }
+        crate::service::tenancy::org(
+            &self.state,
+            &principal,
+            &self.org,
+            crate::authz::Action::OrgAuditRead,
+        )
+        .await?;
+        self.principal = principal;
+        Ok(())
+    }
+
+    fn woken_by(&self, _: db::events::Wake) -> bool {
+        true
+    }
+
+    fn poll_every(&self) -> std::time::Duration {
+        FEED_POLL_EVERY
+    }
+
+    fn state(&self) -> &crate::state::AppState {
+        &self.state
+    }
+
+    fn about(&self) -> String {
+        format!("the audit feed of organization {}", self.org_id)
+    }
+}

@@ -617,7 +617,7 @@ pub async fn history(
 #[derive(Debug, Clone)]
 pub struct Frame {
     /// The SSE `id`: the event's id (for `resync`, the position the stream continues from).
-    pub id: i64,
+    pub id: String,
     /// The SSE `event`: the event's type, or `resync`.
     pub event: &'static str,
     /// The SSE `data`: JSON.
@@ -639,14 +639,14 @@ struct SlotCounts {
 
 /// A stream's place among the open ones; given back when dropped.
 #[derive(Debug)]
-struct Slot {
+pub(crate) struct Slot {
     state: AppState,
     org: OrgId,
     credential: String,
 }
 
 impl StreamSlots {
-    fn take(&self, state: &AppState, org: OrgId, credential: String) -> ApiResult<Slot> {
+    pub(crate) fn take(&self, state: &AppState, org: OrgId, credential: String) -> ApiResult<Slot> {
         let config = &state.config;
         let mut counts = self
             .counts
@@ -750,10 +750,7 @@ pub async fn open_stream(
         .take(state, ctx.org.org.id, format!("{kind}:{id}"))?;
     // Subscribed before the position is read: nothing committed after it goes unnoticed.
     let wakes = state.db.event_wakes();
-    let access = Changes {
-        access: state.access.changes(),
-        sessions: state.sessions_ended.subscribe(),
-    };
+    let access = Changes::new(state);
     let (head, pruned) = {
         let pool = state.db.pool();
         (
@@ -787,13 +784,138 @@ pub async fn open_stream(
         // The buffer is empty: this cannot wait.
         let _ = sender.try_send(frame);
     }
-    tokio::spawn(stream.run(sender, wakes, access));
+    tokio::spawn(run_feed(stream, sender, wakes, access));
     Ok(receiver)
+}
+
+/// A stream's source: what it delivers and how it checks its caller again.
+pub(crate) trait Feed: Send {
+    /// Sends what there is to send since the last call.
+    fn deliver(
+        &mut self,
+        sender: &mpsc::Sender<Frame>,
+    ) -> impl std::future::Future<Output = Result<(), End>> + Send;
+    /// Checks the caller's credential and access again.
+    fn recheck(&mut self) -> impl std::future::Future<Output = Result<(), End>> + Send;
+    /// Whether `wake` may concern this stream.
+    fn woken_by(&self, wake: Wake) -> bool;
+    /// How often it reads when nothing woke it.
+    fn poll_every(&self) -> Duration;
+    fn state(&self) -> &AppState;
+    /// For logs: what the stream is about.
+    fn about(&self) -> String;
+}
+
+impl Feed for Stream {
+    async fn deliver(&mut self, sender: &mpsc::Sender<Frame>) -> Result<(), End> {
+        self.deliver_events(sender).await
+    }
+    async fn recheck(&mut self) -> Result<(), End> {
+        self.recheck_access().await
+    }
+    fn woken_by(&self, wake: Wake) -> bool {
+        match wake {
+            Wake::Project(p) => p == self.project,
+            Wake::All => true,
+        }
+    }
+    fn poll_every(&self) -> Duration {
+        POLL_EVERY
+    }
+    fn state(&self) -> &AppState {
+        &self.state
+    }
+    fn about(&self) -> String {
+        format!("project {}", self.project)
+    }
+}
+
+/// What makes a stream check its caller's access at once: access changed (membership, roles,
+/// grants, policies, revocations), or sessions ended.
+pub(crate) struct Changes {
+    access: tokio::sync::watch::Receiver<u64>,
+    sessions: tokio::sync::watch::Receiver<u64>,
+}
+
+impl Changes {
+    pub(crate) fn new(state: &AppState) -> Self {
+        Self {
+            access: state.access.changes(),
+            sessions: state.sessions_ended.subscribe(),
+        }
+    }
+}
+
+/// Runs a stream until its client goes, the server stops, it has lasted
+/// [`MAX_STREAM_LIFETIME`], or its caller may no longer read it.
+pub(crate) async fn run_feed(
+    mut feed: impl Feed,
+    sender: mpsc::Sender<Frame>,
+    mut wakes: tokio::sync::broadcast::Receiver<Wake>,
+    mut changes: Changes,
+) {
+    let end = serve_feed(&mut feed, &sender, &mut wakes, &mut changes).await;
+    if let Err(End::Refused(e)) = end {
+        let about = feed.about();
+        match e {
+            ApiError::Internal(_) | ApiError::Unavailable { .. } => {
+                tracing::warn!(error = %e, %about, "a stream ended");
+            }
+            e => tracing::debug!(error = %e, %about, "a stream ended"),
+        }
+    }
+}
+
+async fn serve_feed(
+    feed: &mut impl Feed,
+    sender: &mpsc::Sender<Frame>,
+    wakes: &mut tokio::sync::broadcast::Receiver<Wake>,
+    changes: &mut Changes,
+) -> Result<(), End> {
+    let ends_at = Instant::now() + MAX_STREAM_LIFETIME;
+    let shutdown = feed.state().shutdown.clone();
+    let mut recheck_at = Instant::now() + RECHECK_EVERY;
+    feed.deliver(sender).await?;
+    loop {
+        let poll_at = Instant::now() + feed.poll_every();
+        let mut read = false;
+        tokio::select! {
+            () = shutdown.cancelled() => return Err(End::Done),
+            () = sender.closed() => return Err(End::Done),
+            () = tokio::time::sleep_until(ends_at) => return Err(End::Done),
+            wake = wakes.recv() => match wake {
+                Ok(wake) => read = feed.woken_by(wake),
+                Err(RecvError::Lagged(_)) => read = true,
+                Err(RecvError::Closed) => return Err(End::Done),
+            },
+            changed = changes.access.changed() => {
+                if changed.is_err() {
+                    return Err(End::Done);
+                }
+                recheck_at = Instant::now();
+            }
+            changed = changes.sessions.changed() => {
+                if changed.is_err() {
+                    return Err(End::Done);
+                }
+                recheck_at = Instant::now();
+            }
+            () = tokio::time::sleep_until(poll_at.min(recheck_at)) => read = true,
+        }
+        if Instant::now() >= recheck_at {
+            feed.recheck().await?;
+            recheck_at = Instant::now() + RECHECK_EVERY;
+            read = true;
+        }
+        if read {
+            feed.deliver(sender).await?;
+        }
+    }
 }
 
 /// Why a stream ends.
 #[derive(Debug)]
-enum End {
+pub(crate) enum End {
     /// The client went away, the server is stopping, or the stream has lasted long enough.
     Done,
     /// The caller's credential or access to the project is gone, or the database failed.
@@ -810,13 +932,6 @@ impl From<sqlx::Error> for End {
     fn from(e: sqlx::Error) -> Self {
         Self::Refused(e.into())
     }
-}
-
-/// What makes a stream check its caller's access at once: access changed (membership, roles,
-/// grants, policies, revocations), or sessions ended.
-struct Changes {
-    access: tokio::sync::watch::Receiver<u64>,
-    sessions: tokio::sync::watch::Receiver<u64>,
 }
 
 struct Stream {
@@ -847,7 +962,7 @@ impl Stream {
                 .collect(),
         };
         Ok(Frame {
-            id: self.cursor,
+            id: self.cursor.to_string(),
             event: "resync",
             data: serde_json::to_string(&resync).map_err(ApiError::internal)?,
         })
@@ -864,7 +979,7 @@ impl Stream {
     }
 
     /// Checks the caller's credential and access again: the environments it may still read.
-    async fn recheck(&mut self) -> Result<(), End> {
+    async fn recheck_access(&mut self) -> Result<(), End> {
         let caller =
             Caller::authenticate(&self.state, self.token.expose_secret(), &Method::GET).await?;
         let same = caller.actor() == self.caller.actor();
@@ -898,72 +1013,8 @@ impl Stream {
         Ok(())
     }
 
-    async fn run(
-        mut self,
-        sender: mpsc::Sender<Frame>,
-        mut wakes: tokio::sync::broadcast::Receiver<Wake>,
-        mut access: Changes,
-    ) {
-        let end = self.serve(&sender, &mut wakes, &mut access).await;
-        if let Err(End::Refused(e)) = end {
-            match e {
-                ApiError::Internal(_) | ApiError::Unavailable { .. } => {
-                    tracing::warn!(error = %e, project = %self.project, "an event stream ended");
-                }
-                e => tracing::debug!(error = %e, project = %self.project, "an event stream ended"),
-            }
-        }
-    }
-
-    async fn serve(
-        &mut self,
-        sender: &mpsc::Sender<Frame>,
-        wakes: &mut tokio::sync::broadcast::Receiver<Wake>,
-        access: &mut Changes,
-    ) -> Result<(), End> {
-        let ends_at = Instant::now() + MAX_STREAM_LIFETIME;
-        let shutdown = self.state.shutdown.clone();
-        let mut recheck_at = Instant::now() + RECHECK_EVERY;
-        self.deliver(sender).await?;
-        loop {
-            let poll_at = Instant::now() + POLL_EVERY;
-            let mut read = false;
-            tokio::select! {
-                () = shutdown.cancelled() => return Err(End::Done),
-                () = sender.closed() => return Err(End::Done),
-                () = tokio::time::sleep_until(ends_at) => return Err(End::Done),
-                wake = wakes.recv() => match wake {
-                    Ok(Wake::Project(p)) => read = p == self.project,
-                    Ok(Wake::All) | Err(RecvError::Lagged(_)) => read = true,
-                    Err(RecvError::Closed) => return Err(End::Done),
-                },
-                changed = access.access.changed() => {
-                    if changed.is_err() {
-                        return Err(End::Done);
-                    }
-                    recheck_at = Instant::now();
-                }
-                changed = access.sessions.changed() => {
-                    if changed.is_err() {
-                        return Err(End::Done);
-                    }
-                    recheck_at = Instant::now();
-                }
-                () = tokio::time::sleep_until(poll_at.min(recheck_at)) => read = true,
-            }
-            if Instant::now() >= recheck_at {
-                self.recheck().await?;
-                recheck_at = Instant::now() + RECHECK_EVERY;
-                read = true;
-            }
-            if read {
-                self.deliver(sender).await?;
-            }
-        }
-    }
-
     /// Sends every event stored after the cursor that the caller may read.
-    async fn deliver(&mut self, sender: &mpsc::Sender<Frame>) -> Result<(), End> {
+    async fn deliver_events(&mut self, sender: &mpsc::Sender<Frame>) -> Result<(), End> {
         loop {
             let rows =
                 db::events::after(self.state.db.pool(), self.project, self.cursor, None, PAGE)
@@ -975,11 +1026,11 @@ impl Stream {
                 if kind == Some(EventType::EnvironmentCreated)
                     && !self.allowed.contains_key(&row.environment_id)
                 {
-                    self.recheck().await?;
+                    self.recheck_access().await?;
                 }
                 if self.allowed.contains_key(&row.environment_id) {
                     let frame = Frame {
-                        id: row.id,
+                        id: row.id.to_string(),
                         event: kind.map_or("unknown", EventType::as_str),
                         data: with_id(row.id, &row.body),
                     };

@@ -467,3 +467,52 @@ async fn an_event_written_through_one_replica_reaches_a_stream_on_another() {
         .collect();
     assert_eq!(from_a, ids, "the history of either replica is the stream's");
 }
+
+const AUDIT: &str = "/api/v1/orgs/acme/audit-events";
+
+db_test!(async fn the_organization_audit_log_streams_live_and_resumes_exactly_once(app) {
+    let ann = acme_web(&app).await;
+    let mut stream = app.stream(AUDIT, &ann.access, None).await;
+    assert_eq!(stream.status, StatusCode::OK);
+    put(&app, &ann.access, "development", "A", "1").await;
+    let r = app.get(&format!("{}/A", secrets("development")), Some(&ann.access)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let mut seen = Vec::new();
+    for want in ["secret.updated", "secrets.read"] {
+        let m = stream.next().await;
+        assert_eq!(m.event.as_deref(), Some("audit"));
+        let e = m.json();
+        assert_eq!(e["action"], want, "{e}");
+        assert!(!m.data.contains("\"1\""), "no value: {}", m.data);
+        seen.push(m.id.unwrap());
+    }
+    drop(stream);
+
+    // Written while no stream was open, concurrently: each once, in the order they were stored.
+    let writes = (0..8).map(|i| {
+        let (app, token) = (&app, ann.access.clone());
+        async move { put(app, &token, "staging", &format!("K{i}"), "v").await }
+    });
+    futures::future::join_all(writes).await;
+    let mut resumed = app.stream(AUDIT, &ann.access, Some(&seen[1])).await;
+    let mut keys = std::collections::BTreeSet::new();
+    while keys.len() < 8 {
+        let e = resumed.next().await.json();
+        assert_eq!(e["action"], "secret.updated", "{e}");
+        let key = e["details"]["created"][0].as_str().unwrap().to_owned();
+        assert!(keys.insert(key), "{e} twice");
+    }
+    assert!(resumed.next_within(Duration::from_millis(500)).await.is_none(), "nothing more");
+
+    // Owners and admins only; a position this stream never sent is refused.
+    let member = app.member(&ann, "acme", "mo@example.com", "member").await;
+    app.stream(AUDIT, &member.access, None).await.refusal().await.assert_error(StatusCode::FORBIDDEN, "forbidden");
+    app.stream(AUDIT, &ann.access, Some("12")).await.refusal().await.assert_error(StatusCode::BAD_REQUEST, "invalid_position");
+    // Demoted mid-stream: the stream ends.
+    let admin = app.member(&ann, "acme", "ad@example.com", "admin").await;
+    let mut watched = app.stream(AUDIT, &admin.access, None).await;
+    assert_eq!(watched.status, StatusCode::OK);
+    let r = app.call(Method::PATCH, &format!("/api/v1/orgs/acme/members/{}", admin.user_id), Some(&ann.access), Some(json!({ "role": "member" }))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert!(watched.ends_within(Duration::from_secs(5)).await);
+});
