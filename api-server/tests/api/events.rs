@@ -516,3 +516,18 @@ db_test!(async fn the_organization_audit_log_streams_live_and_resumes_exactly_on
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert!(watched.ends_within(Duration::from_secs(5)).await);
 });
+
+db_test!(async fn references_written_before_the_index_existed_are_indexed_at_start(app) {
+    let ann = acme_web(&app).await;
+    put(&app, &ann.access, "staging", "DB_HOST", "db.internal").await;
+    put(&app, &ann.access, "production", "DB_URL", "postgres://${staging.DB_HOST}/app").await;
+    // As a database from before the index: the reference is in the value only.
+    sqlx::query("DELETE FROM secret_references").execute(app.state.db.pool()).await.unwrap();
+    coffer_server::service::events::index_unindexed_references(app.state.clone()).await;
+    let mut stream = app.stream(EVENTS, &ann.access, None).await;
+    stream.next().await;
+    put(&app, &ann.access, "staging", "DB_HOST", "db2.internal").await;
+    assert_eq!(stream.next().await.json()["environment"], "staging");
+    let via = stream.next().await.json();
+    assert_eq!((via["environment"].as_str(), via["via_reference"].as_bool()), (Some("production"), Some(true)));
+});
