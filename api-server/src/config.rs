@@ -280,8 +280,8 @@ pub struct Config {
     #[arg(long = "event-streams-per-org", env = "COFFER_EVENT_STREAMS_PER_ORG", value_name = "COFFER_EVENT_STREAMS_PER_ORG", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub event_streams_per_org: u32,
 
-    /// Most event streams one credential (login session, API key, service token) may have
-    /// open at once on this server.
+    /// Most event streams one user (all their login sessions together), API key or service
+    /// token may have open at once on this server.
     #[arg(long = "event-streams-per-credential", env = "COFFER_EVENT_STREAMS_PER_CREDENTIAL", value_name = "COFFER_EVENT_STREAMS_PER_CREDENTIAL", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub event_streams_per_credential: u32,
 
