@@ -7,8 +7,10 @@
 //!   what (any state-changing request outside the secret data routes: revocations, rotations,
 //!   membership, roles, teams, grants, policies, renames, deletions) forgets everything when it
 //!   ends, before its answer is sent (see [`crate::http::forget_changed_access`]).
-//! - A change made elsewhere (another replica, or by hand in the database) is seen within the
-//!   time to live (`COFFER_ACCESS_CACHE_TTL_MS`); 0 turns the cache off.
+//! - On PostgreSQL, every other replica forgets too as soon as its change listener hears of it
+//!   (a `NOTIFY` sent when the request is over, see [`crate::db::cache::Change::Access`]).
+//! - A change made by hand in the database, or missed while a listener was disconnected, is seen
+//!   within the time to live (`COFFER_ACCESS_CACHE_TTL_MS`); 0 turns the cache off.
 //!
 //! Forgetting bumps an epoch rather than walking the entries: an entry is used only while the
 //! epoch it was loaded under is current, so a lookup that raced with a change (it read before the

@@ -90,6 +90,15 @@ impl Drop for ForgetWhenOver {
     fn drop(&mut self) {
         if self.change.0.load(Ordering::Acquire) {
             self.state.access.forget_all();
+            // The other replicas too, at once rather than within their time to live.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let state = self.state.clone();
+                runtime.spawn(async move {
+                    if let Err(e) = state.db.notify_access_changed().await {
+                        tracing::warn!(error = %e, "cannot tell the other replicas that access changed");
+                    }
+                });
+            }
         }
     }
 }

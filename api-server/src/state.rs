@@ -21,37 +21,49 @@ use crate::service::events::StreamSlots;
 use crate::service::secrets::{MAX_WAITING_WRITES, SecretWrites};
 use crate::service::webhooks::Webhooks;
 
-/// Forgets, as soon as the change listener hears of it, every session another replica ended, so
-/// that it is refused here at once too; forgets them all when a notification may have been
-/// missed (this receiver lagged). Ends with the database handle.
-async fn forget_remote_sessions(
+/// Forgets, as soon as the change listener hears of it, every session another replica ended and
+/// everything remembered of access when another replica changed who may do what, so that this
+/// replica refuses at once too; forgets it all when a notification may have been missed (the
+/// listener reconnected, or this receiver lagged). Ends with the database handle.
+async fn forget_remote_changes(
     mut remote: tokio::sync::broadcast::Receiver<Arc<[Change]>>,
-    sessions: moka::sync::Cache<SessionId, SessionRow>,
-    ended: tokio::sync::watch::Sender<u64>,
+    state: std::sync::Weak<Inner>,
 ) {
     use tokio::sync::broadcast::error::RecvError;
     loop {
-        let forgot = match remote.recv().await {
+        let received = remote.recv().await;
+        let Some(state) = state.upgrade() else { return };
+        let (sessions, access) = match &received {
             Ok(changes) => {
-                let mut forgot = false;
+                let mut sessions = false;
+                let mut access = false;
                 for change in changes.iter() {
                     match change {
-                        Change::Session(id) => sessions.invalidate(id),
-                        Change::Everything => sessions.invalidate_all(),
-                        Change::Environment { .. } | Change::Events(_) => continue,
+                        Change::Session(id) => {
+                            state.sessions.invalidate(id);
+                            sessions = true;
+                        }
+                        Change::Everything => {
+                            state.sessions.invalidate_all();
+                            (sessions, access) = (true, true);
+                        }
+                        Change::Access => access = true,
+                        Change::Environment { .. } | Change::Events(_) => {}
                     }
-                    forgot = true;
                 }
-                forgot
+                (sessions, access)
             }
             Err(RecvError::Lagged(_)) => {
-                sessions.invalidate_all();
-                true
+                state.sessions.invalidate_all();
+                (true, true)
             }
             Err(RecvError::Closed) => return,
         };
-        if forgot {
-            ended.send_modify(|n| *n += 1);
+        if sessions {
+            state.sessions_ended.send_modify(|n| *n += 1);
+        }
+        if access {
+            state.access.forget_all();
         }
     }
 }
@@ -131,13 +143,7 @@ impl AppState {
             .time_to_live(Duration::from_millis(config.session_cache_ttl_ms))
             .build();
         let sessions_ended = tokio::sync::watch::Sender::new(0);
-        if let Some(remote) = db.remote_changes() {
-            tokio::spawn(forget_remote_sessions(
-                remote,
-                sessions.clone(),
-                sessions_ended.clone(),
-            ));
-        }
+        let remote = db.remote_changes();
         let access = AccessCache::new(Duration::from_millis(config.access_cache_ttl_ms), 100_000);
         let keyring = Keyring::new(
             MasterKey::from_bytes(*keys.master.bytes()),
@@ -158,7 +164,7 @@ impl AppState {
             JournalLimits::new(config.audit_backlog_bytes),
         )
         .map_err(crate::StartError::AuditJournal)?;
-        Ok(Self(Arc::new(Inner {
+        let state = Self(Arc::new(Inner {
             config,
             db,
             keys,
@@ -175,6 +181,10 @@ impl AppState {
             webhooks,
             event_streams: StreamSlots::default(),
             shutdown: CancellationToken::new(),
-        })))
+        }));
+        if let Some(remote) = remote {
+            tokio::spawn(forget_remote_changes(remote, Arc::downgrade(&state.0)));
+        }
+        Ok(state)
     }
 }

@@ -74,10 +74,14 @@ pub enum Change {
     /// Events of the project were recorded: its event streams read on. The secret cache has
     /// nothing to forget for it (the change that made the events says what changed).
     Events(ProjectId),
+    /// Who may do what changed (a revocation, a role, a grant, a policy…): every replica forgets
+    /// the credentials and standings it remembers (see [`crate::access`]).
+    Access,
 }
 
-/// The changes of one transaction, as a notification payload: `org:env` pairs, `s:session` and
-/// `e:project` separated by commas, or `*`. Ids only: what changed is read from the database.
+/// The changes of one transaction, as a notification payload: `org:env` pairs, `s:session`,
+/// `e:project` and `a` separated by commas, or `*`. Ids only: what changed is read from the
+/// database.
 pub fn payload(changes: &[Change]) -> String {
     if changes.len() > MAX_NOTIFIED || changes.contains(&Change::Everything) {
         return "*".to_owned();
@@ -88,6 +92,7 @@ pub fn payload(changes: &[Change]) -> String {
             Change::Environment { org, env } => Some(format!("{org}:{env}")),
             Change::Session(id) => Some(format!("s:{id}")),
             Change::Events(project) => Some(format!("e:{project}")),
+            Change::Access => Some("a".to_owned()),
             Change::Everything => None,
         })
         .collect::<Vec<_>>()
@@ -102,6 +107,9 @@ pub fn parse_payload(payload: &str) -> Vec<Change> {
         }
         if let Some(project) = pair.strip_prefix("e:") {
             return project.parse().ok().map(Change::Events);
+        }
+        if pair == "a" {
+            return Some(Change::Access);
         }
         let (org, env) = pair.split_once(':')?;
         Some(Change::Environment {
@@ -340,7 +348,7 @@ impl SecretCache {
                     inner.oversize.remove(&env);
                 }
                 Change::Everything => inner.clear(),
-                Change::Session(_) | Change::Events(_) => {}
+                Change::Session(_) | Change::Events(_) | Change::Access => {}
             }
         }
     }
@@ -589,6 +597,7 @@ mod tests {
             Change::Session(SessionId::new()),
             Change::Environment { org, env },
             Change::Events(ProjectId::new()),
+            Change::Access,
         ];
         assert_eq!(parse_payload(&payload(&mixed)), mixed);
         assert_eq!(parse_payload("s:nonsense"), [Change::Everything]);

@@ -410,7 +410,7 @@ pub async fn wake_on_remote(
                         Change::Everything => {
                             let _ = wake.send(Wake::All);
                         }
-                        Change::Environment { .. } | Change::Session(_) => {}
+                        Change::Environment { .. } | Change::Session(_) | Change::Access => {}
                     }
                 }
             }

@@ -511,6 +511,19 @@ impl Db {
         self.wake.subscribe()
     }
 
+    /// On PostgreSQL, tells the other replicas that who may do what changed (see
+    /// [`Change::Access`]); nothing on SQLite, where this process is the only one.
+    pub async fn notify_access_changed(&self) -> Result<(), sqlx::Error> {
+        if let Some(channel) = &self.channel {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(&**channel)
+                .bind(cache::payload(&[Change::Access]))
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// The cache of environments' secrets.
     pub fn cache(&self) -> &SecretCache {
         &self.cache

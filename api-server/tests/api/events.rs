@@ -531,3 +531,56 @@ db_test!(async fn references_written_before_the_index_existed_are_indexed_at_sta
     let via = stream.next().await.json();
     assert_eq!((via["environment"].as_str(), via["via_reference"].as_bool()), (Some("production"), Some(true)));
 });
+
+#[tokio::test]
+async fn access_changed_on_one_replica_is_effective_on_the_others_at_once() {
+    let Some(a) = TestApp::postgres(|c| c.access_cache_ttl_ms = 60_000).await else {
+        return;
+    };
+    let b = a.replica().await;
+    a.wait_for_listener().await;
+    b.wait_for_listener().await;
+    let ann = acme_web(&a).await;
+    let (key_id, key) = a.api_key(&ann, json!({ "name": "k" })).await;
+    assert_eq!(
+        b.get(WEB, Some(&key)).await.status,
+        StatusCode::OK,
+        "b remembers the key"
+    );
+    let dev = a.member(&ann, "acme", "dev@example.com", "member").await;
+    a.grant(&ann, "acme", "web", &dev, "developer").await;
+    let mut stream = b.stream(EVENTS, &dev.access, None).await;
+    assert_eq!(stream.next().await.event.as_deref(), Some("resync"));
+
+    assert_eq!(
+        a.delete(&format!("/api/v1/api-keys/{key_id}"), Some(&ann.access))
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    let r = a
+        .put(
+            &format!("{WEB}/environments/staging/policies/developer"),
+            Some(&ann.access),
+            json!({ "access": "none" }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
+    let mut refused = false;
+    for _ in 0..50 {
+        if b.get(WEB, Some(&key)).await.status == StatusCode::UNAUTHORIZED {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        refused,
+        "the revoked key is refused by the other replica within 5 s, not 60"
+    );
+    // The stream on the other replica stops delivering staging without waiting for its re-check.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    put(&a, &ann.access, "staging", "A", "1").await;
+    put(&a, &ann.access, "development", "B", "1").await;
+    assert_eq!(stream.next().await.json()["environment"], "development");
+}
