@@ -638,3 +638,26 @@ async fn an_event_stream_is_refused_with_the_servers_error() {
         .unwrap_err();
     assert!(err.is_not_found(), "{err:?}");
 }
+
+#[tokio::test]
+async fn an_event_stream_outlives_the_clients_request_timeout() {
+    let server = Server::start().await;
+    let token = server.api_key().await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let client = Client::with_http(http, &server.base, SecretString::from(token)).unwrap();
+    client
+        .create_project(ORG, &project("web", None))
+        .await
+        .unwrap();
+    let mut stream = client.project_events(ORG, "web", None, None).await.unwrap();
+    next_resync(&mut stream).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    client
+        .put_secret(ORG, "web", "production", "A", &put("1"))
+        .await
+        .unwrap();
+    assert_eq!(next_event(&mut stream).await.environment, "production");
+}
