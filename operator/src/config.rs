@@ -75,6 +75,18 @@ pub struct Config {
     )]
     pub concurrency: u16,
 
+    /// Follow coffer-server's event stream of each project that `Environment` resources read,
+    /// so that a change reaches its Secrets within about a second (`status.syncMode: Push`).
+    /// `false`: read every environment at its `refreshInterval` only (`Poll`), for a server or
+    /// proxy that cannot carry long-lived Server-Sent Events.
+    #[arg(
+        long,
+        env = "COFFER_EVENT_STREAMS",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub event_streams: bool,
+
     /// This replica's identity in leader election and events. Default: the pod name
     /// (`POD_NAME`), else the host name, else a random one.
     #[arg(long, env = "COFFER_OPERATOR_IDENTITY")]
@@ -170,6 +182,7 @@ mod tests {
         assert_eq!(c.lease_name, "coffer-operator");
         assert!(c.allowed_servers.is_empty());
         assert_eq!(c.ca_bundle, None);
+        assert!(c.event_streams);
     }
 
     #[test]

@@ -168,7 +168,7 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub connector: Connector,
     /// What the `Environment` resources read from coffer-server.
-    pub sources: Sources,
+    pub sources: Arc<Sources>,
     /// Key of the HMAC over synced data; the same across restarts and replicas.
     pub hash_key: Zeroizing<Vec<u8>>,
     /// What the controllers read from Kubernetes on every pass, kept by watches.
@@ -389,7 +389,7 @@ impl Context {
         config: Config,
         metrics: Arc<Metrics>,
         connector: Connector,
-        sources: Sources,
+        sources: Arc<Sources>,
         hash_key: Zeroizing<Vec<u8>>,
         stores: Stores,
         identity: String,

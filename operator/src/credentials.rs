@@ -431,6 +431,7 @@ mod tests {
             lease_name: "l".into(),
             hash_key_secret: "h".into(),
             concurrency: 10,
+            event_streams: true,
             identity: None,
         }
     }

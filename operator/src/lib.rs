@@ -2,7 +2,7 @@
 //!
 //! The custom resources ([`crd`]) and their manifests ([`crds_yaml`]); the two controllers,
 //! [`project`] and [`environment`]; what they share ([`context`], [`credentials`],
-//! [`source`], [`conditions`]); and the process around them ([`run`]: leader election, probes, metrics).
+//! [`source`] with [`push`], [`conditions`]); and the process around them ([`run`]: leader election, probes, metrics).
 
 pub mod conditions;
 pub mod config;
@@ -14,6 +14,7 @@ pub mod kube_client;
 pub mod lease;
 pub mod metrics;
 pub mod project;
+pub mod push;
 pub mod run;
 pub mod source;
 pub mod status;

@@ -42,6 +42,21 @@ struct VerbLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    event: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ObjectLabels {
     namespace: String,
     name: String,
@@ -68,6 +83,24 @@ impl UpstreamOutcome {
     }
 }
 
+/// Whether an event stream of coffer-server is open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamState {
+    /// Open: changes are pushed.
+    Connected,
+    /// Being opened, or failing to: the resources reading the project poll.
+    Disconnected,
+}
+
+impl StreamState {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Connected => "connected",
+            Self::Disconnected => "disconnected",
+        }
+    }
+}
+
 type HistogramFamily = Family<KindLabels, Histogram, fn() -> Histogram>;
 
 /// The operator's metrics, registered in one registry.
@@ -81,6 +114,10 @@ pub struct Metrics {
     kube_requests: Family<VerbLabels, Counter>,
     status_writes: Family<KindLabels, Counter>,
     sync_lag: Family<ObjectLabels, Gauge<f64, AtomicU64>>,
+    event_streams: Family<StateLabels, Gauge>,
+    events_received: Family<EventLabels, Counter>,
+    event_stream_reconnects: Counter,
+    event_stream_failures: Family<ReasonLabels, Counter>,
     /// When each `Environment` was last known in sync, behind `sync_lag`.
     in_sync: Mutex<HashMap<ObjectLabels, InSync>>,
     leader: Gauge,
@@ -138,6 +175,10 @@ impl Metrics {
         let kube_requests = Family::<VerbLabels, Counter>::default();
         let sync_lag = Family::<ObjectLabels, Gauge<f64, AtomicU64>>::default();
         let leader = Gauge::default();
+        let event_streams = Family::<StateLabels, Gauge>::default();
+        let events_received = Family::<EventLabels, Counter>::default();
+        let event_stream_reconnects = Counter::default();
+        let event_stream_failures = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "reconciles",
             "Reconciliations run, by resource kind",
@@ -177,6 +218,30 @@ impl Metrics {
             sync_lag.clone(),
         );
         registry.register(
+            "event_streams",
+            "Event streams of coffer-server projects followed, by state (connected: changes are \
+             pushed; disconnected: being opened or failing, the resources reading the project \
+             poll at their refreshInterval)",
+            event_streams.clone(),
+        );
+        registry.register(
+            "events_received",
+            "Messages received on event streams, by type (secrets.changed, environment.created, \
+             environment.renamed, environment.deleted, resync)",
+            events_received.clone(),
+        );
+        registry.register(
+            "event_stream_reconnects",
+            "Event streams opened again after one ended or failed to open",
+            event_stream_reconnects.clone(),
+        );
+        registry.register(
+            "event_stream_failures",
+            "Event streams that could not be opened, by reason (ServerUnreachable, \
+             Unauthorized, Forbidden, ProjectNotFound, RateLimited, ServerError…)",
+            event_stream_failures.clone(),
+        );
+        registry.register(
             "leader",
             "1 when this replica holds the leader lease (or runs without leader election)",
             leader.clone(),
@@ -190,6 +255,10 @@ impl Metrics {
             kube_requests,
             status_writes,
             sync_lag,
+            event_streams,
+            events_received,
+            event_stream_reconnects,
+            event_stream_failures,
             in_sync: Mutex::default(),
             leader,
             ready: AtomicBool::new(false),
@@ -253,6 +322,75 @@ impl Metrics {
                 outcome: outcome.label().to_owned(),
             })
             .inc();
+    }
+
+    /// An event stream moved from state `from` to `to` (`None`: it did not exist before, or
+    /// exists no more).
+    pub fn event_stream_moved(&self, from: Option<StreamState>, to: Option<StreamState>) {
+        if from == to {
+            return;
+        }
+        let gauge = |state: StreamState| {
+            self.event_streams.get_or_create(&StateLabels {
+                state: state.label().to_owned(),
+            })
+        };
+        if let Some(from) = from {
+            gauge(from).dec();
+        }
+        if let Some(to) = to {
+            gauge(to).inc();
+        }
+    }
+
+    /// Event streams in `state` now.
+    pub fn event_stream_count(&self, state: StreamState) -> i64 {
+        self.event_streams
+            .get_or_create(&StateLabels {
+                state: state.label().to_owned(),
+            })
+            .get()
+    }
+
+    /// A message of type `event` arrived on an event stream.
+    pub fn event_received(&self, event: &str) {
+        self.events_received
+            .get_or_create(&EventLabels {
+                event: event.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Messages of type `event` received on event streams so far.
+    pub fn events_received_count(&self, event: &str) -> u64 {
+        self.events_received
+            .get_or_create(&EventLabels {
+                event: event.to_owned(),
+            })
+            .get()
+    }
+
+    /// An event stream is opened again.
+    pub fn event_stream_reconnect(&self) {
+        self.event_stream_reconnects.inc();
+    }
+
+    /// An event stream could not be opened, for `reason`.
+    pub fn event_stream_failed(&self, reason: &str) {
+        self.event_stream_failures
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Event streams that could not be opened for `reason` so far.
+    pub fn event_stream_failure_count(&self, reason: &str) -> u64 {
+        self.event_stream_failures
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .get()
     }
 
     fn object(namespace: &str, name: &str) -> ObjectLabels {
@@ -482,6 +620,35 @@ mod tests {
         assert!(text.contains("coffer_operator_reconcile_duration_seconds_count"));
         assert_eq!(m.upstream_count(UpstreamOutcome::NotModified), 1);
         assert_eq!(m.reconcile_count("Environment"), 1);
+    }
+
+    #[test]
+    fn event_streams_are_counted_by_state_and_their_messages_by_type() {
+        let m = Metrics::new();
+        m.event_stream_moved(None, Some(StreamState::Disconnected));
+        m.event_stream_moved(None, Some(StreamState::Disconnected));
+        m.event_stream_moved(
+            Some(StreamState::Disconnected),
+            Some(StreamState::Connected),
+        );
+        m.event_stream_moved(Some(StreamState::Connected), Some(StreamState::Connected));
+        m.event_received("secrets.changed");
+        m.event_stream_reconnect();
+        m.event_stream_failed("Unauthorized");
+        assert_eq!(m.event_stream_count(StreamState::Connected), 1);
+        assert_eq!(m.event_stream_count(StreamState::Disconnected), 1);
+        let text = m.encode().unwrap();
+        for line in [
+            "coffer_operator_event_streams{state=\"connected\"} 1",
+            "coffer_operator_event_streams{state=\"disconnected\"} 1",
+            "coffer_operator_events_received_total{event=\"secrets.changed\"} 1",
+            "coffer_operator_event_stream_reconnects_total 1",
+            "coffer_operator_event_stream_failures_total{reason=\"Unauthorized\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        m.event_stream_moved(Some(StreamState::Connected), None);
+        assert_eq!(m.event_stream_count(StreamState::Connected), 0);
     }
 
     fn t(seconds: i64) -> Timestamp {

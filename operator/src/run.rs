@@ -220,7 +220,7 @@ impl Operator {
         };
         let mut running = Vec::new();
         for scope in scopes {
-            let (sources, changed) = Sources::new(self.metrics.clone());
+            let (sources, changed) = Sources::new(self.metrics.clone(), self.config.event_streams);
             let (stores, writers, workload_writers) = Stores::new();
             let ctx = Arc::new(Context::new(
                 self.kube.clone(),

@@ -9,10 +9,14 @@
 //!
 //! Keys include the credentials, so a namespace never receives data fetched with another
 //! namespace's token.
+//!
+//! While a project has readers, [`Sources`] also follows its event stream (see
+//! [`crate::push`]): a change pushed there makes the source be fetched at once, and its readers
+//! woken, however long their refresh interval.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
-use std::sync::{Arc, Mutex as StdMutex};
+use std::sync::{Arc, Mutex as StdMutex, Weak};
 use std::time::{Duration, Instant};
 
 use coffer_client::{Client, Error as ClientError, Fetched};
@@ -23,8 +27,9 @@ use tokio::sync::{Mutex, mpsc};
 
 use crate::conditions::Reason;
 use crate::context::MAX_RETRY_AFTER;
-use crate::crd::Environment;
+use crate::crd::{Environment, SyncMode};
 use crate::metrics::{Metrics, UpstreamOutcome};
+use crate::push::{self, Publisher, Stream};
 
 /// One environment of one coffer-server, as read with one set of credentials.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -57,6 +62,51 @@ impl SourceKey {
     /// `org/project/environment`, for messages.
     pub fn place(&self) -> String {
         format!("{}/{}/{}", self.org, self.project, self.environment)
+    }
+
+    /// The project of this source, read with the same credentials.
+    pub fn project(&self) -> ProjectKey {
+        ProjectKey {
+            server: self.server.clone(),
+            org: self.org.clone(),
+            project: self.project.clone(),
+            credentials: self.credentials,
+        }
+    }
+
+    fn in_project(&self, project: &ProjectKey) -> bool {
+        self.project == project.project
+            && self.org == project.org
+            && self.server == project.server
+            && self.credentials == project.credentials
+    }
+}
+
+/// One project of one coffer-server, as read with one set of credentials: what one event
+/// stream covers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ProjectKey {
+    pub server: String,
+    pub org: String,
+    pub project: String,
+    credentials: [u8; 32],
+}
+
+impl ProjectKey {
+    /// `environment` of this project, read with the same credentials.
+    pub fn source(&self, environment: &str) -> SourceKey {
+        SourceKey::new(
+            &self.server,
+            self.credentials,
+            &self.org,
+            &self.project,
+            environment,
+        )
+    }
+
+    /// `org/project`, for messages.
+    pub fn place(&self) -> String {
+        format!("{}/{}", self.org, self.project)
     }
 }
 
@@ -262,27 +312,55 @@ impl FetchError {
     }
 }
 
+/// How long a reader waits for the first attempt to open its project's event stream, so that
+/// its status says how changes reach it rather than "not yet known".
+const FIRST_OPEN_WAIT: Duration = Duration::from_secs(2);
+
 /// Every source read by one controller, and who reads it.
 #[derive(Debug)]
 pub struct Sources {
     metrics: Arc<Metrics>,
     slots: StdMutex<HashMap<SourceKey, Slot>>,
     /// The `Environment` resources reading each source, to wake them all when it changes.
+    /// Locked before `streams` where both are.
     readers: StdMutex<HashMap<SourceKey, HashSet<ObjectRef<Environment>>>>,
     changed: mpsc::UnboundedSender<ObjectRef<Environment>>,
+    /// Whether projects' event streams are followed (`COFFER_EVENT_STREAMS`).
+    push: bool,
+    /// The event stream of each project that has readers; stopped when its last reader goes
+    /// (or with this).
+    streams: StdMutex<HashMap<ProjectKey, Arc<Stream>>>,
+    /// This, for the stream tasks: they must not keep it (and the streams) alive once the
+    /// controllers are gone.
+    me: Weak<Sources>,
+}
+
+impl Drop for Sources {
+    fn drop(&mut self) {
+        let streams = self.streams.get_mut().unwrap_or_else(|e| e.into_inner());
+        for (_, stream) in streams.drain() {
+            stream.stop();
+        }
+    }
 }
 
 impl Sources {
     /// The sources, and the stream of `Environment` resources to reconcile because a source
-    /// they read changed.
-    pub fn new(metrics: Arc<Metrics>) -> (Self, mpsc::UnboundedReceiver<ObjectRef<Environment>>) {
+    /// they read changed. With `push`, the event stream of every project read is followed.
+    pub fn new(
+        metrics: Arc<Metrics>,
+        push: bool,
+    ) -> (Arc<Self>, mpsc::UnboundedReceiver<ObjectRef<Environment>>) {
         let (changed, rx) = mpsc::unbounded_channel();
-        let sources = Self {
+        let sources = Arc::new_cyclic(|me| Self {
             metrics,
             slots: StdMutex::default(),
             readers: StdMutex::default(),
             changed,
-        };
+            push,
+            streams: StdMutex::default(),
+            me: me.clone(),
+        });
         (sources, rx)
     }
 
@@ -326,24 +404,157 @@ impl Sources {
                 };
                 drop(state);
                 if changed {
-                    self.wake_readers(key, reader);
+                    self.wake_readers(key, Some(reader));
                 }
                 Ok(next)
             }
-            Err(e) => {
-                self.metrics.upstream_request(UpstreamOutcome::Error);
-                let failure = if e.is_not_found() {
-                    Self::confirm_missing(key, origin).await
-                } else {
-                    FetchError::from(&e)
+            Err(e) => Err(self.failed(key, origin, &mut state, &e).await),
+        }
+    }
+
+    /// Fetches `key` now, if anyone reads it: a change was pushed. Wakes every reader when
+    /// their data changed, came back, or is confirmed gone.
+    pub async fn refetch(&self, key: &SourceKey, origin: &impl Origin) {
+        if !self.is_read(key) {
+            return;
+        }
+        let slot = self.slot(key);
+        let mut state = slot.lock().await;
+        let woken = match self.fetch(key, origin, state.snapshot.as_deref()).await {
+            Ok(next) => {
+                let changed = state.failure.is_some()
+                    || state
+                        .snapshot
+                        .as_ref()
+                        .is_none_or(|previous| next.differs_from(previous));
+                *state = SlotState {
+                    snapshot: Some(Arc::new(next)),
+                    failure: None,
                 };
-                if failure.missing.is_some() {
-                    // What was read is gone: an environment created again under the same name
-                    // may reuse the entity tag, so the next read must not be conditional.
-                    state.snapshot = None;
-                }
-                state.failure = Some((Instant::now(), failure.clone()));
-                Err(failure)
+                changed
+            }
+            Err(e) => self
+                .failed(key, origin, &mut state, &e)
+                .await
+                .missing
+                .is_some(),
+        };
+        drop(state);
+        if woken {
+            self.wake_readers(key, None);
+        }
+    }
+
+    /// Records the failed read of `key` in `state`: what exactly is missing after a 404.
+    async fn failed(
+        &self,
+        key: &SourceKey,
+        origin: &impl Origin,
+        state: &mut SlotState,
+        error: &ClientError,
+    ) -> FetchError {
+        self.metrics.upstream_request(UpstreamOutcome::Error);
+        let failure = if error.is_not_found() {
+            Self::confirm_missing(key, origin).await
+        } else {
+            FetchError::from(error)
+        };
+        if failure.missing.is_some() {
+            // What was read is gone: an environment created again under the same name may
+            // reuse the entity tag, so the next read must not be conditional.
+            state.snapshot = None;
+        }
+        state.failure = Some((Instant::now(), failure.clone()));
+        failure
+    }
+
+    /// Follows the event stream of `key`'s project with `publisher`, unless it is followed
+    /// already (or event streams are off, or nobody reads `key` any more).
+    pub fn follow<P: Publisher>(&self, key: &SourceKey, publisher: &P) {
+        if !self.push {
+            return;
+        }
+        let readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+        if !readers.contains_key(key) {
+            return;
+        }
+        let project = key.project();
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        if streams.contains_key(&project) {
+            return;
+        }
+        let stream = Arc::new(Stream::new(self.metrics.clone()));
+        streams.insert(project.clone(), stream.clone());
+        push::spawn(self.me.clone(), project, publisher.clone(), stream);
+    }
+
+    /// How changes reach the readers of `key` now. While the first attempt to open the
+    /// project's stream is under way, waits for it a moment.
+    pub async fn sync_mode(&self, key: &SourceKey) -> SyncMode {
+        let stream = self
+            .streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key.project())
+            .cloned();
+        match stream {
+            Some(stream) => stream.mode(&key.environment, FIRST_OPEN_WAIT).await,
+            None => SyncMode::Poll,
+        }
+    }
+
+    /// Whether anyone reads `key`.
+    pub fn is_read(&self, key: &SourceKey) -> bool {
+        self.readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(key)
+    }
+
+    /// The environments of `project` that are read, each with the revision of its snapshot
+    /// (`None` while unknown: never fetched, gone, or being fetched now).
+    pub fn read_in(&self, project: &ProjectKey) -> Vec<(String, Option<i64>)> {
+        let keys: Vec<SourceKey> = self
+            .readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .filter(|k| k.in_project(project))
+            .cloned()
+            .collect();
+        keys.into_iter()
+            .map(|key| {
+                let revision = self.revision(&key);
+                (key.environment, revision)
+            })
+            .collect()
+    }
+
+    /// The revision of `key`'s snapshot; `None` while unknown (never fetched, gone, or being
+    /// fetched now).
+    pub fn revision(&self, key: &SourceKey) -> Option<i64> {
+        let slot = self
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()?;
+        let state = slot.try_lock().ok()?;
+        state.snapshot.as_ref().map(|s| s.revision)
+    }
+
+    /// Wakes every reader of `key`.
+    pub fn wake(&self, key: &SourceKey) {
+        self.wake_readers(key, None);
+    }
+
+    /// Wakes every reader of every source of `project` (how changes reach them changed).
+    pub fn wake_project(&self, project: &ProjectKey) {
+        let readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, set) in readers.iter().filter(|(k, _)| k.in_project(project)) {
+            for reader in set {
+                // The receiver lives as long as the controller; after it stops, nobody cares.
+                let _ = self.changed.send(reader.clone());
             }
         }
     }
@@ -421,13 +632,16 @@ impl Sources {
     }
 
     /// Records that `reader` reads `key` (and nothing else), and drops the snapshots nobody
-    /// reads any more, with the values they hold.
+    /// reads any more, with the values they hold, and the event streams of projects nobody
+    /// reads any more.
     fn read_only(&self, key: Option<&SourceKey>, reader: &ObjectRef<Environment>) {
         let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut dropped = false;
         readers.retain(|k, set| {
             if Some(k) != key {
                 set.remove(reader);
             }
+            dropped |= set.is_empty();
             !set.is_empty()
         });
         if let Some(key) = key {
@@ -436,8 +650,20 @@ impl Sources {
                 .or_default()
                 .insert(reader.clone());
         }
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        slots.retain(|k, _| readers.contains_key(k) || Some(k) == key);
+        {
+            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            slots.retain(|k, _| readers.contains_key(k) || Some(k) == key);
+        }
+        if dropped {
+            let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+            streams.retain(|project, stream| {
+                let read = readers.keys().any(|k| k.in_project(project));
+                if !read {
+                    stream.stop();
+                }
+                read
+            });
+        }
     }
 
     fn slot(&self, key: &SourceKey) -> Slot {
@@ -449,10 +675,10 @@ impl Sources {
             .clone()
     }
 
-    fn wake_readers(&self, key: &SourceKey, except: &ObjectRef<Environment>) {
+    fn wake_readers(&self, key: &SourceKey, except: Option<&ObjectRef<Environment>>) {
         let readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
         for reader in readers.get(key).into_iter().flatten() {
-            if reader != except {
+            if Some(reader) != except {
                 // The receiver lives as long as the controller; after it stops, nobody cares.
                 let _ = self.changed.send(reader.clone());
             }
@@ -576,8 +802,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_readers_of_one_source_wait_for_one_request() {
-        let (sources, _changed) = Sources::new(Arc::new(Metrics::new()));
-        let sources = Arc::new(sources);
+        let (sources, _changed) = Sources::new(Arc::new(Metrics::new()), false);
         let origin = Arc::new(Fake::new(vec![modified("\"e1\"", 1, &[("A", "1")])]));
         let held = origin
             .gate
@@ -605,7 +830,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failure_answers_for_its_source_until_the_hold_ends_unless_forced() {
-        let (sources, _changed) = Sources::new(Arc::new(Metrics::new()));
+        let (sources, _changed) = Sources::new(Arc::new(Metrics::new()), false);
         let origin = Fake::new(vec![Err(api_error(503)), modified("\"e1\"", 1, &[])]);
         let first = sources
             .snapshot(&key(), &origin, HOUR, false, &reader("a"))
@@ -625,7 +850,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_retry_after_holds_the_failure_as_long_as_the_server_asked() {
-        let (sources, _changed) = Sources::new(Arc::new(Metrics::new()));
+        let (sources, _changed) = Sources::new(Arc::new(Metrics::new()), false);
         let mut limited = api_error(429);
         if let ClientError::Api { retry_after, .. } = &mut limited {
             *retry_after = Some(Duration::from_secs(120));
@@ -656,7 +881,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_404_is_confirmed_as_a_missing_project_or_environment() {
-        let (sources, _changed) = Sources::new(Arc::new(Metrics::new()));
+        let (sources, _changed) = Sources::new(Arc::new(Metrics::new()), false);
         let mut origin = Fake::new(vec![Err(api_error(404)), Err(api_error(404))]);
         origin.environment = false;
         let e = sources
@@ -676,7 +901,7 @@ mod tests {
 
     #[tokio::test]
     async fn new_data_under_the_same_revision_wakes_the_other_readers() {
-        let (sources, mut changed) = Sources::new(Arc::new(Metrics::new()));
+        let (sources, mut changed) = Sources::new(Arc::new(Metrics::new()), false);
         // A reference to another environment resolved to a new value: same revision, new tag.
         let origin = Fake::new(vec![
             modified("\"e4.o1\"", 4, &[("URL", "${staging.URL}=a")]),
@@ -704,7 +929,7 @@ mod tests {
 
     #[tokio::test]
     async fn after_a_confirmed_missing_environment_the_next_read_is_unconditional() {
-        let (sources, _changed) = Sources::new(Arc::new(Metrics::new()));
+        let (sources, _changed) = Sources::new(Arc::new(Metrics::new()), false);
         let mut origin = Fake::new(vec![
             modified("\"e1\"", 1, &[("A", "1")]),
             Err(api_error(404)),
@@ -730,7 +955,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_new_revision_wakes_the_other_readers_of_the_source() {
-        let (sources, mut changed) = Sources::new(Arc::new(Metrics::new()));
+        let (sources, mut changed) = Sources::new(Arc::new(Metrics::new()), false);
         let origin = Fake::new(vec![
             modified("\"e1\"", 1, &[("A", "1")]),
             Ok(Read::NotModified {

@@ -35,6 +35,12 @@ const DEFAULT_SECRET_TYPE: &str = "Opaque";
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
     printcolumn(
+        name = "Sync",
+        type_ = "string",
+        json_path = ".status.syncMode",
+        description = "How changes reach the Secret: Push (event stream) or Poll (refreshInterval)"
+    ),
+    printcolumn(
         name = "Revision",
         type_ = "integer",
         json_path = ".status.revision",
@@ -133,8 +139,10 @@ pub struct SyncSpec {
     /// Retain`).
     #[serde(default)]
     pub creation_policy: CreationPolicy,
-    /// How often coffer-server is polled for changes when no change event arrives, as hours,
-    /// minutes and seconds, e.g. `30s`, `5m`, `1h30m`. Default: `5m`; minimum: `5s`.
+    /// How often the environment is read from coffer-server, as hours, minutes and seconds,
+    /// e.g. `30s`, `5m`, `1h30m`. Default: `5m`; minimum: `5s`. While the operator follows the
+    /// project's event stream (`status.syncMode: Push`) a change arrives within about a second
+    /// and this is the safety net; while it cannot (`Poll`), changes arrive at this pace.
     #[serde(default = "default_refresh_interval")]
     pub refresh_interval: String,
     /// What happens to the Secret when this resource is deleted: `Retain` (default) leaves it
@@ -223,6 +231,21 @@ pub enum WorkloadKind {
     DaemonSet,
 }
 
+/// How changes reach the Secret now: `Push` while the operator follows coffer-server's event
+/// stream of the project (a change arrives within about a second), `Poll` while it cannot (a
+/// change arrives at the latest after `spec.sync.refreshInterval`). The environment is read
+/// every `refreshInterval` either way.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum SyncMode {
+    /// The operator follows coffer-server's event stream of the project: a change arrives
+    /// within about a second.
+    Push,
+    /// The event stream is not connected (coffer-server cannot be reached or refuses it, or the
+    /// operator runs with `COFFER_EVENT_STREAMS=false`): a change arrives at the latest after
+    /// `spec.sync.refreshInterval`.
+    Poll,
+}
+
 /// The observed state of an `Environment`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -243,6 +266,10 @@ pub struct EnvironmentStatus {
     /// When the Secret was last written or confirmed up to date.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<Time>,
+    /// How changes reach the Secret now (see [`SyncMode`]); unset while no environment is
+    /// read (an invalid spec, a missing `Project`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_mode: Option<SyncMode>,
     /// Workloads (`Kind/name`) restarted after the last change of the synced data.
     #[serde(default)]
     pub restarted_workloads: Vec<String>,

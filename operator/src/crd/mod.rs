@@ -8,8 +8,8 @@ mod project;
 
 pub use environment::{
     CreationPolicy, Environment, EnvironmentSpec, EnvironmentStatus, KeyMapping,
-    MIN_REFRESH_INTERVAL, ProjectRef, RolloutTarget, SyncSpec, WorkloadKind, key_selected,
-    parse_refresh_interval,
+    MIN_REFRESH_INTERVAL, ProjectRef, RolloutTarget, SyncMode, SyncSpec, WorkloadKind,
+    key_selected, parse_refresh_interval,
 };
 pub use project::{ConfigMapKeyRef, CredentialsRef, Project, ProjectSpec, ProjectStatus};
 

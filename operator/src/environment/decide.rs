@@ -15,7 +15,7 @@ use crate::conditions::{self, Reason, State};
 use crate::context::{Halt, Requeue};
 use crate::crd::{
     CONDITION_READY, CONDITION_SYNCED, CreationPolicy, DeletionPolicy, Environment,
-    EnvironmentStatus,
+    EnvironmentStatus, SyncMode,
 };
 use crate::credentials::{Connection, ConnectionError};
 use crate::source::{FetchError, Missing, Snapshot, SourceKey};
@@ -56,6 +56,8 @@ pub struct Read {
     /// The Secret of the target name, read when the data was (or a confirmed missing
     /// environment may delete it).
     pub secret: Option<Secret>,
+    /// How changes of the environment reach the Secret now.
+    pub sync_mode: SyncMode,
 }
 
 /// A change to make, in order.
@@ -168,7 +170,12 @@ impl<'a> Draft<'a> {
 /// What to do about `observed` at time `now`, with `hash_key` keying the data hash.
 pub fn decide(observed: &Observed<'_>, hash_key: &[u8], now: Timestamp) -> Plan {
     let env = observed.env;
-    let draft = Draft::new(env, now);
+    let mut draft = Draft::new(env, now);
+    // Only a resource that reads an environment has changes reach it one way or the other.
+    draft.status.sync_mode = match &observed.stage {
+        Stage::Read(read) => Some(read.sync_mode),
+        _ => None,
+    };
     if let Err(e) = build::validate(&env.spec.sync) {
         let halt = Halt::new(Reason::InvalidSpec, e.to_string(), Requeue::AwaitChange);
         return draft.halt(halt, Vec::new());
@@ -508,6 +515,7 @@ mod tests {
             connection: connection(),
             data: data.map(Arc::new),
             secret,
+            sync_mode: SyncMode::Push,
         }))
     }
 
@@ -564,6 +572,29 @@ mod tests {
         assert_eq!(ready(&p.status, "Ready"), pair("False", "InvalidSpec"));
         assert_eq!(p.status.conditions[0].message, "spec.environment is empty");
         assert_eq!(p.status.observed_generation, Some(3));
+    }
+
+    #[test]
+    fn the_status_says_how_changes_reach_the_secret_once_the_environment_is_read() {
+        let env = environment(serde_json::json!({}));
+        let p = plan(&env, read(snapshot(4, &[("A", "1")]), None));
+        assert_eq!(p.status.sync_mode, Some(SyncMode::Push));
+        let mut stage = read(snapshot(4, &[("A", "1")]), None);
+        if let Stage::Read(read) = &mut stage {
+            read.sync_mode = SyncMode::Poll;
+        }
+        let env = Environment {
+            status: Some(p.status),
+            ..env
+        };
+        let p = plan(&env, stage);
+        assert_eq!(p.status.sync_mode, Some(SyncMode::Poll));
+        // A resource that reads nothing has no sync mode.
+        let env = Environment {
+            status: Some(p.status),
+            ..env
+        };
+        assert_eq!(plan(&env, Stage::NoProject).status.sync_mode, None);
     }
 
     #[test]

@@ -211,11 +211,15 @@ async fn apply(env: &Environment, ctx: &Context) -> Result<Action, Error> {
             plan.then
         }
         Err(Failure::Halt(halt)) => {
+            let sync_mode = plan.status.sync_mode;
             plan.status = decide::halted(env, halt.clone(), false, Timestamp::now());
+            plan.status.sync_mode = sync_mode;
             Then::Halt(halt)
         }
         Err(Failure::Unread(halt)) => {
+            let sync_mode = plan.status.sync_mode;
             plan.status = decide::halted(env, halt.clone(), true, Timestamp::now());
+            plan.status.sync_mode = sync_mode;
             Then::Halt(halt)
         }
         Err(Failure::Error(e)) => return Err(e),

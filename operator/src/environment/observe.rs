@@ -1,6 +1,6 @@
 //! What exists for an `Environment`: its spec's validity, its `Project`, the connection to
-//! coffer-server, the environment's data (from [`crate::source::Sources`]) and the Secret now
-//! under the target name. Reads only; [`super::decide`] makes sense of it.
+//! coffer-server, the environment's data (from [`crate::source::Sources`], which also follows
+//! the project's event stream) and the Secret now under the target name. Reads only; [`super::decide`] makes sense of it.
 
 use kube::ResourceExt as _;
 use kube::runtime::reflector::ObjectRef;
@@ -66,6 +66,8 @@ async fn stage(env: &Environment, ctx: &Context) -> Result<Stage, Error> {
         .sources
         .snapshot(&key, &conn.client, interval, force, &reader)
         .await;
+    ctx.sources.follow(&key, &conn.client);
+    let sync_mode = ctx.sources.sync_mode(&key).await;
     // Carried out only once the data was fetched: a refresh asked for during an outage
     // happens when coffer-server is back.
     if let (true, Ok(_), Some(refresh)) = (force, &data, refresh) {
@@ -88,5 +90,6 @@ async fn stage(env: &Environment, ctx: &Context) -> Result<Stage, Error> {
         connection: conn,
         data,
         secret,
+        sync_mode,
     })))
 }

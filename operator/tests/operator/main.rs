@@ -6,6 +6,7 @@ mod crds;
 mod credentials;
 mod deploy;
 mod mapping;
+mod push;
 mod rollout;
 mod support;
 mod sync;

@@ -248,7 +248,7 @@ async fn a_recreated_environment_is_a_first_sync_again_and_an_idle_one_writes_no
     assert!(operator.metrics.reconcile_count("Environment") >= reconciles + 2);
     assert_eq!(operator.metrics.status_write_count("Environment"), writes);
 
-    // Created again with other data: a first sync, which restarts nothing.
+    // Created again: a first sync (pushed at once, of no keys yet), which restarts nothing ...
     scene
         .coffer
         .admin()
@@ -262,13 +262,21 @@ async fn a_recreated_environment_is_a_first_sync_again_and_an_idle_one_writes_no
         )
         .await
         .unwrap();
-    scene.coffer.set("web", "staging", &[("A", "2")]).await;
-    scene.wait_synced("web-staging", &[("A", "2")]).await;
+    scene.wait_synced("web-staging", &[]).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = deployments.get("worker").await.unwrap();
     assert_eq!(after.metadata.generation, before.metadata.generation);
     let status = scene.get_environment("web-staging").await.status.unwrap();
     assert!(status.restarted_workloads.is_empty());
+    // ... and data written into it afterwards is a change, which does.
+    scene.coffer.set("web", "staging", &[("A", "2")]).await;
+    scene.wait_synced("web-staging", &[("A", "2")]).await;
+    kube_testenv::wait_until("worker restarted", TIMEOUT, || async {
+        let now = deployments.get("worker").await.unwrap();
+        (now.metadata.generation == before.metadata.generation.map(|g| g + 1)).then_some(())
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 use coffer_client::{
     BulkUpsertRequest, Client, CreateSecretRequest, CreateServiceTokenRequest, TokenAccess,
 };
-use coffer_operator::crd::{Environment, Project};
+use coffer_operator::crd::{Environment, Project, SyncMode};
 use coffer_operator::metrics::Metrics;
 use coffer_operator::{Config, Operator, kube_client};
 use k8s_openapi::api::core::v1::Secret;
@@ -84,6 +84,8 @@ pub struct Coffer {
     pub admin_token: String,
     /// With TLS: the PEM of its self-signed certificate, the only one that makes it trusted.
     pub ca_pem: Option<String>,
+    /// The most event streams it serves at once (its default when `None`).
+    event_streams_max: Option<u32>,
     addr: SocketAddr,
     dir: tempfile::TempDir,
     running: Option<(CancellationToken, JoinHandle<()>)>,
@@ -92,15 +94,21 @@ pub struct Coffer {
 impl Coffer {
     /// Starts a server with organization [`ORG`], its owner, and an admin API key.
     pub async fn start() -> Self {
-        Self::start_with(false).await
+        Self::start_with(false, None).await
     }
 
     /// Like [`Coffer::start`], serving https with a self-signed certificate ([`Coffer::ca_pem`]).
     pub async fn start_tls() -> Self {
-        Self::start_with(true).await
+        Self::start_with(true, None).await
     }
 
-    async fn start_with(tls: bool) -> Self {
+    /// Like [`Coffer::start`], serving at most `max` event streams at once (the next is
+    /// refused with 503 and `Retry-After: 10`), now and after every [`Coffer::resume`].
+    pub async fn start_with_event_streams_max(max: u32) -> Self {
+        Self::start_with(false, Some(max)).await
+    }
+
+    async fn start_with(tls: bool, event_streams_max: Option<u32>) -> Self {
         let addr = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -117,6 +125,7 @@ impl Coffer {
             url: format!("{scheme}://{addr}"),
             admin_token: String::new(),
             ca_pem,
+            event_streams_max,
             addr,
             dir,
             running: None,
@@ -166,6 +175,9 @@ impl Coffer {
         config.data_dir = self.dir.path().to_path_buf();
         config.listen = self.addr;
         config.password_hash_concurrency = Some(2);
+        if let Some(max) = self.event_streams_max {
+            config.event_streams_max = max;
+        }
         if self.ca_pem.is_some() {
             config.tls_cert = Some(self.dir.path().join("tls.crt"));
             config.tls_key = Some(self.dir.path().join("tls.key"));
@@ -337,10 +349,22 @@ impl Scene {
     /// `production` of `web` holds `values`. `None` when the cluster tests are skipped (never
     /// with `CI=true`).
     pub async fn new(values: &[(&str, &str)]) -> Option<Self> {
+        Self::with(values, None).await
+    }
+
+    /// Like [`Scene::new`], with a coffer-server that serves at most `max` event streams.
+    pub async fn with_event_streams_max(values: &[(&str, &str)], max: u32) -> Option<Self> {
+        Self::with(values, Some(max)).await
+    }
+
+    async fn with(values: &[(&str, &str)], event_streams_max: Option<u32>) -> Option<Self> {
         let env = cluster()?;
         let kube = env.client().unwrap();
         let ns = env.create_namespace().await.unwrap();
-        let coffer = Coffer::start().await;
+        let coffer = match event_streams_max {
+            Some(max) => Coffer::start_with_event_streams_max(max).await,
+            None => Coffer::start().await,
+        };
         coffer.project("web").await;
         if !values.is_empty() {
             coffer.set("web", "production", values).await;
@@ -368,6 +392,7 @@ impl Scene {
             lease_name: "coffer-operator".to_owned(),
             hash_key_secret: "coffer-operator-hash-key".to_owned(),
             concurrency: 10,
+            event_streams: true,
             identity: None,
         }
     }
@@ -384,6 +409,18 @@ impl Scene {
     /// the `Project` resource `web`.
     pub async fn start(&self) -> RunningOperator {
         let operator = self.operator(self.config(Some(&self.coffer.admin_token)));
+        self.project("web", json!({})).await;
+        operator
+    }
+
+    /// Like [`Scene::start`], with an operator that only polls (`COFFER_EVENT_STREAMS=false`):
+    /// for the tests of what a poll or a refresh does, which a push would overtake.
+    pub async fn start_polling(&self) -> RunningOperator {
+        let config = Config {
+            event_streams: false,
+            ..self.config(Some(&self.coffer.admin_token))
+        };
+        let operator = self.operator(config);
         self.project("web", json!({})).await;
         operator
     }
@@ -466,6 +503,36 @@ impl Scene {
         wait_until(&what, TIMEOUT, || async {
             (self.data(name).await.as_ref() == Some(&expected)).then_some(())
         })
+        .await
+        .unwrap();
+    }
+
+    /// Waits at most `within` until Secret `name` holds exactly `expected`.
+    pub async fn wait_for_data_within(
+        &self,
+        name: &str,
+        expected: &[(&str, &str)],
+        within: Duration,
+    ) {
+        let expected = pairs(expected);
+        let what = format!("Secret {name} holds {:?}", expected.keys());
+        wait_until(&what, within, || async {
+            (self.data(name).await.as_ref() == Some(&expected)).then_some(())
+        })
+        .await
+        .unwrap();
+    }
+
+    /// Waits until the `Environment` `name` reports `status.syncMode: mode`.
+    pub async fn wait_for_sync_mode(&self, name: &str, mode: SyncMode) {
+        wait_until(
+            &format!("{name} has syncMode {mode:?}"),
+            TIMEOUT,
+            || async {
+                let status = self.get_environment(name).await.status;
+                (status.and_then(|s| s.sync_mode) == Some(mode)).then_some(())
+            },
+        )
         .await
         .unwrap();
     }

@@ -787,7 +787,7 @@ async fn a_refresh_annotation_fetches_at_once() {
     let Some(scene) = Scene::new(&[("A", "1")]).await else {
         return;
     };
-    let _operator = scene.start().await;
+    let _operator = scene.start_polling().await;
     scene
         .environment("web-prod", "production", json!({ "refreshInterval": "1h" }))
         .await;
@@ -809,7 +809,7 @@ async fn a_refresh_asked_for_during_an_outage_happens_when_the_server_is_back() 
     let Some(mut scene) = Scene::new(&[("A", "1")]).await else {
         return;
     };
-    let _operator = scene.start().await;
+    let _operator = scene.start_polling().await;
     scene
         .environment("web-prod", "production", json!({ "refreshInterval": "1h" }))
         .await;
