@@ -125,7 +125,8 @@ pub async fn update<'e>(ex: impl AnyExecutor<'e>, w: &WebhookRow) -> Result<bool
         "UPDATE webhooks SET url = $1, environments = $2, events = $3, secret_dek_id = $4, \
          secret_ct = $5, secret_generation = $6, previous_dek_id = $7, previous_ct = $8, \
          previous_expires_at = $9, consecutive_failures = $10, disabled_at = $11, \
-         disabled_reason = $12, updated_at = $13 WHERE id = $14 AND project_id = $15",
+         disabled_reason = $12, updated_at = $13, created_after_event = $16 \
+         WHERE id = $14 AND project_id = $15",
     )
     .bind(&w.url)
     .bind(&w.environments)
@@ -142,6 +143,7 @@ pub async fn update<'e>(ex: impl AnyExecutor<'e>, w: &WebhookRow) -> Result<bool
     .bind(w.updated_at)
     .bind(&w.id)
     .bind(w.project_id)
+    .bind(w.created_after_event)
     .execute(ex)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -236,6 +238,13 @@ pub async fn enqueue(
     Ok(())
 }
 
+/// The projects with an enabled webhook.
+pub async fn hooked_projects<'e>(ex: impl AnyExecutor<'e>) -> Result<Vec<ProjectId>, sqlx::Error> {
+    sqlx::query_scalar("SELECT DISTINCT project_id FROM webhooks WHERE disabled_at IS NULL")
+        .fetch_all(ex)
+        .await
+}
+
 /// Pending deliveries of a webhook.
 pub async fn pending_count<'e>(
     ex: impl AnyExecutor<'e>,
@@ -249,13 +258,26 @@ pub async fn pending_count<'e>(
     .await
 }
 
-/// Whether events were recorded after the dispatch cursor (a read: an idle server writes
-/// nothing).
-pub async fn undispatched<'e>(ex: impl AnyExecutor<'e>) -> Result<bool, sqlx::Error> {
-    let found: Option<i64> = sqlx::query_scalar(
-        "SELECT e.id FROM events e, webhook_dispatch d \
-         WHERE d.singleton = 1 AND e.id > d.last_event_id ORDER BY e.id LIMIT 1",
+/// Where dispatching starts: after the cursor, and after every event older than the enabled
+/// webhooks (none of them wants those); `None` when no webhook is enabled (nothing to do).
+pub async fn dispatch_start<'e>(ex: impl AnyExecutor<'e>) -> Result<Option<i64>, sqlx::Error> {
+    let (cursor, oldest): (i64, Option<i64>) = sqlx::query_as(
+        "SELECT (SELECT last_event_id FROM webhook_dispatch WHERE singleton = 1), \
+                (SELECT MIN(created_after_event) FROM webhooks WHERE disabled_at IS NULL)",
     )
+    .fetch_one(ex)
+    .await?;
+    Ok(oldest.map(|oldest| cursor.max(oldest)))
+}
+
+/// Whether an event after `after` is one of a project with an enabled webhook (a read: an idle
+/// server, or one whose events no webhook wants, writes nothing).
+pub async fn undispatched<'e>(ex: impl AnyExecutor<'e>, after: i64) -> Result<bool, sqlx::Error> {
+    let found: Option<i64> = sqlx::query_scalar(
+        "SELECT e.id FROM events e WHERE e.id > $1 AND e.project_id IN \
+           (SELECT project_id FROM webhooks WHERE disabled_at IS NULL) LIMIT 1",
+    )
+    .bind(after)
     .fetch_optional(ex)
     .await?;
     Ok(found.is_some())
@@ -269,6 +291,18 @@ pub async fn lock_dispatch(conn: &mut AnyConnection) -> Result<Option<i64>, sqlx
         "SELECT last_event_id FROM webhook_dispatch WHERE singleton = 1"
     };
     sqlx::query_scalar(sql).fetch_optional(conn).await
+}
+
+/// Waits for a dispatch under way to end, and keeps the next from starting until this
+/// transaction ends: a webhook created (or enabled) now then gets every event after the
+/// position it is given, none missed by a dispatch that did not see it yet.
+pub async fn hold_dispatch(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+    if super::is_postgres(conn) {
+        sqlx::query("SELECT last_event_id FROM webhook_dispatch WHERE singleton = 1 FOR UPDATE")
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
 }
 
 pub async fn set_dispatched<'e>(ex: impl AnyExecutor<'e>, last: i64) -> Result<(), sqlx::Error> {
@@ -288,13 +322,15 @@ pub struct DispatchEvent {
     pub body: String,
 }
 
+/// Events after `after` of projects with an enabled webhook, oldest first.
 pub async fn events_after<'e>(
     ex: impl AnyExecutor<'e>,
     after: i64,
     limit: i64,
 ) -> Result<Vec<DispatchEvent>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, project_id, type AS kind, body FROM events WHERE id > $1 ORDER BY id LIMIT $2",
+        "SELECT id, project_id, type AS kind, body FROM events WHERE id > $1 AND project_id IN \
+           (SELECT project_id FROM webhooks WHERE disabled_at IS NULL) ORDER BY id LIMIT $2",
     )
     .bind(after)
     .bind(limit)

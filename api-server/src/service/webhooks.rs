@@ -12,7 +12,7 @@
 //! are connected to (so a name that changes what it resolves to is caught); redirects are not
 //! followed.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -32,9 +32,10 @@ use crate::auth::Principal;
 use crate::authz::Action;
 use crate::crypto::envelope::{Dek, Field, ValueAad};
 use crate::db;
+use crate::db::events::Wake;
 use crate::db::webhooks::{AttemptRow, Claimed, NewDelivery, WebhookRow};
 use crate::error::{ApiError, ApiResult};
-use crate::ids::Timestamp;
+use crate::ids::{ProjectId, Timestamp};
 use crate::service::ClientMeta;
 use crate::service::audit::{AuditEvent, Outcome};
 use crate::service::tenancy::{self, ProjectCtx};
@@ -482,7 +483,10 @@ pub async fn create(
         previous_dek_id: None,
         previous_ct: None,
         previous_expires_at: None,
-        created_after_event: db::events::head(&mut *tx).await?,
+        created_after_event: {
+            db::webhooks::hold_dispatch(&mut tx).await?;
+            db::events::head(&mut *tx).await?
+        },
         consecutive_failures: 0,
         disabled_at: (request.enabled == Some(false)).then_some(now),
         disabled_reason: (request.enabled == Some(false))
@@ -498,6 +502,7 @@ pub async fn create(
         .record(&mut *tx)
         .await?;
     tx.commit().await?;
+    state.webhooks.kick();
     Ok((to_api(&row), secret))
 }
 
@@ -558,11 +563,13 @@ pub async fn update(
         row.events = events_filter(events.as_ref())?;
     }
     let now = Timestamp::now();
+    let mut reenabled = false;
     match request.enabled {
         Some(true) if row.disabled_at.is_some() => {
             row.disabled_at = None;
             row.disabled_reason = None;
             row.consecutive_failures = 0;
+            reenabled = true;
         }
         Some(false) if row.disabled_at.is_none() => {
             row.disabled_at = Some(now);
@@ -572,6 +579,12 @@ pub async fn update(
     }
     row.updated_at = now;
     let mut tx = state.db.begin().await?;
+    if reenabled {
+        // Enabled again: it gets the events from now on (those while it was disabled were
+        // never queued for it).
+        db::webhooks::hold_dispatch(&mut tx).await?;
+        row.created_after_event = db::events::head(&mut *tx).await?;
+    }
     if !db::webhooks::update(&mut *tx, &row).await? {
         return Err(ApiError::not_found("webhook"));
     }
@@ -820,14 +833,22 @@ fn wants(webhook: &WebhookRow, event_id: i64, kind: &str, environment: &str) -> 
 /// Gives the events recorded since the last round their deliveries; false when there was
 /// nothing to do (or another replica is doing it).
 pub async fn dispatch(state: &AppState) -> ApiResult<bool> {
-    if !db::webhooks::undispatched(state.db.pool()).await? {
+    // Reads first: a server without webhooks, or whose events none wants, writes nothing.
+    let pool = state.db.pool();
+    let Some(start) = db::webhooks::dispatch_start(pool).await? else {
+        return Ok(false);
+    };
+    if !db::webhooks::undispatched(pool, start).await? {
         return Ok(false);
     }
     let mut tx = state.db.begin().await?;
-    let Some(last) = db::webhooks::lock_dispatch(&mut tx).await? else {
+    if db::webhooks::lock_dispatch(&mut tx).await?.is_none() {
+        return Ok(false);
+    }
+    let Some(start) = db::webhooks::dispatch_start(&mut *tx).await? else {
         return Ok(false);
     };
-    let events = db::webhooks::events_after(&mut *tx, last, 500).await?;
+    let events = db::webhooks::events_after(&mut *tx, start, 500).await?;
     let Some(newest) = events.last().map(|e| e.id) else {
         return Ok(false);
     };
@@ -1068,13 +1089,23 @@ pub async fn work_once(state: &AppState) -> ApiResult<()> {
     }
 }
 
-/// The delivery worker of this replica: woken by new events, pings and redeliveries, and at
-/// least every [`POLL_EVERY`] (or when the next retry is due). Ends when the server stops.
+/// The delivery worker of this replica: woken by new events of projects with an enabled
+/// webhook, pings and redeliveries, and at least every [`POLL_EVERY`] (or when the next retry is
+/// due). Ends when the server stops.
 pub async fn run_worker(state: AppState) {
+    use tokio::sync::broadcast::error::{RecvError, TryRecvError};
     let mut wakes = state.db.event_wakes();
+    // The projects with an enabled webhook, as of the last round: an event of another project
+    // needs no round (no query). One created on another replica is seen at the next timed round;
+    // meanwhile that replica's worker, which knows it, dispatches its events.
+    let mut hooked: HashSet<ProjectId> = HashSet::new();
     loop {
         if state.db.pool().is_closed() {
             return;
+        }
+        match db::webhooks::hooked_projects(state.db.pool()).await {
+            Ok(projects) => hooked = projects.into_iter().collect(),
+            Err(e) => tracing::warn!(error = %e, "the webhook worker cannot list the webhooks"),
         }
         if let Err(e) = work_once(&state).await {
             tracing::warn!(error = %e, "the webhook worker failed a round");
@@ -1086,12 +1117,25 @@ pub async fn run_worker(state: AppState) {
             )
             .min(POLL_EVERY)
         });
-        tokio::select! {
-            () = state.shutdown.cancelled() => return,
-            _ = wakes.recv() => {}
-            () = state.webhooks.kick.notified() => {}
-            () = tokio::time::sleep(wait) => {}
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            tokio::select! {
+                () = state.shutdown.cancelled() => return,
+                wake = wakes.recv() => match wake {
+                    Ok(Wake::Project(p)) if !hooked.contains(&p) => continue,
+                    Err(RecvError::Closed) => return,
+                    Ok(_) | Err(RecvError::Lagged(_)) => {}
+                },
+                () = state.webhooks.kick.notified() => {}
+                () = tokio::time::sleep_until(deadline) => {}
+            }
+            break;
         }
+        // Events recorded meanwhile are dispatched by the same round.
+        while !matches!(
+            wakes.try_recv(),
+            Err(TryRecvError::Empty | TryRecvError::Closed)
+        ) {}
     }
 }
 
