@@ -504,18 +504,29 @@ pub async fn disable<'e>(
     Ok(done.rows_affected() == 1)
 }
 
+/// An attempt with what its delivery carried.
+#[derive(Debug, Clone, FromRow)]
+pub struct LoggedAttempt {
+    #[sqlx(flatten)]
+    pub attempt: AttemptRow,
+    pub event_id: Option<i64>,
+    pub kind: String,
+}
+
 /// A page of a webhook's attempts, newest first, before `before`.
 pub async fn attempts<'e>(
     ex: impl AnyExecutor<'e>,
     webhook: &str,
     before: Option<&str>,
     limit: i64,
-) -> Result<Vec<AttemptRow>, sqlx::Error> {
+) -> Result<Vec<LoggedAttempt>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, delivery_id, webhook_id, attempt, started_at, duration_ms, response_status, \
-                response_body, error, next_attempt_at \
-         FROM webhook_attempts WHERE webhook_id = $1 AND ($2 = '' OR id < $2) \
-         ORDER BY id DESC LIMIT $3",
+        "SELECT a.id, a.delivery_id, a.webhook_id, a.attempt, a.started_at, a.duration_ms, \
+                a.response_status, a.response_body, a.error, a.next_attempt_at, \
+                d.event_id, d.kind \
+         FROM webhook_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id \
+         WHERE a.webhook_id = $1 AND ($2 = '' OR a.id < $2) \
+         ORDER BY a.id DESC LIMIT $3",
     )
     .bind(webhook)
     .bind(before.unwrap_or(""))

@@ -78,7 +78,7 @@ fn body(event: &Event) -> ApiResult<String> {
 }
 
 /// A stored event's JSON with its id, as delivered.
-fn with_id(id: i64, body: &str) -> String {
+pub(crate) fn with_id(id: i64, body: &str) -> String {
     match body.strip_prefix('{') {
         Some(rest) if rest.trim_start().starts_with('}') => format!("{{\"id\":{id}}}"),
         Some(rest) => format!("{{\"id\":{id},{rest}"),

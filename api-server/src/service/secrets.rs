@@ -1325,17 +1325,13 @@ pub async fn delete(
     if !db::secrets::mark_deleted(&mut *tx, ctx.env.id, key, now).await? {
         return Err(ApiError::not_found("secret"));
     }
-    let change = KeyChange {
-        key: key.to_owned(),
-        action: ChangeAction::Deleted,
-    };
-    events::secrets_changed(
+    key_changed(
         &mut tx,
         &ctx,
-        revision,
-        vec![change],
-        &events::actor(principal),
-        now,
+        principal,
+        (revision, now),
+        key,
+        ChangeAction::Deleted,
     )
     .await?;
     db::secrets::bump_org_revision(&mut *tx, ctx.project.org.org.id).await?;
@@ -1345,6 +1341,30 @@ pub async fn delete(
         .await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// Records the event of a change of one key, bringing the environment to `revision`.
+async fn key_changed(
+    tx: &mut db::Tx,
+    ctx: &EnvCtx,
+    principal: &Caller,
+    (revision, now): (i64, Timestamp),
+    key: &str,
+    action: ChangeAction,
+) -> ApiResult<()> {
+    let change = KeyChange {
+        key: key.to_owned(),
+        action,
+    };
+    events::secrets_changed(
+        tx,
+        ctx,
+        revision,
+        vec![change],
+        &events::actor(principal),
+        now,
+    )
+    .await
 }
 
 /// Brings a deleted secret back at its last version.
@@ -1362,17 +1382,13 @@ pub async fn restore(
     if !db::secrets::restore(&mut *tx, ctx.env.id, key, now).await? {
         return Err(ApiError::not_found("deleted secret"));
     }
-    let change = KeyChange {
-        key: key.to_owned(),
-        action: ChangeAction::Restored,
-    };
-    events::secrets_changed(
+    key_changed(
         &mut tx,
         &ctx,
-        revision,
-        vec![change],
-        &events::actor(principal),
-        now,
+        principal,
+        (revision, now),
+        key,
+        ChangeAction::Restored,
     )
     .await?;
     let max_secrets = i64::from(state.config.max_secrets_per_environment);

@@ -332,6 +332,15 @@ fn to_api(row: &WebhookRow) -> Webhook {
     }
 }
 
+/// The address of a URL whose host is one (not a name).
+fn literal_ip(url: &reqwest::Url) -> Option<IpAddr> {
+    match url.host()? {
+        url::Host::Ipv4(v4) => Some(IpAddr::V4(v4)),
+        url::Host::Ipv6(v6) => Some(IpAddr::V6(v6)),
+        url::Host::Domain(_) => None,
+    }
+}
+
 /// Checks a webhook URL: `http` or `https`, a host, no credentials, at most [`MAX_URL_LEN`];
 /// a literal address must be one webhooks may reach.
 fn check_url(state: &AppState, url: &str) -> ApiResult<String> {
@@ -346,12 +355,10 @@ fn check_url(state: &AppState, url: &str) -> ApiResult<String> {
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err(invalid("the URL may not hold credentials".into()));
     }
-    let ip = match parsed.host() {
-        Some(url::Host::Ipv4(v4)) => Some(IpAddr::V4(v4)),
-        Some(url::Host::Ipv6(v6)) => Some(IpAddr::V6(v6)),
-        Some(url::Host::Domain(_)) => None,
-        None => return Err(invalid("the URL has no host".into())),
-    };
+    if parsed.host().is_none() {
+        return Err(invalid("the URL has no host".into()));
+    }
+    let ip = literal_ip(&parsed);
     if let Some(ip) = ip
         && let Some(why) = refused(ip, state.config.webhook_allow_private)
     {
@@ -718,6 +725,13 @@ async fn queue_now(
         body,
     };
     let mut tx = state.db.begin().await?;
+    if db::webhooks::pending_count(&mut *tx, &row.id).await? >= MAX_PENDING_PER_WEBHOOK {
+        return Err(ApiError::Unavailable {
+            message: "this webhook has as many deliveries waiting as it may; try again later"
+                .into(),
+            retry_after: Some(POLL_EVERY),
+        });
+    }
     db::webhooks::enqueue(&mut tx, std::slice::from_ref(&delivery), Timestamp::now()).await?;
     if let Some(event) = audit_event {
         event.record(&mut *tx).await?;
@@ -780,29 +794,21 @@ pub async fn attempts(
         i64::from(limit) + 1,
     )
     .await?;
-    let mut kinds: HashMap<String, (Option<i64>, String)> = HashMap::new();
-    let mut out = Vec::with_capacity(rows.len());
-    for a in rows {
-        if !kinds.contains_key(&a.delivery_id) {
-            let d = db::webhooks::delivery(state.db.pool(), &row.id, &a.delivery_id).await?;
-            kinds.insert(
-                a.delivery_id.clone(),
-                d.map_or((None, "unknown".into()), |d| (d.event_id, d.kind)),
-            );
-        }
-        let (event_id, kind) = kinds[&a.delivery_id].clone();
-        let status = match (a.response_status, a.next_attempt_at) {
-            (Some(s), _) if (200..300).contains(&s) => "succeeded",
-            (_, Some(_)) => "retrying",
-            _ => "failed",
-        };
-        let cursor = a.id.clone();
-        out.push((
-            WebhookAttempt {
+    let out = rows
+        .into_iter()
+        .map(|logged| {
+            let a = logged.attempt;
+            let status = match (a.response_status, a.next_attempt_at) {
+                (Some(s), _) if (200..300).contains(&s) => "succeeded",
+                (_, Some(_)) => "retrying",
+                _ => "failed",
+            };
+            let cursor = a.id.clone();
+            let attempt = WebhookAttempt {
                 id: a.id,
                 delivery_id: a.delivery_id,
-                event_id,
-                kind,
+                event_id: logged.event_id,
+                kind: logged.kind,
                 attempt: a.attempt,
                 status: status.to_owned(),
                 started_at: a.started_at,
@@ -811,10 +817,10 @@ pub async fn attempts(
                 response_body: a.response_body,
                 error: a.error,
                 next_attempt_at: a.next_attempt_at,
-            },
-            cursor,
-        ));
-    }
+            };
+            (attempt, cursor)
+        })
+        .collect();
     Ok(out)
 }
 
@@ -876,11 +882,7 @@ pub async fn dispatch(state: &AppState) -> ApiResult<bool> {
                 continue;
             }
             pending.insert(hook.id.clone(), queued + 1);
-            let body = format!(
-                "{{\"id\":{},{}",
-                event.id,
-                event.body.trim_start_matches('{')
-            );
+            let body = crate::service::events::with_id(event.id, &event.body);
             deliveries.push(NewDelivery {
                 id: uuid::Uuid::now_v7().to_string(),
                 webhook_id: hook.id.clone(),
@@ -937,11 +939,7 @@ async fn send(state: &AppState, hook: &WebhookRow, delivery: &Claimed, now: Time
     // A literal address is not resolved: it is checked here (it may have been saved before the
     // rules or the setting changed).
     if let Ok(url) = reqwest::Url::parse(&hook.url) {
-        let ip = match url.host() {
-            Some(url::Host::Ipv4(v4)) => Some(IpAddr::V4(v4)),
-            Some(url::Host::Ipv6(v6)) => Some(IpAddr::V6(v6)),
-            _ => None,
-        };
+        let ip = literal_ip(&url);
         if let Some(why) = ip.and_then(|ip| refused(ip, state.config.webhook_allow_private)) {
             return failed(format!(
                 "the URL's address is {why}, which webhooks may not reach"
