@@ -11,9 +11,10 @@ use crate::Error;
 use crate::error::describe_json_error;
 use crate::stream::EventStream;
 use crate::types::{
-    BulkUpsertRequest, CreateEnvironmentRequest, CreateProjectRequest, CreateServiceTokenRequest,
-    Environment, EnvironmentDetail, ErrorResponse, IssuedServiceToken, Project, PutSecretRequest,
-    Secret, SecretsPage, WriteReport,
+    BulkUpsertRequest, CreateDynamicSecretRequest, CreateEnvironmentRequest, CreateProjectRequest,
+    CreateServiceTokenRequest, DynamicSecret, Environment, EnvironmentDetail, ErrorResponse,
+    IssueLeaseRequest, IssuedLease, IssuedServiceToken, Lease, Page, Project, PutSecretRequest,
+    RenewLeaseRequest, Secret, SecretsPage, WriteReport,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -299,6 +300,127 @@ impl Client {
             )));
         }
         Ok(EventStream::new(response))
+    }
+
+    /// Configures a dynamic secret in an environment (the server checks its connection first).
+    pub async fn create_dynamic_secret(
+        &self,
+        org: &str,
+        project: &str,
+        env: &str,
+        req: &CreateDynamicSecretRequest,
+    ) -> Result<DynamicSecret, Error> {
+        let url = self.url(&[
+            org,
+            "projects",
+            project,
+            "environments",
+            env,
+            "dynamic-secrets",
+        ])?;
+        self.json(self.request(Method::POST, url).json(req)).await
+    }
+
+    /// Issues a lease of the dynamic secret `name`: new credentials. With `idempotency_key`,
+    /// a retry (or a repeat) gets the same lease instead of a second one: its credentials
+    /// again when it comes from the same caller soon enough, otherwise a 409
+    /// `idempotency_key_used`.
+    pub async fn issue_lease(
+        &self,
+        org: &str,
+        project: &str,
+        env: &str,
+        name: &str,
+        req: &IssueLeaseRequest,
+        idempotency_key: Option<&str>,
+    ) -> Result<IssuedLease, Error> {
+        let url = self.leases_url(org, project, env, name, None)?;
+        let mut request = self.request(Method::POST, url).json(req);
+        if let Some(key) = idempotency_key {
+            let value = HeaderValue::from_str(key).map_err(|_| {
+                Error::InvalidUrl("the idempotency key is not a header value".into())
+            })?;
+            request = request.header("idempotency-key", value);
+        }
+        self.json(request).await
+    }
+
+    /// A lease's metadata and state.
+    pub async fn get_lease(
+        &self,
+        org: &str,
+        project: &str,
+        env: &str,
+        name: &str,
+        lease: &str,
+    ) -> Result<Lease, Error> {
+        let url = self.leases_url(org, project, env, name, Some(lease))?;
+        self.json(self.request(Method::GET, url)).await
+    }
+
+    /// The first page of the dynamic secret's leases, newest first, in every state.
+    pub async fn list_leases(
+        &self,
+        org: &str,
+        project: &str,
+        env: &str,
+        name: &str,
+    ) -> Result<Page<Lease>, Error> {
+        let url = self.leases_url(org, project, env, name, None)?;
+        self.json(self.request(Method::GET, url)).await
+    }
+
+    /// Extends a lease (never past its `max_expires_at`: a 422 then).
+    pub async fn renew_lease(
+        &self,
+        org: &str,
+        project: &str,
+        env: &str,
+        name: &str,
+        lease: &str,
+        req: &RenewLeaseRequest,
+    ) -> Result<Lease, Error> {
+        let mut url = self.leases_url(org, project, env, name, Some(lease))?;
+        url.path_segments_mut()
+            .map_err(|()| Error::InvalidUrl("the URL has no host".into()))?
+            .push("renew");
+        self.json(self.request(Method::POST, url).json(req)).await
+    }
+
+    /// Revokes a lease now. Its state afterwards: `revoked`, or `revoking` when the database
+    /// refused for now (coffer-server retries until the role is gone).
+    pub async fn revoke_lease(
+        &self,
+        org: &str,
+        project: &str,
+        env: &str,
+        name: &str,
+        lease: &str,
+    ) -> Result<Lease, Error> {
+        let url = self.leases_url(org, project, env, name, Some(lease))?;
+        self.json(self.request(Method::DELETE, url)).await
+    }
+
+    fn leases_url(
+        &self,
+        org: &str,
+        project: &str,
+        env: &str,
+        name: &str,
+        lease: Option<&str>,
+    ) -> Result<Url, Error> {
+        let mut segments = vec![
+            org,
+            "projects",
+            project,
+            "environments",
+            env,
+            "dynamic-secrets",
+            name,
+            "leases",
+        ];
+        segments.extend(lease);
+        self.url(&segments)
     }
 
     /// Creates a service token; the answer holds the token itself, shown this once.

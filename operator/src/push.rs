@@ -196,7 +196,12 @@ impl Stream {
                 EventType::EnvironmentDeleted => {
                     covered.remove(&event.environment);
                 }
-                EventType::SecretsChanged | EventType::EnvironmentRenamed => {}
+                EventType::SecretsChanged
+                | EventType::EnvironmentRenamed
+                | EventType::LeaseIssued
+                | EventType::LeaseRenewed
+                | EventType::LeaseRevoked
+                | EventType::LeaseFailed => {}
             }
         }
     }
@@ -545,6 +550,7 @@ mod tests {
             }],
             via_reference: false,
             name: None,
+            lease: None,
             actor: Actor {
                 kind: "api_key".into(),
                 id: None,

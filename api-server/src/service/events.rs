@@ -129,6 +129,7 @@ fn new_event(
         changes,
         via_reference,
         name,
+        lease: None,
         actor: actor.clone(),
         time: now,
     };

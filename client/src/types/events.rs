@@ -1,6 +1,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ids::Timestamp;
+use crate::types::LeaseEvent;
 
 /// What an event is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -16,6 +17,17 @@ pub enum EventType {
     EnvironmentRenamed,
     #[serde(rename = "environment.deleted")]
     EnvironmentDeleted,
+    /// A lease of a dynamic secret of the environment was issued (`lease` says which).
+    #[serde(rename = "lease.issued")]
+    LeaseIssued,
+    #[serde(rename = "lease.renewed")]
+    LeaseRenewed,
+    /// A lease's credentials were revoked: asked for, or expired.
+    #[serde(rename = "lease.revoked")]
+    LeaseRevoked,
+    /// Issuing a lease failed, or revoking one failed (it is retried).
+    #[serde(rename = "lease.failed")]
+    LeaseFailed,
 }
 
 impl EventType {
@@ -25,6 +37,10 @@ impl EventType {
             Self::EnvironmentCreated => "environment.created",
             Self::EnvironmentRenamed => "environment.renamed",
             Self::EnvironmentDeleted => "environment.deleted",
+            Self::LeaseIssued => "lease.issued",
+            Self::LeaseRenewed => "lease.renewed",
+            Self::LeaseRevoked => "lease.revoked",
+            Self::LeaseFailed => "lease.failed",
         }
     }
 }
@@ -37,6 +53,10 @@ impl std::str::FromStr for EventType {
             Self::EnvironmentCreated,
             Self::EnvironmentRenamed,
             Self::EnvironmentDeleted,
+            Self::LeaseIssued,
+            Self::LeaseRenewed,
+            Self::LeaseRevoked,
+            Self::LeaseFailed,
         ]
         .into_iter()
         .find(|t| t.as_str() == s)
@@ -95,6 +115,9 @@ pub struct Event {
     /// The environment's display name (`environment.created` and `environment.renamed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// The lease a `lease.*` event is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseEvent>,
     pub actor: Actor,
     pub time: Timestamp,
 }

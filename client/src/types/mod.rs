@@ -4,6 +4,7 @@
 //!
 //! Requests refuse unknown fields, as the server does; responses accept fields added later.
 
+mod dynamic;
 mod errors;
 mod events;
 mod page;
@@ -14,6 +15,11 @@ mod secrets;
 mod service_tokens;
 mod webhooks;
 
+pub use dynamic::{
+    CreateDynamicSecretRequest, DynamicConnection, DynamicEngine, DynamicSecret, IssueLeaseRequest,
+    IssuedLease, Lease, LeaseEvent, LeaseState, PasswordPolicy, RenewLeaseRequest, RevokedLeases,
+    UpdateDynamicSecretRequest,
+};
 pub use errors::{ErrorDetail, ErrorResponse};
 pub use events::{
     Actor, ChangeAction, EnvironmentRevision, Event, EventType, KeyChange, Resync, ResyncReason,
