@@ -496,10 +496,13 @@ coffer_dynamic() {
 	sleep 1 # the requests wrk left in flight
 	issued=$(dyn_count "$DYN_COFFER_PREFIX")
 	start=$(date +%s.%N)
-	for _ in $(seq 1 300); do
-		answer=$(curl -fs --max-time 300 -X DELETE "$leases" -H "$session") || { log "coffer-server ($label): revoking failed"; break; }
-		pending=$(jq -r .pending <<<"$answer")
-		[[ "$pending" != 0 ]] || break
+	for _ in $(seq 1 20); do
+		if answer=$(curl -fs --max-time 900 -X DELETE "$leases" -H "$session"); then
+			pending=$(jq -r .pending <<<"$answer")
+			[[ "$pending" != 0 ]] || break
+		else
+			log "coffer-server ($label): revoking failed; again"
+		fi
 		sleep 1
 	done
 	[[ "$pending" == 0 ]] || log "coffer-server ($label): $pending leases still pending revocation"
