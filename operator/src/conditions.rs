@@ -63,6 +63,13 @@ pub enum Reason {
     SecretImmutable,
     /// `creationPolicy: Merge` and the Secret to merge into does not exist.
     SecretNotFound,
+    /// Every dynamic secret's Secret holds the credentials of a live lease.
+    Leased,
+    /// coffer-server could not issue, renew or revoke a lease in the database (502
+    /// `engine_failed`).
+    LeaseFailed,
+    /// coffer-server has no dynamic secret of the name in the environment.
+    DynamicSecretNotFound,
 }
 
 impl Reason {
@@ -93,6 +100,9 @@ impl Reason {
             Self::KubernetesError => "KubernetesError",
             Self::SecretImmutable => "SecretImmutable",
             Self::SecretNotFound => "SecretNotFound",
+            Self::Leased => "Leased",
+            Self::LeaseFailed => "LeaseFailed",
+            Self::DynamicSecretNotFound => "DynamicSecretNotFound",
         }
     }
 }

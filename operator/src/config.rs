@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Args;
 use secrecy::SecretString;
@@ -87,10 +88,21 @@ pub struct Config {
     )]
     pub event_streams: bool,
 
+    /// How long a dynamic secret's lease that was replaced by the next one (its Secret holds
+    /// the new credentials, its workloads were restarted) stays valid before the operator
+    /// revokes it, so that pods still starting with the old credentials keep working, e.g.
+    /// `2m` (hours, minutes and seconds). Never beyond the lease's own expiry.
+    #[arg(long, env = "COFFER_LEASE_REVOKE_GRACE", default_value = "2m", value_parser = parse_grace)]
+    pub lease_revoke_grace: Duration,
+
     /// This replica's identity in leader election and events. Default: the pod name
     /// (`POD_NAME`), else the host name, else a random one.
     #[arg(long, env = "COFFER_OPERATOR_IDENTITY")]
     pub identity: Option<String>,
+}
+
+fn parse_grace(value: &str) -> Result<Duration, String> {
+    crate::crd::parse_duration(value.trim()).map_err(|e| e.to_string())
 }
 
 fn parse_secret(value: &str) -> Result<SecretString, String> {
@@ -183,6 +195,7 @@ mod tests {
         assert!(c.allowed_servers.is_empty());
         assert_eq!(c.ca_bundle, None);
         assert!(c.event_streams);
+        assert_eq!(c.lease_revoke_grace, Duration::from_secs(120));
     }
 
     #[test]

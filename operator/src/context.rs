@@ -206,6 +206,15 @@ pub enum Error {
         /// How long coffer-server asked to be left alone (`Retry-After`).
         retry_after: Option<Duration>,
     },
+    /// A dynamic secret's lease could not be issued, renewed or revoked (coffer-server failed,
+    /// say); its Secret keeps its credentials and the status says why.
+    #[error("{reason}: {message}")]
+    Leases {
+        reason: Reason,
+        message: String,
+        /// How long coffer-server asked to be left alone (`Retry-After`).
+        retry_after: Option<Duration>,
+    },
     #[error("finalizer: {0}")]
     Finalizer(String),
     /// A watch has not delivered its first list yet (or cannot: see the operator's log).
@@ -219,7 +228,7 @@ impl Error {
         match self {
             Self::Kube(_) => Reason::KubernetesError.as_str(),
             Self::Conflict(_) => "Conflict",
-            Self::Halted { reason, .. } => reason.as_str(),
+            Self::Halted { reason, .. } | Self::Leases { reason, .. } => reason.as_str(),
             Self::Finalizer(_) => "FinalizerFailed",
             Self::NotReady(_) => "NotReady",
         }
@@ -335,6 +344,10 @@ pub fn retry<K: Resource>(
     }
     let mut delay = jittered(backoff(BACKOFF_BASE, failures, cap));
     if let Error::Halted {
+        retry_after: Some(asked),
+        ..
+    }
+    | Error::Leases {
         retry_after: Some(asked),
         ..
     } = error

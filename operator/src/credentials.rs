@@ -430,6 +430,7 @@ mod tests {
             operator_namespace: None,
             lease_name: "l".into(),
             hash_key_secret: "h".into(),
+            lease_revoke_grace: std::time::Duration::from_secs(120),
             concurrency: 10,
             event_streams: true,
             identity: None,

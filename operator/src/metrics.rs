@@ -57,6 +57,30 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LeaseLabels {
+    operation: String,
+    outcome: String,
+}
+
+/// What the operator asks of coffer-server about a dynamic secret's lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseOperation {
+    Issue,
+    Renew,
+    Revoke,
+}
+
+impl LeaseOperation {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Issue => "issue",
+            Self::Renew => "renew",
+            Self::Revoke => "revoke",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ObjectLabels {
     namespace: String,
     name: String,
@@ -118,6 +142,7 @@ pub struct Metrics {
     events_received: Family<EventLabels, Counter>,
     event_stream_reconnects: Counter,
     event_stream_failures: Family<ReasonLabels, Counter>,
+    leases: Family<LeaseLabels, Counter>,
     /// When each `Environment` was last known in sync, behind `sync_lag`.
     in_sync: Mutex<HashMap<ObjectLabels, InSync>>,
     leader: Gauge,
@@ -179,6 +204,13 @@ impl Metrics {
         let events_received = Family::<EventLabels, Counter>::default();
         let event_stream_reconnects = Counter::default();
         let event_stream_failures = Family::<ReasonLabels, Counter>::default();
+        let leases = Family::<LeaseLabels, Counter>::default();
+        registry.register(
+            "leases",
+            "Requests to coffer-server about dynamic secrets' leases, by operation (issue, \
+             renew, revoke) and outcome (ok; error: the request failed and is retried)",
+            leases.clone(),
+        );
         registry.register(
             "reconciles",
             "Reconciliations run, by resource kind",
@@ -259,6 +291,7 @@ impl Metrics {
             events_received,
             event_stream_reconnects,
             event_stream_failures,
+            leases,
             in_sync: Mutex::default(),
             leader,
             ready: AtomicBool::new(false),
@@ -391,6 +424,27 @@ impl Metrics {
                 reason: reason.to_owned(),
             })
             .get()
+    }
+
+    /// A request about a lease ended, `ok` or not.
+    pub fn lease(&self, operation: LeaseOperation, ok: bool) {
+        self.leases
+            .get_or_create(&Self::lease_labels(operation, ok))
+            .inc();
+    }
+
+    /// Requests about leases of `operation` that ended `ok` (or not) so far.
+    pub fn lease_count(&self, operation: LeaseOperation, ok: bool) -> u64 {
+        self.leases
+            .get_or_create(&Self::lease_labels(operation, ok))
+            .get()
+    }
+
+    fn lease_labels(operation: LeaseOperation, ok: bool) -> LeaseLabels {
+        LeaseLabels {
+            operation: operation.label().to_owned(),
+            outcome: if ok { "ok" } else { "error" }.to_owned(),
+        }
     }
 
     fn object(namespace: &str, name: &str) -> ObjectLabels {

@@ -71,6 +71,59 @@ pub struct EnvironmentSpec {
     /// How the environment's secrets are written into a Kubernetes Secret.
     #[serde(default)]
     pub sync: SyncSpec,
+    /// Dynamic secrets of the environment (short-lived database credentials, configured in
+    /// coffer-server), each leased into a Secret of its own: the operator issues a lease once,
+    /// renews it before it expires, and before its maximum TTL issues the next one, writes it,
+    /// restarts the workloads named and revokes the previous lease after a grace period.
+    /// Removing an entry, or deleting this resource, revokes its leases. At most 20.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub dynamic_secrets: Vec<DynamicSecretSpec>,
+}
+
+/// The most `spec.dynamicSecrets` entries of one `Environment`.
+pub const MAX_DYNAMIC_SECRETS: usize = 20;
+
+/// A dynamic secret of the environment, leased into a Secret.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DynamicSecretSpec {
+    /// Name of the dynamic secret in coffer-server (in this environment): lowercase letters,
+    /// digits and `-`, at most 63 characters.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// Name of the Secret (in this namespace) that holds the lease's credentials under the keys
+    /// `username`, `password` and `connection_url`. It must differ from the synced Secret and
+    /// from the Secret of every other entry; a Secret of that name that is not this
+    /// resource's is never overwritten.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub secret_name: String,
+    /// How long each lease lasts, and how far each renewal extends it, e.g. `1h` or `90s`
+    /// (hours, minutes and seconds). Default: the dynamic secret's default TTL. Never beyond
+    /// its maximum TTL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+    /// Renew a lease this long before it expires (and issue the next one this long before
+    /// its maximum TTL), e.g. `10m`. Default: one third of the lease's TTL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_before: Option<String>,
+    /// Workloads in this namespace to restart when the Secret gets new credentials (the next
+    /// lease), as `spec.sync.rolloutRestart` does for the synced Secret. Not on the first
+    /// lease, never on a renewal (the credentials stay the same).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollout_restart: Vec<RolloutTarget>,
+    /// More keys of the Secret, built from the credentials: `{{ .username }}`,
+    /// `{{ .password }}` and `{{ .connection_url }}` are replaced (same syntax as
+    /// `spec.sync.templates`), e.g. `DATABASE_URL: "{{ .connection_url }}"`. A change here
+    /// (or of `secretName`) takes effect with new credentials.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub templates: BTreeMap<String, String>,
 }
 
 /// A reference to a `Project` in the same namespace.
@@ -280,6 +333,91 @@ pub struct EnvironmentStatus {
     /// The `metadata.generation` of the spec that the status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The leases of `spec.dynamicSecrets` (and of entries removed whose leases are not
+    /// revoked yet): ids and expiry, never credentials.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dynamic_secrets: Vec<DynamicSecretStatus>,
+}
+
+/// Where a dynamic secret's leases are.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DynamicSecretStatus {
+    /// The entry's `name`.
+    pub name: String,
+    /// The Secret that holds the current lease's credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// The `metadata.generation` at which the entry was first seen: with `rotation`, part of
+    /// the idempotency key of each lease, so an entry added again after removal never reuses
+    /// the key of an earlier lease.
+    pub epoch: i64,
+    /// The counter in the idempotency key of the entry's next lease: one more with each lease
+    /// issued, kept here so that no key is ever used twice.
+    pub rotation: i64,
+    /// The lease whose credentials the Secret holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_id: Option<String>,
+    /// When the current lease expires unless renewed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+    /// The current lease is never renewed beyond this: the next one is issued before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_expires_at: Option<Time>,
+    /// Seconds the current lease lasted when issued: one third of it is the default
+    /// `renewBefore`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_seconds: Option<i64>,
+    /// When the operator renews the current lease (or issues the next one) at the latest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_at: Option<Time>,
+    /// HMAC of the Secret's data (never the data): a Secret deleted or edited by hand gets new
+    /// credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_hash: Option<String>,
+    /// HMAC of `secretName` and `templates` as the Secret was written: a change issues new
+    /// credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shape_hash: Option<String>,
+    /// A lease issued whose credentials are not in the Secret yet: recorded first, so that a
+    /// crash before the Secret is written loses no lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<PendingLease>,
+    /// Leases replaced by a newer one, revoked once their grace period is over.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retiring: Vec<RetiringLease>,
+    /// Workloads (`Kind/name`) restarted for the current credentials.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restarted_workloads: Vec<String>,
+    /// Why the last attempt to issue, renew or revoke failed (cleared once one succeeds); the
+    /// Secret keeps its credentials meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What failed, in words (never a credential).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A lease just issued.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingLease {
+    pub lease_id: String,
+    /// The `rotation` it was issued for.
+    pub rotation: i64,
+}
+
+/// A lease on its way out, with the Secret it was written to when that Secret goes with it
+/// (the entry's `secretName` changed, or the entry was removed).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetiringLease {
+    pub lease_id: String,
+    /// When it is revoked.
+    pub revoke_at: Time,
+    /// A Secret of this resource deleted once the lease is revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
 }
 
 impl Environment {
@@ -297,10 +435,21 @@ impl Environment {
     }
 }
 
-/// Parses a refresh interval: one or more `<number><unit>` parts with the units `h`, `m` and
-/// `s`, each at most once and in that order (`30s`, `5m`, `1h30m`, `2h0m15s`). Refuses anything
-/// else and anything below [`MIN_REFRESH_INTERVAL`].
+/// Parses a refresh interval: a [`parse_duration`] of at least [`MIN_REFRESH_INTERVAL`].
 pub fn parse_refresh_interval(value: &str) -> Result<Duration, SpecError> {
+    let interval = parse_duration(value)?;
+    if interval < MIN_REFRESH_INTERVAL {
+        return Err(SpecError::RefreshIntervalTooShort {
+            value: value.to_owned(),
+            minimum: MIN_REFRESH_INTERVAL_TEXT,
+        });
+    }
+    Ok(interval)
+}
+
+/// Parses a duration: one or more `<number><unit>` parts with the units `h`, `m` and `s`, each
+/// at most once and in that order (`30s`, `5m`, `1h30m`, `2h0m15s`). Refuses anything else.
+pub fn parse_duration(value: &str) -> Result<Duration, SpecError> {
     let invalid = |reason| SpecError::InvalidRefreshInterval {
         value: value.to_owned(),
         reason,
@@ -342,14 +491,7 @@ pub fn parse_refresh_interval(value: &str) -> Result<Duration, SpecError> {
         seconds = part.ok_or_else(|| invalid("it is too large"))?;
         rest = chars.as_str();
     }
-    let interval = Duration::from_secs(seconds);
-    if interval < MIN_REFRESH_INTERVAL {
-        return Err(SpecError::RefreshIntervalTooShort {
-            value: value.to_owned(),
-            minimum: MIN_REFRESH_INTERVAL_TEXT,
-        });
-    }
-    Ok(interval)
+    Ok(Duration::from_secs(seconds))
 }
 
 /// Whether `key` is synced: it matches one of `include` (or `include` is empty) and none of
@@ -410,6 +552,7 @@ mod tests {
                     secret_name: secret_name.map(str::to_owned),
                     ..SyncSpec::default()
                 },
+                dynamic_secrets: Vec::new(),
             },
         )
     }

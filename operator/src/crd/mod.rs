@@ -7,9 +7,10 @@ mod environment;
 mod project;
 
 pub use environment::{
-    CreationPolicy, Environment, EnvironmentSpec, EnvironmentStatus, KeyMapping,
-    MIN_REFRESH_INTERVAL, ProjectRef, RolloutTarget, SyncMode, SyncSpec, WorkloadKind,
-    key_selected, parse_refresh_interval,
+    CreationPolicy, DynamicSecretSpec, DynamicSecretStatus, Environment, EnvironmentSpec,
+    EnvironmentStatus, KeyMapping, MAX_DYNAMIC_SECRETS, MIN_REFRESH_INTERVAL, PendingLease,
+    ProjectRef, RetiringLease, RolloutTarget, SyncMode, SyncSpec, WorkloadKind, key_selected,
+    parse_duration, parse_refresh_interval,
 };
 pub use project::{ConfigMapKeyRef, CredentialsRef, Project, ProjectSpec, ProjectStatus};
 
@@ -25,6 +26,9 @@ pub const GROUP: &str = "coffer.dev";
 pub const CONDITION_READY: &str = "Ready";
 /// Condition type (`Environment`): the target Secret holds the environment's current keys.
 pub const CONDITION_SYNCED: &str = "Synced";
+/// Condition type (`Environment` with `spec.dynamicSecrets`): every dynamic secret's Secret
+/// holds the credentials of a live lease, renewed on time.
+pub const CONDITION_LEASED: &str = "Leased";
 
 /// What happens to the resource in coffer-server, or to the synced Secret, when the custom
 /// resource is deleted.

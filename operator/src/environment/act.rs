@@ -73,7 +73,9 @@ pub async fn act(
             }
             Act::Restart { secret, hash } => {
                 let workloads = &ctx.stores.workloads;
-                let restarts = rollout::restart(&ctx.kube, workloads, env, secret, hash).await?;
+                let targets = &env.spec.sync.rollout_restart;
+                let restarts =
+                    rollout::restart(&ctx.kube, workloads, env, targets, secret, hash).await?;
                 if !restarts.missing.is_empty() {
                     let note = format!(
                         "spec.sync.rolloutRestart: not found: {}",
@@ -203,7 +205,7 @@ fn apply_params(env: &Environment) -> PatchParams {
     PatchParams::apply(&build::merge_manager(env)).force()
 }
 
-async fn event(
+pub async fn event(
     ctx: &Context,
     env: &Environment,
     warning: bool,

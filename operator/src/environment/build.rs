@@ -1,7 +1,7 @@
 //! What the Secret synced from an environment should be: a pure function of the `Environment`
 //! resource and the environment's values, tested without a cluster.
 
-mod template;
+pub(crate) mod template;
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -176,7 +176,7 @@ pub fn decide(observed: &Observed<'_>, hash_key: &[u8], now: Timestamp) -> Plan 
         Stage::Read(read) => Some(read.sync_mode),
         _ => None,
     };
-    if let Err(e) = build::validate(&env.spec.sync) {
+    if let Err(e) = build::validate(&env.spec.sync).and_then(|()| super::dynamic::validate(env)) {
         let halt = Halt::new(Reason::InvalidSpec, e.to_string(), Requeue::AwaitChange);
         return draft.halt(halt, Vec::new());
     }

@@ -3,11 +3,13 @@
 //! A pass observes what exists ([`observe`]), decides without a client what to do about it
 //! ([`decide`], with [`build`] saying what the Secret should be), does it ([`act`], with
 //! [`rollout`] restarting the workloads that use the Secret when its data changes) and writes
-//! the status ([`crate::status`]).
+//! the status ([`crate::status`]). The leases of `spec.dynamicSecrets` are kept by [`dynamic`]
+//! in the same pass, once coffer-server is reached.
 
 mod act;
 pub mod build;
 pub mod decide;
+pub mod dynamic;
 mod observe;
 pub mod rollout;
 
@@ -174,7 +176,7 @@ async fn reconcile(env: Arc<Environment>, ctx: Arc<Context>) -> Result<Action, E
                 // A conflict (the watch cache a step behind) is retried at once.
                 if applied
                     .as_ref()
-                    .is_err_and(|e| !matches!(e, Error::Conflict(_)))
+                    .is_err_and(|e| !matches!(e, Error::Conflict(_) | Error::Leases { .. }))
                 {
                     behind(&env, &ctx);
                 }
@@ -187,10 +189,18 @@ async fn reconcile(env: Arc<Environment>, ctx: Arc<Context>) -> Result<Action, E
 }
 
 fn error_policy(env: Arc<Environment>, error: &Error, ctx: Arc<Context>) -> Action {
-    let cap = env
+    let mut cap = env
         .refresh_interval()
         .unwrap_or(Duration::from_secs(300))
         .min(Duration::from_secs(300));
+    // A lease due for renewal is not kept waiting by the backoff.
+    if let Some(due) = env
+        .status
+        .as_ref()
+        .and_then(|s| dynamic::next_wake(s, Timestamp::now()))
+    {
+        cap = cap.min(due.max(Duration::from_secs(1)));
+    }
     context::retry(&ctx, KIND, &*env, error, cap)
 }
 
@@ -224,20 +234,41 @@ async fn apply(env: &Environment, ctx: &Context) -> Result<Action, Error> {
         }
         Err(Failure::Error(e)) => return Err(e),
     };
+    // The dynamic secrets, once coffer-server is reached and the spec is valid.
+    let leases = match &observed.stage {
+        Stage::Read(read) if dynamic::validate(env).is_ok() => {
+            let place = dynamic::Place {
+                connection: &read.connection,
+                source: &read.source,
+            };
+            Some(dynamic::reconcile(env, &place, ctx, &mut plan.status).await?)
+        }
+        _ => None,
+    };
     status::write(ctx, env, &plan.status, "Sync").await?;
+    let wake = leases.as_ref().and_then(|l| l.wake);
+    let soonest = |delay: Duration| wake.map_or(delay, |wake| wake.min(delay));
+    let failed = leases.and_then(|l| l.failure).filter(|f| f.transient);
     match then {
         Then::Synced { interval } => {
-            ctx.succeeded(&object_key(env));
             let (namespace, name) = (env.namespace().unwrap_or_default(), env.name_any());
             ctx.metrics.in_sync(&namespace, &name, Timestamp::now());
-            Ok(Action::requeue(context::jittered(interval)))
+            if let Some(failure) = failed {
+                return Err(failure.into_error());
+            }
+            ctx.succeeded(&object_key(env));
+            Ok(Action::requeue(soonest(context::jittered(interval))))
         }
         Then::Halt(halt) => {
             // A step of a sync that goes on at once says nothing of the data yet.
             if halt.requeue != Requeue::Now {
                 behind(env, ctx);
             }
-            halt.action()
+            match halt.requeue {
+                Requeue::AwaitChange => Ok(wake.map_or_else(Action::await_change, Action::requeue)),
+                Requeue::After(delay) => Ok(Action::requeue(soonest(context::jittered(delay)))),
+                Requeue::Now | Requeue::Backoff => halt.action(),
+            }
         }
     }
 }
@@ -261,6 +292,7 @@ fn behind(env: &Environment, ctx: &Context) {
 async fn cleanup(env: &Environment, ctx: &Context) -> Result<Action, Error> {
     let namespace = env.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), &namespace);
+    revoke_leases(env, ctx).await?;
     let secret_name = env.secret_name();
     let previous = env
         .status
@@ -276,4 +308,105 @@ async fn cleanup(env: &Environment, ctx: &Context) -> Result<Action, Error> {
     ctx.forget(&object_key(env), env.metadata.uid.as_deref());
     ctx.metrics.forget_object(&namespace, &env.name_any());
     Ok(Action::await_change())
+}
+
+/// How long the cleanup of a deleted `Environment` keeps trying to revoke its leases before it
+/// lets the resource go (the leases then end at their expiry, by coffer-server's reaper).
+const REVOKE_DEADLINE: Duration = Duration::from_secs(600);
+
+/// The `Environment` is being deleted: revokes the leases of its dynamic secrets and deletes
+/// their Secrets. A failure keeps the finalizer (retried with backoff) until
+/// [`REVOKE_DEADLINE`]; without a `Project` to reach coffer-server with, it gives up at once.
+/// Either way a Warning event says so.
+async fn revoke_leases(env: &Environment, ctx: &Context) -> Result<(), Error> {
+    let Some(entries) = env
+        .status
+        .as_ref()
+        .map(|s| &s.dynamic_secrets)
+        .filter(|e| !e.is_empty())
+    else {
+        return Ok(());
+    };
+    let namespace = env.namespace().unwrap_or_default();
+    let give_up = |why: String| async move {
+        let note = format!(
+            "the leases of spec.dynamicSecrets were not revoked: {why}; they end at their expiry"
+        );
+        act::event(ctx, env, true, "LeasesNotRevoked", "Revoke", note).await;
+    };
+    let overdue = env
+        .metadata
+        .deletion_timestamp
+        .as_ref()
+        .is_some_and(|since| {
+            Duration::try_from(Timestamp::now().duration_since(since.0))
+                .is_ok_and(|waited| waited >= REVOKE_DEADLINE)
+        });
+    stores::ready(&ctx.stores.projects, "Project resources").await?;
+    let project_ref = ObjectRef::<Project>::new(&env.spec.project_ref.name).within(&namespace);
+    let Some(project) = ctx.stores.projects.get(&project_ref) else {
+        give_up(format!(
+            "there is no Project {:?} to reach coffer-server with",
+            env.spec.project_ref.name
+        ))
+        .await;
+        return delete_dynamic_secrets(env, ctx, entries).await;
+    };
+    let connection = match ctx.connection(&project).await {
+        Ok(connection) => connection,
+        Err(e) if overdue => {
+            give_up(e.message).await;
+            return delete_dynamic_secrets(env, ctx, entries).await;
+        }
+        Err(e) => {
+            return Err(Error::Leases {
+                reason: e.reason,
+                message: e.message,
+                retry_after: None,
+            });
+        }
+    };
+    let source = connection.source(
+        &project.spec.organization,
+        &project.project_slug(),
+        &env.spec.environment,
+    );
+    let place = dynamic::Place {
+        connection: &connection,
+        source: &source,
+    };
+    match dynamic::revoke_on_delete(env, &place, ctx).await {
+        Ok(_) => {
+            let note = "revoked the leases of spec.dynamicSecrets".to_owned();
+            act::event(ctx, env, false, "LeaseRevoked", "Revoke", note).await;
+        }
+        Err(failure) if overdue => give_up(failure.message).await,
+        Err(failure) => return Err(failure.into_error()),
+    }
+    delete_dynamic_secrets(env, ctx, entries).await
+}
+
+/// Deletes the Secrets (ours) that `entries` wrote.
+async fn delete_dynamic_secrets(
+    env: &Environment,
+    ctx: &Context,
+    entries: &[crate::crd::DynamicSecretStatus],
+) -> Result<(), Error> {
+    let namespace = env.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), &namespace);
+    let mut names: Vec<&String> = Vec::new();
+    for entry in entries {
+        names.extend(&entry.secret_name);
+        for retiring in &entry.retiring {
+            names.extend(&retiring.secret_name);
+        }
+    }
+    for name in names {
+        if let Some(current) = secrets.get_opt(name).await?
+            && build::ownership(&current, env) == build::Ownership::Owned
+        {
+            act::delete_owned(&secrets, &current).await?;
+        }
+    }
+    Ok(())
 }

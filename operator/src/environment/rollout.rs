@@ -11,7 +11,7 @@ use kube::{Api, ResourceExt as _};
 use serde_json::json;
 
 use crate::context::{Error, patch_params};
-use crate::crd::{Environment, WorkloadKind};
+use crate::crd::{Environment, RolloutTarget, WorkloadKind};
 use crate::stores::{self, Workload, Workloads};
 
 /// On a pod template: the hash of the synced data its pods were started with.
@@ -77,7 +77,7 @@ pub struct Restarts {
 }
 
 /// Puts `hash` on the pod template of every workload of `env` that uses `secret`: the
-/// `rolloutRestart` targets that read the Secret or opted in with `coffer.dev/reload: "true"`,
+/// `targets` (a `rolloutRestart` list of `env`) that read the Secret or opted in with `coffer.dev/reload: "true"`,
 /// and the workloads annotated `coffer.dev/reload: "true"` whose pods read the Secret. So an
 /// `Environment` can restart only workloads that use its Secret or agreed to it, never any
 /// workload of the namespace it names. A template already on `hash` is left alone, so a
@@ -87,13 +87,14 @@ pub async fn restart(
     kube: &kube::Client,
     workloads: &Workloads,
     env: &Environment,
+    targets: &[RolloutTarget],
     secret: &str,
     hash: &str,
 ) -> Result<Restarts, Error> {
     let pass = Pass {
         kube,
         namespace: env.namespace().unwrap_or_default(),
-        env,
+        targets,
         secret,
         hash,
     };
@@ -116,7 +117,7 @@ pub async fn restart(
 struct Pass<'a> {
     kube: &'a kube::Client,
     namespace: String,
-    env: &'a Environment,
+    targets: &'a [RolloutTarget],
     secret: &'a str,
     hash: &'a str,
 }
@@ -142,18 +143,12 @@ impl Pass<'_> {
         kind: WorkloadKind,
         done: &mut Restarts,
     ) -> Result<(), Error> {
-        let (kube, namespace, env) = (self.kube, self.namespace.as_str(), self.env);
+        let (kube, namespace) = (self.kube, self.namespace.as_str());
         let (secret, hash) = (self.secret, self.hash);
         stores::ready(store, "workloads").await?;
         let label = kind_name(kind);
         let mut found: BTreeMap<String, Arc<W>> = BTreeMap::new();
-        for target in env
-            .spec
-            .sync
-            .rollout_restart
-            .iter()
-            .filter(|t| t.kind == kind)
-        {
+        for target in self.targets.iter().filter(|t| t.kind == kind) {
             let key = ObjectRef::<W>::new(&target.name).within(namespace);
             match store.get(&key) {
                 None => done.missing.push(format!("{label}/{}", target.name)),

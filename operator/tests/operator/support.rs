@@ -391,6 +391,7 @@ impl Scene {
             operator_namespace: Some(self.ns.clone()),
             lease_name: "coffer-operator".to_owned(),
             hash_key_secret: "coffer-operator-hash-key".to_owned(),
+            lease_revoke_grace: Duration::from_secs(1),
             concurrency: 10,
             event_streams: true,
             identity: None,
