@@ -309,6 +309,22 @@ pub struct Config {
     /// A webhook whose attempts fail this many times in a row is disabled (and audited).
     #[arg(long = "webhook-disable-after", env = "COFFER_WEBHOOK_DISABLE_AFTER", value_name = "COFFER_WEBHOOK_DISABLE_AFTER", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub webhook_disable_after: u32,
+
+    /// How long one operation of a dynamic secret's engine may take (connecting, creating,
+    /// renewing or revoking credentials), in ms. A lease still `creating` three times this long
+    /// after it was recorded is taken for failed, and its credentials are revoked.
+    #[arg(long = "dynamic-timeout-ms", env = "COFFER_DYNAMIC_TIMEOUT_MS", value_name = "COFFER_DYNAMIC_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=120_000))]
+    pub dynamic_timeout_ms: u64,
+
+    /// How often the lease reaper looks for expired leases, failed creations and revocations
+    /// to retry, in ms (at most 30 s).
+    #[arg(long = "dynamic-reaper-interval-ms", env = "COFFER_DYNAMIC_REAPER_INTERVAL_MS", value_name = "COFFER_DYNAMIC_REAPER_INTERVAL_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..=30_000))]
+    pub dynamic_reaper_interval_ms: u64,
+
+    /// Longest wait between two attempts to revoke a lease whose revocation failed, in ms (the
+    /// wait doubles from 1 s up to this).
+    #[arg(long = "dynamic-retry-max-ms", env = "COFFER_DYNAMIC_RETRY_MAX_MS", value_name = "COFFER_DYNAMIC_RETRY_MAX_MS", default_value_t = 300_000, value_parser = clap::value_parser!(u64).range(10..=86_400_000))]
+    pub dynamic_retry_max_ms: u64,
 }
 
 /// Seconds, written as a number of seconds or with a unit: `90`, `90s`, `15m`, `12h`, `7d`;

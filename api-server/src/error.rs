@@ -59,6 +59,13 @@ pub enum ApiError {
     /// 429: try again later.
     #[error("too many requests; retry in {} s", retry_after.as_secs().max(1))]
     RateLimited { retry_after: Duration },
+    /// 502: a system this server acts on for the caller (a dynamic secret's database) failed
+    /// or refused; the message is that system's, without secrets.
+    #[error("{message}")]
+    Upstream {
+        code: &'static str,
+        message: Cow<'static, str>,
+    },
     /// 503: temporarily unable to serve (overload, database down).
     #[error("{message}")]
     Unavailable {
@@ -101,6 +108,12 @@ impl ApiError {
             message: message.into(),
         }
     }
+    pub fn upstream(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        Self::Upstream {
+            code,
+            message: message.into(),
+        }
+    }
     pub fn not_found(what: &'static str) -> Self {
         Self::NotFound { what }
     }
@@ -120,6 +133,7 @@ impl ApiError {
             Self::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -131,7 +145,8 @@ impl ApiError {
             | Self::Unauthorized { code, .. }
             | Self::Forbidden { code, .. }
             | Self::Conflict { code, .. }
-            | Self::Validation { code, .. } => code,
+            | Self::Validation { code, .. }
+            | Self::Upstream { code, .. } => code,
             Self::NotFound { .. } => "not_found",
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",

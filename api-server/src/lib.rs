@@ -166,11 +166,12 @@ fn create_data_dir(config: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Starts what runs beside the requests: the webhook delivery worker, and the indexing of
-/// references written before the index existed. Both end when the server stops.
+/// Starts what runs beside the requests: the webhook delivery worker, the lease reaper, and the
+/// indexing of references written before the index existed. All end when the server stops.
 pub fn spawn_workers(state: &AppState) {
     tokio::spawn(service::events::index_unindexed_references(state.clone()));
     tokio::spawn(service::webhooks::run_worker(state.clone()));
+    tokio::spawn(service::dynamic::run_reaper(state.clone()));
 }
 
 /// Serves the API until SIGTERM/SIGINT, then finishes in-flight requests (up to 30 s).

@@ -17,6 +17,7 @@ use crate::db::cache::Change;
 use crate::db::sessions::SessionRow;
 use crate::ids::SessionId;
 use crate::service::audit_journal::{AuditWriter, JournalLimits};
+use crate::service::dynamic::DynamicSecrets;
 use crate::service::events::StreamSlots;
 use crate::service::secrets::{MAX_WAITING_WRITES, SecretWrites};
 use crate::service::webhooks::Webhooks;
@@ -103,6 +104,8 @@ pub struct Inner {
     /// Webhook delivery: the outbound HTTP client (behind the address guard) and the worker's
     /// wake-up.
     pub webhooks: Webhooks,
+    /// Dynamic secrets' engines (and their administrator pools), and the lease reaper's wake-up.
+    pub dynamic: DynamicSecrets,
     /// Event streams open, counted against their limits.
     pub event_streams: StreamSlots,
     /// Cancelled when the server stops: long-lived responses (event streams) end then.
@@ -164,6 +167,7 @@ impl AppState {
             JournalLimits::new(config.audit_backlog_bytes),
         )
         .map_err(crate::StartError::AuditJournal)?;
+        let dynamic = DynamicSecrets::new(Duration::from_millis(config.dynamic_timeout_ms));
         let state = Self(Arc::new(Inner {
             config,
             db,
@@ -179,6 +183,7 @@ impl AppState {
             audit,
             secret_writes: Arc::new(SecretWrites::new(MAX_WAITING_WRITES)),
             webhooks,
+            dynamic,
             event_streams: StreamSlots::default(),
             shutdown: CancellationToken::new(),
         }));

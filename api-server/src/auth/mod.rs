@@ -7,4 +7,4 @@ pub mod principal;
 pub mod rate_limit;
 pub mod tokens;
 
-pub use principal::{Caller, Credential, Principal, ServiceTokenPrincipal, Subject};
+pub use principal::{Caller, Credential, LeaseCaller, Principal, ServiceTokenPrincipal, Subject};

@@ -212,7 +212,42 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
+/// A caller on a route where what is done counts as a read whatever the method: taking a
+/// lease of a dynamic secret (new credentials are read, like a secret's value), renewing it or
+/// giving it back. Read-only API keys and service tokens are accepted; what needs write access
+/// checks [`Caller::read_only`].
+#[derive(Debug, Clone)]
+pub struct LeaseCaller(pub Caller);
+
+impl FromRequestParts<AppState> for LeaseCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts)?;
+        Caller::authenticate(state, token, &Method::GET)
+            .await
+            .map(Self)
+    }
+}
+
 impl Caller {
+    /// Whether the credential may only read (a read-only API key or service token).
+    pub fn read_only(&self) -> bool {
+        match self {
+            Self::User(p) => matches!(
+                p.credential,
+                Credential::ApiKey {
+                    read_only: true,
+                    ..
+                }
+            ),
+            Self::ServiceToken(t) => !t.read_write,
+        }
+    }
+
     /// The caller a bearer `token` stands for, on a request with `method` (read-only
     /// credentials are refused on methods that could change something). Long-lived requests
     /// (event streams) ask again from time to time: a credential revoked meanwhile fails.

@@ -14,6 +14,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod cache;
 pub mod credentials;
+pub mod dynamic;
 pub mod events;
 pub mod hot;
 pub mod orgs;

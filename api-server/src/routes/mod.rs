@@ -4,6 +4,7 @@
 pub mod api_keys;
 pub mod audit;
 pub mod auth;
+pub mod dynamic;
 pub mod events;
 pub mod health;
 pub mod meta;
@@ -41,6 +42,7 @@ use crate::state::AppState;
         (name = "secrets", description = "Secrets: values, versions, import and export"),
         (name = "events", description = "Change events: streams and history"),
         (name = "webhooks", description = "Change events sent to HTTP endpoints, signed"),
+        (name = "dynamic-secrets", description = "Credentials minted on demand (PostgreSQL roles), leased, renewed and revoked"),
         (name = "service-tokens", description = "Machine identities scoped to a project's environments"),
     )
 )]
@@ -86,6 +88,7 @@ fn api() -> OpenApiRouter<AppState> {
                     .merge(webhooks::router()),
             )
             .merge(secrets::router())
+            .merge(dynamic::router())
             .merge(events::router())
             .merge(audit::org_router()),
         )

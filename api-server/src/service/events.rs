@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use axum::http::Method;
 use coffer_client::types::{
-    Actor, ChangeAction, EnvironmentRevision, Event, EventType, KeyChange, Resync, ResyncReason,
+    Actor, ChangeAction, EnvironmentRevision, Event, EventType, KeyChange, LeaseEvent, Resync,
+    ResyncReason,
 };
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::broadcast::error::RecvError;
@@ -142,6 +143,51 @@ fn new_event(
         body: body(&event)?,
         created_at: now,
     })
+}
+
+/// Where a lease's event happened: the organization, project and environment (id and slug),
+/// and the environment's current revision.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseOrigin<'a> {
+    pub org: (OrgId, &'a str),
+    pub project: (ProjectId, &'a str),
+    pub environment: (EnvironmentId, &'a str),
+    pub revision: i64,
+}
+
+/// Records a `lease.*` event of the environment at `at` (no fan-out: nothing refers to a lease).
+pub fn lease(
+    tx: &mut db::Tx,
+    at: LeaseOrigin<'_>,
+    kind: EventType,
+    lease: LeaseEvent,
+    actor: &Actor,
+    now: Timestamp,
+) -> ApiResult<()> {
+    let event = Event {
+        id: 0,
+        kind,
+        org: at.org.1.to_owned(),
+        project: at.project.1.to_owned(),
+        environment: at.environment.1.to_owned(),
+        revision: at.revision,
+        changes: Vec::new(),
+        via_reference: false,
+        name: None,
+        lease: Some(lease),
+        actor: actor.clone(),
+        time: now,
+    };
+    tx.event(NewEvent {
+        org_id: at.org.0,
+        project_id: at.project.0,
+        environment_id: at.environment.0,
+        kind: kind.as_str(),
+        revision: at.revision,
+        body: body(&event)?,
+        created_at: now,
+    });
+    Ok(())
 }
 
 /// Records that the secrets `changes` of the environment `ctx` changed, bringing it to

@@ -128,6 +128,12 @@ pub async fn delete(
         ));
     }
     let mut tx = state.db.begin().await?;
+    crate::service::dynamic::refuse_if_any(
+        &mut *tx,
+        db::dynamic::Scope::Org(ctx.org.id),
+        "organization",
+    )
+    .await?;
     tx.changed(Change::Everything);
     db::orgs::delete(&mut tx, ctx.org.id).await?;
     AuditEvent::new(action::ORG_DELETED, Outcome::Success, meta)

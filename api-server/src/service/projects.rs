@@ -213,6 +213,12 @@ pub async fn delete(
 ) -> ApiResult<()> {
     let ctx = tenancy::project(state, principal, org, project, Action::ProjectDelete).await?;
     let mut tx = state.db.begin().await?;
+    crate::service::dynamic::refuse_if_any(
+        &mut *tx,
+        db::dynamic::Scope::Project(ctx.project.id),
+        "project",
+    )
+    .await?;
     tx.changed(Change::Everything);
     events::project_deleted(&mut tx, &ctx, &events::actor(principal), Timestamp::now()).await?;
     db::projects::delete(&mut tx, ctx.project.id).await?;
@@ -373,6 +379,12 @@ pub async fn delete_environment(
 ) -> ApiResult<()> {
     let ctx = tenancy::environment(state, principal, at, Action::EnvironmentsManage).await?;
     let mut tx = state.db.begin().await?;
+    crate::service::dynamic::refuse_if_any(
+        &mut *tx,
+        db::dynamic::Scope::Environment(ctx.env.id),
+        "environment",
+    )
+    .await?;
     tx.changed(Change::Environment {
         org: ctx.project.org.org.id,
         env: ctx.env.id,

@@ -1613,12 +1613,21 @@ pub async fn rotate_project_dek(
         &mut old,
     )
     .await?;
+    seals += crate::service::dynamic::reseal_connections(
+        state,
+        &mut tx,
+        (org_id, project_id),
+        (&new_row.id, &new_dek),
+        &mut old,
+    )
+    .await?;
     db::secrets::count_encryptions(&mut *tx, &new_row.id, seals).await?;
     db::secrets::retire_deks_except(&mut *tx, project_id, &new_row.id, now).await?;
     // The key lock makes this impossible; a rotation that reported success while a value stayed
     // under a retired key would be worse than one that fails, so it is checked before commit.
     let stale = db::secrets::versions_under_retired_deks(&mut *tx, project_id).await?
-        + db::webhooks::secrets_under_retired_deks(&mut *tx, project_id).await?;
+        + db::webhooks::secrets_under_retired_deks(&mut *tx, project_id).await?
+        + db::dynamic::sealed_under_retired_deks(&mut *tx, project_id).await?;
     if stale != 0 {
         return Err(ApiError::internal(anyhow::anyhow!(
             "data-key rotation of project {project_id} rolled back: {stale} version(s) are still sealed under a retired key"

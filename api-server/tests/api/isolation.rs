@@ -37,6 +37,12 @@ fn body_for(method: &Method, path: &str) -> Option<Value> {
         ("POST", "webhooks") => json!({ "url": "https://example.com/hook" }),
         ("PATCH", "{id}") if path.contains("/webhooks/") => json!({ "enabled": false }),
         ("POST", "rotate-secret" | "ping" | "redeliver") => json!({}),
+        ("POST", "dynamic-secrets") => json!({
+            "name": "db", "engine": "postgresql", "connection": { "url": "postgres://a:b@127.0.0.1:1/x" },
+            "default_ttl": 60, "max_ttl": 120,
+        }),
+        ("PATCH", "{name}") => json!({ "default_ttl": 30 }),
+        ("POST", "leases" | "renew") => json!({}),
         (_, _) if matches!(*method, Method::GET | Method::DELETE) => return Some(Value::Null),
         (m, p) => panic!("no test body for {m} …/{p}: add one"),
     };
@@ -80,6 +86,7 @@ db_test!(async fn every_organization_route_is_404_for_a_caller_from_another_orga
             .replace("{role}", "developer")
             .replace("{key}", "K")
             .replace("{version}", "1")
+            .replace("{name}", "db")
             .replace("{id}", invitation["id"].as_str().unwrap());
         for (method, op) in [
             (Method::GET, &item.get),

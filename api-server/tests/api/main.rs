@@ -10,6 +10,7 @@ mod audit;
 mod auth;
 mod client_address;
 mod durability;
+mod dynamic;
 mod errors;
 mod events;
 mod health;
