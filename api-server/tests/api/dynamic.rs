@@ -618,3 +618,231 @@ async fn a_client_going_away_or_a_failed_creation_leaves_no_role_without_a_lease
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
     assert!(roles(&url, &role_prefix(&name)).await.is_empty());
 }
+
+const BIN: &str = env!("CARGO_BIN_EXE_coffer-server");
+
+/// The real binary on `port`, with its data in `dir` (SQLite), the engine timeout at 1 s and the
+/// reaper every 200 ms; its log (debug level) goes to `log`.
+fn server(dir: &std::path::Path, port: u16, log: &std::path::Path) -> std::process::Child {
+    std::process::Command::new(BIN)
+        .current_dir(dir)
+        .env_clear()
+        .env("COFFER_LISTEN", format!("127.0.0.1:{port}"))
+        .env("COFFER_DYNAMIC_TIMEOUT_MS", "1000")
+        .env("COFFER_DYNAMIC_REAPER_INTERVAL_MS", "200")
+        .env("COFFER_LOG", "debug")
+        .stdout(std::process::Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .unwrap(),
+        )
+        .spawn()
+        .unwrap()
+}
+
+async fn wait_until_up(client: &reqwest::Client, base: &str) {
+    for _ in 0..200 {
+        if client
+            .get(format!("{base}/health"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("coffer-server did not start");
+}
+
+/// `kill -9` while a role is being created: after the restart, the reaper's pass leaves no
+/// role without a lease and no lease without a role, and nothing logged holds a password.
+#[tokio::test]
+async fn a_server_killed_mid_issue_leaves_no_role_without_a_lease_after_restart() {
+    let Some(url) = admin_url() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let mut child = server(dir.path(), port, &log);
+    wait_until_up(&client, &base).await;
+    let call = |method: reqwest::Method, path: &str, token: Option<&str>, body: Value| {
+        let mut request = client.request(method, format!("{base}{path}")).json(&body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    let r = call(
+        reqwest::Method::POST,
+        "/api/v1/auth/register",
+        None,
+        json!({ "email": "ann@example.com", "password": crate::helpers::PASSWORD, "name": "Ann" }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 201);
+    let token = r.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (path, body) in [
+        ("/api/v1/orgs", json!({ "name": "Acme", "slug": "acme" })),
+        (
+            "/api/v1/orgs/acme/projects",
+            json!({ "name": "web", "slug": "web" }),
+        ),
+    ] {
+        assert_eq!(
+            call(reqwest::Method::POST, path, Some(&token), body)
+                .await
+                .unwrap()
+                .status(),
+            201
+        );
+    }
+    let name = unique_name();
+    let slow = [
+        "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'",
+        "SELECT CASE WHEN '{{name}}' LIKE '%slow%' THEN pg_sleep(3) END",
+    ];
+    let r = call(reqwest::Method::POST, &format!("{DEV}/dynamic-secrets"), Some(&token), json!({ "name": name, "engine": "postgresql", "connection": { "url": url }, "default_ttl": 600, "max_ttl": 600, "creation_statements": slow, "username_template": "coffer_development_{{secret}}_{{random}}" })).await.unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    // One lease issued and in use before the crash.
+    let r = call(
+        reqwest::Method::POST,
+        &format!("{DEV}/dynamic-secrets/{name}/leases"),
+        Some(&token),
+        json!({}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 201);
+    let kept: Value = r.json().await.unwrap();
+    // Another whose creation hangs; the server dies meanwhile.
+    let r = call(
+        reqwest::Method::PATCH,
+        &format!("{DEV}/dynamic-secrets/{name}"),
+        Some(&token),
+        json!({ "username_template": "coffer_development_{{secret}}_slow_{{random}}" }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let hanging = tokio::spawn(call(
+        reqwest::Method::POST,
+        &format!("{DEV}/dynamic-secrets/{name}/leases"),
+        Some(&token),
+        json!({}),
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    std::process::Command::new("kill")
+        .args(["-9", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait().unwrap();
+    assert!(
+        hanging.await.unwrap().is_err(),
+        "the request died with the server"
+    );
+
+    let mut child = server(dir.path(), port, &log);
+    wait_until_up(&client, &base).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let leases = loop {
+        let page: Value = call(
+            reqwest::Method::GET,
+            &format!("{DEV}/dynamic-secrets/{name}/leases"),
+            Some(&token),
+            json!(null),
+        )
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+        let items = page["items"].as_array().unwrap().clone();
+        if items.len() == 2
+            && items
+                .iter()
+                .all(|l| l["state"] == "active" || l["state"] == "failed")
+        {
+            break items;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the reaper did not finish: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The role of the abandoned lease may have been made (and must be gone), or never made.
+    let live: Vec<&str> = leases
+        .iter()
+        .filter(|l| l["state"] == "active")
+        .map(|l| l["username"].as_str().unwrap())
+        .collect();
+    assert_eq!(live, [kept["username"].as_str().unwrap()]);
+    // The hanging statement's transaction ends when PostgreSQL notices its client is gone:
+    // wait for no session of the dead server to be left, then compare.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut admin = admin(&url).await;
+        let busy: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(3)%' AND pid <> pg_backend_pid()")
+            .fetch_one(&mut admin).await.unwrap();
+        if busy == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dead server's statement still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        roles(&url, &role_prefix(&name)).await,
+        live,
+        "no role without a lease, no lease without a role"
+    );
+    as_lease(kept["connection_url"].as_str().unwrap(), "SELECT 1")
+        .await
+        .expect("the kept lease still works");
+
+    let r = call(
+        reqwest::Method::DELETE,
+        &format!("{DEV}/dynamic-secrets/{name}"),
+        Some(&token),
+        json!(null),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(roles(&url, &role_prefix(&name)).await.is_empty());
+    std::process::Command::new("kill")
+        .args(["-9", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait().unwrap();
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("coffer-server"), "the log was captured");
+    assert!(
+        !logged.contains(kept["password"].as_str().unwrap()),
+        "a lease password reached the log"
+    );
+    let admin_password = url::Url::parse(&url)
+        .unwrap()
+        .password()
+        .unwrap()
+        .to_owned();
+    assert!(
+        !logged.contains(&format!(":{admin_password}@")),
+        "the administrator URL reached the log"
+    );
+}
