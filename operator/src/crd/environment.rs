@@ -399,12 +399,22 @@ pub struct DynamicSecretStatus {
 }
 
 /// A lease just issued.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PendingLease {
     pub lease_id: String,
     /// The `rotation` it was issued for.
     pub rotation: i64,
+    /// HMAC of the Secret's data with its credentials: when the Secret holds it, they were
+    /// written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_expires_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_seconds: Option<i64>,
 }
 
 /// A lease on its way out, with the Secret it was written to when that Secret goes with it

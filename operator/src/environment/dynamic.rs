@@ -284,21 +284,24 @@ fn timestamp(t: coffer_client::ids::Timestamp) -> Timestamp {
     Timestamp::from_millisecond(t.millis()).unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
-/// When a lease with `times` is renewed (or replaced, when its maximum TTL is near), `jitter`
-/// (0 to 1) of a tenth of the lead earlier so that leases issued together are not renewed in
-/// one wave.
+/// When a lease with `times` is renewed, `jitter` (0 to 1) of a tenth of the lead earlier so
+/// that leases issued together are not renewed in one wave; or, once a renewal could extend it
+/// by less than the lead, when it is replaced by the next lease (`lead` before its maximum).
 pub fn renew_at(times: LeaseTimes, lead: Duration, jitter: f64) -> Timestamp {
     let lead = SignedDuration::try_from(lead).unwrap_or(SignedDuration::MAX);
     let spread = lead / 10;
     let early = SignedDuration::from_secs_f64(spread.as_secs_f64() * jitter.clamp(0.0, 1.0));
-    let renew = times
-        .expires_at
-        .saturating_sub(lead + early)
-        .unwrap_or(times.expires_at);
     let replace = times
         .max_expires_at
         .saturating_sub(lead)
         .unwrap_or(times.max_expires_at);
+    if times.expires_at.duration_until(times.max_expires_at) < lead {
+        return replace;
+    }
+    let renew = times
+        .expires_at
+        .saturating_sub(lead + early)
+        .unwrap_or(times.expires_at);
     renew.min(replace)
 }
 
@@ -325,6 +328,9 @@ pub enum Step {
         why: String,
         restart: bool,
     },
+    /// The Secret holds the pending lease's credentials already: make it the current lease
+    /// (restarting the workloads when `restart`).
+    Finish { restart: bool },
     /// Renew the current lease.
     Renew { lease_id: String },
     /// Nothing until `at`.
@@ -347,11 +353,12 @@ pub fn shape_hash(spec: &DynamicSecretSpec, hash_key: &[u8]) -> String {
     build::secret_hash(hash_key, &data)
 }
 
-/// What `spec`'s entry needs at `now`, given its `status` and its Secret.
+/// What `spec`'s entry needs at `now`, given its `status` and its Secret (`found`, with the
+/// hash of its data when it has any).
 pub fn step(
     spec: &DynamicSecretSpec,
     status: Option<&DynamicSecretStatus>,
-    found: Found,
+    (found, written): (Found, Option<String>),
     shape: &str,
     now: Timestamp,
 ) -> Step {
@@ -364,6 +371,13 @@ pub fn step(
         // same lease comes back.
         return match found {
             Found::Foreign => Step::Blocked,
+            Found::Ours { .. }
+                if pending.secret_hash.is_some() && written == pending.secret_hash =>
+            {
+                Step::Finish {
+                    restart: had_credentials,
+                }
+            }
             _ => Step::Issue {
                 rotation: pending.rotation,
                 why: format!("lease {} was issued; writing it", pending.lease_id),
@@ -937,7 +951,11 @@ async fn entry(
             .secret(&ctx.kube, &namespace, &spec.secret_name)
             .await?;
         let found = found(secret.as_ref(), env, current, &ctx.hash_key);
-        match step(spec, current, found, &shape, Timestamp::now()) {
+        let written = secret.as_ref().map(|s| {
+            let empty = BTreeMap::new();
+            build::secret_hash(&ctx.hash_key, s.data.as_ref().unwrap_or(&empty))
+        });
+        match step(spec, current, (found, written), &shape, Timestamp::now()) {
             Step::Claim => {
                 status.dynamic_secrets.push(DynamicSecretStatus {
                     name: spec.name.clone(),
@@ -959,6 +977,12 @@ async fn entry(
                 }));
             }
             Step::Wait { .. } => return Ok(()),
+            Step::Finish { restart } => {
+                let i = index.unwrap_or_default();
+                let entry = &mut status.dynamic_secrets[i];
+                let why = "its credentials were written before";
+                return finish(env, spec, place, ctx, entry, restart, &shape, why).await;
+            }
             Step::Renew { lease_id } => {
                 let i = index.unwrap_or_default();
                 match renew(env, spec, place, ctx, &status.dynamic_secrets[i], &lease_id).await? {
@@ -1064,9 +1088,8 @@ fn jitter() -> f64 {
     rand::thread_rng().r#gen::<f64>()
 }
 
-/// Issues a lease (or gets the pending one again), records it as pending, writes the Secret,
-/// restarts the workloads when the credentials changed, and makes it the current lease; the
-/// one it replaces is revoked after the grace period.
+/// Issues a lease (or gets the pending one again), records it as pending, writes the Secret
+/// and [`finish`]es.
 #[allow(
     clippy::too_many_arguments,
     reason = "one step of one entry: each argument a distinct part of it"
@@ -1086,24 +1109,14 @@ async fn issue_and_write(
         .issue(ctx, env, spec, &status.dynamic_secrets[i], rotation)
         .await?;
     let now = Timestamp::now();
-    let entry = &mut status.dynamic_secrets[i];
-    let recorded = entry.pending.as_ref().map(|p| p.lease_id.as_str());
-    if recorded != Some(lease.id.as_str()) {
-        if let Some(stale) = entry.pending.take() {
-            // A pending lease that did not come back under its key (it was revoked as used up
-            // above, or is another one): make sure it goes.
-            retiring_push(entry, &stale.lease_id, now, None);
-        }
-        entry.pending = Some(PendingLease {
-            lease_id: lease.id.clone(),
-            rotation,
-        });
-        entry.rotation = rotation + 1;
-        save(ctx, env, status).await?;
-    }
     let desired = match desired_secret(env, spec, &lease) {
         Ok(desired) => desired,
         Err(e) => {
+            // The lease cannot be written: it goes at once.
+            place.revoke(ctx, &spec.name, &lease.id).await?;
+            let entry = &mut status.dynamic_secrets[i];
+            entry.rotation = entry.rotation.max(rotation + 1);
+            entry.pending = None;
             return Err(Step2::Failed(Failure {
                 reason: Reason::InvalidSpec,
                 message: e.to_string(),
@@ -1112,11 +1125,67 @@ async fn issue_and_write(
             }));
         }
     };
+    let empty = BTreeMap::new();
+    let hash = build::secret_hash(&ctx.hash_key, desired.data.as_ref().unwrap_or(&empty));
+    let expires_at = timestamp(lease.expires_at);
+    let pending = PendingLease {
+        lease_id: lease.id.clone(),
+        rotation,
+        secret_hash: Some(hash),
+        expires_at: Some(Time(expires_at)),
+        max_expires_at: Some(Time(timestamp(lease.max_expires_at))),
+        lease_seconds: Some(expires_at.duration_since(now).as_secs().max(1)),
+    };
+    let entry = &mut status.dynamic_secrets[i];
+    if entry.pending.as_ref() != Some(&pending) {
+        if let Some(stale) = entry.pending.take()
+            && stale.lease_id != lease.id
+        {
+            // A pending lease that did not come back under its key (it was revoked as used up,
+            // or is another one): make sure it goes.
+            retiring_push(entry, &stale.lease_id, now, None);
+        }
+        entry.pending = Some(pending);
+        entry.rotation = entry.rotation.max(rotation + 1);
+        save(ctx, env, status).await?;
+    }
     let namespace = env.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), &namespace);
     write_secret(&secrets, current, &desired).await?;
-    let empty = BTreeMap::new();
-    let hash = build::secret_hash(&ctx.hash_key, desired.data.as_ref().unwrap_or(&empty));
+    finish(
+        env,
+        spec,
+        place,
+        ctx,
+        &mut status.dynamic_secrets[i],
+        restart,
+        shape,
+        &why,
+    )
+    .await
+}
+
+/// The Secret holds the pending lease's credentials: restarts the workloads when they changed,
+/// makes the pending lease the current one, and has the one it replaces revoked after the
+/// grace period.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one step of one entry: each argument a distinct part of it"
+)]
+async fn finish(
+    env: &Environment,
+    spec: &DynamicSecretSpec,
+    place: &Place<'_>,
+    ctx: &Context,
+    entry: &mut DynamicSecretStatus,
+    restart: bool,
+    shape: &str,
+    why: &str,
+) -> Result<(), Step2> {
+    let Some(pending) = entry.pending.clone() else {
+        return Ok(());
+    };
+    let hash = pending.secret_hash.clone().unwrap_or_default();
     let mut restarted = Vec::new();
     if restart {
         let workloads = &ctx.stores.workloads;
@@ -1149,10 +1218,10 @@ async fn issue_and_write(
         restarted = done.restarted;
     }
 
-    let entry = &mut status.dynamic_secrets[i];
+    let now = Timestamp::now();
     let grace = ctx.config.lease_revoke_grace;
     if let Some(previous) = entry.lease_id.take()
-        && previous != lease.id
+        && previous != pending.lease_id
     {
         // Its Secret goes with it when the entry moved to another Secret.
         let old_secret = entry
@@ -1167,14 +1236,14 @@ async fn issue_and_write(
         retiring_push(entry, &previous, at, old_secret);
     }
     let times = LeaseTimes {
-        expires_at: timestamp(lease.expires_at),
-        max_expires_at: timestamp(lease.max_expires_at),
+        expires_at: pending.expires_at.as_ref().map_or(now, |t| t.0),
+        max_expires_at: pending.max_expires_at.as_ref().map_or(now, |t| t.0),
     };
-    let lasts = times.expires_at.duration_since(now).as_secs().max(1);
+    let lasts = pending.lease_seconds.unwrap_or(1);
     let lead = Timing::of(spec).lead(Some(seconds(lasts)));
-    entry.lease_id = Some(lease.id.clone());
+    entry.lease_id = Some(pending.lease_id.clone());
     entry.pending = None;
-    entry.rotation = entry.rotation.max(rotation + 1);
+    entry.rotation = entry.rotation.max(pending.rotation + 1);
     entry.secret_name = Some(spec.secret_name.clone());
     entry.expires_at = Some(Time(times.expires_at));
     entry.max_expires_at = Some(Time(times.max_expires_at));
@@ -1186,7 +1255,7 @@ async fn issue_and_write(
     let note = format!(
         "Secret {:?} holds the credentials of lease {} of {} ({why})",
         spec.secret_name,
-        lease.id,
+        pending.lease_id,
         place.describe(&spec.name)
     );
     super::act::event(ctx, env, false, "LeaseIssued", "Issue", note).await;
@@ -1519,14 +1588,17 @@ mod tests {
     #[test]
     fn a_new_entry_is_claimed_then_issued_its_first_lease_without_a_restart() {
         let s = spec(serde_json::json!({}));
-        assert_eq!(step(&s, None, Found::Missing, SHAPE, at(0)), Step::Claim);
+        assert_eq!(
+            step(&s, None, (Found::Missing, None), SHAPE, at(0)),
+            Step::Claim
+        );
         let claimed = DynamicSecretStatus {
             name: "db".into(),
             epoch: 4,
             ..DynamicSecretStatus::default()
         };
         assert_eq!(
-            step(&s, Some(&claimed), Found::Missing, SHAPE, at(0)),
+            step(&s, Some(&claimed), (Found::Missing, None), SHAPE, at(0)),
             Step::Issue {
                 rotation: 0,
                 why: "the first lease".into(),
@@ -1534,7 +1606,7 @@ mod tests {
             }
         );
         assert_eq!(
-            step(&s, Some(&claimed), Found::Foreign, SHAPE, at(0)),
+            step(&s, Some(&claimed), (Found::Foreign, None), SHAPE, at(0)),
             Step::Blocked,
             "no lease is issued for a Secret that cannot be written"
         );
@@ -1545,18 +1617,18 @@ mod tests {
         let s = spec(serde_json::json!({}));
         let status = leased();
         assert_eq!(
-            step(&s, Some(&status), OURS, SHAPE, at(10)),
+            step(&s, Some(&status), (OURS, None), SHAPE, at(10)),
             Step::Wait { at: Some(at(40)) }
         );
         assert_eq!(
-            step(&s, Some(&status), OURS, SHAPE, at(40)),
+            step(&s, Some(&status), (OURS, None), SHAPE, at(40)),
             Step::Renew {
                 lease_id: "l1".into()
             }
         );
         // An operator restart or an unrelated edit changes none of this: still waiting.
         assert!(matches!(
-            step(&s, Some(&status), OURS, SHAPE, at(39)),
+            step(&s, Some(&status), (OURS, None), SHAPE, at(39)),
             Step::Wait { .. }
         ));
     }
@@ -1572,6 +1644,12 @@ mod tests {
         assert_eq!(renew_at(times, lead, 1.0), at(490));
         let mid = renew_at(times, lead, 0.5);
         assert!(mid < at(500) && mid > at(490));
+        // Too near its maximum to be extended by the lead: replaced, `lead` before the maximum.
+        let near = LeaseTimes {
+            expires_at: at(600),
+            max_expires_at: at(650),
+        };
+        assert_eq!(renew_at(near, lead, 1.0), at(550));
     }
 
     #[test]
@@ -1580,7 +1658,7 @@ mod tests {
         let mut status = leased();
         status.max_expires_at = Some(Time(at(100)));
         assert_eq!(
-            step(&s, Some(&status), OURS, SHAPE, at(80)),
+            step(&s, Some(&status), (OURS, None), SHAPE, at(80)),
             Step::Issue {
                 rotation: 1,
                 why: "the lease nears its maximum TTL".into(),
@@ -1593,11 +1671,11 @@ mod tests {
         status.max_expires_at = Some(Time(at(150)));
         status.renew_at = Some(Time(at(90)));
         assert!(matches!(
-            step(&s, Some(&status), OURS, SHAPE, at(89)),
+            step(&s, Some(&status), (OURS, None), SHAPE, at(89)),
             Step::Wait { .. }
         ));
         assert!(matches!(
-            step(&s, Some(&status), OURS, SHAPE, at(95)),
+            step(&s, Some(&status), (OURS, None), SHAPE, at(95)),
             Step::Issue { restart: true, .. }
         ));
     }
@@ -1611,7 +1689,7 @@ mod tests {
             (Found::Ours { intact: false }, SHAPE, "was edited"),
             (OURS, "other", "secretName or templates changed"),
         ] {
-            match step(&s, Some(&status), found, shape, at(1)) {
+            match step(&s, Some(&status), (found, None), shape, at(1)) {
                 Step::Issue {
                     rotation: 1,
                     why: w,
@@ -1621,7 +1699,7 @@ mod tests {
             }
         }
         assert_eq!(
-            step(&s, Some(&status), Found::Foreign, SHAPE, at(1)),
+            step(&s, Some(&status), (Found::Foreign, None), SHAPE, at(1)),
             Step::Blocked
         );
     }
@@ -1634,8 +1712,10 @@ mod tests {
         status.pending = Some(PendingLease {
             lease_id: "l2".into(),
             rotation: 1,
+            secret_hash: Some("h2".into()),
+            ..PendingLease::default()
         });
-        match step(&s, Some(&status), OURS, SHAPE, at(1)) {
+        match step(&s, Some(&status), (OURS, Some("h".into())), SHAPE, at(1)) {
             Step::Issue {
                 rotation: 1,
                 restart: true,
@@ -1643,6 +1723,11 @@ mod tests {
             } => {}
             other => panic!("{other:?}"),
         }
+        // Its credentials are in the Secret already: no request, only the rest of the step.
+        assert_eq!(
+            step(&s, Some(&status), (OURS, Some("h2".into())), SHAPE, at(1)),
+            Step::Finish { restart: true }
+        );
     }
 
     #[test]
