@@ -5,6 +5,7 @@
 mod crds;
 mod credentials;
 mod deploy;
+mod dynamic;
 mod mapping;
 mod push;
 mod rollout;
