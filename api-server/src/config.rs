@@ -325,6 +325,12 @@ pub struct Config {
     /// wait doubles from 1 s up to this).
     #[arg(long = "dynamic-retry-max-ms", env = "COFFER_DYNAMIC_RETRY_MAX_MS", value_name = "COFFER_DYNAMIC_RETRY_MAX_MS", default_value_t = 300_000, value_parser = clap::value_parser!(u64).range(10..=86_400_000))]
     pub dynamic_retry_max_ms: u64,
+
+    /// Connection checks (creating a dynamic secret or changing its URL) one organization may
+    /// make per minute: each is a login attempt on a database, so a few are enough to set up and
+    /// too few to guess a password through this server.
+    #[arg(long = "dynamic-checks-per-minute", env = "COFFER_DYNAMIC_CHECKS_PER_MINUTE", value_name = "COFFER_DYNAMIC_CHECKS_PER_MINUTE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub dynamic_checks_per_minute: u32,
 }
 
 /// Seconds, written as a number of seconds or with a unit: `90`, `90s`, `15m`, `12h`, `7d`;

@@ -29,6 +29,10 @@ pub enum Limit {
     RegisterPerAccount,
     RefreshPerIp,
     RefreshPerAccount,
+    /// Connection checks of dynamic secrets (each one a login attempt on a database) by one
+    /// organization: enough to set some up, too few to guess a database's password through
+    /// coffer-server.
+    DynamicChecksPerOrg,
 }
 
 impl Limit {
@@ -41,6 +45,7 @@ impl Limit {
             Self::RegisterPerAccount => "register_per_account",
             Self::RefreshPerIp => "refresh_per_ip",
             Self::RefreshPerAccount => "refresh_per_account",
+            Self::DynamicChecksPerOrg => "dynamic_checks_per_org",
         }
     }
 }
@@ -152,6 +157,7 @@ pub struct RateLimits {
     register_account: DefaultKeyedRateLimiter<String>,
     refresh_ip: DefaultKeyedRateLimiter<String>,
     refresh_account: DefaultKeyedRateLimiter<String>,
+    dynamic_checks: DefaultKeyedRateLimiter<String>,
     /// Keys refused recently, so that a refusal is audited once per window, not per request.
     refusals: moka::sync::Cache<(Limit, String), ()>,
 }
@@ -175,6 +181,7 @@ impl RateLimits {
             register_account: per_minute(per_account),
             refresh_ip: per_minute(config.refresh_rate_per_ip),
             refresh_account: per_minute((config.refresh_rate_per_ip / 5).max(5)),
+            dynamic_checks: per_minute(config.dynamic_checks_per_minute),
             refusals: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(60))
@@ -192,6 +199,7 @@ impl RateLimits {
             Limit::RegisterPerAccount => &self.register_account,
             Limit::RefreshPerIp => &self.refresh_ip,
             Limit::RefreshPerAccount => &self.refresh_account,
+            Limit::DynamicChecksPerOrg => &self.dynamic_checks,
             Limit::LoginFailuresPerAccountIp => {
                 return self.failures_account_ip.take(key, Instant::now());
             }

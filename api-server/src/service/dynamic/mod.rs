@@ -33,6 +33,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 use self::engine::{Connection, Credentials, Engine, EngineError, Postgres, defaults};
+use crate::auth::rate_limit::Limit;
 use crate::auth::{Caller, Principal, Subject};
 use crate::authz::Action;
 use crate::crypto::envelope::{Dek, Field, ValueAad};
@@ -797,13 +798,19 @@ fn engine_refusal(e: &EngineError) -> ApiError {
     }
 }
 
-/// Checks the URL, then that its administrator connects and may create roles.
+/// Checks the URL, then that its administrator connects and may create roles (at most
+/// `COFFER_DYNAMIC_CHECKS_PER_MINUTE` times a minute per organization).
 async fn verify_connection(
     state: &AppState,
+    ctx: &EnvCtx,
     kind: DynamicEngine,
     url: &SecretString,
 ) -> ApiResult<()> {
     check_url(state, url.expose_secret()).await?;
+    state
+        .limits
+        .check(Limit::DynamicChecksPerOrg, &ctx.project.org.org.id.to_string())
+        .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
     let probe = format!("verify-{}", uuid::Uuid::now_v7());
     let conn = Connection {
         id: &probe,
@@ -878,7 +885,7 @@ pub async fn create(
             ),
         ));
     }
-    verify_connection(state, request.engine, &url).await?;
+    verify_connection(state, &ctx, request.engine, &url).await?;
     let now = Timestamp::now();
     let mut row = DynamicSecretRow {
         id: uuid::Uuid::now_v7().to_string(),
@@ -963,8 +970,8 @@ pub async fn get(
 }
 
 /// Changes a dynamic secret (project admins). Leases already issued keep their expiry and
-/// maximum; a new connection is checked first, and revokes them too (they hold it in their
-/// dynamic secret).
+/// maximum, and are renewed and revoked through the new connection once there is one (checked
+/// first, like a new dynamic secret's).
 pub async fn update(
     state: &AppState,
     meta: &ClientMeta,
@@ -1002,7 +1009,7 @@ pub async fn update(
     let kind = engine_kind(&row)?;
     let url = request.connection.map(|c| c.url.into_inner());
     if let Some(url) = &url {
-        verify_connection(state, kind, url).await?;
+        verify_connection(state, &ctx, kind, url).await?;
     }
     row.settings = serde_json::to_string(&settings).map_err(ApiError::internal)?;
     row.default_ttl = secs_i64(default_ttl);
