@@ -360,6 +360,21 @@ db_test!(async fn bad_configurations_are_refused_with_the_reason_and_store_nothi
     let listed = app.get(&format!("{DEV}/dynamic-secrets"), Some(&ann.access)).await;
     assert_eq!(listed.json()["items"], json!([]), "nothing was stored");
 
+    // Connection checks are login attempts on a database: an organization gets a few a minute.
+    let wrong_password = with(&|u| { u.set_password(Some("guess")).unwrap(); });
+    let mut refused = None;
+    for _ in 0..12 {
+        let r = post(wrong_password.clone(), json!({})).await;
+        if r.status == StatusCode::TOO_MANY_REQUESTS {
+            refused = Some(r);
+            break;
+        }
+        r.assert_error(StatusCode::UNPROCESSABLE_ENTITY, "connection_refused");
+    }
+    let refused = refused.expect("the checks are rate-limited");
+    refused.assert_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    assert!(refused.headers.contains_key("retry-after"));
+
     // Only project admins configure; members of other tenants see nothing.
     let dev = app.member(&ann, "acme", "dev@example.com", "member").await;
     app.grant(&ann, "acme", "web", &dev, "developer").await;
