@@ -809,7 +809,10 @@ async fn verify_connection(
     check_url(state, url.expose_secret()).await?;
     state
         .limits
-        .check(Limit::DynamicChecksPerOrg, &ctx.project.org.org.id.to_string())
+        .check(
+            Limit::DynamicChecksPerOrg,
+            &ctx.project.org.org.id.to_string(),
+        )
         .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
     let probe = format!("verify-{}", uuid::Uuid::now_v7());
     let conn = Connection {
