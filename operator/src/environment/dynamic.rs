@@ -1543,6 +1543,17 @@ mod tests {
     }
 
     #[test]
+    fn the_example_is_valid() {
+        let example: Environment =
+            serde_norway::from_str(include_str!("../../examples/environment-dynamic.yaml"))
+                .unwrap();
+        validate(&example).unwrap();
+        let timing = Timing::of(&example.spec.dynamic_secrets[0]);
+        assert_eq!(timing.ttl, Some(Duration::from_secs(3600)));
+        assert_eq!(timing.lead(None), Duration::from_secs(600));
+    }
+
+    #[test]
     fn idempotency_keys_differ_by_resource_entry_epoch_and_rotation() {
         let keys = [
             idempotency_key("u1", "db", 3, 0),
