@@ -53,7 +53,7 @@ BAO_PORT=18200
 DYN_ADMIN=bench_dyn_admin
 DYN_DB=bench_dyn
 DYN_BAO_PREFIX=bao_bench_
-DYN_COFFER_PREFIX=coffer_production_bench_
+DYN_COFFER_PREFIX=coffer_production_bench_ # then the dynamic secret's number
 DYN_FLOOR_PREFIX=bench_floor_
 
 log() { printf 'bench: %s\n' "$*" >&2; }
@@ -152,8 +152,14 @@ local body = os.getenv("BODY")
 local threads = {}
 function setup(thread) table.insert(threads, thread) end
 function init() unexpected = 0 end
+-- PATH_FORMAT and ROTATE: the paths string.format(PATH_FORMAT, i) for i = 1..ROTATE in turn
+local path_format = os.getenv("PATH_FORMAT")
+local rotate = tonumber(os.getenv("ROTATE") or "1")
+local turn = 0
 function request()
-  return wrk.format(method, nil, nil, body)
+  local path = nil
+  if path_format then turn = turn % rotate + 1; path = string.format(path_format, turn) end
+  return wrk.format(method, path, nil, body)
 end
 function response(status) if status ~= expected then unexpected = unexpected + 1 end end
 function done(summary, latency, requests)
@@ -414,7 +420,7 @@ bench_coffer() {
 	log "starting coffer-server ($label) on CPU $SERVER_CPU"
 	env COFFER_LISTEN="127.0.0.1:$COFFER_PORT" COFFER_DATA_DIR="$data" COFFER_LOG=warn \
 		${database:+COFFER_DATABASE_URL="$database"} \
-		COFFER_LOGIN_RATE_PER_IP=1000000 COFFER_LOGIN_RATE_PER_ACCOUNT=1000000 \
+		COFFER_LOGIN_RATE_PER_IP=1000000 COFFER_LOGIN_RATE_PER_ACCOUNT=1000000 COFFER_DYNAMIC_CHECKS_PER_MINUTE=1000 \
 		taskset -c "$SERVER_CPU" "$COFFER" >"$WORK/coffer-$label.log" 2>&1 &
 	pids+=($!)
 	local pid=$!
@@ -470,44 +476,65 @@ coffer_kv() {
 	METHOD=POST BODY="$login" run "coffer-$label login-2" 2 "$api/auth/login" "$JSON"
 }
 
-# A dynamic secret in production made by a project admin (a new session: the first may have
-# expired), leases issued with the service token, all revoked afterwards by the admin.
+# Dynamic secrets in production made by a project admin (a new session: the first may have
+# expired), leases issued with the service token, all revoked afterwards by the admin. A dynamic
+# secret holds at most 1,000 leases not yet revoked, so the requests take DYN_SECRETS of them
+# in turn (bench-1, bench-2, ...; at most 20 in an environment), each with its own pool of at most
+# 4 connections to PostgreSQL, as OpenBao's connection has.
+DYN_SECRETS=20
 coffer_dynamic() {
 	local label=$1 api=$2 auth=$3
 	local session
 	session="authorization: Bearer $(coffer_login "$api")"
-	local dyn="$api/orgs/bench/projects/web/environments/production/dynamic-secrets"
-	local made
-	made=$(curl -s -w '\n%{http_code}' -X POST "$dyn" -H "$session" -H "$JSON" \
-		-d "{\"name\":\"bench\",\"engine\":\"postgresql\",\"connection\":{\"url\":\"$(dyn_url)\"},\"default_ttl\":3600,\"max_ttl\":86400}")
-	if [[ "$(tail -n1 <<<"$made")" != 201 ]]; then
-		log "coffer-server ($label) made no dynamic secret ($(tail -n1 <<<"$made"): $(head -n1 <<<"$made" | head -c 300)): its dynamic rows are left out"
-		return 0
-	fi
-	local leases="$dyn/bench/leases"
+	local path="/api/v1/orgs/bench/projects/web/environments/production/dynamic-secrets"
+	local dyn="${api%/api/v1}$path" i made
+	for i in $(seq 1 "$DYN_SECRETS"); do
+		made=$(curl -s -w '\n%{http_code}' -X POST "$dyn" -H "$session" -H "$JSON" \
+			-d "{\"name\":\"bench-$i\",\"engine\":\"postgresql\",\"connection\":{\"url\":\"$(dyn_url)\"},\"default_ttl\":3600,\"max_ttl\":86400}")
+		if [[ "$(tail -n1 <<<"$made")" != 201 ]]; then
+			log "coffer-server ($label) made no dynamic secret ($(tail -n1 <<<"$made"): $(head -n1 <<<"$made" | head -c 300)): its dynamic rows are left out"
+			coffer_dynamic_end "$label" "$dyn" "$session" "$((i - 1))"
+			return 0
+		fi
+	done
 	local first
-	first=$(curl -fs -X POST "$leases" -H "$auth" -H "$JSON" -d '{}' | jq -r .username)
+	first=$(curl -fs -X POST "$dyn/bench-1/leases" -H "$auth" -H "$JSON" -d '{}' | jq -r .username)
 	[[ "$first" == "$DYN_COFFER_PREFIX"* ]] || die "coffer-server ($label) issued $first, not $DYN_COFFER_PREFIX..."
 	dyn_sweep # pg_authid vacuumed
-	METHOD=POST BODY='{}' warm_dynamic "$leases" "$auth" "$JSON"
-	METHOD=POST BODY='{}' EXPECT=201 run "coffer-$label dynamic-1" 1 "$leases" "$auth" "$JSON"
-	METHOD=POST BODY='{}' EXPECT=201 run "coffer-$label dynamic-8" 8 "$leases" "$auth" "$JSON"
-	local issued start answer pending="?"
+	export PATH_FORMAT="$path/bench-%d/leases" ROTATE="$DYN_SECRETS"
+	METHOD=POST BODY='{}' warm_dynamic "$dyn" "$auth" "$JSON"
+	METHOD=POST BODY='{}' EXPECT=201 run "coffer-$label dynamic-1" 1 "$dyn" "$auth" "$JSON"
+	METHOD=POST BODY='{}' EXPECT=201 run "coffer-$label dynamic-8" 8 "$dyn" "$auth" "$JSON"
+	unset PATH_FORMAT ROTATE
+	coffer_dynamic_end "$label" "$dyn" "$session" "$DYN_SECRETS"
+}
+
+# coffer_dynamic_end LABEL URL SESSION N: every lease of bench-1..N revoked (asked again while
+# some are pending: a request wrk left in flight leaves its lease `creating` until the reaper
+# ends it), the time it took noted, the dynamic secrets deleted
+coffer_dynamic_end() {
+	local label=$1 dyn=$2 session=$3 n=$4 i answer pending issued start deadline
+	[[ $n -gt 0 ]] || return 0
 	sleep 1 # the requests wrk left in flight
 	issued=$(dyn_count "$DYN_COFFER_PREFIX")
 	start=$(date +%s.%N)
-	for _ in $(seq 1 20); do
-		if answer=$(curl -fs --max-time 900 -X DELETE "$leases" -H "$session"); then
-			pending=$(jq -r .pending <<<"$answer")
-			[[ "$pending" != 0 ]] || break
-		else
-			log "coffer-server ($label): revoking failed; again"
-		fi
-		sleep 1
+	deadline=$(($(date +%s) + 900))
+	for i in $(seq 1 "$n"); do
+		pending="?"
+		while [[ "$pending" != 0 && $(date +%s) -lt $deadline ]]; do
+			if answer=$(curl -fs --max-time 900 -X DELETE "$dyn/bench-$i/leases" -H "$session"); then
+				pending=$(jq -r .pending <<<"$answer")
+			else
+				log "coffer-server ($label): revoking bench-$i's leases failed; again"
+			fi
+			[[ "$pending" == 0 ]] || sleep 1
+		done
+		[[ "$pending" == 0 ]] || log "coffer-server ($label): bench-$i has $pending leases still pending revocation"
 	done
-	[[ "$pending" == 0 ]] || log "coffer-server ($label): $pending leases still pending revocation"
 	dyn_revoked "coffer-$label" "$DYN_COFFER_PREFIX" "$issued" "$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }')"
-	curl -fs -o /dev/null -X DELETE "$dyn/bench" -H "$session" || log "coffer-server ($label): deleting the dynamic secret failed"
+	for i in $(seq 1 "$n"); do
+		curl -fs -o /dev/null -X DELETE "$dyn/bench-$i" -H "$session" || log "coffer-server ($label): deleting bench-$i failed"
+	done
 }
 
 : >"$WORK/results"
