@@ -466,3 +466,50 @@ async fn an_outage_of_coffer_server_keeps_the_credentials_and_says_why() {
     assert_eq!(scene.data("db-creds").await.unwrap(), data);
     assert_eq!(leases(&scene, "db").await.len(), 1);
 }
+
+#[tokio::test]
+async fn a_lease_someone_else_issued_under_the_next_key_is_revoked_and_the_key_skipped() {
+    let Some((scene, admin_url)) = scene(&[("db", 600, 3600)]).await else {
+        return;
+    };
+    // The Environment first, with no Project to read it yet: nothing is issued.
+    let _operator = scene.operator(scene.config(Some(&scene.coffer.admin_token)));
+    environment(&scene, json!([{ "name": "db", "secretName": "db-creds" }])).await;
+    scene
+        .wait_for_condition("web-prod", "Ready", "False", "ProjectRefNotFound")
+        .await;
+    let resource = scene.get_environment("web-prod").await;
+    let (uid, generation) = (
+        resource.metadata.uid.unwrap(),
+        resource.metadata.generation.unwrap(),
+    );
+    // Another caller takes the key of the first lease.
+    let token = scene.coffer.service_token("web", &["production"]).await;
+    let other = coffer_client::Client::new(&scene.coffer.url, SecretString::from(token)).unwrap();
+    let key = format!("coffer-operator/{uid}/db/{generation}/0");
+    let taken = other
+        .issue_lease(
+            ORG,
+            "web",
+            "production",
+            "db",
+            &coffer_client::IssueLeaseRequest::default(),
+            Some(&key),
+        )
+        .await
+        .unwrap();
+
+    // The operator finds it used: revokes that lease, and issues under the next key.
+    scene.project("web", json!({})).await;
+    let (id, data) = leased(&scene, "db", "db-creds", None).await;
+    assert_ne!(id, taken.id);
+    assert_eq!(log_in(&data).await, data["username"]);
+    wait_revoked(&scene, &admin_url, "db", &taken.id).await;
+    let status = entry(&scene, "db").await.unwrap();
+    assert_eq!(status.rotation, 2, "key 0 skipped, key 1 used");
+    let ours = lease(&scene, "db", &id).await;
+    assert_eq!(
+        ours.idempotency_key.as_deref(),
+        Some(format!("coffer-operator/{uid}/db/{generation}/1").as_str())
+    );
+}
