@@ -21,8 +21,10 @@ pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 /// dead: three of coffer-server's heartbeats (one at least every 15 s).
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(45);
 
-/// A message of a project's event stream.
+/// A message of a project's event stream. Nearly every message is an event, each taken once by
+/// its reader: boxing it would cost an allocation per message to save space nobody keeps.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)]
 pub enum StreamMessage {
     /// A change of an environment's secrets, or of the environment.
     Event(Event),
