@@ -19,7 +19,7 @@
 # database engine (`GET database/creds/bench`) and coffer-server's dynamic secret (`POST
 # .../dynamic-secrets/bench/leases`), each at concurrency 1 and 8, after 2 s unmeasured; every
 # request makes one role. The floor is the same administrator's raw `CREATE ROLE ... LOGIN
-# PASSWORD ... VALID UNTIL ...` + `DROP ROLE` per transaction, by pgbench on CPU 1. Each
+# PASSWORD ... VALID UNTIL ...`, alone and followed by `DROP ROLE`, by pgbench on CPU 1. Each
 # server's leases are revoked through its API afterwards (the time it took is shown), the roles
 # counted and any left dropped; the database, the administrator and every role with the bench's
 # prefixes (`bao_bench_`, `coffer_production_bench_`, `bench_floor_`) are dropped at the end,
@@ -281,44 +281,45 @@ dyn_revoked() {
 	dyn_sweep "$prefix"
 }
 
-# The floor: the administrator's own CREATE ROLE + DROP ROLE, one pair per transaction, with a
-# name unique per transaction and a password as long as coffer-server's, by pgbench on CPU 1.
-# Appends "floor dynamic-C rps p50 p99 failed" to $WORK/results and the CREATE ROLE's share of
-# the pair's latency to $WORK/floor.
+# The floor: the administrator's own statements by pgbench on CPU 1, a name unique per
+# transaction and a password as long as coffer-server's: `CREATE ROLE` alone (what a server does
+# while it issues; the roles are dropped after each point) and `CREATE ROLE` + `DROP ROLE` (a
+# credential's whole life), each at C=1 and 8. Appends "floor create-C|pair-C rps p50 p99
+# failed" to $WORK/results.
 bench_floor() {
 	local pgbench candidates=(/usr/lib/postgresql/*/bin/pgbench)
 	pgbench=$(command -v pgbench || true)
 	[[ -n "$pgbench" || ! -x "${candidates[-1]}" ]] || pgbench=${candidates[-1]}
 	[[ -n "$pgbench" ]] || { log "no pgbench: the floor is left out"; return 0; }
-	cat >"$WORK/floor.sql" <<-EOF
+	cat >"$WORK/floor-create.sql" <<-EOF
 		\\set id :client_id * 10000000000 + random(0, 9999999999)
 		CREATE ROLE ${DYN_FLOOR_PREFIX}:id WITH LOGIN PASSWORD 'Zk3pQ9wLx7Rt2Vb8Nc4Hs6Jd1Fg5Km0A' VALID UNTIL '2100-01-01 00:00:00+00';
-		DROP ROLE ${DYN_FLOOR_PREFIX}:id;
 	EOF
+	cp "$WORK/floor-create.sql" "$WORK/floor-pair.sql"
+	echo "DROP ROLE ${DYN_FLOOR_PREFIX}:id;" >>"$WORK/floor-pair.sql"
 	dyn_sweep "$DYN_FLOOR_PREFIX"
-	local c out rc tps failed create pair p50 p99
-	for c in 1 8; do
-		rm -f "$WORK"/pgbench.log*
-		rc=0
-		out=$(cd "$WORK" && PGPASSWORD="$dyn_password" taskset -c "$LOAD_CPU" "$pgbench" -h 127.0.0.1 -p 5432 \
-			-U "$DYN_ADMIN" -n -c"$c" -j1 -T"$SECONDS_PER_POINT" -r -l --log-prefix="$WORK/pgbench.log" \
-			-f "$WORK/floor.sql" "$DYN_DB" 2>&1) || rc=$?
-		[[ $rc -eq 0 ]] || log "pgbench exited with $rc: $(grep -m3 -i error <<<"$out" || true)"
-		tps=$(awk '/^tps = / { print $3 }' <<<"$out")
-		failed=$(awk '/^number of failed transactions:/ { print $5 }' <<<"$out")
-		[[ $rc -eq 0 ]] || failed="${failed:-0}+aborted"
-		create=$(awk '/CREATE ROLE/ { print $1 }' <<<"$out")
-		pair=$(awk '/^latency average = / { print $4 }' <<<"$out")
-		read -r p50 p99 < <(cat "$WORK"/pgbench.log* 2>/dev/null | awk '$3 ~ /^[0-9]+$/ { print $3 / 1000 }' | sort -n |
-			awk '{ v[NR] = $1 } END {
-				if (NR == 0) { print "? ?"; exit }
-				i = int(NR * 0.5); if (i < NR * 0.5) i++; j = int(NR * 0.99); if (j < NR * 0.99) j++
-				printf "%.2f %.2f\n", v[i], v[j] }')
-		printf 'floor dynamic-%s %s %s %s %s\n' "$c" "${tps:-}" "$p50" "$p99" "${failed:-?}" >>"$WORK/results"
-		printf '%s %s %s\n' "$c" "${create:-?}" "${pair:-?}" >>"$WORK/floor"
-		log "floor dynamic-$c: ${tps:-?} credentials/s, p50 $p50 ms, p99 $p99 ms (CREATE ROLE ${create:-?} ms of ${pair:-?} ms), failed: ${failed:-?}"
+	local kind c out rc tps failed p50 p99
+	for kind in create pair; do
+		for c in 1 8; do
+			rm -f "$WORK"/pgbench.log*
+			rc=0
+			out=$(cd "$WORK" && PGPASSWORD="$dyn_password" taskset -c "$LOAD_CPU" "$pgbench" -h 127.0.0.1 -p 5432 \
+				-U "$DYN_ADMIN" -n -c"$c" -j1 -T"$SECONDS_PER_POINT" -l --log-prefix="$WORK/pgbench.log" \
+				-f "$WORK/floor-$kind.sql" "$DYN_DB" 2>&1) || rc=$?
+			[[ $rc -eq 0 ]] || log "pgbench exited with $rc: $(grep -m3 -i error <<<"$out" || true)"
+			tps=$(awk '/^tps = / { print $3 }' <<<"$out")
+			failed=$(awk '/^number of failed transactions:/ { print $5 }' <<<"$out")
+			[[ $rc -eq 0 ]] || failed="${failed:-0}+aborted"
+			read -r p50 p99 < <(cat "$WORK"/pgbench.log* 2>/dev/null | awk '$3 ~ /^[0-9]+$/ { print $3 / 1000 }' | sort -n |
+				awk '{ v[NR] = $1 } END {
+					if (NR == 0) { print "? ?"; exit }
+					i = int(NR * 0.5); if (i < NR * 0.5) i++; j = int(NR * 0.99); if (j < NR * 0.99) j++
+					printf "%.2f %.2f\n", v[i], v[j] }')
+			printf 'floor %s-%s %s %s %s %s\n' "$kind" "$c" "${tps:-}" "$p50" "$p99" "${failed:-?}" >>"$WORK/results"
+			log "floor $kind-$c: ${tps:-?} roles/s, p50 $p50 ms, p99 $p99 ms, failed: ${failed:-?}"
+			dyn_sweep "$DYN_FLOOR_PREFIX"
+		done
 	done
-	dyn_sweep "$DYN_FLOOR_PREFIX"
 }
 
 # --- OpenBao ----------------------------------------------------------------------------------
@@ -540,7 +541,6 @@ coffer_dynamic_end() {
 : >"$WORK/results"
 : >"$WORK/rss"
 : >"$WORK/revoked"
-: >"$WORK/floor"
 
 if wants_workload dynamic; then
 	if command -v psql >/dev/null && su postgres -c "psql -qtAc 'SELECT 1'" >/dev/null 2>&1; then
@@ -628,12 +628,9 @@ for backend in "${backends[@]}"; do
 	echo
 done
 if [[ -n "$dyn_password" ]]; then
-	if [[ -s "$WORK/floor" ]]; then
-		printf '| floor: CREATE ROLE + DROP ROLE per transaction (pgbench) | credentials/s | of which CREATE ROLE |\n|---|---:|---:|\n'
-		while read -r c create pair; do
-			printf '| C=%s | %s | %s of %s ms |\n' "$c" "$(cell "floor dynamic-$c")" \
-				"$(awk -v v="$create" 'BEGIN { printf "%.2f", v }')" "$(awk -v v="$pair" 'BEGIN { printf "%.2f", v }')"
-		done <"$WORK/floor"
+	if [[ -n "$(field "floor create-1" 2)" ]]; then
+		printf '| floor: the administrator alone (pgbench) | CREATE ROLE | CREATE ROLE + DROP ROLE |\n|---|---:|---:|\n'
+		for c in 1 8; do printf '| C=%s | %s | %s |\n' "$c" "$(cell "floor create-$c")" "$(cell "floor pair-$c")"; done
 		echo
 	fi
 	while read -r system issued seconds left; do
