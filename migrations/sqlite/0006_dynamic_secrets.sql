@@ -61,5 +61,6 @@ CREATE TABLE leases (
     UNIQUE (dynamic_secret_id, idempotency_key)
 );
 CREATE INDEX leases_dynamic_secret_id ON leases (dynamic_secret_id, id);
+CREATE INDEX leases_live ON leases (dynamic_secret_id, state);
 CREATE INDEX leases_due ON leases (state, expires_at);
 CREATE INDEX leases_retry ON leases (state, next_attempt_at);

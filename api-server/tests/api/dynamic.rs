@@ -447,6 +447,9 @@ db_test!(async fn the_reaper_revokes_expired_leases_and_retries_failed_revocatio
     }
     assert_eq!(l["renewable"], false);
     assert_eq!(roles(&url, &role_prefix(&name)).await.len(), 1);
+    // The role is still there, but past its VALID UNTIL it cannot log in.
+    let expired = as_lease(issued.json()["connection_url"].as_str().unwrap(), "SELECT 1").await.unwrap_err();
+    assert!(expired.contains("password authentication failed"), "{expired}");
     // Retried until it works.
     exec(&url, &format!("CREATE TABLE {gate} (x int)")).await;
     wait_for_state(&app, &ann.access, &name, &id, "revoked", Duration::from_secs(10)).await;

@@ -251,7 +251,9 @@ impl Postgres {
         Ok(pool)
     }
 
-    /// Runs `statements` in one transaction within the timeout.
+    /// Runs `statements` within the timeout as one simple query: one round trip, and one
+    /// transaction (PostgreSQL runs the statements of a simple query in an implicit transaction:
+    /// all or nothing).
     async fn run(
         &self,
         conn: &Connection<'_>,
@@ -259,14 +261,12 @@ impl Postgres {
         scrub: &Scrub<'_>,
     ) -> Result<(), EngineError> {
         let pool = self.pool(conn)?;
+        let batch = statements.join(";\n");
         let work = async {
-            let mut tx = pool.begin().await.map_err(|e| describe(&e))?;
-            for statement in &statements {
-                tx.execute(sqlx::raw_sql(statement))
-                    .await
-                    .map_err(|e| describe(&e))?;
-            }
-            tx.commit().await.map_err(|e| describe(&e))
+            pool.execute(sqlx::raw_sql(&batch))
+                .await
+                .map(|_| ())
+                .map_err(|e| describe(&e))
         };
         match tokio::time::timeout(self.timeout, work).await {
             Ok(done) => done,

@@ -715,7 +715,7 @@ async fn record(
     by: By<'_>,
     what: (&'static str, Outcome, EventType),
     lease: &LeaseRow,
-    secret: &str,
+    (secret, at): (&str, Option<&EnvCtx>),
     error: Option<String>,
     now: Timestamp,
 ) -> ApiResult<()> {
@@ -736,8 +736,18 @@ async fn record(
         .details(details)
         .record(&mut **tx)
         .await?;
-    // The environment may be gone only if the lease outlived it, which deletion refuses.
-    if let Some(place) = db::dynamic::place(&mut **tx, lease.environment_id).await? {
+    // Where the caller's request already says; otherwise looked up. The environment may be
+    // gone only if the lease outlived it, which deletion refuses.
+    let place = match at {
+        Some(ctx) => Some(db::dynamic::LeasePlace {
+            org_slug: ctx.project.org.org.slug.clone(),
+            project_slug: ctx.project.project.slug.clone(),
+            env_slug: ctx.env.slug.clone(),
+            revision: ctx.env.revision,
+        }),
+        None => db::dynamic::place(&mut **tx, lease.environment_id).await?,
+    };
+    if let Some(place) = place {
         crate::service::events::lease(
             tx,
             crate::service::events::LeaseOrigin {
@@ -1249,7 +1259,7 @@ async fn complete_issue(
                     EventType::LeaseIssued,
                 ),
                 &lease,
-                &secret.name,
+                (&secret.name, Some(ctx)),
                 None,
                 now,
             )
@@ -1280,7 +1290,7 @@ async fn complete_issue(
                     EventType::LeaseFailed,
                 ),
                 &lease,
-                &secret.name,
+                (&secret.name, Some(ctx)),
                 Some(message.clone()),
                 now,
             )
@@ -1480,7 +1490,7 @@ pub async fn renew(
                 EventType::LeaseFailed,
             ),
             &lease,
-            &secret.name,
+            (&secret.name, Some(&ctx)),
             Some(e.message().to_owned()),
             now,
         )
@@ -1512,7 +1522,7 @@ pub async fn renew(
             EventType::LeaseRenewed,
         ),
         &lease,
-        &secret.name,
+        (&secret.name, Some(&ctx)),
         None,
         now,
     )
@@ -1659,7 +1669,7 @@ async fn revoke_now(
                 EventType::LeaseFailed,
             ),
             &lease,
-            &secret.name,
+            (&secret.name, None),
             Some(why.to_owned()),
             now,
         )
@@ -1696,7 +1706,7 @@ async fn revoke_now(
                     by,
                     (action::LEASE_REVOKED, Outcome::Success, kind),
                     &lease,
-                    &secret.name,
+                    (&secret.name, None),
                     None,
                     now,
                 )
