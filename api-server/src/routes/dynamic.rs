@@ -34,6 +34,11 @@ type EnvSegments = (String, String, String);
 type NameSegments = (String, String, String, String);
 type LeaseSegments = (String, String, String, String, String);
 
+/// The environment named by a request's first three path segments.
+fn env_at<'a>(org: &'a str, project: &'a str, env: &'a str) -> EnvPath<'a> {
+    EnvPath { org, project, env }
+}
+
 /// Configure a dynamic secret (project admins): the engine checks the administrator's
 /// connection first (422 `connection_failed`, `connection_refused` or `insufficient_privilege`
 /// with the database's message, nothing stored). The connection URL is sealed and never
@@ -51,11 +56,7 @@ pub async fn create_dynamic_secret(
     Path(p): Path<EnvSegments>,
     Json(request): Json<CreateDynamicSecretRequest>,
 ) -> Result<(StatusCode, Json<DynamicSecret>), ApiError> {
-    let at = EnvPath {
-        org: &p.0,
-        project: &p.1,
-        env: &p.2,
-    };
+    let at = env_at(&p.0, &p.1, &p.2);
     let created = service::dynamic::create(&state, &meta, &principal, at, request).await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
@@ -72,11 +73,7 @@ pub async fn list_dynamic_secrets(
     Path(p): Path<EnvSegments>,
     Query(page): Query<PageParams>,
 ) -> Result<Json<Page<DynamicSecret>>, ApiError> {
-    let at = EnvPath {
-        org: &p.0,
-        project: &p.1,
-        env: &p.2,
-    };
+    let at = env_at(&p.0, &p.1, &p.2);
     let limit = page.limit()?;
     let rows = service::dynamic::list(&state, &caller, at, page.cursor()?, limit).await?;
     Ok(Json(Page::from_rows(
@@ -97,11 +94,7 @@ pub async fn get_dynamic_secret(
     caller: Caller,
     Path(p): Path<NameSegments>,
 ) -> Result<Json<DynamicSecret>, ApiError> {
-    let at = EnvPath {
-        org: &p.0,
-        project: &p.1,
-        env: &p.2,
-    };
+    let at = env_at(&p.0, &p.1, &p.2);
     Ok(Json(
         service::dynamic::get(&state, &caller, at, &p.3).await?,
     ))
@@ -122,11 +115,7 @@ pub async fn update_dynamic_secret(
     Path(p): Path<NameSegments>,
     Json(request): Json<UpdateDynamicSecretRequest>,
 ) -> Result<Json<DynamicSecret>, ApiError> {
-    let at = EnvPath {
-        org: &p.0,
-        project: &p.1,
-        env: &p.2,
-    };
+    let at = env_at(&p.0, &p.1, &p.2);
     Ok(Json(
         service::dynamic::update(&state, &meta, &principal, at, &p.3, request).await?,
     ))
@@ -146,11 +135,7 @@ pub async fn delete_dynamic_secret(
     principal: Principal,
     Path(p): Path<NameSegments>,
 ) -> Result<StatusCode, ApiError> {
-    let at = EnvPath {
-        org: &p.0,
-        project: &p.1,
-        env: &p.2,
-    };
+    let at = env_at(&p.0, &p.1, &p.2);
     service::dynamic::delete(&state, &meta, &principal, at, &p.3).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -176,11 +161,7 @@ pub async fn issue_lease(
     headers: HeaderMap,
     request: Option<Json<IssueLeaseRequest>>,
 ) -> Result<(StatusCode, Json<IssuedLease>), ApiError> {
-    let at = EnvPath {
-        org: &p.0,
-        project: &p.1,
-        env: &p.2,
-    };
+    let at = env_at(&p.0, &p.1, &p.2);
     let key = match headers.get("idempotency-key") {
         Some(v) => Some(
             v.to_str()
@@ -216,11 +197,7 @@ pub async fn list_leases(
     Path(p): Path<NameSegments>,
     Query(page): Query<PageParams>,
 ) -> Result<Json<Page<Lease>>, ApiError> {
-    let at = EnvPath {
-        org: &p.0,
-        project: &p.1,
-        env: &p.2,
-    };
+    let at = env_at(&p.0, &p.1, &p.2);
     let limit = page.limit()?;
     let rows =
         service::dynamic::list_leases(&state, &caller, at, &p.3, page.cursor()?, limit).await?;
@@ -241,11 +218,7 @@ pub async fn revoke_all_leases(
     caller: Caller,
     Path(p): Path<NameSegments>,
 ) -> Result<Json<RevokedLeases>, ApiError> {
-    let at = EnvPath {
-        org: &p.0,
-        project: &p.1,
-        env: &p.2,
-    };
+    let at = env_at(&p.0, &p.1, &p.2);
     Ok(Json(
         service::dynamic::revoke_all(&state, &meta, &caller, at, &p.3).await?,
     ))
@@ -261,11 +234,7 @@ pub async fn get_lease(
     caller: Caller,
     Path(p): Path<LeaseSegments>,
 ) -> Result<Json<Lease>, ApiError> {
-    let at = EnvPath {
-        org: &p.0,
-        project: &p.1,
-        env: &p.2,
-    };
+    let at = env_at(&p.0, &p.1, &p.2);
     Ok(Json(
         service::dynamic::get_lease(&state, &caller, at, &p.3, &p.4).await?,
     ))
@@ -286,11 +255,7 @@ pub async fn revoke_lease(
     LeaseCaller(caller): LeaseCaller,
     Path(p): Path<LeaseSegments>,
 ) -> Result<Json<Lease>, ApiError> {
-    let at = EnvPath {
-        org: &p.0,
-        project: &p.1,
-        env: &p.2,
-    };
+    let at = env_at(&p.0, &p.1, &p.2);
     Ok(Json(
         service::dynamic::revoke(&state, &meta, &caller, at, &p.3, &p.4).await?,
     ))
@@ -311,11 +276,7 @@ pub async fn renew_lease(
     Path(p): Path<LeaseSegments>,
     request: Option<Json<RenewLeaseRequest>>,
 ) -> Result<Json<Lease>, ApiError> {
-    let at = EnvPath {
-        org: &p.0,
-        project: &p.1,
-        env: &p.2,
-    };
+    let at = env_at(&p.0, &p.1, &p.2);
     let request = request.map(|Json(r)| r).unwrap_or_default();
     Ok(Json(
         service::dynamic::renew(&state, &meta, &caller, at, (&p.3, &p.4), request).await?,

@@ -332,6 +332,22 @@ pub async fn dek_for_sealing(
     Ok((row.id, dek))
 }
 
+/// Seals `plain` for `aad` with the project's current data key, counting the encryption in
+/// `tx` (for material other subsystems keep under the project's key: webhook secrets, dynamic
+/// secrets' connections).
+pub async fn seal_with_project_key(
+    state: &AppState,
+    tx: &mut db::Tx,
+    ctx: &ProjectCtx,
+    plain: &[u8],
+    aad: &ValueAad,
+) -> ApiResult<(String, Vec<u8>)> {
+    let (dek_id, dek) = dek_for_sealing(state, tx, ctx).await?;
+    let ct = dek.seal(plain, aad);
+    db::secrets::count_encryptions(&mut **tx, &dek_id, 1).await?;
+    Ok((dek_id, ct))
+}
+
 /// The DEK `dek_id` of a project, unwrapped, for opening what it sealed.
 pub async fn project_dek(
     state: &AppState,

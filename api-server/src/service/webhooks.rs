@@ -446,10 +446,14 @@ async fn seal(
     secret: &SecretString,
     generation: i64,
 ) -> ApiResult<(String, Vec<u8>)> {
-    let (dek_id, dek) = crate::service::secrets::dek_for_sealing(state, tx, ctx).await?;
-    let ct = dek.seal(secret.expose_secret().as_bytes(), &aad(row, generation));
-    db::secrets::count_encryptions(&mut **tx, &dek_id, 1).await?;
-    Ok((dek_id, ct))
+    crate::service::secrets::seal_with_project_key(
+        state,
+        tx,
+        ctx,
+        secret.expose_secret().as_bytes(),
+        &aad(row, generation),
+    )
+    .await
 }
 
 /// Creates a webhook; its signing secret is in the answer only.

@@ -292,6 +292,16 @@ db_test!(async fn an_idempotency_key_returns_the_same_lease_to_its_caller_and_no
     assert_eq!(items[0]["issued_by"]["kind"], "service_token");
     assert_eq!(roles(&url, &role_prefix(&name)).await.len(), 1);
 
+    // A data-key rotation re-seals the connection (leases are still issued) and forgets the
+    // passwords kept for retries (a retry gets the lease's id, not its credentials).
+    let r = app.post("/api/v1/orgs/acme/projects/web/rotate-key", Some(&ann.access), json!({})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    issue_with_key(&app, &token, &name, "uid-1/db/0").await.assert_error(StatusCode::CONFLICT, "idempotency_key_used");
+    let after = issue_with_key(&app, &token, &name, "uid-1/db/1").await;
+    assert_eq!(after.status, StatusCode::CREATED, "{}", after.text());
+    let r = app.delete(&format!("{DEV}/dynamic-secrets/{name}/leases/{}", after.json()["id"].as_str().unwrap()), Some(&token)).await;
+    assert_eq!(r.json()["state"], "revoked", "{}", r.text());
+
     // A read-only token revokes its own lease, not another's.
     let ann_lease = issue(&app, &ann.access, &name, json!({})).await.json();
     app.delete(&format!("{DEV}/dynamic-secrets/{name}/leases/{}", ann_lease["id"].as_str().unwrap()), Some(&token)).await

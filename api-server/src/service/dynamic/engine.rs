@@ -146,6 +146,14 @@ struct Scrub<'a> {
 }
 
 impl Scrub<'_> {
+    /// `err` with its message cleaned.
+    fn error(&self, err: EngineError) -> EngineError {
+        match err {
+            EngineError::Unreachable(m) => EngineError::Unreachable(self.clean(m)),
+            EngineError::Refused(m) => EngineError::Refused(self.clean(m)),
+        }
+    }
+
     fn clean(&self, text: String) -> String {
         let mut text = text;
         for secret in &self.secrets {
@@ -251,17 +259,27 @@ impl Postgres {
         Ok(pool)
     }
 
-    /// Runs `statements` within the timeout as one simple query: one round trip, and one
-    /// transaction (PostgreSQL runs the statements of a simple query in an implicit transaction:
-    /// all or nothing).
+    /// Runs `statements`, rendered, within the timeout as one simple query: one round trip, and
+    /// one transaction (PostgreSQL runs the statements of a simple query in an implicit
+    /// transaction: all or nothing). Messages lose the administrator's password and `password`.
     async fn run(
         &self,
         conn: &Connection<'_>,
-        statements: Vec<String>,
-        scrub: &Scrub<'_>,
+        statements: &[String],
+        username: &str,
+        password: Option<&str>,
+        expiration: &str,
     ) -> Result<(), EngineError> {
+        let admin = admin_password(conn.url);
+        let mut secrets = vec![admin.as_str()];
+        secrets.extend(password);
+        let scrub = Scrub { secrets };
         let pool = self.pool(conn)?;
-        let batch = statements.join(";\n");
+        let batch = statements
+            .iter()
+            .map(|s| render(s, username, password, expiration))
+            .collect::<Vec<_>>()
+            .join(";\n");
         let work = async {
             pool.execute(sqlx::raw_sql(&batch))
                 .await
@@ -274,10 +292,7 @@ impl Postgres {
                 "the database did not answer in time".into(),
             )),
         }
-        .map_err(|e| match e {
-            EngineError::Unreachable(m) => EngineError::Unreachable(scrub.clean(m)),
-            EngineError::Refused(m) => EngineError::Refused(scrub.clean(m)),
-        })
+        .map_err(|e| scrub.error(e))
     }
 }
 
@@ -314,10 +329,7 @@ impl Engine for Postgres {
                     "the database did not answer in time".into(),
                 )),
             }
-            .map_err(|e| match e {
-                EngineError::Unreachable(m) => EngineError::Unreachable(scrub.clean(m)),
-                EngineError::Refused(m) => EngineError::Refused(scrub.clean(m)),
-            })
+            .map_err(|e| scrub.error(e))
         })
     }
 
@@ -328,17 +340,10 @@ impl Engine for Postgres {
         creds: &'a Credentials<'a>,
     ) -> BoxFuture<'a, Result<(), EngineError>> {
         Box::pin(async move {
-            let admin = admin_password(conn.url);
-            let password = creds.password.expose_secret();
             let expiration = pg_timestamp(creds.expiration);
-            let rendered = statements
-                .iter()
-                .map(|s| render(s, creds.username, Some(password), &expiration))
-                .collect();
-            let scrub = Scrub {
-                secrets: vec![&admin, password],
-            };
-            self.run(conn, rendered, &scrub).await
+            let password = Some(creds.password.expose_secret());
+            self.run(conn, statements, creds.username, password, &expiration)
+                .await
         })
     }
 
@@ -350,16 +355,9 @@ impl Engine for Postgres {
         expiration: Timestamp,
     ) -> BoxFuture<'a, Result<(), EngineError>> {
         Box::pin(async move {
-            let admin = admin_password(conn.url);
             let expiration = pg_timestamp(expiration);
-            let rendered = statements
-                .iter()
-                .map(|s| render(s, username, None, &expiration))
-                .collect();
-            let scrub = Scrub {
-                secrets: vec![&admin],
-            };
-            self.run(conn, rendered, &scrub).await
+            self.run(conn, statements, username, None, &expiration)
+                .await
         })
     }
 
@@ -373,15 +371,7 @@ impl Engine for Postgres {
             if !self.exists(conn, username).await? {
                 return Ok(());
             }
-            let admin = admin_password(conn.url);
-            let rendered = statements
-                .iter()
-                .map(|s| render(s, username, None, ""))
-                .collect();
-            let scrub = Scrub {
-                secrets: vec![&admin],
-            };
-            self.run(conn, rendered, &scrub).await
+            self.run(conn, statements, username, None, "").await
         })
     }
 
@@ -401,10 +391,7 @@ impl Engine for Postgres {
                 .fetch_optional(&pool);
             match tokio::time::timeout(self.timeout, query).await {
                 Ok(Ok(found)) => Ok(found.is_some()),
-                Ok(Err(e)) => Err(match describe(&e) {
-                    EngineError::Unreachable(m) => EngineError::Unreachable(scrub.clean(m)),
-                    EngineError::Refused(m) => EngineError::Refused(scrub.clean(m)),
-                }),
+                Ok(Err(e)) => Err(scrub.error(describe(&e))),
                 Err(_) => Err(EngineError::Unreachable(
                     "the database did not answer in time".into(),
                 )),

@@ -852,13 +852,14 @@ async fn seal_url(
     url: &SecretString,
     generation: i64,
 ) -> ApiResult<(String, Vec<u8>)> {
-    let (dek_id, dek) = crate::service::secrets::dek_for_sealing(state, tx, &ctx.project).await?;
-    let ct = dek.seal(
+    crate::service::secrets::seal_with_project_key(
+        state,
+        tx,
+        &ctx.project,
         url.expose_secret().as_bytes(),
         &connection_aad(row, generation),
-    );
-    db::secrets::count_encryptions(&mut **tx, &dek_id, 1).await?;
-    Ok((dek_id, ct))
+    )
+    .await
 }
 
 /// Configures a dynamic secret (project admins), once its connection is checked.
@@ -1224,11 +1225,14 @@ async fn complete_issue(
         Ok(()) => {
             let reveal = match &lease.idempotency_key {
                 Some(_) => {
-                    let (dek_id, dek) =
-                        crate::service::secrets::dek_for_sealing(state, &mut tx, &ctx.project)
-                            .await?;
-                    let ct = dek.seal(password.expose_secret().as_bytes(), &password_aad(&lease));
-                    db::secrets::count_encryptions(&mut *tx, &dek_id, 1).await?;
+                    let (dek_id, ct) = crate::service::secrets::seal_with_project_key(
+                        state,
+                        &mut tx,
+                        &ctx.project,
+                        password.expose_secret().as_bytes(),
+                        &password_aad(&lease),
+                    )
+                    .await?;
                     Some((dek_id, ct, now.plus(REVEAL_WINDOW)))
                 }
                 None => None,
