@@ -331,6 +331,15 @@ pub struct Config {
     /// too few to guess a password through this server.
     #[arg(long = "dynamic-checks-per-minute", env = "COFFER_DYNAMIC_CHECKS_PER_MINUTE", value_name = "COFFER_DYNAMIC_CHECKS_PER_MINUTE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub dynamic_checks_per_minute: u32,
+
+    /// Serve `/metrics` on this address only (e.g. `0.0.0.0:9090`, for a port only the
+    /// monitoring reaches); unset, `/metrics` is served on the main listener.
+    #[arg(
+        long = "metrics-listen",
+        env = "COFFER_METRICS_LISTEN",
+        value_name = "COFFER_METRICS_LISTEN"
+    )]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Seconds, written as a number of seconds or with a unit: `90`, `90s`, `15m`, `12h`, `7d`;

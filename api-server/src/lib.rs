@@ -13,6 +13,7 @@ pub mod db;
 pub mod error;
 pub mod http;
 pub mod ids;
+pub mod metrics;
 pub mod routes;
 pub mod secrets;
 pub mod service;
@@ -71,7 +72,11 @@ pub enum StartError {
 pub fn app(state: AppState) -> Router {
     let body_limit = usize::try_from(state.config.max_body_bytes).unwrap_or(usize::MAX);
     let timeout = state.config.request_timeout();
-    routes::router()
+    let mut routes = routes::router();
+    if state.config.metrics_listen.is_none() {
+        routes = routes.route("/metrics", axum::routing::get(metrics::serve));
+    }
+    routes
         .fallback(|| async { ApiError::NotFound { what: "route" } })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(RequestBodyLimitLayer::new(body_limit))
@@ -85,6 +90,10 @@ pub fn app(state: AppState) -> Router {
             http::forget_changed_access,
         ))
         .layer(axum::middleware::from_fn(http::error_envelope))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(
             TraceLayer::new_for_http()
@@ -211,6 +220,24 @@ pub async fn serve_until(
             stopping.cancel();
         }
     };
+    if let Some(addr) = config.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Listen { addr, source })?;
+        tracing::info!(listen = %listener.local_addr()?, "metrics listening (HTTP, /metrics)");
+        let metrics = axum::Router::new()
+            .route("/metrics", axum::routing::get(metrics::serve))
+            .with_state(state.clone());
+        let stopping = state.shutdown.clone();
+        tokio::spawn(async move {
+            let served = axum::serve(listener, metrics)
+                .with_graceful_shutdown(async move { stopping.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                tracing::warn!(error = %e, "the metrics listener stopped");
+            }
+        });
+    }
     let service = app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let result = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => {

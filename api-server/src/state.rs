@@ -106,6 +106,8 @@ pub struct Inner {
     pub webhooks: Webhooks,
     /// Dynamic secrets' engines (and their administrator pools), and the lease reaper's wake-up.
     pub dynamic: DynamicSecrets,
+    /// Prometheus metrics (`/metrics`).
+    pub metrics: crate::metrics::Metrics,
     /// Event streams open, counted against their limits.
     pub event_streams: StreamSlots,
     /// Cancelled when the server stops: long-lived responses (event streams) end then.
@@ -168,6 +170,7 @@ impl AppState {
         )
         .map_err(crate::StartError::AuditJournal)?;
         let dynamic = DynamicSecrets::new(Duration::from_millis(config.dynamic_timeout_ms));
+        let metrics = crate::metrics::Metrics::new(passwords.refusals());
         let state = Self(Arc::new(Inner {
             config,
             db,
@@ -184,6 +187,7 @@ impl AppState {
             secret_writes: Arc::new(SecretWrites::new(MAX_WAITING_WRITES)),
             webhooks,
             dynamic,
+            metrics,
             event_streams: StreamSlots::default(),
             shutdown: CancellationToken::new(),
         }));

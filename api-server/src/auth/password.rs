@@ -32,6 +32,9 @@ pub struct PasswordHasher {
     permits: Arc<Semaphore>,
     waiting: Arc<AtomicUsize>,
     max_waiting: usize,
+    concurrency: usize,
+    /// Hashes and checks refused (queue full, or no worker in time).
+    refused: prometheus_client::metrics::counter::Counter,
     /// A hash of a random password with the current parameters, verified when an account is
     /// unknown so that the answer takes as long as for a wrong password.
     dummy_hash: Arc<String>,
@@ -56,6 +59,8 @@ impl PasswordHasher {
             permits: Arc::new(Semaphore::new(concurrency)),
             waiting: Arc::new(AtomicUsize::new(0)),
             max_waiting: concurrency * 64,
+            concurrency,
+            refused: prometheus_client::metrics::counter::Counter::default(),
             dummy_hash: Arc::new(dummy),
             #[cfg(test)]
             verified_with: Arc::default(),
@@ -63,6 +68,19 @@ impl PasswordHasher {
     }
 
     /// At most `n` callers wait for a permit; more get 503 at once.
+    /// Hashes and checks running now, and waiting for a worker.
+    pub fn queue(&self) -> (usize, usize) {
+        let running = self
+            .concurrency
+            .saturating_sub(self.permits.available_permits());
+        (running, self.waiting.load(Ordering::SeqCst))
+    }
+
+    /// The counter of hashes and checks refused (for the metrics).
+    pub fn refusals(&self) -> prometheus_client::metrics::counter::Counter {
+        self.refused.clone()
+    }
+
     pub fn with_max_waiting(mut self, n: usize) -> Self {
         self.max_waiting = n;
         self
@@ -86,6 +104,9 @@ impl PasswordHasher {
             .and_then(|p| p.map_err(|_| ()))
         };
         self.waiting.fetch_sub(1, Ordering::SeqCst);
+        if permit.is_err() {
+            self.refused.inc();
+        }
         let permit = permit.map_err(|()| ApiError::Unavailable {
             message: "the server is busy verifying passwords; try again shortly".into(),
             retry_after: Some(Duration::from_secs(2)),

@@ -246,6 +246,13 @@ pub async fn hooked_projects<'e>(ex: impl AnyExecutor<'e>) -> Result<Vec<Project
 }
 
 /// Pending deliveries of a webhook.
+/// Deliveries waiting to be sent, of every webhook.
+pub async fn pending_total<'e>(ex: impl AnyExecutor<'e>) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM webhook_deliveries WHERE status = 'pending'")
+        .fetch_one(ex)
+        .await
+}
+
 pub async fn pending_count<'e>(
     ex: impl AnyExecutor<'e>,
     webhook: &str,

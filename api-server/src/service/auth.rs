@@ -97,6 +97,13 @@ async fn refused(
     meta: &ClientMeta,
     retry_after: Duration,
 ) -> ApiError {
+    state
+        .metrics
+        .rate_limited
+        .get_or_create(&crate::metrics::LimitLabels {
+            limit: limit.as_str(),
+        })
+        .inc();
     if state.limits.first_refusal(limit, key) {
         let audited = AuditEvent::new(action::RATE_LIMITED, Outcome::Denied, meta)
             .about_user(user)

@@ -708,6 +708,7 @@ pub async fn read_all(
     );
     // Kept before any value leaves: a read that cannot be audited is refused.
     state.audit.record(events).await?;
+    state.metrics.secrets_read.inc_by(secrets.len() as u64);
     Ok(BulkRead::Values {
         etag,
         revision,
@@ -775,6 +776,7 @@ pub async fn read_one(
             .details(json!({ "keys": [key], "version": version, "resolved": resolve_refs })),
     );
     state.audit.record(events).await?;
+    state.metrics.secrets_read.inc();
     values.pop().ok_or_else(|| ApiError::not_found("secret"))
 }
 
@@ -953,6 +955,10 @@ async fn upsert(
         None => event.record(&mut *tx).await?,
     }
     tx.commit().await?;
+    state
+        .metrics
+        .secrets_written
+        .inc_by((report.created.len() + report.updated.len()) as u64);
     Ok(report)
 }
 
@@ -1246,6 +1252,7 @@ async fn write_batch(state: &AppState, jobs: &[WriteJob]) -> ApiResult<Vec<Secre
         db::audit::insert_many(&mut tx, &rows).await?;
     }
     tx.commit().await?;
+    state.metrics.secrets_written.inc_by(values.len() as u64);
     Ok(values)
 }
 
@@ -1549,6 +1556,7 @@ pub async fn export(
             .details(json!({ "keys": keys, "format": format.as_str(), "resolved": resolve_refs })),
     );
     state.audit.record(events).await?;
+    state.metrics.secrets_read.inc_by(secrets.len() as u64);
     Ok(file)
 }
 

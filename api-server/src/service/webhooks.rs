@@ -1016,6 +1016,9 @@ async fn deliver(state: &AppState, delivery: Claimed) -> ApiResult<()> {
     let outcome = send(state, &hook, &delivery, started).await;
     let duration = i64::try_from(clock.elapsed().as_millis()).unwrap_or(i64::MAX);
     let succeeded = outcome.status.is_some_and(|s| (200..300).contains(&s));
+    if !succeeded {
+        state.metrics.webhook_failures.inc();
+    }
     let attempt = delivery.attempts + 1;
     let now = Timestamp::now();
     let next = if succeeded {

@@ -19,6 +19,7 @@ mod isolation;
 mod keys;
 mod limits;
 mod login_failures;
+mod metrics;
 mod openapi;
 mod org_audit;
 mod orgs;

@@ -823,7 +823,16 @@ async fn verify_connection(
             Limit::DynamicChecksPerOrg,
             &ctx.project.org.org.id.to_string(),
         )
-        .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
+        .map_err(|retry_after| {
+            state
+                .metrics
+                .rate_limited
+                .get_or_create(&crate::metrics::LimitLabels {
+                    limit: Limit::DynamicChecksPerOrg.as_str(),
+                })
+                .inc();
+            ApiError::RateLimited { retry_after }
+        })?;
     let probe = format!("verify-{}", uuid::Uuid::now_v7());
     let conn = Connection {
         id: &probe,
@@ -1188,7 +1197,9 @@ pub async fn issue(
     };
     let lease = task
         .await
-        .map_err(|e| ApiError::internal(anyhow::anyhow!("issuing a lease: {e}")))??;
+        .map_err(|e| ApiError::internal(anyhow::anyhow!("issuing a lease: {e}")))?;
+    state.metrics.lease("issue", lease.is_ok());
+    let lease = lease?;
     Ok(Issued {
         lease,
         replayed: false,
@@ -1500,6 +1511,7 @@ pub async fn renew(
         )
         .await?;
         tx.commit().await?;
+        state.metrics.lease("renew", false);
         return Err(ApiError::upstream(
             "engine_failed",
             format!(
@@ -1532,6 +1544,7 @@ pub async fn renew(
     )
     .await?;
     tx.commit().await?;
+    state.metrics.lease("renew", true);
     Ok(lease_to_api(&lease, &secret.name))
 }
 
@@ -1716,6 +1729,7 @@ async fn revoke_now(
                 )
                 .await?;
             }
+            state.metrics.lease("revoke", true);
             Revocation::Done
         }
         Err(e) => {
@@ -1760,6 +1774,7 @@ async fn revoke_now(
                 )?;
             }
             tracing::warn!(lease = %lease.id, attempts, "revoking a lease failed; retried later");
+            state.metrics.lease("revoke", false);
             Revocation::Failed
         }
     };
