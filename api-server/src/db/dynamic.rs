@@ -382,8 +382,8 @@ pub async fn live_leases<'e>(ex: impl AnyExecutor<'e>, secret: &str) -> Result<i
     .await
 }
 
-/// The ids of a dynamic secret's active leases.
-pub async fn active_lease_ids<'e>(
+/// The ids of a dynamic secret's leases that may hold a role: active, or being revoked.
+pub async fn revocable_lease_ids<'e>(
     ex: impl AnyExecutor<'e>,
     secret: &str,
 ) -> Result<Vec<String>, sqlx::Error> {
@@ -487,6 +487,24 @@ pub async fn finish<'e>(
     Ok(done.rows_affected() == 1)
 }
 
+/// A `creating` lease whose creation made nothing (its statements rolled back, and the name is
+/// another's): `failed` at once, with nothing to revoke.
+pub async fn fail_untouched<'e>(
+    ex: impl AnyExecutor<'e>,
+    id: &str,
+    now: Timestamp,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE leases SET state = 'failed', end_reason = 'failed', revoked_at = $1, \
+         updated_at = $1 WHERE id = $2 AND state = 'creating'",
+    )
+    .bind(now)
+    .bind(id)
+    .execute(ex)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// Revoking a lease failed: the next attempt is due at `next`.
 pub async fn revocation_failed<'e>(
     ex: impl AnyExecutor<'e>,
@@ -526,24 +544,30 @@ pub async fn creation_failed<'e>(
 }
 
 /// Leases the reaper should revoke now: expired active ones, `creating` ones older than
-/// `stale_before`, and `revoking` ones whose retry is due (and no one holds).
+/// `stale_before`, and `revoking` ones whose retry is due (and no one holds), soonest expired
+/// first, at most `per_secret` of one dynamic secret: `(id, state, dynamic secret)`.
 pub async fn due<'e>(
     ex: impl AnyExecutor<'e>,
     now: Timestamp,
     stale_before: Timestamp,
     limit: i64,
-) -> Result<Vec<(String, String)>, sqlx::Error> {
+    per_secret: i64,
+) -> Result<Vec<(String, String, String)>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, state FROM leases WHERE \
-           ((state = 'active' AND expires_at <= $1) \
-            OR (state = 'creating' AND created_at <= $2) \
-            OR (state = 'revoking' AND (next_attempt_at IS NULL OR next_attempt_at <= $1))) \
-           AND (locked_until IS NULL OR locked_until < $1) \
-         ORDER BY expires_at LIMIT $3",
+        "SELECT id, state, dynamic_secret_id FROM ( \
+           SELECT id, state, dynamic_secret_id, expires_at, ROW_NUMBER() OVER \
+             (PARTITION BY dynamic_secret_id ORDER BY expires_at) AS place \
+           FROM leases WHERE \
+             ((state = 'active' AND expires_at <= $1) \
+              OR (state = 'creating' AND created_at <= $2) \
+              OR (state = 'revoking' AND (next_attempt_at IS NULL OR next_attempt_at <= $1))) \
+             AND (locked_until IS NULL OR locked_until < $1) \
+         ) AS due WHERE place <= $4 ORDER BY expires_at LIMIT $3",
     )
     .bind(now)
     .bind(stale_before)
     .bind(limit)
+    .bind(per_secret)
     .fetch_all(ex)
     .await
 }

@@ -874,3 +874,54 @@ async fn a_server_killed_mid_issue_leaves_no_role_without_a_lease_after_restart(
         "the administrator URL reached the log"
     );
 }
+
+/// A creation that fails because a name it makes exists already made nothing (its statements
+/// roll back together): the lease fails at once, and nothing is revoked — the role of that name
+/// is someone else's.
+#[tokio::test]
+async fn a_name_taken_by_someone_else_fails_the_lease_and_is_left_alone() {
+    let Some(url) = admin_url() else { return };
+    let app = TestApp::sqlite(|c| c.dynamic_reaper_interval_ms = 30_000).await;
+    let ann = acme_web(&app).await;
+    let name = unique_name();
+    let theirs = format!("{}theirs", role_prefix(&name));
+    exec(&url, &format!("CREATE ROLE {theirs} LOGIN")).await;
+    let statements = [
+        "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}'".to_owned(),
+        format!("CREATE ROLE {theirs}"),
+    ];
+    create(
+        &app,
+        &ann,
+        &url,
+        &name,
+        json!({ "creation_statements": statements }),
+    )
+    .await;
+    let m = issue(&app, &ann.access, &name, json!({}))
+        .await
+        .assert_error(StatusCode::BAD_GATEWAY, "engine_failed");
+    assert!(m.contains("already exists"), "{m}");
+    let listed = app
+        .get(
+            &format!("{DEV}/dynamic-secrets/{name}/leases"),
+            Some(&ann.access),
+        )
+        .await
+        .json();
+    assert_eq!(
+        listed["items"][0]["state"], "failed",
+        "failed at once, with nothing to revoke: {listed}"
+    );
+    assert_eq!(
+        roles(&url, &role_prefix(&name)).await,
+        [theirs.as_str()],
+        "only theirs, untouched"
+    );
+    let r = app
+        .delete(&format!("{DEV}/dynamic-secrets/{name}"), Some(&ann.access))
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
+    assert_eq!(roles(&url, &role_prefix(&name)).await, [theirs.as_str()]);
+    exec(&url, &format!("DROP ROLE {theirs}")).await;
+}

@@ -24,15 +24,21 @@ pub enum EngineError {
     Unreachable(String),
     /// The system refused: bad credentials, missing privilege, a failing statement.
     Refused(String),
+    /// The credentials' name is taken by something that was there before: it is not this
+    /// lease's, and revoking it would destroy what others made.
+    Taken(String),
 }
 
 impl EngineError {
     pub fn message(&self) -> &str {
         match self {
-            Self::Unreachable(m) | Self::Refused(m) => m,
+            Self::Unreachable(m) | Self::Refused(m) | Self::Taken(m) => m,
         }
     }
 }
+
+/// PostgreSQL's `duplicate_object`: `CREATE ROLE` of a name that exists.
+const DUPLICATE_OBJECT: &str = "42710";
 
 /// The administrator's connection of one dynamic secret, at one generation (a new URL is a new
 /// generation, so pools of an old one are never reused).
@@ -151,6 +157,7 @@ impl Scrub<'_> {
         match err {
             EngineError::Unreachable(m) => EngineError::Unreachable(self.clean(m)),
             EngineError::Refused(m) => EngineError::Refused(self.clean(m)),
+            EngineError::Taken(m) => EngineError::Taken(self.clean(m)),
         }
     }
 
@@ -192,6 +199,9 @@ fn percent_decode(text: &str) -> String {
 
 fn describe(err: &sqlx::Error) -> EngineError {
     match err {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some(DUPLICATE_OBJECT) => {
+            EngineError::Taken(db.message().to_owned())
+        }
         sqlx::Error::Database(db) => EngineError::Refused(db.message().to_owned()),
         sqlx::Error::Io(e) => EngineError::Unreachable(format!("cannot connect: {e}")),
         sqlx::Error::Tls(e) => EngineError::Unreachable(format!("TLS: {e}")),

@@ -69,8 +69,13 @@ const DEFAULT_PASSWORD_LENGTH: u32 = 32;
 /// What `{{environment}}` and `{{secret}}` keep of their slugs.
 const TEMPLATE_PART_LEN: usize = 16;
 const RANDOM_LEN: usize = 10;
-/// Leases revoked per reaper batch.
+/// Leases revoked per reaper batch, at most [`REAP_PER_SECRET`] of one dynamic secret (so that
+/// one tenant's thousand expired leases do not fill every batch), [`REAP_CONCURRENCY`] at once.
 const REAP_BATCH: i64 = 32;
+const REAP_PER_SECRET: i64 = 4;
+const REAP_CONCURRENCY: usize = 8;
+/// A reaper round starts no new batch after this: the rest waits for the next round.
+const REAP_ROUND: Duration = Duration::from_secs(30);
 
 const CONNECTION_FIELD: Field = Field::Other("engine.connection");
 const PASSWORD_FIELD: Field = Field::Other("lease.password");
@@ -802,7 +807,7 @@ fn engine_refusal(e: &EngineError) -> ApiError {
             "connection_failed",
             format!("cannot connect to the database: {m}"),
         ),
-        EngineError::Refused(m) => {
+        EngineError::Refused(m) | EngineError::Taken(m) => {
             invalid("connection_refused", format!("the database refused: {m}"))
         }
     }
@@ -1293,9 +1298,22 @@ async fn complete_issue(
         Err(e) => {
             let message = e.message().to_owned();
             db::dynamic::creation_failed(&mut *tx, &lease.id, &message, now).await?;
-            // Whatever the statements did before failing is revoked by the reaper, at once.
-            db::dynamic::claim_for_revoking(&mut *tx, &lease.id, &["creating"], "failed", now, now)
+            if matches!(e, EngineError::Taken(_)) {
+                // The statements ran in one transaction, rolled back: the role of that name is
+                // someone else's, and is left alone.
+                db::dynamic::fail_untouched(&mut *tx, &lease.id, now).await?;
+            } else {
+                // Whatever the statements did before failing is revoked by the reaper, at once.
+                db::dynamic::claim_for_revoking(
+                    &mut *tx,
+                    &lease.id,
+                    &["creating"],
+                    "failed",
+                    now,
+                    now,
+                )
                 .await?;
+            }
             record(
                 &mut tx,
                 by,
@@ -1317,7 +1335,7 @@ async fn complete_issue(
                     "engine_unavailable",
                     format!("cannot reach the database: {m}"),
                 ),
-                EngineError::Refused(m) => ApiError::upstream(
+                EngineError::Refused(m) | EngineError::Taken(m) => ApiError::upstream(
                     "engine_failed",
                     format!("the database refused to create the credentials: {m}"),
                 ),
@@ -1618,7 +1636,7 @@ async fn revoke_every_lease(
     secret: &DynamicSecretRow,
 ) -> ApiResult<RevokedLeases> {
     let mut revoked = 0;
-    for id in db::dynamic::active_lease_ids(state.db.pool(), &secret.id).await? {
+    for id in db::dynamic::revocable_lease_ids(state.db.pool(), &secret.id).await? {
         if revoke_now(state, by, secret, &id, End::Asked).await? == Revocation::Done {
             revoked += 1;
         }
@@ -1796,28 +1814,27 @@ fn retry_after(state: &AppState, attempts: i64) -> Duration {
 /// passwords past their window; drops finished leases past retention. Reads before it writes,
 /// so an idle server writes nothing.
 pub async fn reap_once(state: &AppState) -> ApiResult<usize> {
+    use futures::StreamExt as _;
+    let started = tokio::time::Instant::now();
     let mut done = 0;
     let mut secrets: HashMap<String, Arc<DynamicSecretRow>> = HashMap::new();
     for _ in 0..32 {
         let now = Timestamp::now();
         let stale = now.minus(state.dynamic.stale_after());
-        let due = db::dynamic::due(state.db.pool(), now, stale, REAP_BATCH).await?;
+        let due =
+            db::dynamic::due(state.db.pool(), now, stale, REAP_BATCH, REAP_PER_SECRET).await?;
         let batch = due.len();
-        for (id, lease_state) in due {
-            let Some(lease) = db::dynamic::lease_by_id(state.db.pool(), &id).await? else {
-                continue;
-            };
-            let secret = match secrets.get(&lease.dynamic_secret_id) {
+        let mut work = Vec::with_capacity(batch);
+        for (id, lease_state, secret_id) in due {
+            let secret = match secrets.get(&secret_id) {
                 Some(s) => s.clone(),
                 None => {
-                    let Some(s) =
-                        db::dynamic::secret_by_id(state.db.pool(), &lease.dynamic_secret_id)
-                            .await?
+                    let Some(s) = db::dynamic::secret_by_id(state.db.pool(), &secret_id).await?
                     else {
                         continue;
                     };
                     let s = Arc::new(s);
-                    secrets.insert(s.id.clone(), s.clone());
+                    secrets.insert(secret_id, s.clone());
                     s
                 }
             };
@@ -1826,7 +1843,20 @@ pub async fn reap_once(state: &AppState) -> ApiResult<usize> {
                 "creating" => End::Abandoned,
                 _ => End::Retry,
             };
-            match revoke_now(state, By::System, &secret, &id, end).await {
+            work.push((id, secret, end));
+        }
+        // A few at once, so that a database that does not answer holds up the others' leases
+        // for one engine timeout, not one per lease.
+        let outcomes: Vec<_> = futures::stream::iter(work)
+            .map(|(id, secret, end)| async move {
+                let outcome = revoke_now(state, By::System, &secret, &id, end).await;
+                (id, outcome)
+            })
+            .buffer_unordered(REAP_CONCURRENCY)
+            .collect()
+            .await;
+        for (id, outcome) in outcomes {
+            match outcome {
                 Ok(Revocation::Done) => done += 1,
                 Ok(_) => {}
                 Err(e) => {
@@ -1834,7 +1864,7 @@ pub async fn reap_once(state: &AppState) -> ApiResult<usize> {
                 }
             }
         }
-        if batch < usize::try_from(REAP_BATCH).unwrap_or(32) {
+        if batch < usize::try_from(REAP_BATCH).unwrap_or(32) || started.elapsed() > REAP_ROUND {
             break;
         }
     }
