@@ -741,6 +741,19 @@ async fn record(
         .details(details)
         .record(&mut **tx)
         .await?;
+    emit(tx, by, kind, lease, (secret, at), error, now).await
+}
+
+/// Puts a `lease.*` event about `lease` on its project's stream, in `tx`.
+async fn emit(
+    tx: &mut db::Tx,
+    by: By<'_>,
+    kind: EventType,
+    lease: &LeaseRow,
+    (secret, at): (&str, Option<&EnvCtx>),
+    error: Option<String>,
+    now: Timestamp,
+) -> ApiResult<()> {
     // Where the caller's request already says; otherwise looked up. The environment may be
     // gone only if the lease outlived it, which deletion refuses.
     let place = match at {
@@ -1770,26 +1783,9 @@ async fn revoke_now(
                 }))
                 .record(&mut *tx)
                 .await?;
-            if attempts == 1
-                && let Some(place) = db::dynamic::place(&mut *tx, lease.environment_id).await?
-            {
-                crate::service::events::lease(
-                    &mut tx,
-                    crate::service::events::LeaseOrigin {
-                        org: (lease.org_id, &place.org_slug),
-                        project: (lease.project_id, &place.project_slug),
-                        environment: (lease.environment_id, &place.env_slug),
-                        revision: place.revision,
-                    },
-                    kind,
-                    lease_event(
-                        &lease,
-                        &secret.name,
-                        Some(format!("revoking: {}", e.message())),
-                    ),
-                    &by.actor(),
-                    now,
-                )?;
+            if attempts == 1 {
+                let error = Some(format!("revoking: {}", e.message()));
+                emit(&mut tx, by, kind, &lease, (&secret.name, None), error, now).await?;
             }
             tracing::warn!(lease = %lease.id, attempts, "revoking a lease failed; retried later");
             state.metrics.lease("revoke", false);
