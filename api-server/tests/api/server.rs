@@ -226,3 +226,30 @@ async fn the_rotate_master_key_command_moves_every_data_key_to_the_new_master_ke
         .to_bytes();
     assert!(String::from_utf8_lossy(&body).contains("survives-rotation"));
 }
+
+#[tokio::test]
+async fn with_a_metrics_listener_metrics_are_served_there_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, metrics_port) = (free_port(), free_port());
+    let mut child = Command::new(BIN)
+        .current_dir(dir.path())
+        .env_clear()
+        .env("COFFER_LISTEN", format!("127.0.0.1:{port}"))
+        .env("COFFER_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let metrics = wait_for(&format!("http://127.0.0.1:{metrics_port}/metrics"), &client).await;
+    assert_eq!(metrics.status(), 200);
+    assert!(metrics.text().await.unwrap().contains("coffer_build_info"));
+    wait_for(&format!("http://127.0.0.1:{port}/health"), &client).await;
+    let main = client
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(main.status(), 404);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
