@@ -94,7 +94,7 @@ async fn metrics_count_requests_by_route_template_and_never_carry_what_a_request
     assert_eq!(
         find(
             "coffer_http_requests_total",
-            &[("route", "unmatched"), ("status", "404")]
+            &[("route", "unmatched"), ("method", "GET"), ("status", "404")]
         ),
         Some(1.0),
         "{}",
