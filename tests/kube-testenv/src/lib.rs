@@ -58,6 +58,8 @@ pub struct TestEnv {
     config: Config,
     kubeconfig: PathBuf,
     state_dir: PathBuf,
+    api_port: u16,
+    ca_cert: PathBuf,
     etcd_addr: SocketAddr,
     installed_crds: Mutex<BTreeSet<String>>,
     // Never written after start: its end of the pipe closes when the process exits, which tells
@@ -214,6 +216,22 @@ impl TestEnv {
             Err(kube::Error::Api(status)) if status.code == 409 => {}
             Err(e) => return Err(e).context(format!("creating ServiceAccount {namespace}/{name}")),
         }
+        let token = self.service_account_token(namespace, name).await?;
+        let mut config = self.config.clone();
+        config.auth_info = AuthInfo {
+            token: Some(token.into()),
+            ..AuthInfo::default()
+        };
+        Ok(Client::try_from(config)?)
+    }
+
+    /// A token of the existing ServiceAccount `name` in `namespace`, from the TokenRequest API,
+    /// valid for a day: what the kubelet mounts into a pod of that account.
+    pub async fn service_account_token(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> anyhow::Result<String> {
         let request = TokenRequest {
             spec: TokenRequestSpec {
                 audiences: vec![SERVICE_ACCOUNT_ISSUER.to_owned()],
@@ -222,19 +240,19 @@ impl TestEnv {
             },
             ..TokenRequest::default()
         };
-        let token = accounts
+        Ok(Api::<ServiceAccount>::namespaced(self.client()?, namespace)
             .create_token_request(name, &PostParams::default(), &request)
             .await
             .with_context(|| format!("requesting a token for ServiceAccount {namespace}/{name}"))?
             .status
             .context("the TokenRequest has no status")?
-            .token;
-        let mut config = self.config.clone();
-        config.auth_info = AuthInfo {
-            token: Some(token.into()),
-            ..AuthInfo::default()
-        };
-        Ok(Client::try_from(config)?)
+            .token)
+    }
+
+    /// A kubeconfig (YAML) for this control plane that authenticates with `token`, for a
+    /// program run as another identity (a ServiceAccount's token, say).
+    pub fn kubeconfig_with_token(&self, token: &str) -> String {
+        kubeconfig_yaml(self.api_port, &self.ca_cert, token)
     }
 
     /// A client that acts as `user` in `groups` (plus `system:authenticated`), by impersonation
@@ -646,6 +664,8 @@ fn start_once(
         config,
         kubeconfig,
         state_dir: dir,
+        api_port,
+        ca_cert: cert,
         etcd_addr,
         installed_crds: Mutex::new(
             crds.iter()
