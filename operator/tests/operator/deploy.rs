@@ -24,7 +24,7 @@ fn repo_file(path: &str) -> PathBuf {
 }
 
 /// `kubectl apply -n namespace -f - [args]` with `manifest` on stdin.
-fn kubectl_apply(env: &TestEnv, namespace: &str, manifest: &str, args: &[&str]) {
+pub(crate) fn kubectl_apply(env: &TestEnv, namespace: &str, manifest: &str, args: &[&str]) {
     let mut child = env
         .kubectl()
         .unwrap()
@@ -49,7 +49,7 @@ fn kubectl_apply(env: &TestEnv, namespace: &str, manifest: &str, args: &[&str]) 
     );
 }
 
-fn read(path: &str) -> String {
+pub(crate) fn read(path: &str) -> String {
     std::fs::read_to_string(repo_file(path)).unwrap()
 }
 
@@ -87,7 +87,7 @@ async fn operator_client(env: &TestEnv, operator_namespace: &str) -> kube::Clien
 const HASH_KEY: &str = "coffer-operator-hash-key";
 
 #[track_caller]
-fn assert_forbidden<T: std::fmt::Debug>(what: &str, result: Result<T, kube::Error>) {
+pub(crate) fn assert_forbidden<T: std::fmt::Debug>(what: &str, result: Result<T, kube::Error>) {
     assert!(
         matches!(&result, Err(kube::Error::Api(e)) if e.code == 403),
         "{what}: {result:?}"
@@ -226,7 +226,7 @@ async fn the_examples_sync_end_to_end_under_the_documented_rbac_only() {
 
 /// A `Project` "web" and an `Environment` "web-prod" of its production environment in
 /// `namespace`, made by the admin.
-async fn project_and_environment(kube: &kube::Client, namespace: &str) {
+pub(crate) async fn project_and_environment(kube: &kube::Client, namespace: &str) {
     let project: Project = serde_json::from_value(json!({
         "apiVersion": "coffer.dev/v1alpha1", "kind": "Project",
         "metadata": { "name": "web" },
@@ -251,7 +251,13 @@ async fn project_and_environment(kube: &kube::Client, namespace: &str) {
 }
 
 /// Waits until Secret `namespace/name` holds `key` = `value`.
-async fn wait_for_value(kube: &kube::Client, namespace: &str, name: &str, key: &str, value: &str) {
+pub(crate) async fn wait_for_value(
+    kube: &kube::Client,
+    namespace: &str,
+    name: &str,
+    key: &str,
+    value: &str,
+) {
     let secrets = Api::<Secret>::namespaced(kube.clone(), namespace);
     wait_until(
         &format!("{namespace}/{name} holds {key}"),

@@ -2,6 +2,7 @@
 //! control plane starts for all of them (see `tests/kube-testenv`), and a real coffer-server.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod chart;
 mod crds;
 mod credentials;
 mod deploy;

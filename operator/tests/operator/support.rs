@@ -86,6 +86,8 @@ pub struct Coffer {
     pub ca_pem: Option<String>,
     /// The most event streams it serves at once (its default when `None`).
     event_streams_max: Option<u32>,
+    /// A whole configuration to run with instead of the tests' defaults.
+    configured: Option<coffer_server::config::Config>,
     addr: SocketAddr,
     dir: tempfile::TempDir,
     running: Option<(CancellationToken, JoinHandle<()>)>,
@@ -126,16 +128,43 @@ impl Coffer {
             admin_token: String::new(),
             ca_pem,
             event_streams_max,
+            configured: None,
             addr,
             dir,
             running: None,
         };
-        coffer.resume().await;
-        let http = coffer.http();
+        coffer.register().await;
+        coffer
+    }
+
+    /// A server run with `config` as it stands (its own address, data directory, TLS), which
+    /// `url` reaches and whose certificate `ca_pem` signs; with organization [`ORG`], its owner,
+    /// and an admin API key.
+    pub async fn start_configured(
+        config: coffer_server::config::Config,
+        url: String,
+        ca_pem: Option<String>,
+    ) -> Self {
+        let mut coffer = Self {
+            url,
+            admin_token: String::new(),
+            ca_pem,
+            event_streams_max: None,
+            addr: config.listen,
+            configured: Some(config),
+            dir: tempfile::tempdir().unwrap(),
+            running: None,
+        };
+        coffer.register().await;
+        coffer
+    }
+
+    /// Starts the server, then registers the owner, the organization and the admin API key.
+    async fn register(&mut self) {
+        self.resume().await;
+        let http = self.http();
         let post = |path: &str, token: Option<String>, body: Value| {
-            let mut request = http
-                .post(format!("{}/api/v1/{path}", coffer.url))
-                .json(&body);
+            let mut request = http.post(format!("{}/api/v1/{path}", self.url)).json(&body);
             if let Some(token) = token {
                 request = request.bearer_auth(token);
             }
@@ -164,24 +193,16 @@ impl Coffer {
             json!({ "name": "operator tests", "read_only": false }),
         )
         .await;
-        coffer.admin_token = key["token"].as_str().unwrap().to_owned();
-        coffer
+        self.admin_token = key["token"].as_str().unwrap().to_owned();
     }
 
     /// Starts (again) serving the same data on the same address.
     pub async fn resume(&mut self) {
         assert!(self.running.is_none(), "already running");
-        let mut config = coffer_server::config::Config::defaults();
-        config.data_dir = self.dir.path().to_path_buf();
-        config.listen = self.addr;
-        config.password_hash_concurrency = Some(2);
-        if let Some(max) = self.event_streams_max {
-            config.event_streams_max = max;
-        }
-        if self.ca_pem.is_some() {
-            config.tls_cert = Some(self.dir.path().join("tls.crt"));
-            config.tls_key = Some(self.dir.path().join("tls.key"));
-        }
+        let config = match &self.configured {
+            Some(config) => config.clone(),
+            None => self.test_config(),
+        };
         let state = coffer_server::start(config).await.unwrap();
         let stop = CancellationToken::new();
         let task = tokio::spawn({
@@ -204,6 +225,22 @@ impl Coffer {
         })
         .await
         .unwrap();
+    }
+
+    /// The tests' configuration: SQLite in the temporary directory, on the fixed address.
+    fn test_config(&self) -> coffer_server::config::Config {
+        let mut config = coffer_server::config::Config::defaults();
+        config.data_dir = self.dir.path().to_path_buf();
+        config.listen = self.addr;
+        config.password_hash_concurrency = Some(2);
+        if let Some(max) = self.event_streams_max {
+            config.event_streams_max = max;
+        }
+        if self.ca_pem.is_some() {
+            config.tls_cert = Some(self.dir.path().join("tls.crt"));
+            config.tls_key = Some(self.dir.path().join("tls.key"));
+        }
+        config
     }
 
     /// Stops serving; connections are refused until [`Coffer::resume`].
