@@ -11,7 +11,7 @@ use crate::Error;
 use crate::error::describe_json_error;
 use crate::stream::EventStream;
 use crate::types::{
-    BulkUpsertRequest, CreateDynamicSecretRequest, CreateEnvironmentRequest, CreateProjectRequest,
+    BulkUpsertRequest, Comparison, CopyReport, CopySecretsRequest, CreateDynamicSecretRequest, CreateEnvironmentRequest, CreateProjectRequest,
     CreateServiceTokenRequest, DynamicSecret, Environment, EnvironmentDetail, ErrorResponse,
     IssueLeaseRequest, IssuedLease, IssuedServiceToken, Lease, Page, Project, PutSecretRequest,
     RenewLeaseRequest, Secret, SecretsPage, WriteReport,
@@ -229,6 +229,44 @@ impl Client {
     ) -> Result<WriteReport, Error> {
         let url = self.secrets_url(org, project, env, None)?;
         self.json(self.request(Method::PUT, url).json(req)).await
+    }
+
+    /// Environments `base` and `head` of `project` side by side, key by key; with `reveal`,
+    /// the values too (the caller must be able to read both; audited as reads).
+    pub async fn compare(
+        &self,
+        org: &str,
+        project: &str,
+        base: &str,
+        head: &str,
+        reveal: bool,
+    ) -> Result<Comparison, Error> {
+        let mut url = self.url(&[org, "projects", project, "compare"])?;
+        url.query_pairs_mut()
+            .append_pair("base", base)
+            .append_pair("head", head)
+            .append_pair("reveal", if reveal { "true" } else { "false" });
+        self.json(self.request(Method::GET, url)).await
+    }
+
+    /// Copies secrets of environment `req.from` into `env`, in one transaction.
+    pub async fn copy_secrets(
+        &self,
+        org: &str,
+        project: &str,
+        env: &str,
+        req: &CopySecretsRequest,
+    ) -> Result<CopyReport, Error> {
+        let url = self.url(&[
+            org,
+            "projects",
+            project,
+            "environments",
+            env,
+            "secrets",
+            "copy",
+        ])?;
+        self.json(self.request(Method::POST, url).json(req)).await
     }
 
     /// Deletes a secret (its history is kept on the server).

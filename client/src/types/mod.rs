@@ -32,8 +32,9 @@ pub use projects::{
 pub use revealed::Revealed;
 pub use roles::{EnvAccess, OrgRole, ProjectRole};
 pub use secrets::{
-    BulkUpsertRequest, CreateSecretRequest, PutSecretRequest, RollbackRequest, Secret, SecretsPage,
-    WriteReport,
+    BulkUpsertRequest, ComparedKey, ComparedVersion, Comparison, ComparisonSummary, CopyReport,
+    CopySecretsRequest, CreateSecretRequest, KeyComparison, PutSecretRequest, RollbackRequest,
+    Secret, SecretsPage, WriteReport,
 };
 pub use service_tokens::{
     CreateServiceTokenRequest, IssuedServiceToken, ServiceToken, TokenAccess,

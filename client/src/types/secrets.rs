@@ -78,6 +78,91 @@ pub struct WriteReport {
     pub revision: Option<i64>,
 }
 
+/// How a key stands between the two environments of a comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum KeyComparison {
+    OnlyInBase,
+    OnlyInHead,
+    /// In both, with different values.
+    Different,
+    /// In both, with the same value.
+    Same,
+}
+
+/// A key's current version in one environment of a comparison.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+pub struct ComparedVersion {
+    pub version: i64,
+    pub updated_at: Timestamp,
+    /// The value as stored (references unresolved); only with `reveal=true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Revealed>,
+}
+
+/// One key of a comparison.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+pub struct ComparedKey {
+    pub key: String,
+    pub status: KeyComparison,
+    pub base: Option<ComparedVersion>,
+    pub head: Option<ComparedVersion>,
+}
+
+/// How many keys of a comparison stand each way.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+pub struct ComparisonSummary {
+    pub only_in_base: usize,
+    pub only_in_head: usize,
+    pub different: usize,
+    pub same: usize,
+}
+
+/// Two environments of a project side by side, key by key (sorted by key).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+pub struct Comparison {
+    pub base: String,
+    pub head: String,
+    pub summary: ComparisonSummary,
+    pub keys: Vec<ComparedKey>,
+}
+
+/// Copies secrets of another environment of the project into this one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CopySecretsRequest {
+    /// The source environment (slug).
+    pub from: String,
+    /// The keys to copy (each must exist in the source); absent: every secret of the source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<Vec<String>>,
+    /// Replace the values of keys the target already has; otherwise they are skipped.
+    #[serde(default)]
+    pub overwrite: bool,
+    /// Write references (`${from.KEY}`) instead of the values, so the target follows the source.
+    #[serde(default)]
+    pub as_reference: bool,
+}
+
+/// What a copy did, key by key (values are never echoed).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+pub struct CopyReport {
+    pub created: Vec<String>,
+    pub updated: Vec<String>,
+    pub unchanged: Vec<String>,
+    /// Keys the target already had with another value, left alone (no `overwrite`).
+    pub skipped: Vec<String>,
+    /// The target environment's revision afterwards (`null`: nothing changed).
+    pub revision: Option<i64>,
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
