@@ -3,6 +3,7 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, delete, get, put};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -21,15 +22,25 @@ use crate::service::{self, ClientMeta};
 use crate::state::AppState;
 
 pub use coffer_client::types::{
-    BulkUpsertRequest, CreateSecretRequest, PutSecretRequest, RollbackRequest, Secret, SecretsPage,
-    WriteReport,
+    BulkUpsertRequest, Comparison, CopyReport, CopySecretsRequest, CreateSecretRequest,
+    PutSecretRequest, RollbackRequest, Secret, SecretsPage, WriteReport,
 };
+
+const SECRETS: &str = "/{org}/projects/{project}/environments/{env}/secrets";
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_secret, read_all, bulk_upsert))
         .routes(routes!(export))
         .routes(routes!(import))
+        .routes(routes!(copy_secrets))
+        .routes(routes!(compare))
+        // These paths name an operation of the collection for one method (GET …/export with a
+        // format, POST …/import and …/copy); for the others they name the secret of that key,
+        // as `…/secrets/{key}` does for every other key.
+        .route(&format!("{SECRETS}/export"), secret_named("export", false))
+        .route(&format!("{SECRETS}/import"), secret_named("import", true))
+        .route(&format!("{SECRETS}/copy"), secret_named("copy", true))
         .routes(routes!(read_secret, put_secret, delete_secret))
         .routes(routes!(restore_secret))
         .routes(routes!(list_versions))
@@ -115,7 +126,7 @@ pub struct ResolveParams {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct FormatParams {
-    /// `dotenv` (default), `json` or `yaml`.
+    /// `dotenv`, `json` or `yaml` (import: default `dotenv`).
     pub format: Option<String>,
     /// Resolve `${…}` references (export only; default false, so an export imports back as is).
     pub resolve: Option<bool>,
@@ -128,6 +139,45 @@ fn format_of(params: &FormatParams) -> Result<Format, ApiError> {
         .unwrap_or("dotenv")
         .parse()
         .map_err(|_| ApiError::bad_request("invalid_query", "format must be dotenv, json or yaml"))
+}
+
+/// The segments of the secret `key` of the environment at `p`.
+fn named(p: EnvSegments, key: &str) -> Path<KeySegments> {
+    Path((p.0, p.1, p.2, key.to_owned()))
+}
+
+/// GET (unless `get` is false), PUT and DELETE of the secret `key`, for a path where a fixed
+/// route would otherwise hide it.
+fn secret_named(key: &'static str, get_too: bool) -> MethodRouter<AppState> {
+    let router = put(
+        move |state: State<AppState>,
+              meta: ClientMeta,
+              principal: Caller,
+              Path(p): Path<EnvSegments>,
+              body: Json<PutSecretRequest>| {
+            put_secret(state, meta, principal, named(p, key), body)
+        },
+    )
+    .merge(delete(
+        move |state: State<AppState>,
+              meta: ClientMeta,
+              principal: Caller,
+              Path(p): Path<EnvSegments>| {
+            delete_secret(state, meta, principal, named(p, key))
+        },
+    ));
+    if !get_too {
+        return router;
+    }
+    router.merge(get(
+        move |state: State<AppState>,
+              meta: ClientMeta,
+              principal: Caller,
+              Path(p): Path<EnvSegments>,
+              query: Query<ResolveParams>| {
+            read_secret(state, meta, principal, named(p, key), query)
+        },
+    ))
 }
 
 fn secret_path(p: &KeySegments) -> Result<(EnvPath<'_>, &str), ApiError> {
@@ -235,7 +285,8 @@ pub async fn bulk_upsert(
     ))
 }
 
-/// The environment's secrets as a `.env`, JSON or YAML file.
+/// The environment's secrets as a `.env`, JSON or YAML file (`format` is required: without it,
+/// this path reads the secret whose key is `export`).
 #[utoipa::path(
     get, path = "/{org}/projects/{project}/environments/{env}/secrets/export", tag = "secrets", security(("bearer" = [])),
     params(("org" = String, Path), ("project" = String, Path), ("env" = String, Path), FormatParams),
@@ -248,6 +299,13 @@ pub async fn export(
     Path(p): Path<EnvSegments>,
     Query(params): Query<FormatParams>,
 ) -> Result<Response, ApiError> {
+    if params.format.is_none() {
+        let resolve = Query(ResolveParams {
+            resolve: params.resolve,
+        });
+        let secret = read_secret(State(state), meta, principal, named(p, "export"), resolve);
+        return Ok(secret.await?.into_response());
+    }
     let format = format_of(&params)?;
     let file = service::secrets::export(
         &state,
@@ -297,6 +355,70 @@ pub async fn import(
             .await?
             .into(),
     ))
+}
+
+/// Copy secrets of another environment of the project into this one, in one transaction: the
+/// values as stored, or references to them (`as_reference`). Keys this environment has with
+/// another value are skipped unless `overwrite`. Nothing changes when the caller may not read
+/// the source or write here, or when a named key is not in the source.
+#[utoipa::path(
+    post, path = "/{org}/projects/{project}/environments/{env}/secrets/copy", tag = "secrets", security(("bearer" = [])),
+    params(("org" = String, Path), ("project" = String, Path), ("env" = String, Path)), request_body = CopySecretsRequest,
+    responses((status = 200, body = CopyReport), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse), (status = 409, body = ErrorResponse), (status = 422, body = ErrorResponse))
+)]
+pub async fn copy_secrets(
+    State(state): State<AppState>,
+    meta: ClientMeta,
+    principal: Caller,
+    Path(p): Path<EnvSegments>,
+    Json(req): Json<CopySecretsRequest>,
+) -> Result<Json<CopyReport>, ApiError> {
+    let report = service::sharing::copy(&state, &meta, &principal, path(&p), req).await?;
+    Ok(Json(CopyReport {
+        created: report.created,
+        updated: report.updated,
+        unchanged: report.unchanged,
+        skipped: report.skipped,
+        revision: report.revision,
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CompareParams {
+    /// The environment compared against (slug).
+    pub base: String,
+    /// The environment compared with it (slug).
+    pub head: String,
+    /// Include the values as stored (audited as reads of both environments; default false).
+    pub reveal: Option<bool>,
+}
+
+/// Two environments of the project side by side, key by key: only in one, different or the
+/// same, with versions and update times. Both must be readable by the caller.
+#[utoipa::path(
+    get, path = "/{org}/projects/{project}/compare", tag = "secrets", security(("bearer" = [])),
+    params(("org" = String, Path), ("project" = String, Path), CompareParams),
+    responses((status = 200, body = Comparison), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse))
+)]
+pub async fn compare(
+    State(state): State<AppState>,
+    meta: ClientMeta,
+    principal: Caller,
+    Path((org, project)): Path<(String, String)>,
+    Query(params): Query<CompareParams>,
+) -> Result<Json<Comparison>, ApiError> {
+    let comparison = service::sharing::compare(
+        &state,
+        &meta,
+        &principal,
+        &org,
+        &project,
+        (&params.base, &params.head),
+        params.reveal.unwrap_or(false),
+    )
+    .await?;
+    Ok(Json(comparison))
 }
 
 /// One secret (`?resolve=true` resolves its references).

@@ -12,6 +12,7 @@ pub mod orgs;
 pub mod projects;
 pub mod secrets;
 pub mod service_tokens;
+pub mod sharing;
 pub mod teams;
 pub mod tenancy;
 pub mod webhooks;

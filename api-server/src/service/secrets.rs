@@ -43,6 +43,8 @@ pub mod action {
     pub const BULK_UPSERTED: &str = "secrets.bulk_upserted";
     pub const IMPORTED: &str = "secrets.imported";
     pub const EXPORTED: &str = "secrets.exported";
+    pub const COPIED: &str = "secrets.copied";
+    pub const COMPARED: &str = "secrets.compared";
     pub const KEY_ROTATED: &str = "project.key_rotated";
 }
 
@@ -461,7 +463,12 @@ async fn seal_versions(
     Ok((written, seals))
 }
 
-fn audit(meta: &ClientMeta, principal: &Caller, ctx: &EnvCtx, what: &'static str) -> AuditEvent {
+pub(super) fn audit(
+    meta: &ClientMeta,
+    principal: &Caller,
+    ctx: &EnvCtx,
+    what: &'static str,
+) -> AuditEvent {
     AuditEvent::new(what, Outcome::Success, meta)
         .by(principal)
         .org(ctx.project.org.org.id)
@@ -494,7 +501,7 @@ pub async fn current_raw_value(
 }
 
 /// The environment's current values by key (unresolved).
-async fn current_values(
+pub(super) async fn current_values(
     state: &AppState,
     ctx: &EnvCtx,
 ) -> ApiResult<BTreeMap<String, SecretValue>> {
@@ -840,7 +847,7 @@ fn too_many_secrets(max: i64) -> ApiError {
 }
 
 /// Refuses a bulk write or import of more entries than configured, before any other work.
-fn check_entry_count(state: &AppState, entries: usize) -> ApiResult<()> {
+pub(super) fn check_entry_count(state: &AppState, entries: usize) -> ApiResult<()> {
     let max = state.config.max_bulk_entries;
     if entries > usize::try_from(max).unwrap_or(usize::MAX) {
         return Err(ApiError::validation(
@@ -852,14 +859,54 @@ fn check_entry_count(state: &AppState, entries: usize) -> ApiResult<()> {
 }
 
 /// Writes `inputs` in one transaction: creating, updating, and leaving identical ones alone.
-async fn upsert(
+/// Whether a bulk write replaces the values of the keys the environment already has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Overwrite {
+    Yes,
+    /// They are left alone and reported as skipped.
+    No,
+}
+
+/// How a bulk write goes.
+#[derive(Debug)]
+pub(super) struct BulkWrite {
+    /// Its audit action.
+    pub what: &'static str,
+    pub overwrite: Overwrite,
+    /// Audit events of other environments recorded in the same transaction (the read of a
+    /// copy's source).
+    pub also: Vec<AuditEvent>,
+    /// More details of its audit event (an object), beside what it created and updated.
+    pub details: serde_json::Value,
+}
+
+impl BulkWrite {
+    /// A write that replaces what it finds, audited as `what`.
+    fn replacing(what: &'static str) -> Self {
+        Self {
+            what,
+            overwrite: Overwrite::Yes,
+            also: Vec::new(),
+            details: json!({}),
+        }
+    }
+}
+
+/// Writes `inputs` in one transaction.
+pub(super) async fn upsert(
     state: &AppState,
     meta: &ClientMeta,
     principal: &Caller,
     ctx: &EnvCtx,
     inputs: Vec<SecretInput>,
-    what: &'static str,
+    how: BulkWrite,
 ) -> ApiResult<UpsertReport> {
+    let BulkWrite {
+        what,
+        overwrite,
+        also,
+        details: extra,
+    } = how;
     for input in &inputs {
         check_input(input)?;
     }
@@ -884,6 +931,7 @@ async fn upsert(
             {
                 report.unchanged.push(input.key);
             }
+            Some(_) if overwrite == Overwrite::No => report.skipped.push(input.key),
             Some(_) => {
                 report.updated.push(input.key.clone());
                 to_write.push(input);
@@ -910,6 +958,18 @@ async fn upsert(
     let mut sealed = None;
     if !to_write.is_empty() {
         report.revision = Some(lock_and_bump_environment(&mut tx, ctx, now).await?);
+        if overwrite == Overwrite::No {
+            // Under the lock: a key created since the values were read is not overwritten.
+            for key in &report.created {
+                let row = db::secrets::one(&mut *tx, ctx.env.id, key, None).await?;
+                if row.is_some_and(|r| r.deleted_at.is_none()) {
+                    return Err(ApiError::conflict(
+                        "concurrent_write",
+                        format!("`{key}` was created meanwhile; nothing was written, try again"),
+                    ));
+                }
+            }
+        }
         let (written, seals) = write_versions(
             state,
             &mut tx,
@@ -945,14 +1005,24 @@ async fn upsert(
             .await?;
         }
     }
-    let event = audit(meta, principal, ctx, what)
-        .details(json!({ "created": report.created, "updated": report.updated, "unchanged": report.unchanged.len() }));
+    let mut details = json!({ "created": report.created, "updated": report.updated, "unchanged": report.unchanged.len() });
+    if !report.skipped.is_empty() {
+        details["skipped"] = json!(report.skipped);
+    }
+    if let (Some(details), serde_json::Value::Object(extra)) = (details.as_object_mut(), extra) {
+        details.extend(extra);
+    }
+    let event = audit(meta, principal, ctx, what).details(details);
     match sealed {
         Some(s) => {
             let org = ctx.project.org.org.id;
             db::secrets::finish_write(&mut tx, &s.dek_id, s.seals, org, event.row()).await?;
         }
         None => event.record(&mut *tx).await?,
+    }
+    if !also.is_empty() {
+        let rows: Vec<AuditRow> = also.iter().map(|e| e.row().clone()).collect();
+        db::audit::insert_many(&mut tx, &rows).await?;
     }
     tx.commit().await?;
     state
@@ -1262,6 +1332,8 @@ pub struct UpsertReport {
     pub created: Vec<String>,
     pub updated: Vec<String>,
     pub unchanged: Vec<String>,
+    /// Keys the environment had with another value, left alone ([`Overwrite::No`]).
+    pub skipped: Vec<String>,
     /// The environment's revision after the write (`None`: nothing changed).
     pub revision: Option<i64>,
     pub versions: BTreeMap<String, i64>,
@@ -1329,7 +1401,15 @@ pub async fn bulk_upsert(
 ) -> ApiResult<UpsertReport> {
     let ctx = tenancy::environment(state, principal, at, Action::SecretsWrite).await?;
     check_entry_count(state, inputs.len())?;
-    upsert(state, meta, principal, &ctx, inputs, action::BULK_UPSERTED).await
+    upsert(
+        state,
+        meta,
+        principal,
+        &ctx,
+        inputs,
+        BulkWrite::replacing(action::BULK_UPSERTED),
+    )
+    .await
 }
 
 /// Deletes a secret, keeping its history (restorable).
@@ -1506,7 +1586,15 @@ pub async fn import(
             comment: None,
         })
         .collect();
-    upsert(state, meta, principal, &ctx, inputs, action::IMPORTED).await
+    upsert(
+        state,
+        meta,
+        principal,
+        &ctx,
+        inputs,
+        BulkWrite::replacing(action::IMPORTED),
+    )
+    .await
 }
 
 /// At most 64 characters of an invalid key, with control characters left out.

@@ -31,6 +31,7 @@ mod secrets;
 mod server;
 mod service_tokens;
 mod sessions;
+mod sharing;
 mod standing;
 mod teams;
 mod webhooks;
