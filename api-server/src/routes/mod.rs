@@ -10,6 +10,7 @@ pub mod health;
 pub mod meta;
 pub mod orgs;
 pub mod projects;
+mod responses;
 pub mod secrets;
 pub mod service_tokens;
 pub mod teams;
@@ -109,6 +110,7 @@ pub fn openapi() -> Arc<OpenApiDoc> {
     static DOC: OnceLock<Arc<OpenApiDoc>> = OnceLock::new();
     DOC.get_or_init(|| {
         let (_, mut doc) = api().split_for_parts();
+        responses::document(&mut doc);
         doc.info = InfoBuilder::from(doc.info)
             .version(env!("CARGO_PKG_VERSION"))
             .build();
