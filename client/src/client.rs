@@ -9,13 +9,18 @@ use serde::de::DeserializeOwned;
 
 use crate::Error;
 use crate::error::describe_json_error;
+use crate::retry_after::parse_retry_after;
 use crate::stream::EventStream;
 use crate::types::{
-    BulkUpsertRequest, Comparison, CopyReport, CopySecretsRequest, CreateDynamicSecretRequest, CreateEnvironmentRequest, CreateProjectRequest,
-    CreateServiceTokenRequest, DynamicSecret, Environment, EnvironmentDetail, ErrorResponse,
-    IssueLeaseRequest, IssuedLease, IssuedServiceToken, Lease, Page, Project, PutSecretRequest,
-    RenewLeaseRequest, Secret, SecretsPage, WriteReport,
+    BulkUpsertRequest, Comparison, CopyReport, CopySecretsRequest, CreateDynamicSecretRequest,
+    CreateEnvironmentRequest, CreateProjectRequest, CreateServiceTokenRequest, DynamicSecret,
+    Environment, EnvironmentDetail, ErrorResponse, IssueLeaseRequest, IssuedLease,
+    IssuedServiceToken, Lease, Page, Project, PutSecretRequest, RenewLeaseRequest, Secret,
+    SecretsPage, WriteReport,
 };
+
+mod auth;
+mod secrets;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an event stream may last before the client ends it (and its caller resumes it):
@@ -130,6 +135,16 @@ impl Client {
     /// The server's base URL, normalised (`http://127.0.0.1:8080/`).
     pub fn base_url(&self) -> &str {
         self.base.as_str()
+    }
+
+    /// The same client (sharing its connection pool) authenticated with `token` instead: after
+    /// a login session's tokens were refreshed, for instance.
+    #[must_use]
+    pub fn with_token(&self, token: SecretString) -> Self {
+        Self {
+            token,
+            ..self.clone()
+        }
     }
 
     /// A project and its environments.
@@ -473,12 +488,17 @@ impl Client {
 
     /// `{base}/api/v1/orgs/` followed by `segments`, each percent-encoded.
     fn url(&self, segments: &[&str]) -> Result<Url, Error> {
+        self.api_url("orgs", segments)
+    }
+
+    /// `{base}/api/v1/{resource}/` followed by `segments`, each percent-encoded.
+    fn api_url(&self, resource: &str, segments: &[&str]) -> Result<Url, Error> {
         let mut url = self.base.clone();
         {
             let mut path = url
                 .path_segments_mut()
                 .map_err(|()| Error::InvalidUrl("the URL has no host".into()))?;
-            path.pop_if_empty().extend(["api", "v1", "orgs"]);
+            path.pop_if_empty().extend(["api", "v1", resource]);
             for segment in segments {
                 // `url` would silently drop `.` and `..`, which would address another resource.
                 if segment.is_empty() || *segment == "." || *segment == ".." {
@@ -583,8 +603,7 @@ async fn api_error(response: Response, limit: usize) -> Error {
     let retry_after = headers
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+        .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
     let header_request_id = headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
@@ -719,6 +738,44 @@ mod tests {
             panic!("{err:?}");
         };
         assert_eq!((request_id.as_deref(), retry_after), (Some("req-2"), None));
+    }
+
+    #[tokio::test]
+    async fn retry_after_as_an_http_date_is_the_time_until_then() {
+        let at = std::time::SystemTime::now() + Duration::from_secs(120);
+        let date = httpdate::fmt_http_date(at);
+        let err = api_error(
+            answer(503, &[("retry-after", &date)], ""),
+            DEFAULT_MAX_RESPONSE_BYTES,
+        )
+        .await;
+        let Error::Api {
+            retry_after: Some(delay),
+            ..
+        } = err
+        else {
+            panic!("{err:?}");
+        };
+        // The date has a one-second resolution.
+        assert!(
+            (Duration::from_secs(118)..=Duration::from_secs(120)).contains(&delay),
+            "{delay:?}"
+        );
+        let err = api_error(
+            answer(429, &[("retry-after", "soon")], ""),
+            DEFAULT_MAX_RESPONSE_BYTES,
+        )
+        .await;
+        assert!(
+            matches!(
+                err,
+                Error::Api {
+                    retry_after: None,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
     }
 
     #[tokio::test]

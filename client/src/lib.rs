@@ -41,6 +41,8 @@ mod client;
 #[cfg(feature = "http")]
 mod error;
 #[cfg(feature = "http")]
+mod retry_after;
+#[cfg(feature = "http")]
 mod stream;
 
 #[cfg(feature = "http")]

@@ -10,9 +10,10 @@ use std::time::Duration;
 use coffer_client::{
     BulkUpsertRequest, ChangeAction, Client, CreateEnvironmentRequest, CreateProjectRequest,
     CreateSecretRequest, CreateServiceTokenRequest, Error, Event, EventStream, EventType, Fetched,
-    ProjectRole, PutSecretRequest, Resync, ResyncReason, SecretsPage, StreamMessage, TokenAccess,
+    FileFormat, LoginRequest, ProjectRole, PutSecretRequest, RefreshRequest, Resync, ResyncReason,
+    SecretsPage, StreamMessage, TokenAccess,
 };
-use secrecy::SecretString;
+use secrecy::{ExposeSecret as _, SecretString};
 use serde_json::{Value, json};
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -660,4 +661,184 @@ async fn an_event_stream_outlives_the_clients_request_timeout() {
         .await
         .unwrap();
     assert_eq!(next_event(&mut stream).await.environment, "production");
+}
+
+#[tokio::test]
+async fn a_login_session_is_refreshed_once_per_refresh_token_and_ended_by_logout() {
+    let server = Server::start().await;
+    // The API key's owner, ann@example.com, registered with PASSWORD.
+    server.api_key().await;
+    let anonymous = Client::anonymous(&server.base).unwrap();
+    let err = anonymous
+        .login(&LoginRequest {
+            email: "ann@example.com".into(),
+            password: SecretString::from("not the password"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(401), "{err:?}");
+    assert!(!err.to_string().contains("not the password"));
+
+    let logged_in = anonymous
+        .login(&LoginRequest {
+            email: "ann@example.com".into(),
+            password: SecretString::from(PASSWORD),
+        })
+        .await
+        .unwrap();
+    assert_eq!(logged_in.user.email, "ann@example.com");
+    assert!(logged_in.tokens.expires_in > 0);
+    let session = anonymous.with_token(logged_in.tokens.access_token.into_inner());
+    assert_eq!(session.me().await.unwrap().email, "ann@example.com");
+
+    let first = logged_in.tokens.refresh_token.into_inner();
+    let refreshed = anonymous
+        .refresh_session(&RefreshRequest {
+            refresh_token: first.clone(),
+        })
+        .await
+        .unwrap();
+    assert_ne!(refreshed.refresh_token.expose(), first.expose_secret());
+    let session = session.with_token(refreshed.access_token.into_inner());
+    session.me().await.unwrap();
+
+    session.logout().await.unwrap();
+    let err = session.me().await.unwrap_err();
+    assert_eq!(err.status(), Some(401), "{err:?}");
+    let err = anonymous
+        .refresh_session(&RefreshRequest {
+            refresh_token: refreshed.refresh_token.into_inner(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(401), "{err:?}");
+}
+
+#[tokio::test]
+async fn one_secret_is_read_its_versions_listed_and_an_earlier_one_made_current() {
+    let server = Server::start().await;
+    let client = server.client().await;
+    client
+        .create_project(ORG, &project("web", None))
+        .await
+        .unwrap();
+    for value in ["one", "two", "${OTHER}"] {
+        if value.contains("OTHER") {
+            client
+                .put_secret(ORG, "web", "development", "OTHER", &put("other"))
+                .await
+                .unwrap();
+        }
+        client
+            .put_secret(ORG, "web", "development", "KEY", &put(value))
+            .await
+            .unwrap();
+    }
+    let raw = client
+        .get_secret(ORG, "web", "development", "KEY", false)
+        .await
+        .unwrap();
+    assert_eq!((raw.value.expose(), raw.version), ("${OTHER}", 3));
+    let resolved = client
+        .get_secret(ORG, "web", "development", "KEY", true)
+        .await
+        .unwrap();
+    assert_eq!(resolved.value.expose(), "other");
+
+    let history = client
+        .secret_versions(ORG, "web", "development", "KEY", None)
+        .await
+        .unwrap();
+    let versions: Vec<i64> = history.items.iter().map(|v| v.version).collect();
+    assert_eq!(versions, [3, 2, 1]);
+    assert_eq!(history.items[0].actor.kind, "api_key");
+    assert!(history.next_cursor.is_none());
+
+    let old = client
+        .get_secret_version(ORG, "web", "development", "KEY", 1)
+        .await
+        .unwrap();
+    assert_eq!(old.value.expose(), "one");
+    let rolled = client
+        .rollback_secret(
+            ORG,
+            "web",
+            "development",
+            "KEY",
+            &coffer_client::RollbackRequest { version: 2 },
+        )
+        .await
+        .unwrap();
+    assert_eq!((rolled.value.expose(), rolled.version), ("two", 4));
+    let err = client
+        .get_secret(ORG, "web", "development", "MISSING", false)
+        .await
+        .unwrap_err();
+    assert!(err.is_not_found(), "{err:?}");
+}
+
+#[tokio::test]
+async fn an_exported_file_imports_back_in_each_format() {
+    let server = Server::start().await;
+    let client = server.client().await;
+    client
+        .create_project(ORG, &project("web", None))
+        .await
+        .unwrap();
+    client
+        .bulk_upsert(
+            ORG,
+            "web",
+            "development",
+            &BulkUpsertRequest {
+                secrets: vec![entry("A", "1"), entry("B", "two words"), entry("C", "${A}")],
+            },
+        )
+        .await
+        .unwrap();
+    for (format, env) in [
+        (FileFormat::Dotenv, "staging"),
+        (FileFormat::Json, "production"),
+    ] {
+        let file = client
+            .export_secrets(ORG, "web", "development", format, false)
+            .await
+            .unwrap();
+        assert!(file.expose_secret().contains("${A}"), "{format}");
+        let report = client
+            .import_secrets(
+                ORG,
+                "web",
+                env,
+                format,
+                file.expose_secret().as_bytes().to_vec(),
+            )
+            .await
+            .unwrap();
+        assert_eq!((report.created, report.unchanged), (3, 0), "{format}");
+        let (_, page) = read(&client, env).await;
+        let mut got = values(&page);
+        got.sort();
+        assert_eq!(
+            got,
+            [("A", "1"), ("B", "two words"), ("C", "1")],
+            "{format}"
+        );
+    }
+    let resolved = client
+        .export_secrets(ORG, "web", "development", FileFormat::Yaml, true)
+        .await
+        .unwrap();
+    assert!(!resolved.expose_secret().contains("${A}"));
+    let err = client
+        .import_secrets(
+            ORG,
+            "web",
+            "staging",
+            FileFormat::Json,
+            b"{\"A\": ".to_vec(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(422), "{err:?}");
 }

@@ -4,9 +4,12 @@
 //!
 //! Requests refuse unknown fields, as the server does; responses accept fields added later.
 
+mod auth;
 mod dynamic;
 mod errors;
 mod events;
+mod files;
+mod history;
 mod page;
 mod projects;
 pub(crate) mod revealed;
@@ -15,6 +18,7 @@ mod secrets;
 mod service_tokens;
 mod webhooks;
 
+pub use auth::{LoggedIn, LoginRequest, RefreshRequest, SessionTokens, User};
 pub use dynamic::{
     CreateDynamicSecretRequest, DynamicConnection, DynamicEngine, DynamicSecret, IssueLeaseRequest,
     IssuedLease, Lease, LeaseEvent, LeaseState, PasswordPolicy, RenewLeaseRequest, RevokedLeases,
@@ -24,6 +28,8 @@ pub use errors::{ErrorDetail, ErrorResponse};
 pub use events::{
     Actor, ChangeAction, EnvironmentRevision, Event, EventType, KeyChange, Resync, ResyncReason,
 };
+pub use files::FileFormat;
+pub use history::{SecretVersion, VersionAuthor};
 pub use page::Page;
 pub use projects::{
     CreateEnvironmentRequest, CreateProjectRequest, Environment, EnvironmentDetail, Project,
