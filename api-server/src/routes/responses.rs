@@ -54,8 +54,8 @@ const COMMON: &[Common] = &[
     },
     Common {
         status: "422",
-        description: "The body is well-formed but not valid: its `code` says why",
-        applies: with_body,
+        description: "The request is well-formed but not valid (a parameter or the body): its `code` says why",
+        applies: always,
         retry_after: false,
     },
     Common {
@@ -97,8 +97,47 @@ fn response(common: &Common) -> Response {
     response.build()
 }
 
+/// The paths of the collection's operations that also name the secret of that key, for the
+/// methods the operation does not use (see `secrets::router`).
+const NAMED_KEYS: [&str; 3] = ["export", "import", "copy"];
+const SECRET: &str = "/api/v1/orgs/{org}/projects/{project}/environments/{env}/secrets/{key}";
+
+/// Documents GET, PUT and DELETE of the secrets whose keys are the names of the collection's
+/// operations at those operations' paths, as `…/secrets/{key}` documents them for other keys.
+fn document_named_keys(doc: &mut OpenApiDoc) {
+    let Some(secret) = doc.paths.paths.get(SECRET).cloned() else {
+        return;
+    };
+    for key in NAMED_KEYS {
+        let path = SECRET.replace("{key}", key);
+        let Some(item) = doc.paths.paths.get_mut(&path) else {
+            continue;
+        };
+        for (slot, operation) in [
+            (&mut item.get, &secret.get),
+            (&mut item.put, &secret.put),
+            (&mut item.delete, &secret.delete),
+        ] {
+            let Some(operation) = operation else { continue };
+            if slot.is_some() {
+                continue;
+            }
+            let mut operation = operation.clone();
+            if let Some(parameters) = operation.parameters.as_mut() {
+                parameters.retain(|p| p.name != "key");
+            }
+            operation.operation_id = operation.operation_id.map(|id| format!("{id}_named_{key}"));
+            operation.summary = operation
+                .summary
+                .map(|s| format!("{s} (the secret whose key is `{key}`)"));
+            *slot = Some(operation);
+        }
+    }
+}
+
 /// Adds the common answers to every operation of `doc` that does not document them itself.
 pub fn document(doc: &mut OpenApiDoc) {
+    document_named_keys(doc);
     for item in doc.paths.paths.values_mut() {
         let operations = [
             &mut item.get,

@@ -290,7 +290,7 @@ pub async fn bulk_upsert(
 #[utoipa::path(
     get, path = "/{org}/projects/{project}/environments/{env}/secrets/export", tag = "secrets", security(("bearer" = [])),
     params(("org" = String, Path), ("project" = String, Path), ("env" = String, Path), FormatParams),
-    responses((status = 200, description = "the file", content_type = "text/plain"), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse))
+    responses((status = 200, description = "the file; without `format`, the secret whose key is `export`", content((String = "text/plain"), (Secret = "application/json"))), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse))
 )]
 pub async fn export(
     State(state): State<AppState>,
