@@ -12,8 +12,6 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use utoipa::IntoParams;
@@ -316,42 +314,128 @@ fn parse_forwarded_ip(entry: &[u8]) -> Option<IpAddr> {
     Some(ip.to_canonical())
 }
 
-/// `?limit=&cursor=` of every list endpoint.
+/// The most items a page holds, and how many it holds by default.
+pub const MAX_PAGE_LIMIT: u32 = 200;
+pub const DEFAULT_PAGE_LIMIT: u32 = 50;
+
+/// `?limit=`, 1 to [`MAX_PAGE_LIMIT`] (default [`DEFAULT_PAGE_LIMIT`]).
+fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+    match limit {
+        None => Ok(DEFAULT_PAGE_LIMIT),
+        Some(n) if (1..=MAX_PAGE_LIMIT).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be between 1 and {MAX_PAGE_LIMIT}"),
+        )),
+    }
+}
+
+/// `?cursor=` read as `T`, when it has the documented form (`valid`). A cursor is the sort key
+/// of the last item of the previous page, so any well-formed one names a place in the list.
+fn page_cursor<T: std::str::FromStr>(
+    cursor: Option<&str>,
+    valid: fn(&str) -> bool,
+    form: &str,
+) -> Result<Option<T>, ApiError> {
+    let Some(cursor) = cursor else {
+        return Ok(None);
+    };
+    let invalid = || ApiError::bad_request("invalid_cursor", format!("cursor must be {form}"));
+    if !valid(cursor) {
+        return Err(invalid());
+    }
+    cursor.parse().map(Some).map_err(|_| invalid())
+}
+
+fn is_slug_cursor(c: &str) -> bool {
+    (1..=63).contains(&c.len())
+        && c.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn is_id_cursor(c: &str) -> bool {
+    uuid::Uuid::try_parse(c).is_ok_and(|u| u.hyphenated().to_string() == c)
+}
+
+fn is_number_cursor(c: &str) -> bool {
+    (1..=10).contains(&c.len())
+        && c.bytes().all(|b| b.is_ascii_digit())
+        && c.parse::<u64>().is_ok_and(|n| n <= MAX_NUMBER_CURSOR)
+}
+
+/// The largest number cursor (a version, a position).
+const MAX_NUMBER_CURSOR: u64 = i32::MAX as u64;
+
+/// `?limit=&cursor=` of a list ordered by slug or name.
 #[derive(Debug, Clone, Default, serde::Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PageParams {
     /// Items per page, 1 to 200 (default 50).
     #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page: the slug the page starts after.
+    #[param(pattern = r"^[a-z0-9-]{1,63}$")]
     pub cursor: Option<String>,
 }
 
 impl PageParams {
-    pub const DEFAULT_LIMIT: u32 = 50;
-    pub const MAX_LIMIT: u32 = 200;
-
     pub fn limit(&self) -> Result<u32, ApiError> {
-        match self.limit {
-            None => Ok(Self::DEFAULT_LIMIT),
-            Some(n) if (1..=Self::MAX_LIMIT).contains(&n) => Ok(n),
-            Some(_) => Err(ApiError::bad_request(
-                "invalid_query",
-                format!("limit must be between 1 and {}", Self::MAX_LIMIT),
-            )),
-        }
+        page_limit(self.limit)
     }
 
-    /// The decoded cursor: the id after which the page starts.
+    /// The slug after which the page starts.
     pub fn cursor<T: std::str::FromStr>(&self) -> Result<Option<T>, ApiError> {
-        let Some(cursor) = &self.cursor else {
-            return Ok(None);
-        };
-        let invalid =
-            || ApiError::bad_request("invalid_cursor", "cursor is not one this server issued");
-        let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| invalid())?;
-        let text = String::from_utf8(bytes).map_err(|_| invalid())?;
-        text.parse().map(Some).map_err(|_| invalid())
+        page_cursor(self.cursor.as_deref(), is_slug_cursor, "a slug")
+    }
+}
+
+/// `?limit=&cursor=` of a list ordered by id.
+#[derive(Debug, Clone, Default, serde::Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct IdPageParams {
+    /// Items per page, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page: the id the page starts after (a lower-case UUID).
+    #[param(pattern = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
+    pub cursor: Option<String>,
+}
+
+impl IdPageParams {
+    pub fn limit(&self) -> Result<u32, ApiError> {
+        page_limit(self.limit)
+    }
+
+    /// The id after which the page starts.
+    pub fn cursor<T: std::str::FromStr>(&self) -> Result<Option<T>, ApiError> {
+        page_cursor(self.cursor.as_deref(), is_id_cursor, "a lower-case UUID")
+    }
+}
+
+/// `?limit=&cursor=` of a list ordered by number (versions, positions).
+#[derive(Debug, Clone, Default, serde::Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct NumberPageParams {
+    /// Items per page, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page: the number the page starts after.
+    #[param(value_type = Option<u32>, minimum = 0, maximum = 2147483647)]
+    pub cursor: Option<String>,
+}
+
+impl NumberPageParams {
+    pub fn limit(&self) -> Result<u32, ApiError> {
+        page_limit(self.limit)
+    }
+
+    /// The number after which the page starts, at most 2147483647.
+    pub fn cursor<T: std::str::FromStr>(&self) -> Result<Option<T>, ApiError> {
+        page_cursor(
+            self.cursor.as_deref(),
+            is_number_cursor,
+            "a whole number from 0 to 2147483647",
+        )
     }
 }
 
@@ -385,9 +469,7 @@ impl<T> PageExt<T> for Page<T> {
     ) -> Self {
         let more = rows.len() > limit as usize;
         rows.truncate(limit as usize);
-        let next_cursor = more
-            .then(|| rows.last().map(|r| URL_SAFE_NO_PAD.encode(key(r))))
-            .flatten();
+        let next_cursor = more.then(|| rows.last().map(&key)).flatten();
         Self {
             items: rows.into_iter().map(map).collect(),
             next_cursor,

@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 use crate::auth::Principal;
 use crate::db::api_keys::ApiKeyRow;
 use crate::error::{ApiError, ErrorResponse};
-use crate::http::{Json, Page, PageExt as _, PageParams, Query, Revealed};
+use crate::http::{IdPageParams, Json, Page, PageExt as _, Query, Revealed};
 use crate::ids::{ApiKeyId, Timestamp};
 use crate::service::{self, ClientMeta};
 use crate::state::AppState;
@@ -128,13 +128,13 @@ pub async fn create_key(
 
 /// The caller's API keys, newest first.
 #[utoipa::path(
-    get, path = "/", tag = "api-keys", security(("bearer" = [])), params(PageParams),
+    get, path = "/", tag = "api-keys", security(("bearer" = [])), params(IdPageParams),
     responses((status = 200, body = Page<ApiKey>), (status = 401, body = ErrorResponse))
 )]
 pub async fn list_keys(
     State(state): State<AppState>,
     principal: Principal,
-    Query(page): Query<PageParams>,
+    Query(page): Query<IdPageParams>,
 ) -> Result<Json<Page<ApiKey>>, ApiError> {
     let limit = page.limit()?;
     let rows = service::api_keys::list(&state, &principal, page.cursor()?, limit).await?;

@@ -10,7 +10,7 @@ use crate::auth::Principal;
 use crate::db;
 use crate::db::audit::AuditRow;
 use crate::error::{ApiError, ErrorResponse};
-use crate::http::{Json, Page, PageExt as _, PageParams, Query};
+use crate::http::{IdPageParams, Json, Page, PageExt as _, Query};
 use crate::ids::{AuditEventId, Timestamp};
 use crate::service;
 use crate::state::AppState;
@@ -65,8 +65,10 @@ pub struct AuditEvent {
 #[into_params(parameter_in = Query)]
 pub struct OrgAuditParams {
     /// Items per page, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page: the id the page starts after (a lower-case UUID).
+    #[param(pattern = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
     pub cursor: Option<String>,
     /// Only events by this actor (a user or API key id).
     pub actor: Option<String>,
@@ -77,8 +79,10 @@ pub struct OrgAuditParams {
     /// Only events in this environment (slug; needs `project`).
     pub environment: Option<String>,
     /// Only events at or after this time (RFC 3339).
+    #[param(format = DateTime)]
     pub since: Option<String>,
     /// Only events before this time (RFC 3339).
+    #[param(format = DateTime)]
     pub until: Option<String>,
     /// Stream (`Accept: text/event-stream`): start after this position (an SSE `id` of the
     /// stream; also taken from `Last-Event-ID`).
@@ -112,13 +116,13 @@ impl From<AuditRow> for AuditEvent {
 
 /// The caller's audit events, newest first.
 #[utoipa::path(
-    get, path = "/", tag = "audit", security(("bearer" = [])), params(PageParams),
+    get, path = "/", tag = "audit", security(("bearer" = [])), params(IdPageParams),
     responses((status = 200, body = Page<AuditEvent>), (status = 401, body = ErrorResponse), (status = 503, body = ErrorResponse))
 )]
 pub async fn list_events(
     State(state): State<AppState>,
     principal: Principal,
-    Query(page): Query<PageParams>,
+    Query(page): Query<IdPageParams>,
 ) -> Result<Json<Page<AuditEvent>>, ApiError> {
     let limit = page.limit()?;
     state.audit.flush().await?;
@@ -144,7 +148,7 @@ pub async fn list_events(
 #[utoipa::path(
     get, path = "/{org}/audit-events", tag = "audit", security(("bearer" = [])),
     params(("org" = String, Path), OrgAuditParams,
-           ("Last-Event-ID" = Option<String>, Header, description = "Resume a stream after this position")),
+           ("Last-Event-ID" = Option<String>, Header, nullable = false, description = "Resume a stream after this position (an `id` the stream sent)")),
     responses(
         (status = 200, description = "A page (`Accept: application/json`), or the live stream (`Accept: text/event-stream`)",
          content(
@@ -189,7 +193,7 @@ pub async fn list_org_events(
         .await?;
         return Ok(crate::routes::events::sse(frames));
     }
-    let page = PageParams {
+    let page = IdPageParams {
         limit: params.limit,
         cursor: params.cursor.clone(),
     };

@@ -7,7 +7,7 @@ use utoipa_axum::routes;
 
 use crate::auth::{Caller, LeaseCaller, Principal};
 use crate::error::{ApiError, ErrorResponse};
-use crate::http::{Json, Page, PageExt as _, PageParams, Query};
+use crate::http::{IdPageParams, Json, Page, PageExt as _, PageParams, Query};
 use crate::service::tenancy::EnvPath;
 use crate::service::{self, ClientMeta};
 use crate::state::AppState;
@@ -149,7 +149,7 @@ pub async fn delete_dynamic_secret(
 #[utoipa::path(
     post, path = "/{org}/projects/{project}/environments/{env}/dynamic-secrets/{name}/leases", tag = "dynamic-secrets", security(("bearer" = [])),
     params(("org" = String, Path), ("project" = String, Path), ("env" = String, Path), ("name" = String, Path),
-           ("Idempotency-Key" = Option<String>, Header, description = "Makes a retry return the lease of the first request")),
+           ("Idempotency-Key" = Option<String>, Header, nullable = false, pattern = r"^[!-~]{1,255}$", description = "Makes a retry return the lease of the first request: 1 to 255 printable ASCII characters")),
     request_body(content = Option<IssueLeaseRequest>),
     responses((status = 201, body = IssuedLease), (status = 200, body = IssuedLease), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse), (status = 409, body = ErrorResponse), (status = 422, body = ErrorResponse), (status = 502, body = ErrorResponse))
 )]
@@ -188,14 +188,14 @@ pub async fn issue_lease(
 /// The dynamic secret's leases, newest first, in every state (never their passwords).
 #[utoipa::path(
     get, path = "/{org}/projects/{project}/environments/{env}/dynamic-secrets/{name}/leases", tag = "dynamic-secrets", security(("bearer" = [])),
-    params(("org" = String, Path), ("project" = String, Path), ("env" = String, Path), ("name" = String, Path), PageParams),
+    params(("org" = String, Path), ("project" = String, Path), ("env" = String, Path), ("name" = String, Path), IdPageParams),
     responses((status = 200, body = Page<Lease>), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse))
 )]
 pub async fn list_leases(
     State(state): State<AppState>,
     caller: Caller,
     Path(p): Path<NameSegments>,
-    Query(page): Query<PageParams>,
+    Query(page): Query<IdPageParams>,
 ) -> Result<Json<Page<Lease>>, ApiError> {
     let at = env_at(&p.0, &p.1, &p.2);
     let limit = page.limit()?;

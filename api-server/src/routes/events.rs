@@ -29,14 +29,18 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct EventParams {
-    /// Only these environments (slugs, comma-separated); by default every environment the
-    /// caller may read.
+    /// Only these environments (1 to 100 slugs, comma-separated); by default every environment
+    /// the caller may read.
+    #[param(pattern = r"^[a-z0-9-]{1,63}(,[a-z0-9-]{1,63}){0,99}$")]
     pub environments: Option<String>,
     /// Start after this event id (a stream also takes it from `Last-Event-ID`).
+    #[param(minimum = 0)]
     pub after: Option<i64>,
     /// History: `next_cursor` of the previous page (the same as `after`).
+    #[param(value_type = Option<i64>, minimum = 0)]
     pub cursor: Option<String>,
     /// History: items per page, 1 to 500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
 }
 
@@ -96,7 +100,7 @@ pub fn wants_stream(headers: &HeaderMap) -> bool {
 #[utoipa::path(
     get, path = "/{org}/projects/{project}/events", tag = "events", security(("bearer" = [])),
     params(("org" = String, Path), ("project" = String, Path), EventParams,
-           ("Last-Event-ID" = Option<i64>, Header, description = "Resume a stream after this event id")),
+           ("Last-Event-ID" = Option<i64>, Header, nullable = false, minimum = 0, description = "Resume a stream after this event id")),
     responses(
         (status = 200, description = "History (`Accept: application/json`), or the stream (`Accept: text/event-stream`)",
          content(

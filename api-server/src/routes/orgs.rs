@@ -11,7 +11,7 @@ use crate::auth::{Caller, Principal};
 use crate::authz::OrgRole;
 use crate::db::orgs::{InvitationRow, MemberRow};
 use crate::error::{ApiError, ErrorResponse};
-use crate::http::{Json, Page, PageExt as _, PageParams, Query, Revealed};
+use crate::http::{IdPageParams, Json, Page, PageExt as _, PageParams, Query, Revealed};
 use crate::ids::{InvitationId, OrgId, Timestamp, UserId};
 use crate::service::tenancy::OrgCtx;
 use crate::service::{self, ClientMeta};
@@ -236,14 +236,14 @@ pub async fn delete_org(
 
 /// The members of an organization.
 #[utoipa::path(
-    get, path = "/{org}/members", tag = "orgs", security(("bearer" = [])), params(("org" = String, Path), PageParams),
+    get, path = "/{org}/members", tag = "orgs", security(("bearer" = [])), params(("org" = String, Path), IdPageParams),
     responses((status = 200, body = Page<Member>), (status = 404, body = ErrorResponse))
 )]
 pub async fn list_members(
     State(state): State<AppState>,
     principal: Principal,
     Path(org): Path<String>,
-    Query(page): Query<PageParams>,
+    Query(page): Query<IdPageParams>,
 ) -> Result<Json<Page<Member>>, ApiError> {
     let limit = page.limit()?;
     let rows = service::orgs::members(&state, &principal, &org, page.cursor()?, limit).await?;
@@ -319,14 +319,14 @@ pub async fn create_invitation(
 
 /// Pending invitations.
 #[utoipa::path(
-    get, path = "/{org}/invitations", tag = "orgs", security(("bearer" = [])), params(("org" = String, Path), PageParams),
+    get, path = "/{org}/invitations", tag = "orgs", security(("bearer" = [])), params(("org" = String, Path), IdPageParams),
     responses((status = 200, body = Page<Invitation>), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse))
 )]
 pub async fn list_invitations(
     State(state): State<AppState>,
     principal: Principal,
     Path(org): Path<String>,
-    Query(page): Query<PageParams>,
+    Query(page): Query<IdPageParams>,
 ) -> Result<Json<Page<Invitation>>, ApiError> {
     let limit = page.limit()?;
     let rows = service::orgs::invitations(&state, &principal, &org, page.cursor()?, limit).await?;

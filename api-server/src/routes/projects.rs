@@ -12,7 +12,7 @@ use crate::auth::{Caller, Principal};
 use crate::authz::{EnvAccess, ProjectRole};
 use crate::db::projects::{EnvironmentRow, GrantRow, ProjectRow};
 use crate::error::{ApiError, ErrorResponse};
-use crate::http::{Json, Page, PageExt as _, PageParams, Query};
+use crate::http::{Json, NumberPageParams, Page, PageExt as _, PageParams, Query};
 use crate::ids::{Timestamp, UserId};
 use crate::routes::orgs::parse_user_id;
 use crate::service::tenancy::EnvPath;
@@ -219,14 +219,14 @@ pub async fn delete_project(
 /// Who holds which role on the project.
 #[utoipa::path(
     get, path = "/{org}/projects/{project}/access", tag = "projects", security(("bearer" = [])),
-    params(("org" = String, Path), ("project" = String, Path), PageParams),
+    params(("org" = String, Path), ("project" = String, Path), NumberPageParams),
     responses((status = 200, body = Page<Grant>), (status = 404, body = ErrorResponse))
 )]
 pub async fn list_access(
     State(state): State<AppState>,
     principal: Principal,
     Path((org, project)): Path<OrgProject>,
-    Query(page): Query<PageParams>,
+    Query(page): Query<NumberPageParams>,
 ) -> Result<Json<Page<Grant>>, ApiError> {
     let (offset, limit) = offset_page(&page)?;
     let grants = service::projects::grants(
@@ -242,7 +242,7 @@ pub async fn list_access(
 }
 
 /// The offset and limit of a list paged by position (small lists with a stable order).
-fn offset_page(page: &PageParams) -> Result<(i64, u32), ApiError> {
+fn offset_page(page: &NumberPageParams) -> Result<(i64, u32), ApiError> {
     let offset: u32 = page.cursor()?.unwrap_or(0);
     Ok((i64::from(offset), page.limit()?))
 }
@@ -353,14 +353,14 @@ pub async fn create_environment(
 /// The project's environments, in order.
 #[utoipa::path(
     get, path = "/{org}/projects/{project}/environments", tag = "projects", security(("bearer" = [])),
-    params(("org" = String, Path), ("project" = String, Path), PageParams),
+    params(("org" = String, Path), ("project" = String, Path), NumberPageParams),
     responses((status = 200, body = Page<Environment>), (status = 404, body = ErrorResponse))
 )]
 pub async fn list_environments(
     State(state): State<AppState>,
     principal: Caller,
     Path((org, project)): Path<OrgProject>,
-    Query(page): Query<PageParams>,
+    Query(page): Query<NumberPageParams>,
 ) -> Result<Json<Page<Environment>>, ApiError> {
     let (offset, limit) = offset_page(&page)?;
     let envs = service::projects::environments(

@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 use crate::auth::{Caller, Principal};
 use crate::db::secrets::VersionRow;
 use crate::error::{ApiError, ErrorResponse};
-use crate::http::{Json, Page, PageExt as _, PageParams, Query, Revealed};
+use crate::http::{Json, NumberPageParams, Page, PageExt as _, Query, Revealed};
 use crate::ids::Timestamp;
 use crate::routes::audit::Actor;
 use crate::secrets::formats::Format;
@@ -127,6 +127,7 @@ pub struct ResolveParams {
 #[into_params(parameter_in = Query)]
 pub struct FormatParams {
     /// `dotenv`, `json` or `yaml` (import: default `dotenv`).
+    #[param(pattern = "^(dotenv|json|yaml)$")]
     pub format: Option<String>,
     /// Resolve `${…}` references (export only; default false, so an export imports back as is).
     pub resolve: Option<bool>,
@@ -514,14 +515,14 @@ pub async fn restore_secret(
 /// A secret's versions, newest first.
 #[utoipa::path(
     get, path = "/{org}/projects/{project}/environments/{env}/secrets/{key}/versions", tag = "secrets", security(("bearer" = [])),
-    params(("org" = String, Path), ("project" = String, Path), ("env" = String, Path), ("key" = String, Path), PageParams),
+    params(("org" = String, Path), ("project" = String, Path), ("env" = String, Path), ("key" = String, Path), NumberPageParams),
     responses((status = 200, body = Page<Version>), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse))
 )]
 pub async fn list_versions(
     State(state): State<AppState>,
     principal: Caller,
     Path(p): Path<KeySegments>,
-    Query(page): Query<PageParams>,
+    Query(page): Query<NumberPageParams>,
 ) -> Result<Json<Page<Version>>, ApiError> {
     let (env, key) = secret_path(&p)?;
     let limit = page.limit()?;

@@ -10,7 +10,7 @@ use utoipa_axum::routes;
 
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorResponse};
-use crate::http::{Json, Page, PageExt as _, PageParams, Query, Revealed};
+use crate::http::{IdPageParams, Json, Page, PageExt as _, Query, Revealed};
 use crate::ids::ServiceTokenId;
 use crate::routes::api_keys::RotateApiKeyRequest;
 use crate::service::service_tokens::{NewToken, ServiceTokenView};
@@ -90,14 +90,14 @@ pub async fn create_token(
 /// The organization's service tokens, newest first.
 #[utoipa::path(
     get, path = "/{org}/service-tokens", tag = "service-tokens", security(("bearer" = [])),
-    params(("org" = String, Path), PageParams),
+    params(("org" = String, Path), IdPageParams),
     responses((status = 200, body = Page<ServiceToken>), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse))
 )]
 pub async fn list_tokens(
     State(state): State<AppState>,
     principal: Principal,
     Path(org): Path<String>,
-    Query(page): Query<PageParams>,
+    Query(page): Query<IdPageParams>,
 ) -> Result<Json<Page<ServiceToken>>, ApiError> {
     let limit = page.limit()?;
     let rows =

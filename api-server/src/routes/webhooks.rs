@@ -8,7 +8,7 @@ use utoipa_axum::routes;
 
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorResponse};
-use crate::http::{Json, Page, PageExt as _, PageParams, Query, Revealed};
+use crate::http::{IdPageParams, Json, Page, PageExt as _, Query, Revealed};
 use crate::service::{self, ClientMeta};
 use crate::state::AppState;
 
@@ -60,14 +60,14 @@ pub async fn create_webhook(
 /// The project's webhooks.
 #[utoipa::path(
     get, path = "/{org}/projects/{project}/webhooks", tag = "webhooks", security(("bearer" = [])),
-    params(("org" = String, Path), ("project" = String, Path), PageParams),
+    params(("org" = String, Path), ("project" = String, Path), IdPageParams),
     responses((status = 200, body = Page<Webhook>), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse))
 )]
 pub async fn list_webhooks(
     State(state): State<AppState>,
     principal: Principal,
     Path((org, project)): Path<ProjectSegments>,
-    Query(page): Query<PageParams>,
+    Query(page): Query<IdPageParams>,
 ) -> Result<Json<Page<Webhook>>, ApiError> {
     let limit = page.limit()?;
     let rows =
@@ -170,14 +170,14 @@ pub async fn ping(
 /// number, next retry (and at most 1 KiB of each answer).
 #[utoipa::path(
     get, path = "/{org}/projects/{project}/webhooks/{id}/deliveries", tag = "webhooks", security(("bearer" = [])),
-    params(("org" = String, Path), ("project" = String, Path), ("id" = String, Path), PageParams),
+    params(("org" = String, Path), ("project" = String, Path), ("id" = String, Path), IdPageParams),
     responses((status = 200, body = Page<WebhookAttempt>), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse))
 )]
 pub async fn list_attempts(
     State(state): State<AppState>,
     principal: Principal,
     Path((org, project, id)): Path<HookSegments>,
-    Query(page): Query<PageParams>,
+    Query(page): Query<IdPageParams>,
 ) -> Result<Json<Page<WebhookAttempt>>, ApiError> {
     let limit = page.limit()?;
     let rows = service::webhooks::attempts(

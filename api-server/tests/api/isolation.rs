@@ -26,7 +26,8 @@ fn body_for(method: &Method, path: &str) -> Option<Value> {
         ("POST", "secrets") => json!({ "key": "STOLEN", "value": "x" }),
         ("PUT", "secrets") => json!({ "secrets": [{ "key": "STOLEN", "value": "x" }] }),
         ("POST", "import") => json!("STOLEN=x"),
-        ("PUT", "{key}") => json!({ "value": "x" }),
+        ("PUT", "{key}" | "export" | "import" | "copy") => json!({ "value": "x" }),
+        ("POST", "copy") => json!({ "from": "staging" }),
         ("POST", "restore") => json!({}),
         ("POST", "rollback") => json!({ "version": 1 }),
         ("POST", "rotate-key") => json!({}),
@@ -100,7 +101,13 @@ db_test!(async fn every_organization_route_is_404_for_a_caller_from_another_orga
             }
             let Some(body) = body_for(&method, template) else { continue };
             let body = (!body.is_null()).then_some(body);
-            let path = if method == Method::DELETE && template == "/api/v1/orgs/{org}" { format!("{path}?confirm=acme") } else { path.clone() };
+            let path = if method == Method::DELETE && template == "/api/v1/orgs/{org}" {
+                format!("{path}?confirm=acme")
+            } else if template.ends_with("/compare") {
+                format!("{path}?base=development&head=staging")
+            } else {
+                path.clone()
+            };
             for token in [&mallory.access, &mallory_key, &mallory_token] {
                 let r = app.call(method.clone(), &path, Some(token), body.clone()).await;
                 let missing = app.call(method.clone(), &path.replacen("/acme", "/no-such-org", 1), Some(token), body.clone()).await;

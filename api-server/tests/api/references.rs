@@ -47,7 +47,7 @@ db_test!(async fn a_value_grown_past_the_limit_by_its_references_fails_every_res
     ok(&put(&app, &ann, "B", "${H}${H}").await);
     // H has no references of its own, so its write is fine; B now resolves to 80 KiB.
     ok(&put(&app, &ann, "H", &"h".repeat(40 * 1024)).await);
-    for path in [DEV.to_owned(), format!("{DEV}/B?resolve=true"), format!("{DEV}/export?resolve=true")] {
+    for path in [DEV.to_owned(), format!("{DEV}/B?resolve=true"), format!("{DEV}/export?format=dotenv&resolve=true")] {
         let r = app.get(&path, Some(&ann.access)).await;
         let m = r.assert_error(StatusCode::UNPROCESSABLE_ENTITY, "resolved_value_too_large");
         assert!(m.contains("web/development/B"), "{m}");
@@ -55,7 +55,7 @@ db_test!(async fn a_value_grown_past_the_limit_by_its_references_fails_every_res
     }
     // The raw values stay readable, so the owner can repair them.
     assert_eq!(app.get(&format!("{DEV}?resolve=false"), Some(&ann.access)).await.status, StatusCode::OK);
-    assert_eq!(app.get(&format!("{DEV}/export"), Some(&ann.access)).await.status, StatusCode::OK);
+    assert_eq!(app.get(&format!("{DEV}/export?format=dotenv"), Some(&ann.access)).await.status, StatusCode::OK);
 });
 
 db_test!(async fn the_bytes_and_references_one_request_resolves_are_bounded(app, |c| {
