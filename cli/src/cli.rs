@@ -1,6 +1,7 @@
 //! The command line: every command, flag and environment variable, with its help.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use coffer_client::FileFormat;
@@ -12,7 +13,7 @@ use crate::error::EXIT_CODES_HELP;
 #[command(
     name = "coffer",
     version,
-    about = "The Coffer secrets manager: log in, read and write secrets",
+    about = "The Coffer secrets manager: log in, read and write secrets, run programs with them",
     after_help = EXIT_CODES_HELP,
     max_term_width = 100
 )]
@@ -98,6 +99,16 @@ Examples:
   coffer copy --from staging --to production DATABASE_URL REDIS_URL --overwrite
   coffer copy --from shared --to production --as-reference")]
     Copy(CopyArgs),
+    /// Run a command with the environment's secrets in its environment
+    #[command(after_help = "\
+Signals (SIGINT, SIGTERM, SIGHUP) are passed on to the command, and coffer exits with its
+exit code (128+N when signal N killed it); 126/127 when it cannot be started.
+
+Examples:
+  coffer run -- npm start
+  coffer run --env production --watch -- ./server
+  coffer run --fallback-file .coffer-cache -- ./worker")]
+    Run(RunArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     #[command(after_help = "\
 Examples:
@@ -268,6 +279,28 @@ pub struct CopyArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Restart the command when the environment's secrets change
+    #[arg(long)]
+    pub watch: bool,
+    /// With --watch: check for changes by polling instead of following the event stream
+    /// (for networks that cut long-lived connections; used anyway while the stream cannot be
+    /// opened)
+    #[arg(long, requires = "watch")]
+    pub poll: bool,
+    /// With --watch: how often to poll (e.g. 10s, 500ms, 1m)
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+    /// Keep an encrypted copy of the last values in this file, used (with a warning) only
+    /// when the server cannot be reached
+    #[arg(long, value_name = "PATH")]
+    pub fallback_file: Option<PathBuf>,
+    /// The command and its arguments (after `--`)
+    #[arg(required = true, last = true, value_name = "COMMAND")]
+    pub command: Vec<std::ffi::OsString>,
+}
+
+#[derive(Debug, Args)]
 pub struct CompletionsArgs {
     pub shell: clap_complete::Shell,
 }
@@ -275,6 +308,29 @@ pub struct CompletionsArgs {
 fn parse_format(text: &str) -> Result<FileFormat, String> {
     text.parse()
         .map_err(|()| "expected dotenv, json or yaml".to_owned())
+}
+
+/// `500ms`, `10s`, `2m`, or a number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (e.g. 10s, 500ms, 1m)"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("unknown unit {unit:?}: use ms, s or m")),
+    };
+    let duration = Duration::try_from_secs_f64(seconds).map_err(|e| e.to_string())?;
+    if duration < Duration::from_millis(100) {
+        return Err("at least 100ms".to_owned());
+    }
+    Ok(duration)
 }
 
 #[cfg(test)]
@@ -286,6 +342,17 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_take_a_unit() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("10h").is_err());
+        assert!(parse_duration("10ms").is_err());
+        assert!(parse_duration("soon").is_err());
     }
 
     #[test]

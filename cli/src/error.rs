@@ -3,7 +3,8 @@
 
 use std::path::PathBuf;
 
-/// The exit codes of `coffer`, as documented in `coffer --help`.
+/// The exit codes of `coffer`, as documented in `coffer --help` (and `coffer run`, which exits
+/// with its command's code, uses them only for its own failures).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Exit {
@@ -41,6 +42,7 @@ Exit codes:
   5  forbidden: your role does not allow this
   6  server unreachable
   7  conflict or invalid input refused by the server
+`coffer run` exits with its command's code (128+N when a signal N killed it).
 
 Environment: COFFER_SERVER_URL, COFFER_TOKEN (an API key or service token, cfr_...),
 COFFER_ORG, COFFER_PROJECT, COFFER_ENV, COFFER_CONFIG_DIR, NO_COLOR.

@@ -1,5 +1,5 @@
-//! Files only their owner may read: the configuration directory, the credentials, and exported
-//! secrets.
+//! Files only their owner may read: the configuration directory, the credentials, the key and
+//! the copy of `coffer run --fallback-file`, and exported secrets.
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::Write as _;

@@ -4,7 +4,7 @@
 //! [`main`] parses the command line ([`cli`]), finds where the command works ([`config`]: flags
 //! over environment variables over `.coffer.toml`), authenticates ([`session`], with the
 //! [`credentials`] `coffer login` stores) and runs one of the [`commands`], which write through
-//! [`output`] only.
+//! [`output`] only. `coffer run` lives in [`run`].
 
 pub mod cli;
 pub mod commands;
@@ -14,6 +14,7 @@ pub mod error;
 pub mod files;
 pub mod output;
 pub mod progress;
+pub mod run;
 pub mod session;
 
 use std::process::ExitCode;

@@ -16,9 +16,9 @@ use crate::cli::{Cli, Command, Global};
 use crate::config::{Overrides, Settings, Target};
 use crate::credentials::{Credentials, normalize_server};
 use crate::error::{CliError, Exit};
-use crate::files;
 use crate::output::Output;
 use crate::session::{Session, env_token};
+use crate::{files, run};
 
 /// What every command works with: the settings, the output, the configuration directory.
 #[derive(Debug)]
@@ -103,6 +103,7 @@ pub async fn dispatch(cli: Cli) -> Result<u8, CliError> {
         Command::Import(args) => transfer::import(&ctx, args).await?,
         Command::Compare(args) => sharing::compare(&ctx, args).await?,
         Command::Copy(args) => sharing::copy(&ctx, args).await?,
+        Command::Run(args) => return run::run(&ctx, args).await,
         Command::Completions(_) => {}
     }
     Ok(Exit::Ok.code())

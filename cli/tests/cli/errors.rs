@@ -90,6 +90,7 @@ fn every_command_has_help_the_exit_codes_are_listed_and_bad_usage_is_2() {
         vec!["import"],
         vec!["compare"],
         vec!["copy"],
+        vec!["run"],
         vec!["completions"],
     ] {
         let mut args = command.clone();
@@ -98,6 +99,7 @@ fn every_command_has_help_the_exit_codes_are_listed_and_bad_usage_is_2() {
         assert!(out.ok().contains("Usage: coffer"), "{command:?}: {out:#?}");
     }
     user.run(["secrets", "frobnicate"]).fails_with(2);
+    user.run(["run"]).fails_with(2);
 }
 
 #[test]

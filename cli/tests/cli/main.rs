@@ -4,6 +4,7 @@
 mod auth;
 mod errors;
 mod retries;
+mod run;
 mod secrets;
 mod sharing;
 mod support;
