@@ -117,7 +117,7 @@ Examples:
     Completions(CompletionsArgs),
 }
 
-#[derive(Debug, Args)]
+#[derive(Args)]
 pub struct LoginArgs {
     /// Your email (prompted for on a terminal when absent)
     #[arg(long, value_name = "EMAIL")]
@@ -192,7 +192,7 @@ pub struct GetArgs {
     pub raw: bool,
 }
 
-#[derive(Debug, Args)]
+#[derive(Args)]
 pub struct SetArgs {
     /// KEY=VALUE pairs, or one KEY whose value comes from --from-file or stdin
     #[arg(required = true, value_name = "KEY[=VALUE]")]
@@ -305,6 +305,33 @@ pub struct CompletionsArgs {
     pub shell: clap_complete::Shell,
 }
 
+/// Without the token, which may have been given on the command line.
+impl std::fmt::Debug for LoginArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginArgs")
+            .field("email", &self.email)
+            .field("password_stdin", &self.password_stdin)
+            .field("token", &self.token.as_ref().map(|_| "[redacted]"))
+            .finish()
+    }
+}
+
+/// With the keys only: `KEY=VALUE` entries hold values.
+impl std::fmt::Debug for SetArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys: Vec<&str> = self
+            .entries
+            .iter()
+            .map(|e| e.split_once('=').map_or(e.as_str(), |(key, _)| key))
+            .collect();
+        f.debug_struct("SetArgs")
+            .field("keys", &keys)
+            .field("from_file", &self.from_file)
+            .field("comment", &self.comment.as_ref().map(|_| "[redacted]"))
+            .finish()
+    }
+}
+
 fn parse_format(text: &str) -> Result<FileFormat, String> {
     text.parse()
         .map_err(|()| "expected dotenv, json or yaml".to_owned())
@@ -335,7 +362,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory as _;
+    use clap::{CommandFactory as _, Parser as _};
 
     use super::*;
 
@@ -353,6 +380,29 @@ mod tests {
         assert!(parse_duration("10h").is_err());
         assert!(parse_duration("10ms").is_err());
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn debug_output_shows_no_token_and_no_value() {
+        let cli = Cli::try_parse_from([
+            "coffer",
+            "secrets",
+            "set",
+            "A=hunter2",
+            "B=hunter3",
+            "--comment",
+            "hunter4",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let debug = format!("{cli:?}");
+        assert!(
+            debug.contains("\"A\"") && !debug.contains("hunter"),
+            "{debug}"
+        );
+        let cli = Cli::try_parse_from(["coffer", "login", "--token", "cfr_hunter2"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let debug = format!("{cli:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
     }
 
     #[test]

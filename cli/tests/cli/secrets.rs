@@ -180,3 +180,40 @@ fn flags_come_before_variables_which_come_before_the_project_file_found_above() 
         "flag"
     );
 }
+
+#[test]
+fn on_a_terminal_a_table_is_aligned_with_a_header_and_coloured_unless_no_color() {
+    let project = server().project("terminal");
+    let user = User::with_token(&project);
+    user.run(["secrets", "set", "A=1", "A_LONGER_KEY=2"]).ok();
+    let on_terminal = |no_color: bool| {
+        let mut command = user.command_on_a_terminal(&["secrets", "list"])?;
+        if no_color {
+            command.env("NO_COLOR", "1");
+        }
+        let child = command
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        Some(
+            crate::support::finish(child, crate::support::TIMEOUT)
+                .ok()
+                .replace('\r', ""),
+        )
+    };
+    let Some(coloured) = on_terminal(false) else {
+        return;
+    };
+    assert!(coloured.contains("\x1b[1mKEY\x1b[0m"), "{coloured:?}");
+    let plain = on_terminal(true).unwrap();
+    assert!(!plain.contains('\x1b'), "{plain:?}");
+    let lines: Vec<&str> = plain.lines().collect();
+    assert!(
+        lines[0].starts_with("KEY           VERSION  UPDATED"),
+        "{plain}"
+    );
+    assert!(lines[1].starts_with("A             1        "), "{plain}");
+    assert!(lines[2].starts_with("A_LONGER_KEY  1        "), "{plain}");
+}

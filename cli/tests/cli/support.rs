@@ -274,8 +274,33 @@ impl User {
         S: AsRef<OsStr>,
     {
         let mut command = Command::new(env!("CARGO_BIN_EXE_coffer"));
+        command.args(args);
+        self.environment(&mut command);
         command
-            .args(args)
+    }
+
+    /// `coffer ARGS` on a terminal of its own (`script`), with this user's variables; `None`
+    /// (and a note) where `script` is not installed.
+    pub fn command_on_a_terminal(&self, args: &[&str]) -> Option<Command> {
+        let script = ["/usr/bin/script", "/bin/script"]
+            .into_iter()
+            .find(|p| Path::new(p).exists());
+        let Some(script) = script else {
+            eprintln!("skipped: `script` (util-linux) is not installed, so no terminal to test on");
+            return None;
+        };
+        let mut line = String::from(env!("CARGO_BIN_EXE_coffer"));
+        for arg in args {
+            line.push_str(&format!(" '{}'", arg.replace('\'', r"'\''")));
+        }
+        let mut command = Command::new(script);
+        command.args(["-qec", &line, "/dev/null"]);
+        self.environment(&mut command);
+        Some(command)
+    }
+
+    fn environment(&self, command: &mut Command) {
+        command
             .current_dir(self.cwd.path())
             .env("COFFER_CONFIG_DIR", self.config_dir());
         for name in [
@@ -291,7 +316,6 @@ impl User {
         for (name, value) in &self.vars {
             command.env(name, value);
         }
-        command
     }
 
     /// Runs `coffer ARGS` with nothing on stdin.
