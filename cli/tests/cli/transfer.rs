@@ -91,3 +91,34 @@ fn an_import_needs_a_format_it_can_tell_and_a_malformed_file_changes_nothing() {
     let err = user.run(["import", "missing.env"]).fails_with(1).to_owned();
     assert!(err.contains("missing.env"), "{err}");
 }
+
+#[test]
+fn a_large_import_shows_its_upload_on_a_terminal() {
+    let project = server().project("large-import");
+    let user = User::with_token(&project);
+    let file: String = (0..1000)
+        .map(|i| format!("KEY_{i}={}\n", "x".repeat(100)))
+        .collect();
+    std::fs::write(user.path("big.env"), &file).unwrap();
+    let Some(mut command) = user.command_on_a_terminal(&["import", "big.env"]) else {
+        return;
+    };
+    let child = command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let screen = crate::support::finish(child, crate::support::TIMEOUT)
+        .ok()
+        .to_owned();
+    assert!(
+        screen.contains("uploading big.env (106.3 KiB)"),
+        "{screen:?}"
+    );
+    assert!(screen.contains("1000 created"), "{screen:?}");
+    // Piped, no spinner.
+    let out = user.run(["import", "big.env"]);
+    assert!(!out.stderr.contains("uploading"), "{out:#?}");
+    assert!(out.ok().contains("1000 unchanged"), "{out:#?}");
+}
