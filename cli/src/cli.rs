@@ -42,7 +42,7 @@ pub struct Global {
         short = 'e',
         long = "env",
         global = true,
-        env = "COFFER_ENV",
+        env = "COFFER_ENVIRONMENT",
         value_name = "ENV"
     )]
     pub env: Option<String>,

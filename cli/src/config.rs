@@ -48,7 +48,7 @@ impl ProjectFile {
         let body = toml::to_string(self).map_err(|e| CliError::Other(e.to_string()))?;
         Ok(format!(
             "# Written by `coffer init`. Flags (--server, --org, --project, --env) and the\n\
-             # variables COFFER_SERVER_URL, COFFER_ORG, COFFER_PROJECT and COFFER_ENV override it.\n\
+             # variables COFFER_SERVER_URL, COFFER_ORG, COFFER_PROJECT and COFFER_ENVIRONMENT override it.\n\
              {body}"
         ))
     }

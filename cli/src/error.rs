@@ -45,7 +45,7 @@ Exit codes:
 `coffer run` exits with its command's code (128+N when a signal N killed it).
 
 Environment: COFFER_SERVER_URL, COFFER_TOKEN (an API key or service token, cfr_...),
-COFFER_ORG, COFFER_PROJECT, COFFER_ENV, COFFER_CONFIG_DIR, NO_COLOR.
+COFFER_ORG, COFFER_PROJECT, COFFER_ENVIRONMENT, COFFER_CONFIG_DIR, NO_COLOR.
 Precedence: flag > environment variable > .coffer.toml (found in the working directory or above).";
 
 /// A failure of a command.

@@ -116,7 +116,7 @@ fn a_refused_or_expired_access_token_is_refreshed_and_the_new_refresh_token_kept
     let user = User::new()
         .var("COFFER_ORG", crate::support::ORG)
         .var("COFFER_PROJECT", &project)
-        .var("COFFER_ENV", "development");
+        .var("COFFER_ENVIRONMENT", "development");
     login(&user, OWNER_EMAIL);
     let path = user.config_dir().join("credentials.json");
     let before = stored_session(&user);

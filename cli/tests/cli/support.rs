@@ -250,7 +250,7 @@ impl User {
             .var("COFFER_SERVER_URL", &server().url)
             .var("COFFER_ORG", ORG)
             .var("COFFER_PROJECT", project)
-            .var("COFFER_ENV", "development")
+            .var("COFFER_ENVIRONMENT", "development")
     }
 
     pub fn var(mut self, name: &str, value: &str) -> Self {
@@ -308,7 +308,7 @@ impl User {
             "COFFER_SERVER_URL",
             "COFFER_ORG",
             "COFFER_PROJECT",
-            "COFFER_ENV",
+            "COFFER_ENVIRONMENT",
             "NO_COLOR",
         ] {
             command.env_remove(name);
