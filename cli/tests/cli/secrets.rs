@@ -171,7 +171,10 @@ fn flags_come_before_variables_which_come_before_the_project_file_found_above() 
             .to_owned()
     };
     assert_eq!(get(&[], &[]), "file");
-    assert_eq!(get(&[], &[("COFFER_ENVIRONMENT", "production")]), "variable");
+    assert_eq!(
+        get(&[], &[("COFFER_ENVIRONMENT", "production")]),
+        "variable"
+    );
     assert_eq!(
         get(
             &["--project", &other, "--env", "development"],
