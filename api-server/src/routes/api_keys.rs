@@ -16,6 +16,7 @@ use crate::http::{IdPageParams, Json, Page, PageExt as _, Query, Revealed};
 use crate::ids::{ApiKeyId, Timestamp};
 use crate::service::{self, ClientMeta};
 use crate::state::AppState;
+use coffer_client::types::{formats, integer};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -27,9 +28,11 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateApiKeyRequest {
-    #[schema(example = "ci")]
+    #[schema(value_type = formats::Name)]
     pub name: String,
     /// Days until the key stops working (1 to 3650); without it the key does not expire.
+    #[serde(default, deserialize_with = "integer::optional")]
+    #[schema(minimum = 1, maximum = 3650)]
     pub expires_in_days: Option<u32>,
     /// A read-only key can only read.
     #[serde(default)]
@@ -39,7 +42,9 @@ pub struct CreateApiKeyRequest {
 #[derive(Debug, Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RotateApiKeyRequest {
-    /// How long the old token keeps working, in seconds (default 0, at most 7 days).
+    /// How long the old token keeps working, in seconds (default 0, at most 604800: 7 days).
+    #[serde(default, deserialize_with = "integer::optional")]
+    #[schema(maximum = 604_800)]
     pub grace_period_seconds: Option<u64>,
 }
 

@@ -26,6 +26,7 @@ pub fn org_router() -> OpenApiRouter<AppState> {
 
 /// Who acted: `user`, `api_key` or `anonymous`.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(as = AuditActor)]
 pub struct Actor {
     #[serde(rename = "type")]
     pub kind: String,
@@ -34,6 +35,7 @@ pub struct Actor {
 
 /// What the action was applied to.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(as = AuditTarget)]
 pub struct Target {
     #[serde(rename = "type")]
     pub kind: String,

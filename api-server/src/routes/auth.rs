@@ -15,6 +15,7 @@ use crate::http::{Json, Revealed};
 use crate::ids::{Timestamp, UserId};
 use crate::service::{self, ClientMeta};
 use crate::state::AppState;
+use coffer_client::types::formats;
 
 /// Signing up, in and out, and refreshing: none changes an API key, a service token or anyone's
 /// standing (sessions are remembered apart, see `AppState::sessions`).
@@ -35,12 +36,11 @@ pub fn credentials_router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
-    #[schema(example = "ann@example.com")]
+    #[schema(value_type = formats::Email)]
     pub email: String,
-    /// 10 to 128 characters, not easily guessed.
-    #[schema(value_type = String, format = Password)]
+    #[schema(value_type = formats::NewPassword)]
     pub password: SecretString,
-    #[schema(example = "Ann Example")]
+    #[schema(value_type = formats::Name)]
     pub name: String,
 }
 
@@ -64,7 +64,7 @@ pub struct RefreshRequest {
 pub struct ChangePasswordRequest {
     #[schema(value_type = String, format = Password)]
     pub current_password: SecretString,
-    #[schema(value_type = String, format = Password)]
+    #[schema(value_type = formats::NewPassword)]
     pub new_password: SecretString,
     /// Revoke all of the user's API keys as well (default: true), since whoever knew the old
     /// password may have made some.

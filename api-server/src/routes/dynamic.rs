@@ -159,7 +159,7 @@ pub async fn issue_lease(
     LeaseCaller(caller): LeaseCaller,
     Path(p): Path<NameSegments>,
     headers: HeaderMap,
-    request: Option<Json<IssueLeaseRequest>>,
+    request: Option<Json<Option<IssueLeaseRequest>>>,
 ) -> Result<(StatusCode, Json<IssuedLease>), ApiError> {
     let at = env_at(&p.0, &p.1, &p.2);
     let key = match headers.get("idempotency-key") {
@@ -175,7 +175,8 @@ pub async fn issue_lease(
         ),
         None => None,
     };
-    let request = request.map(|Json(r)| r).unwrap_or_default();
+    // No body and a JSON `null` both mean the defaults, as documented.
+    let request = request.and_then(|Json(r)| r).unwrap_or_default();
     let issued = service::dynamic::issue(&state, &meta, &caller, at, &p.3, request, key).await?;
     let status = if issued.replayed {
         StatusCode::OK
@@ -274,10 +275,10 @@ pub async fn renew_lease(
     meta: ClientMeta,
     LeaseCaller(caller): LeaseCaller,
     Path(p): Path<LeaseSegments>,
-    request: Option<Json<RenewLeaseRequest>>,
+    request: Option<Json<Option<RenewLeaseRequest>>>,
 ) -> Result<Json<Lease>, ApiError> {
     let at = env_at(&p.0, &p.1, &p.2);
-    let request = request.map(|Json(r)| r).unwrap_or_default();
+    let request = request.and_then(|Json(r)| r).unwrap_or_default();
     Ok(Json(
         service::dynamic::renew(&state, &meta, &caller, at, (&p.3, &p.4), request).await?,
     ))

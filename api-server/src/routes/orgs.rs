@@ -16,6 +16,7 @@ use crate::ids::{InvitationId, OrgId, Timestamp, UserId};
 use crate::service::tenancy::OrgCtx;
 use crate::service::{self, ClientMeta};
 use crate::state::AppState;
+use coffer_client::types::formats;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -34,16 +35,17 @@ pub fn invitations_router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrgRequest {
-    #[schema(example = "Acme")]
+    #[schema(value_type = formats::Name)]
     pub name: String,
-    /// `[a-z0-9-]{1,63}`, unique.
-    #[schema(example = "acme")]
+    /// Unique.
+    #[schema(value_type = formats::Slug)]
     pub slug: String,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateOrgRequest {
+    #[schema(value_type = formats::Name)]
     pub name: String,
 }
 
@@ -107,6 +109,7 @@ pub struct UpdateMemberRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateInvitationRequest {
+    #[schema(value_type = formats::Email)]
     pub email: String,
     pub role: OrgRole,
 }

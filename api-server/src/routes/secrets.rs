@@ -20,6 +20,9 @@ use crate::service::secrets::{BulkRead, SecretInput, SecretValue, UpsertReport};
 use crate::service::tenancy::EnvPath;
 use crate::service::{self, ClientMeta};
 use crate::state::AppState;
+use std::collections::BTreeMap;
+
+use coffer_client::types::formats;
 
 pub use coffer_client::types::{
     BulkUpsertRequest, Comparison, CopyReport, CopySecretsRequest, CreateSecretRequest,
@@ -286,12 +289,22 @@ pub async fn bulk_upsert(
     ))
 }
 
+/// What `GET …/secrets/export` answers as JSON: the file (`format=json`), or without `format`
+/// the secret whose key is `export`.
+#[derive(Debug, Serialize, ToSchema)]
+#[allow(dead_code)] // only documented
+#[serde(untagged)]
+pub enum ExportJson {
+    File(BTreeMap<String, String>),
+    Secret(Secret),
+}
+
 /// The environment's secrets as a `.env`, JSON or YAML file (`format` is required: without it,
 /// this path reads the secret whose key is `export`).
 #[utoipa::path(
     get, path = "/{org}/projects/{project}/environments/{env}/secrets/export", tag = "secrets", security(("bearer" = [])),
     params(("org" = String, Path), ("project" = String, Path), ("env" = String, Path), FormatParams),
-    responses((status = 200, description = "the file; without `format`, the secret whose key is `export`", content((String = "text/plain"), (Secret = "application/json"))), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse))
+    responses((status = 200, description = "the file; without `format`, the secret whose key is `export`", content((String = "text/plain"), (ExportJson = "application/json"), (BTreeMap<String, String> = "application/yaml"))), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse))
 )]
 pub async fn export(
     State(state): State<AppState>,
@@ -335,11 +348,11 @@ pub async fn export(
 }
 
 /// Import a `.env`, JSON or YAML file (the request body) in one transaction; a malformed file
-/// changes nothing and the error names its line.
+/// changes nothing and the error names its line. An empty file (or no body) imports nothing.
 #[utoipa::path(
     post, path = "/{org}/projects/{project}/environments/{env}/secrets/import", tag = "secrets", security(("bearer" = [])),
     params(("org" = String, Path), ("project" = String, Path), ("env" = String, Path), FormatParams),
-    request_body(content = String, content_type = "text/plain"),
+    request_body(content = Option<String>, content_type = "text/plain"),
     responses((status = 200, body = WriteReport), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse), (status = 422, body = ErrorResponse))
 )]
 pub async fn import(
@@ -425,7 +438,7 @@ pub async fn compare(
 /// One secret (`?resolve=true` resolves its references).
 #[utoipa::path(
     get, path = "/{org}/projects/{project}/environments/{env}/secrets/{key}", tag = "secrets", security(("bearer" = [])),
-    params(("org" = String, Path), ("project" = String, Path), ("env" = String, Path), ("key" = String, Path), ResolveParams),
+    params(("org" = String, Path), ("project" = String, Path), ("env" = String, Path), ("key" = formats::SecretKey, Path), ResolveParams),
     responses((status = 200, body = Secret), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse))
 )]
 pub async fn read_secret(
@@ -452,7 +465,7 @@ pub async fn read_secret(
 /// Set a secret's value (a new version), creating it if needed.
 #[utoipa::path(
     put, path = "/{org}/projects/{project}/environments/{env}/secrets/{key}", tag = "secrets", security(("bearer" = [])),
-    params(("org" = String, Path), ("project" = String, Path), ("env" = String, Path), ("key" = String, Path)), request_body = PutSecretRequest,
+    params(("org" = String, Path), ("project" = String, Path), ("env" = String, Path), ("key" = formats::SecretKey, Path)), request_body = PutSecretRequest,
     responses((status = 200, body = Secret), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse), (status = 422, body = ErrorResponse))
 )]
 pub async fn put_secret(
@@ -478,7 +491,7 @@ pub async fn put_secret(
 /// Delete a secret; its history is kept and it can be restored.
 #[utoipa::path(
     delete, path = "/{org}/projects/{project}/environments/{env}/secrets/{key}", tag = "secrets", security(("bearer" = [])),
-    params(("org" = String, Path), ("project" = String, Path), ("env" = String, Path), ("key" = String, Path)),
+    params(("org" = String, Path), ("project" = String, Path), ("env" = String, Path), ("key" = formats::SecretKey, Path)),
     responses((status = 204), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse))
 )]
 pub async fn delete_secret(
@@ -495,7 +508,7 @@ pub async fn delete_secret(
 /// Bring a deleted secret back at its last version.
 #[utoipa::path(
     post, path = "/{org}/projects/{project}/environments/{env}/secrets/{key}/restore", tag = "secrets", security(("bearer" = [])),
-    params(("org" = String, Path), ("project" = String, Path), ("env" = String, Path), ("key" = String, Path)),
+    params(("org" = String, Path), ("project" = String, Path), ("env" = String, Path), ("key" = formats::SecretKey, Path)),
     responses((status = 200, body = Secret), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse))
 )]
 pub async fn restore_secret(
@@ -515,7 +528,7 @@ pub async fn restore_secret(
 /// A secret's versions, newest first.
 #[utoipa::path(
     get, path = "/{org}/projects/{project}/environments/{env}/secrets/{key}/versions", tag = "secrets", security(("bearer" = [])),
-    params(("org" = String, Path), ("project" = String, Path), ("env" = String, Path), ("key" = String, Path), NumberPageParams),
+    params(("org" = String, Path), ("project" = String, Path), ("env" = String, Path), ("key" = formats::SecretKey, Path), NumberPageParams),
     responses((status = 200, body = Page<Version>), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse))
 )]
 pub async fn list_versions(
@@ -539,7 +552,7 @@ pub async fn list_versions(
 /// One version of a secret, with its value.
 #[utoipa::path(
     get, path = "/{org}/projects/{project}/environments/{env}/secrets/{key}/versions/{version}", tag = "secrets", security(("bearer" = [])),
-    params(("org" = String, Path), ("project" = String, Path), ("env" = String, Path), ("key" = String, Path), ("version" = i64, Path)),
+    params(("org" = String, Path), ("project" = String, Path), ("env" = String, Path), ("key" = formats::SecretKey, Path), ("version" = i64, Path)),
     responses((status = 200, body = Secret), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse))
 )]
 pub async fn read_version(
@@ -563,7 +576,7 @@ pub async fn read_version(
 /// Make an earlier version's value current again (as a new version).
 #[utoipa::path(
     post, path = "/{org}/projects/{project}/environments/{env}/secrets/{key}/rollback", tag = "secrets", security(("bearer" = [])),
-    params(("org" = String, Path), ("project" = String, Path), ("env" = String, Path), ("key" = String, Path)), request_body = RollbackRequest,
+    params(("org" = String, Path), ("project" = String, Path), ("env" = String, Path), ("key" = formats::SecretKey, Path)), request_body = RollbackRequest,
     responses((status = 200, body = Secret), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse))
 )]
 pub async fn rollback_secret(

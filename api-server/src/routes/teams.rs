@@ -18,6 +18,7 @@ use crate::routes::orgs::{Member, parse_user_id};
 use crate::service::teams::TeamDetail;
 use crate::service::{self, ClientMeta};
 use crate::state::AppState;
+use coffer_client::types::formats;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -29,16 +30,17 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTeamRequest {
-    /// `[a-z0-9-]{1,63}`, unique in the organization.
-    #[schema(example = "backend")]
+    /// Unique in the organization.
+    #[schema(value_type = formats::Slug)]
     pub slug: String,
-    #[schema(example = "Backend")]
+    #[schema(value_type = formats::Name)]
     pub name: String,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateTeamRequest {
+    #[schema(value_type = formats::Name)]
     pub name: String,
 }
 

@@ -36,14 +36,15 @@ pub struct LoggedIn {
     pub tokens: IssuedTokens,
 }
 
-/// Trimmed and lower-cased; refuses what cannot be an address.
+/// Trimmed and lower-cased; refuses what cannot be an address
+/// (`coffer_client::types::formats::Email` documents exactly this).
 pub fn normalize_email(email: &str) -> ApiResult<String> {
-    let email = email.trim().to_lowercase();
-    let valid = email.len() <= 254
-        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
-        && email.split_once('@').is_some_and(|(local, domain)| {
+    let trimmed = email.trim();
+    let valid = email.chars().count() <= 254
+        && !trimmed.chars().any(|c| c.is_whitespace() || c.is_control())
+        && trimmed.split_once('@').is_some_and(|(local, domain)| {
             !local.is_empty()
-                && local.len() <= 64
+                && local.chars().count() <= 64
                 && !domain.contains('@')
                 && domain.contains('.')
                 && !domain.starts_with('.')
@@ -51,7 +52,7 @@ pub fn normalize_email(email: &str) -> ApiResult<String> {
                 && !domain.contains("..")
         });
     if valid {
-        Ok(email)
+        Ok(trimmed.to_lowercase())
     } else {
         Err(ApiError::validation(
             "invalid_email",

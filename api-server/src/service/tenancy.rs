@@ -250,17 +250,17 @@ pub fn check_slug(slug: &str, what: &str) -> ApiResult<()> {
     }
 }
 
-/// 1 to 100 printable characters, trimmed.
+/// 1 to 100 characters (as sent), no control characters, not only spaces; kept trimmed.
+/// `coffer_client::types::formats::Name` documents exactly this.
 pub fn check_name(name: &str) -> ApiResult<String> {
-    let name = name.trim();
     let chars = name.chars().count();
-    if chars == 0 || chars > 100 || name.chars().any(char::is_control) {
+    if chars == 0 || chars > 100 || name.chars().any(char::is_control) || name.trim().is_empty() {
         return Err(ApiError::validation(
             "invalid_name",
             "name must have 1 to 100 printable characters",
         ));
     }
-    Ok(name.to_owned())
+    Ok(name.trim().to_owned())
 }
 
 #[cfg(test)]
@@ -272,6 +272,30 @@ mod tests {
         assert!(check_slug("acme-prod-2", "org").is_ok());
         for bad in ["", "Acme", "acme_prod", "acme prod", &"a".repeat(64), "é"] {
             assert!(check_slug(bad, "org").is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_are_counted_as_sent_and_kept_trimmed() {
+        assert_eq!(
+            check_name("  Acme Corp ").ok().as_deref(),
+            Some("Acme Corp")
+        );
+        assert_eq!(check_name("\u{feff}").ok().as_deref(), Some("\u{feff}"));
+        let hundred = format!("{}x", " ".repeat(99));
+        assert_eq!(check_name(&hundred).ok().as_deref(), Some("x"));
+        let long = format!("{}x", " ".repeat(100));
+        for bad in [
+            "",
+            " ",
+            "\u{3000}",
+            "\tAcme",
+            "Acme\n",
+            "Ac\u{85}me",
+            "a\u{7f}",
+            &long,
+        ] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
         }
     }
 }

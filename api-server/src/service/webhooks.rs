@@ -345,9 +345,10 @@ fn literal_ip(url: &reqwest::Url) -> Option<IpAddr> {
 /// a literal address must be one webhooks may reach.
 fn check_url(state: &AppState, url: &str) -> ApiResult<String> {
     let invalid = |why: String| ApiError::validation("invalid_url", why);
-    if url.len() > MAX_URL_LEN {
+    if url.chars().count() > MAX_URL_LEN {
         return Err(invalid(format!("the URL is over {MAX_URL_LEN} characters")));
     }
+    check_url_text(url).map_err(|why| invalid(why.into()))?;
     let parsed = reqwest::Url::parse(url).map_err(|e| invalid(format!("not a URL: {e}")))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(invalid("the URL must be http:// or https://".into()));
@@ -370,10 +371,33 @@ fn check_url(state: &AppState, url: &str) -> ApiResult<String> {
     Ok(parsed.to_string())
 }
 
+/// What `coffer_client::types::formats::WebhookUrl` documents, on the URL as sent: the parser
+/// would forgive more (spaces around it, `HTTP:host`, `\\` for `/`), and a document can say
+/// exactly this much.
+fn check_url_text(url: &str) -> Result<(), &'static str> {
+    let Some(rest) = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+    else {
+        return Err("the URL must start with http:// or https://");
+    };
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("the URL may not hold spaces or control characters");
+    }
+    let authority = rest.split(['/', '?', '#', '\\']).next().unwrap_or_default();
+    if authority.is_empty() {
+        return Err("the URL has no host");
+    }
+    if authority.contains('@') {
+        return Err("the URL may not hold credentials");
+    }
+    Ok(())
+}
+
 fn check_filters(envs: Option<&Vec<String>>, project_envs: &[String]) -> ApiResult<Option<String>> {
     let Some(envs) = envs else { return Ok(None) };
     let set: BTreeSet<&String> = envs.iter().collect();
-    if set.is_empty() || set.len() > crate::service::projects::MAX_ENVIRONMENTS {
+    if envs.is_empty() || envs.len() > crate::service::projects::MAX_ENVIRONMENTS {
         return Err(ApiError::validation(
             "invalid_environments",
             "environments lists 1 to 100 environment slugs (or is absent: all of them)",
@@ -1147,6 +1171,34 @@ pub async fn run_worker(state: AppState) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_url_is_http_or_https_with_a_host_and_nothing_the_parser_would_forgive() {
+        for good in [
+            "https://hooks.example.com/coffer",
+            "http://10.0.0.1:8080",
+            "https://h/a@b?c=d#e",
+            "https://h\\x",
+        ] {
+            assert_eq!(check_url_text(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "ftp://h",
+            "HTTPS://h",
+            "https:h",
+            " https://h",
+            "https://h/a b",
+            "https://h\n",
+            "https://",
+            "https:///x",
+            "https://user@h",
+            "https://@h",
+            "https://u:p@h/",
+        ] {
+            assert!(check_url_text(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn addresses_webhooks_may_reach() {

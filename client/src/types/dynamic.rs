@@ -4,7 +4,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ids::Timestamp;
-use crate::types::{Actor, Revealed};
+#[cfg(feature = "server")]
+use crate::types::formats;
+use crate::types::{Actor, Revealed, integer};
 
 /// The kind of system a dynamic secret mints credentials in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -41,6 +43,8 @@ pub struct DynamicConnection {
 #[serde(deny_unknown_fields)]
 pub struct PasswordPolicy {
     /// 16 to 128; default 32.
+    #[serde(default, deserialize_with = "integer::optional")]
+    #[cfg_attr(feature = "server", schema(minimum = 16, maximum = 128))]
     pub length: Option<u32>,
     /// At least 16 distinct printable ASCII characters, without quotes, backslash or space;
     /// default `A-Za-z0-9`.
@@ -52,6 +56,7 @@ pub struct PasswordPolicy {
 #[serde(deny_unknown_fields)]
 pub struct CreateDynamicSecretRequest {
     /// `[a-z0-9-]`, 1 to 63 characters, unique in the environment.
+    #[cfg_attr(feature = "server", schema(value_type = formats::Slug))]
     pub name: String,
     pub engine: DynamicEngine,
     pub connection: DynamicConnection,
@@ -74,9 +79,13 @@ pub struct CreateDynamicSecretRequest {
     /// bytes once made. Default `coffer_{{environment}}_{{secret}}_{{random}}`.
     pub username_template: Option<String>,
     pub password_policy: Option<PasswordPolicy>,
-    /// Seconds a lease lasts unless asked otherwise.
+    /// Seconds a lease lasts unless asked otherwise (1 to 31536000, at most `max_ttl`).
+    #[serde(deserialize_with = "integer::whole")]
+    #[cfg_attr(feature = "server", schema(minimum = 1, maximum = 31_536_000))]
     pub default_ttl: u64,
-    /// Seconds after its issue beyond which a lease is never renewed.
+    /// Seconds after its issue beyond which a lease is never renewed (1 to 31536000).
+    #[serde(deserialize_with = "integer::whole")]
+    #[cfg_attr(feature = "server", schema(minimum = 1, maximum = 31_536_000))]
     pub max_ttl: u64,
 }
 
@@ -93,7 +102,11 @@ pub struct UpdateDynamicSecretRequest {
     pub grants: Option<Vec<String>>,
     pub username_template: Option<String>,
     pub password_policy: Option<PasswordPolicy>,
+    #[serde(default, deserialize_with = "integer::optional")]
+    #[cfg_attr(feature = "server", schema(minimum = 1, maximum = 31_536_000))]
     pub default_ttl: Option<u64>,
+    #[serde(default, deserialize_with = "integer::optional")]
+    #[cfg_attr(feature = "server", schema(minimum = 1, maximum = 31_536_000))]
     pub max_ttl: Option<u64>,
 }
 
@@ -127,6 +140,8 @@ pub struct DynamicSecret {
 #[serde(deny_unknown_fields)]
 pub struct IssueLeaseRequest {
     /// Seconds; default the dynamic secret's `default_ttl`, at most its `max_ttl`.
+    #[serde(default, deserialize_with = "integer::optional")]
+    #[cfg_attr(feature = "server", schema(minimum = 1, maximum = 31_536_000))]
     pub ttl: Option<u64>,
 }
 
@@ -136,6 +151,8 @@ pub struct IssueLeaseRequest {
 pub struct RenewLeaseRequest {
     /// Seconds from now; default the dynamic secret's `default_ttl`. Refused (422) when the
     /// lease would outlive its `max_expires_at`.
+    #[serde(default, deserialize_with = "integer::optional")]
+    #[cfg_attr(feature = "server", schema(minimum = 1, maximum = 31_536_000))]
     pub ttl: Option<u64>,
 }
 

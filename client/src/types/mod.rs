@@ -9,7 +9,10 @@ mod dynamic;
 mod errors;
 mod events;
 mod files;
+#[cfg(feature = "server")]
+pub mod formats;
 mod history;
+pub mod integer;
 mod page;
 mod projects;
 pub(crate) mod revealed;

@@ -3,17 +3,23 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{EnvironmentId, ProjectId, Timestamp};
-use crate::types::ProjectRole;
+#[cfg(feature = "server")]
+use crate::types::formats;
+use crate::types::{ProjectRole, integer};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateProjectRequest {
-    #[cfg_attr(feature = "server", schema(example = "Payments"))]
+    #[cfg_attr(feature = "server", schema(value_type = formats::Name))]
     pub name: String,
-    #[cfg_attr(feature = "server", schema(example = "payments"))]
+    #[cfg_attr(feature = "server", schema(value_type = formats::Slug))]
     pub slug: String,
-    /// Environment slugs, in order (default: development, staging, production).
+    /// Environment slugs, in order, each once (default: development, staging, production).
+    #[cfg_attr(
+        feature = "server",
+        schema(schema_with = formats::project_environments)
+    )]
     pub environments: Option<Vec<String>>,
 }
 
@@ -21,6 +27,7 @@ pub struct CreateProjectRequest {
 #[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct UpdateProjectRequest {
+    #[cfg_attr(feature = "server", schema(value_type = formats::Name))]
     pub name: String,
 }
 
@@ -57,7 +64,9 @@ pub struct Project {
 #[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateEnvironmentRequest {
+    #[cfg_attr(feature = "server", schema(value_type = formats::Slug))]
     pub slug: String,
+    #[cfg_attr(feature = "server", schema(value_type = Option<formats::Name>))]
     pub name: Option<String>,
 }
 
@@ -65,8 +74,11 @@ pub struct CreateEnvironmentRequest {
 #[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct UpdateEnvironmentRequest {
+    #[cfg_attr(feature = "server", schema(value_type = Option<formats::Name>))]
     pub name: Option<String>,
-    /// Move the environment to this index in the project's order.
+    /// Move the environment to this index in the project's order (past the end: last).
+    #[serde(default, deserialize_with = "integer::optional")]
+    #[cfg_attr(feature = "server", schema(format = Int64, maximum = 4_294_967_295_u64))]
     pub position: Option<u32>,
 }
 

@@ -2,8 +2,10 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::Timestamp;
-use crate::types::Revealed;
+#[cfg(feature = "server")]
+use crate::types::formats;
 use crate::types::revealed::expose;
+use crate::types::{Revealed, integer};
 
 /// A secret and its current (or requested) version.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -31,6 +33,7 @@ pub struct SecretsPage {
 #[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateSecretRequest {
+    #[cfg_attr(feature = "server", schema(value_type = formats::SecretKey))]
     pub key: String,
     #[cfg_attr(feature = "server", schema(value_type = String))]
     #[serde(serialize_with = "expose::secret")]
@@ -64,6 +67,9 @@ pub struct BulkUpsertRequest {
 #[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RollbackRequest {
+    /// The version to restore (versions count from 1).
+    #[serde(deserialize_with = "integer::whole")]
+    #[cfg_attr(feature = "server", schema(minimum = 1))]
     pub version: i64,
 }
 
@@ -138,9 +144,12 @@ pub struct Comparison {
 #[serde(deny_unknown_fields)]
 pub struct CopySecretsRequest {
     /// The source environment (slug).
+    #[cfg_attr(feature = "server", schema(value_type = formats::Slug))]
     pub from: String,
-    /// The keys to copy (each must exist in the source); absent: every secret of the source.
+    /// The keys to copy, each once (each must exist in the source); absent: every secret of the
+    /// source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "server", schema(schema_with = formats::key_set))]
     pub keys: Option<Vec<String>>,
     /// Replace the values of keys the target already has; otherwise they are skipped.
     #[serde(default)]

@@ -1,7 +1,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{ServiceTokenId, Timestamp};
-use crate::types::Revealed;
+#[cfg(feature = "server")]
+use crate::types::formats;
+use crate::types::{Revealed, integer};
 
 /// `read` or `read-write`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -17,14 +19,18 @@ pub enum TokenAccess {
 #[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateServiceTokenRequest {
-    #[cfg_attr(feature = "server", schema(example = "k8s-operator"))]
+    #[cfg_attr(feature = "server", schema(value_type = formats::Name))]
     pub name: String,
     /// The project's slug.
+    #[cfg_attr(feature = "server", schema(value_type = formats::Slug))]
     pub project: String,
-    /// Slugs of the environments the token may reach.
+    /// Slugs of the environments the token may reach (at least one).
+    #[cfg_attr(feature = "server", schema(value_type = Vec<formats::Slug>, min_items = 1))]
     pub environments: Vec<String>,
     pub access: TokenAccess,
     /// Days until the token stops working (1 to 3650); without it the token does not expire.
+    #[serde(default, deserialize_with = "integer::optional")]
+    #[cfg_attr(feature = "server", schema(minimum = 1, maximum = 3650))]
     pub expires_in_days: Option<u32>,
 }
 

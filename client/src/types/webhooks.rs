@@ -1,7 +1,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ids::Timestamp;
-use crate::types::{EventType, Revealed};
+#[cfg(feature = "server")]
+use crate::types::formats;
+use crate::types::{EventType, Revealed, integer};
 
 /// A project's webhook.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -41,7 +43,13 @@ pub struct CreatedWebhook {
 #[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateWebhookRequest {
+    #[cfg_attr(feature = "server", schema(value_type = formats::WebhookUrl))]
     pub url: String,
+    /// Only events of these environments (1 to 100 slugs); absent: all of them.
+    #[cfg_attr(
+        feature = "server",
+        schema(value_type = Option<Vec<formats::Slug>>, min_items = 1, max_items = 100)
+    )]
     pub environments: Option<Vec<String>>,
     pub events: Option<Vec<EventType>>,
     /// Default true.
@@ -53,9 +61,13 @@ pub struct CreateWebhookRequest {
 #[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct UpdateWebhookRequest {
+    #[cfg_attr(feature = "server", schema(value_type = Option<formats::WebhookUrl>))]
     pub url: Option<String>,
     #[serde(default, with = "double_option")]
-    #[cfg_attr(feature = "server", schema(value_type = Option<Vec<String>>))]
+    #[cfg_attr(
+        feature = "server",
+        schema(value_type = Option<Vec<formats::Slug>>, min_items = 1, max_items = 100)
+    )]
     pub environments: Option<Option<Vec<String>>>,
     #[serde(default, with = "double_option")]
     #[cfg_attr(feature = "server", schema(value_type = Option<Vec<EventType>>))]
@@ -90,6 +102,8 @@ mod double_option {
 #[serde(deny_unknown_fields)]
 pub struct RotateWebhookSecretRequest {
     /// How long the previous secret keeps signing too, in seconds (0 to 604800; default 86400).
+    #[serde(default, deserialize_with = "integer::optional")]
+    #[cfg_attr(feature = "server", schema(maximum = 604_800))]
     pub overlap_seconds: Option<u64>,
 }
 
