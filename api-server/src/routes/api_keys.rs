@@ -171,7 +171,7 @@ pub async fn delete_key(
 /// login session.
 #[utoipa::path(
     post, path = "/{id}/rotate", tag = "api-keys", security(("bearer" = [])),
-    params(("id" = ApiKeyId, Path)), request_body(content = RotateApiKeyRequest, description = "optional"),
+    params(("id" = ApiKeyId, Path)), request_body(content = Option<RotateApiKeyRequest>, description = "optional"),
     responses(
         (status = 200, body = IssuedApiKey),
         (status = 401, body = ErrorResponse),
@@ -184,9 +184,13 @@ pub async fn rotate_key(
     meta: ClientMeta,
     principal: Principal,
     Path(id): Path<String>,
-    body: Option<Json<RotateApiKeyRequest>>,
+    body: Option<Json<Option<RotateApiKeyRequest>>>,
 ) -> Result<Json<IssuedApiKey>, ApiError> {
-    let grace = body.and_then(|Json(b)| b.grace_period_seconds).unwrap_or(0);
+    // No body and a JSON `null` both mean no grace period.
+    let grace = body
+        .and_then(|Json(b)| b)
+        .and_then(|b| b.grace_period_seconds)
+        .unwrap_or(0);
     let issued = service::api_keys::rotate(
         &state,
         &meta,

@@ -52,5 +52,5 @@ pub async fn index() -> Json<ApiIndex> {
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "meta", responses((status = 200, description = "OpenAPI 3 document")))]
 pub async fn openapi_json() -> Response {
-    axum::Json(super::openapi()).into_response()
+    axum::Json(super::openapi_json()).into_response()
 }

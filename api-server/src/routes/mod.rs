@@ -119,6 +119,18 @@ pub fn openapi() -> Arc<OpenApiDoc> {
     .clone()
 }
 
+/// The OpenAPI document as served: [`openapi`] in JSON, with the links' fields named as the
+/// specification names them (utoipa 5 writes `operation_id`, not `operationId`).
+pub fn openapi_json() -> Arc<serde_json::Value> {
+    static DOC: OnceLock<Arc<serde_json::Value>> = OnceLock::new();
+    DOC.get_or_init(|| {
+        let mut doc = serde_json::to_value(&*openapi()).unwrap_or(serde_json::Value::Null);
+        responses::camel_case_links(&mut doc);
+        Arc::new(doc)
+    })
+    .clone()
+}
+
 /// The routes without middleware.
 pub fn router() -> Router<AppState> {
     api().split_for_parts().0

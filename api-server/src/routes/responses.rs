@@ -1,8 +1,9 @@
 //! The answers every operation can give besides its own: documented once for all of them, so
 //! that the OpenAPI document lists every status a client must handle.
 
+use utoipa::openapi::link::LinkBuilder;
 use utoipa::openapi::path::Operation;
-use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaType, Type};
 use utoipa::openapi::{
     ContentBuilder, HeaderBuilder, OpenApi as OpenApiDoc, Ref, RefOr, Response, ResponseBuilder,
 };
@@ -135,9 +136,100 @@ fn document_named_keys(doc: &mut OpenApiDoc) {
     }
 }
 
+/// Resources addressed by a slug or a name, not by their id: (the path that creates one, its
+/// path parameter, the field of the answer that fills it, the operations that address it).
+const BY_SLUG: &[(&str, &str, &str, &[&str])] = &[
+    ("/api/v1/orgs", "org", "slug", &["get_org", "update_org"]),
+    (
+        "/api/v1/orgs/{org}/teams",
+        "team",
+        "slug",
+        &["get_team", "update_team", "delete_team"],
+    ),
+    (
+        "/api/v1/orgs/{org}/projects",
+        "project",
+        "slug",
+        &["get_project", "update_project"],
+    ),
+    (
+        "/api/v1/orgs/{org}/projects/{project}/environments",
+        "env",
+        "slug",
+        &["get_environment", "update_environment"],
+    ),
+    (
+        "/api/v1/orgs/{org}/projects/{project}/environments/{env}/dynamic-secrets",
+        "name",
+        "name",
+        &[
+            "get_dynamic_secret",
+            "update_dynamic_secret",
+            "delete_dynamic_secret",
+        ],
+    ),
+];
+
+/// Links from the creation of a resource addressed by slug to the operations on it, so that a
+/// client (or a test generator) fills the path with the slug, not the id beside it.
+fn document_links(doc: &mut OpenApiDoc) {
+    for (path, parameter, field, operations) in BY_SLUG {
+        let Some(created) = doc
+            .paths
+            .paths
+            .get_mut(*path)
+            .and_then(|item| item.post.as_mut())
+            .and_then(|post| post.responses.responses.get_mut("201"))
+        else {
+            continue;
+        };
+        let RefOr::T(created) = created else { continue };
+        let inherited: Vec<&str> = path
+            .split('/')
+            .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
+            .collect();
+        for operation in *operations {
+            let mut link = LinkBuilder::new()
+                .operation_id(*operation)
+                .parameter(*parameter, format!("$response.body#/{field}"));
+            for name in &inherited {
+                link = link.parameter(*name, format!("$request.path.{name}"));
+            }
+            created
+                .links
+                .insert((*operation).to_owned(), RefOr::T(link.build()));
+        }
+    }
+}
+
+/// A text body (an import's file) is a string, never `null`: its absence is an empty file.
+fn text_bodies(operation: &mut Operation) {
+    let Some(body) = operation.request_body.as_mut() else {
+        return;
+    };
+    for (media, content) in body.content.iter_mut() {
+        if !media.starts_with("text/") {
+            continue;
+        }
+        if let Some(RefOr::T(Schema::Object(object))) = content.schema.as_mut()
+            && let SchemaType::Array(types) = &object.schema_type
+        {
+            let kept: Vec<Type> = types
+                .iter()
+                .filter(|t| **t != Type::Null)
+                .cloned()
+                .collect();
+            if let [only] = kept.as_slice() {
+                object.schema_type = SchemaType::Type(only.clone());
+            }
+        }
+    }
+}
+
 /// Adds the common answers to every operation of `doc` that does not document them itself.
 pub fn document(doc: &mut OpenApiDoc) {
     document_named_keys(doc);
+    document_links(doc);
     for item in doc.paths.paths.values_mut() {
         let operations = [
             &mut item.get,
@@ -150,6 +242,7 @@ pub fn document(doc: &mut OpenApiDoc) {
             &mut item.trace,
         ];
         for operation in operations.into_iter().flatten() {
+            text_bodies(operation);
             for common in COMMON {
                 if (common.applies)(operation) {
                     operation
@@ -158,6 +251,34 @@ pub fn document(doc: &mut OpenApiDoc) {
                         .entry(common.status.to_owned())
                         .or_insert_with(|| RefOr::T(response(common)));
                 }
+            }
+        }
+    }
+}
+
+/// Renames the fields of every link of `doc` (JSON) to their names in the specification.
+pub fn camel_case_links(doc: &mut serde_json::Value) {
+    const NAMES: [(&str, &str); 3] = [
+        ("operation_id", "operationId"),
+        ("operation_ref", "operationRef"),
+        ("request_body", "requestBody"),
+    ];
+    let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else {
+        return;
+    };
+    let links = paths
+        .values_mut()
+        .filter_map(|item| item.as_object_mut())
+        .flat_map(|item| item.values_mut())
+        .filter_map(|operation| operation.get_mut("responses")?.as_object_mut())
+        .flat_map(|responses| responses.values_mut())
+        .filter_map(|response| response.get_mut("links")?.as_object_mut())
+        .flat_map(|links| links.values_mut())
+        .filter_map(|link| link.as_object_mut());
+    for link in links {
+        for (from, to) in NAMES {
+            if let Some(value) = link.remove(from) {
+                link.insert(to.to_owned(), value);
             }
         }
     }

@@ -129,7 +129,7 @@ pub async fn revoke_token(
 /// Replace a service token's secret; the old one keeps working for the grace period only.
 #[utoipa::path(
     post, path = "/{org}/service-tokens/{id}/rotate", tag = "service-tokens", security(("bearer" = [])),
-    params(("org" = String, Path), ("id" = ServiceTokenId, Path)), request_body(content = RotateApiKeyRequest, description = "optional"),
+    params(("org" = String, Path), ("id" = ServiceTokenId, Path)), request_body(content = Option<RotateApiKeyRequest>, description = "optional"),
     responses((status = 200, body = IssuedServiceToken), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse), (status = 422, body = ErrorResponse))
 )]
 pub async fn rotate_token(
@@ -137,9 +137,13 @@ pub async fn rotate_token(
     meta: ClientMeta,
     principal: Principal,
     Path((org, id)): Path<(String, String)>,
-    body: Option<Json<RotateApiKeyRequest>>,
+    body: Option<Json<Option<RotateApiKeyRequest>>>,
 ) -> Result<Json<IssuedServiceToken>, ApiError> {
-    let grace = body.and_then(|Json(b)| b.grace_period_seconds).unwrap_or(0);
+    // No body and a JSON `null` both mean no grace period.
+    let grace = body
+        .and_then(|Json(b)| b)
+        .and_then(|b| b.grace_period_seconds)
+        .unwrap_or(0);
     let (view, secret) = service::service_tokens::rotate(
         &state,
         &meta,

@@ -138,9 +138,12 @@ pub async fn rotate_secret(
     meta: ClientMeta,
     principal: Principal,
     Path((org, project, id)): Path<HookSegments>,
-    request: Option<Json<RotateWebhookSecretRequest>>,
+    request: Option<Json<Option<RotateWebhookSecretRequest>>>,
 ) -> Result<Json<WebhookSecret>, ApiError> {
-    let overlap = request.and_then(|Json(r)| r.overlap_seconds);
+    // No body and a JSON `null` both mean the defaults.
+    let overlap = request
+        .and_then(|Json(r)| r)
+        .and_then(|r| r.overlap_seconds);
     let (secret, until) =
         service::webhooks::rotate_secret(&state, &meta, &principal, &org, &project, &id, overlap)
             .await?;

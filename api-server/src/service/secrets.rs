@@ -1558,8 +1558,13 @@ pub async fn import(
     body: &str,
 ) -> ApiResult<UpsertReport> {
     let ctx = tenancy::environment(state, principal, at, Action::SecretsWrite).await?;
-    let entries = formats::parse(format, body, MAX_VALUE_BYTES)
-        .map_err(|e| ApiError::validation("invalid_file", e.to_string()))?;
+    // No body is an empty file, whatever the format (an empty JSON document is not JSON).
+    let entries = if body.is_empty() {
+        Vec::new()
+    } else {
+        formats::parse(format, body, MAX_VALUE_BYTES)
+            .map_err(|e| ApiError::validation("invalid_file", e.to_string()))?
+    };
     check_entry_count(state, entries.len())?;
     for entry in &entries {
         check_key(&entry.key).map_err(|_| {

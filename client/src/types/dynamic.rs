@@ -64,12 +64,15 @@ pub struct CreateDynamicSecretRequest {
     /// `{{expiration}}` are replaced. Default: `CREATE ROLE "{{name}}" WITH LOGIN PASSWORD
     /// '{{password}}' VALID UNTIL '{{expiration}}'`, then one `GRANT <grant> TO "{{name}}"` per
     /// entry of `grants`.
+    #[cfg_attr(feature = "server", schema(min_items = 1, max_items = 20))]
     pub creation_statements: Option<Vec<String>>,
     /// Run to revoke a role (`{{name}}`). Default: end the role's sessions, `REASSIGN OWNED`
     /// to the administrator, `DROP OWNED`, `DROP ROLE`; a role already gone is revoked.
+    #[cfg_attr(feature = "server", schema(min_items = 1, max_items = 20))]
     pub revocation_statements: Option<Vec<String>>,
     /// Run to renew a lease (`{{name}}`, `{{expiration}}`). Default: `ALTER ROLE "{{name}}"
     /// VALID UNTIL '{{expiration}}'`.
+    #[cfg_attr(feature = "server", schema(min_items = 1, max_items = 20))]
     pub renew_statements: Option<Vec<String>>,
     /// For the default creation statements: what each role is granted, e.g. `SELECT ON ALL
     /// TABLES IN SCHEMA public` or the name of a group role.
@@ -96,8 +99,11 @@ pub struct CreateDynamicSecretRequest {
 #[serde(deny_unknown_fields)]
 pub struct UpdateDynamicSecretRequest {
     pub connection: Option<DynamicConnection>,
+    #[cfg_attr(feature = "server", schema(min_items = 1, max_items = 20))]
     pub creation_statements: Option<Vec<String>>,
+    #[cfg_attr(feature = "server", schema(min_items = 1, max_items = 20))]
     pub revocation_statements: Option<Vec<String>>,
+    #[cfg_attr(feature = "server", schema(min_items = 1, max_items = 20))]
     pub renew_statements: Option<Vec<String>>,
     pub grants: Option<Vec<String>>,
     pub username_template: Option<String>,

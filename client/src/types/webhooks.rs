@@ -51,6 +51,8 @@ pub struct CreateWebhookRequest {
         schema(value_type = Option<Vec<formats::Slug>>, min_items = 1, max_items = 100)
     )]
     pub environments: Option<Vec<String>>,
+    /// Only these event types (at least one); absent: all of them.
+    #[cfg_attr(feature = "server", schema(min_items = 1))]
     pub events: Option<Vec<EventType>>,
     /// Default true.
     pub enabled: Option<bool>,
@@ -70,7 +72,7 @@ pub struct UpdateWebhookRequest {
     )]
     pub environments: Option<Option<Vec<String>>>,
     #[serde(default, with = "double_option")]
-    #[cfg_attr(feature = "server", schema(value_type = Option<Vec<EventType>>))]
+    #[cfg_attr(feature = "server", schema(value_type = Option<Vec<EventType>>, min_items = 1))]
     pub events: Option<Option<Vec<EventType>>>,
     /// Enabling a disabled webhook clears its failure count.
     pub enabled: Option<bool>,
