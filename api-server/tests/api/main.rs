@@ -9,6 +9,7 @@ mod api_keys;
 mod audit;
 mod auth;
 mod client_address;
+mod contract;
 mod durability;
 mod dynamic;
 mod errors;
