@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use secrecy::SecretString;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -12,10 +12,10 @@ use crate::auth::Principal;
 use crate::db::users::UserRow;
 use crate::error::{ApiError, ErrorResponse};
 use crate::http::{Json, Revealed};
-use crate::ids::{Timestamp, UserId};
 use crate::service::{self, ClientMeta};
 use crate::state::AppState;
 use coffer_client::types::formats;
+pub use coffer_client::types::{LoggedIn, LoginRequest, RefreshRequest, SessionTokens, User};
 
 /// Signing up, in and out, and refreshing: none changes an API key, a service token or anyone's
 /// standing (sessions are remembered apart, see `AppState::sessions`).
@@ -46,21 +46,6 @@ pub struct RegisterRequest {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct LoginRequest {
-    pub email: String,
-    #[schema(value_type = String, format = Password)]
-    pub password: SecretString,
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RefreshRequest {
-    #[schema(value_type = String)]
-    pub refresh_token: SecretString,
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct ChangePasswordRequest {
     #[schema(value_type = String, format = Password)]
     pub current_password: SecretString,
@@ -77,15 +62,6 @@ fn yes() -> bool {
     true
 }
 
-/// A user account.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct User {
-    pub id: UserId,
-    pub email: String,
-    pub name: String,
-    pub created_at: Timestamp,
-}
-
 impl From<UserRow> for User {
     fn from(u: UserRow) -> Self {
         Self {
@@ -97,37 +73,18 @@ impl From<UserRow> for User {
     }
 }
 
-/// Tokens: the access token for `Authorization: Bearer`, the refresh token for `/auth/refresh`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TokenResponse {
-    pub access_token: Revealed,
-    pub refresh_token: Revealed,
-    #[schema(example = "Bearer")]
-    pub token_type: &'static str,
-    /// Seconds until the access token expires.
-    pub expires_in: u64,
-}
-
-impl From<service::auth::IssuedTokens> for TokenResponse {
+impl From<service::auth::IssuedTokens> for SessionTokens {
     fn from(t: service::auth::IssuedTokens) -> Self {
         Self {
             access_token: Revealed(t.access_token),
             refresh_token: Revealed(t.refresh_token),
-            token_type: "Bearer",
+            token_type: "Bearer".to_owned(),
             expires_in: t.expires_in.as_secs(),
         }
     }
 }
 
-/// The user and their tokens.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AuthResponse {
-    pub user: User,
-    #[serde(flatten)]
-    pub tokens: TokenResponse,
-}
-
-impl From<service::auth::LoggedIn> for AuthResponse {
+impl From<service::auth::LoggedIn> for LoggedIn {
     fn from(l: service::auth::LoggedIn) -> Self {
         Self {
             user: l.user.into(),
@@ -140,7 +97,7 @@ impl From<service::auth::LoggedIn> for AuthResponse {
 #[utoipa::path(
     post, path = "/register", tag = "auth", request_body = RegisterRequest,
     responses(
-        (status = 201, body = AuthResponse),
+        (status = 201, body = LoggedIn),
         (status = 409, description = "email taken", body = ErrorResponse),
         (status = 422, description = "invalid email, name or weak password", body = ErrorResponse),
         (status = 429, body = ErrorResponse),
@@ -150,7 +107,7 @@ pub async fn register(
     State(state): State<AppState>,
     meta: ClientMeta,
     Json(req): Json<RegisterRequest>,
-) -> Result<(StatusCode, Json<AuthResponse>), ApiError> {
+) -> Result<(StatusCode, Json<LoggedIn>), ApiError> {
     let done = service::auth::register(&state, &meta, &req.email, &req.password, &req.name).await?;
     Ok((StatusCode::CREATED, Json(done.into())))
 }
@@ -158,13 +115,13 @@ pub async fn register(
 /// Log in with email and password.
 #[utoipa::path(
     post, path = "/login", tag = "auth", request_body = LoginRequest,
-    responses((status = 200, body = AuthResponse), (status = 401, body = ErrorResponse), (status = 429, body = ErrorResponse))
+    responses((status = 200, body = LoggedIn), (status = 401, body = ErrorResponse), (status = 429, body = ErrorResponse))
 )]
 pub async fn login(
     State(state): State<AppState>,
     meta: ClientMeta,
     Json(req): Json<LoginRequest>,
-) -> Result<Json<AuthResponse>, ApiError> {
+) -> Result<Json<LoggedIn>, ApiError> {
     Ok(Json(
         service::auth::login(&state, &meta, &req.email, &req.password)
             .await?
@@ -176,13 +133,13 @@ pub async fn login(
 /// ends its session.
 #[utoipa::path(
     post, path = "/refresh", tag = "auth", request_body = RefreshRequest,
-    responses((status = 200, body = TokenResponse), (status = 401, body = ErrorResponse), (status = 429, body = ErrorResponse))
+    responses((status = 200, body = SessionTokens), (status = 401, body = ErrorResponse), (status = 429, body = ErrorResponse))
 )]
 pub async fn refresh(
     State(state): State<AppState>,
     meta: ClientMeta,
     Json(req): Json<RefreshRequest>,
-) -> Result<Json<TokenResponse>, ApiError> {
+) -> Result<Json<SessionTokens>, ApiError> {
     let (_, tokens) = service::auth::refresh(&state, &meta, &req.refresh_token).await?;
     Ok(Json(tokens.into()))
 }

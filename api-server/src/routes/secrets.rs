@@ -13,8 +13,6 @@ use crate::auth::{Caller, Principal};
 use crate::db::secrets::VersionRow;
 use crate::error::{ApiError, ErrorResponse};
 use crate::http::{Json, NumberPageParams, Page, PageExt as _, Query, Revealed};
-use crate::ids::Timestamp;
-use crate::routes::audit::Actor;
 use crate::secrets::formats::Format;
 use crate::service::secrets::{BulkRead, SecretInput, SecretValue, UpsertReport};
 use crate::service::tenancy::EnvPath;
@@ -26,7 +24,8 @@ use coffer_client::types::formats;
 
 pub use coffer_client::types::{
     BulkUpsertRequest, Comparison, CopyReport, CopySecretsRequest, CreateSecretRequest,
-    PutSecretRequest, RollbackRequest, Secret, SecretsPage, WriteReport,
+    PutSecretRequest, RollbackRequest, Secret, SecretVersion, SecretsPage, VersionAuthor,
+    WriteReport,
 };
 
 const SECRETS: &str = "/{org}/projects/{project}/environments/{env}/secrets";
@@ -98,20 +97,12 @@ impl From<UpsertReport> for WriteReport {
     }
 }
 
-/// One version's metadata.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Version {
-    pub version: i64,
-    pub created_at: Timestamp,
-    pub actor: Actor,
-}
-
-impl From<VersionRow> for Version {
+impl From<VersionRow> for SecretVersion {
     fn from(v: VersionRow) -> Self {
         Self {
             version: v.version,
             created_at: v.created_at,
-            actor: Actor {
+            actor: VersionAuthor {
                 kind: v.actor_type,
                 id: v.actor_id,
             },
@@ -529,14 +520,14 @@ pub async fn restore_secret(
 #[utoipa::path(
     get, path = "/{org}/projects/{project}/environments/{env}/secrets/{key}/versions", tag = "secrets", security(("bearer" = [])),
     params(("org" = String, Path), ("project" = String, Path), ("env" = String, Path), ("key" = formats::SecretKey, Path), NumberPageParams),
-    responses((status = 200, body = Page<Version>), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse))
+    responses((status = 200, body = Page<SecretVersion>), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse))
 )]
 pub async fn list_versions(
     State(state): State<AppState>,
     principal: Caller,
     Path(p): Path<KeySegments>,
     Query(page): Query<NumberPageParams>,
-) -> Result<Json<Page<Version>>, ApiError> {
+) -> Result<Json<Page<SecretVersion>>, ApiError> {
     let (env, key) = secret_path(&p)?;
     let limit = page.limit()?;
     let versions =
@@ -545,7 +536,7 @@ pub async fn list_versions(
         versions,
         limit,
         |v| v.version.to_string(),
-        Version::from,
+        SecretVersion::from,
     )))
 }
 

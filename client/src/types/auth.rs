@@ -7,23 +7,28 @@ use crate::types::revealed::expose;
 
 /// `POST /api/v1/auth/login`: email and password.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     pub email: String,
     #[serde(serialize_with = "expose::secret")]
+    #[cfg_attr(feature = "server", schema(value_type = String, format = Password))]
     pub password: SecretString,
 }
 
 /// `POST /api/v1/auth/refresh`: a refresh token, which works once.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
     #[serde(serialize_with = "expose::secret")]
+    #[cfg_attr(feature = "server", schema(value_type = String))]
     pub refresh_token: SecretString,
 }
 
 /// A user account.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct User {
     pub id: UserId,
     pub email: String,
@@ -34,9 +39,11 @@ pub struct User {
 /// The tokens of a login session: the access token for `Authorization: Bearer`, the refresh
 /// token to trade for new tokens (once) when it expires.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct SessionTokens {
     pub access_token: Revealed,
     pub refresh_token: Revealed,
+    #[cfg_attr(feature = "server", schema(example = "Bearer"))]
     pub token_type: String,
     /// Seconds until the access token expires.
     pub expires_in: u64,
@@ -44,6 +51,7 @@ pub struct SessionTokens {
 
 /// The answer to a login (or a registration): the user and the session's tokens.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct LoggedIn {
     pub user: User,
     #[serde(flatten)]
