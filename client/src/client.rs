@@ -272,15 +272,7 @@ impl Client {
         env: &str,
         req: &CopySecretsRequest,
     ) -> Result<CopyReport, Error> {
-        let url = self.url(&[
-            org,
-            "projects",
-            project,
-            "environments",
-            env,
-            "secrets",
-            "copy",
-        ])?;
+        let url = self.env_url(org, project, env, &["secrets", "copy"])?;
         self.json(self.request(Method::POST, url).json(req)).await
     }
 
@@ -363,14 +355,7 @@ impl Client {
         env: &str,
         req: &CreateDynamicSecretRequest,
     ) -> Result<DynamicSecret, Error> {
-        let url = self.url(&[
-            org,
-            "projects",
-            project,
-            "environments",
-            env,
-            "dynamic-secrets",
-        ])?;
+        let url = self.env_url(org, project, env, &["dynamic-secrets"])?;
         self.json(self.request(Method::POST, url).json(req)).await
     }
 
@@ -512,6 +497,19 @@ impl Client {
         Ok(url)
     }
 
+    /// `…/orgs/{org}/projects/{project}/environments/{env}` followed by `rest`.
+    pub(crate) fn env_url(
+        &self,
+        org: &str,
+        project: &str,
+        env: &str,
+        rest: &[&str],
+    ) -> Result<Url, Error> {
+        let mut segments = vec![org, "projects", project, "environments", env];
+        segments.extend_from_slice(rest);
+        self.url(&segments)
+    }
+
     fn secrets_url(
         &self,
         org: &str,
@@ -520,16 +518,8 @@ impl Client {
         key: Option<&str>,
     ) -> Result<Url, Error> {
         match key {
-            Some(key) => self.url(&[
-                org,
-                "projects",
-                project,
-                "environments",
-                env,
-                "secrets",
-                key,
-            ]),
-            None => self.url(&[org, "projects", project, "environments", env, "secrets"]),
+            Some(key) => self.env_url(org, project, env, &["secrets", key]),
+            None => self.env_url(org, project, env, &["secrets"]),
         }
     }
 

@@ -141,6 +141,16 @@ fn values(page: &SecretsPage) -> Vec<(&str, &str)> {
         .collect()
 }
 
+/// A client of `server` and its project `web` with the default environments.
+async fn with_web(server: &Server) -> Client {
+    let client = server.client().await;
+    client
+        .create_project(ORG, &project("web", None))
+        .await
+        .unwrap();
+    client
+}
+
 async fn read(client: &Client, env: &str) -> (Option<String>, SecretsPage) {
     match client.read_secrets(ORG, "web", env, None).await.unwrap() {
         Fetched::Modified { etag, value } => (etag, value),
@@ -208,11 +218,7 @@ async fn projects_and_environments_are_created_read_and_deleted() {
 #[tokio::test]
 async fn secrets_are_written_one_by_one_and_in_bulk_read_and_deleted() {
     let server = Server::start().await;
-    let client = server.client().await;
-    client
-        .create_project(ORG, &project("web", None))
-        .await
-        .unwrap();
+    let client = with_web(&server).await;
 
     let secret = client
         .put_secret(
@@ -285,11 +291,7 @@ async fn secrets_are_written_one_by_one_and_in_bulk_read_and_deleted() {
 #[tokio::test]
 async fn reading_again_with_the_etag_answers_not_modified_until_something_changes() {
     let server = Server::start().await;
-    let client = server.client().await;
-    client
-        .create_project(ORG, &project("web", None))
-        .await
-        .unwrap();
+    let client = with_web(&server).await;
     client
         .put_secret(ORG, "web", "staging", "A", &put("one"))
         .await
@@ -331,11 +333,7 @@ async fn reading_again_with_the_etag_answers_not_modified_until_something_change
 #[tokio::test]
 async fn a_service_token_created_through_the_client_reads_only_its_environments() {
     let server = Server::start().await;
-    let client = server.client().await;
-    client
-        .create_project(ORG, &project("web", None))
-        .await
-        .unwrap();
+    let client = with_web(&server).await;
     client
         .put_secret(ORG, "web", "production", "API_KEY", &put("live-key"))
         .await
@@ -610,11 +608,7 @@ async fn an_event_stream_starts_with_the_revisions_and_resumes_after_the_last_ev
 #[tokio::test]
 async fn an_event_stream_is_refused_with_the_servers_error() {
     let server = Server::start().await;
-    let client = server.client().await;
-    client
-        .create_project(ORG, &project("web", None))
-        .await
-        .unwrap();
+    let client = with_web(&server).await;
     let err = client
         .project_events(ORG, "nope", None, None)
         .await
@@ -717,11 +711,7 @@ async fn a_login_session_is_refreshed_once_per_refresh_token_and_ended_by_logout
 #[tokio::test]
 async fn one_secret_is_read_its_versions_listed_and_an_earlier_one_made_current() {
     let server = Server::start().await;
-    let client = server.client().await;
-    client
-        .create_project(ORG, &project("web", None))
-        .await
-        .unwrap();
+    let client = with_web(&server).await;
     for value in ["one", "two", "${OTHER}"] {
         if value.contains("OTHER") {
             client
@@ -780,11 +770,7 @@ async fn one_secret_is_read_its_versions_listed_and_an_earlier_one_made_current(
 #[tokio::test]
 async fn an_exported_file_imports_back_in_each_format() {
     let server = Server::start().await;
-    let client = server.client().await;
-    client
-        .create_project(ORG, &project("web", None))
-        .await
-        .unwrap();
+    let client = with_web(&server).await;
     client
         .bulk_upsert(
             ORG,

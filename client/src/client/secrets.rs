@@ -38,16 +38,7 @@ impl Client {
         key: &str,
         cursor: Option<&str>,
     ) -> Result<Page<SecretVersion>, Error> {
-        let mut url = self.url(&[
-            org,
-            "projects",
-            project,
-            "environments",
-            env,
-            "secrets",
-            key,
-            "versions",
-        ])?;
+        let mut url = self.env_url(org, project, env, &["secrets", key, "versions"])?;
         {
             let mut query = url.query_pairs_mut();
             query.append_pair("limit", VERSIONS_PER_PAGE);
@@ -68,17 +59,7 @@ impl Client {
         version: i64,
     ) -> Result<Secret, Error> {
         let version = version.to_string();
-        let url = self.url(&[
-            org,
-            "projects",
-            project,
-            "environments",
-            env,
-            "secrets",
-            key,
-            "versions",
-            &version,
-        ])?;
+        let url = self.env_url(org, project, env, &["secrets", key, "versions", &version])?;
         self.json(self.request(Method::GET, url)).await
     }
 
@@ -91,16 +72,7 @@ impl Client {
         key: &str,
         req: &RollbackRequest,
     ) -> Result<Secret, Error> {
-        let url = self.url(&[
-            org,
-            "projects",
-            project,
-            "environments",
-            env,
-            "secrets",
-            key,
-            "rollback",
-        ])?;
+        let url = self.env_url(org, project, env, &["secrets", key, "rollback"])?;
         self.json(self.request(Method::POST, url).json(req)).await
     }
 
@@ -114,15 +86,7 @@ impl Client {
         format: FileFormat,
         resolve: bool,
     ) -> Result<SecretString, Error> {
-        let mut url = self.url(&[
-            org,
-            "projects",
-            project,
-            "environments",
-            env,
-            "secrets",
-            "export",
-        ])?;
+        let mut url = self.env_url(org, project, env, &["secrets", "export"])?;
         url.query_pairs_mut()
             .append_pair("format", format.as_str())
             .append_pair("resolve", if resolve { "true" } else { "false" });
@@ -152,15 +116,7 @@ impl Client {
         format: FileFormat,
         file: Vec<u8>,
     ) -> Result<WriteReport, Error> {
-        let mut url = self.url(&[
-            org,
-            "projects",
-            project,
-            "environments",
-            env,
-            "secrets",
-            "import",
-        ])?;
+        let mut url = self.env_url(org, project, env, &["secrets", "import"])?;
         url.query_pairs_mut().append_pair("format", format.as_str());
         let content_type = match format {
             FileFormat::Dotenv => "text/plain; charset=utf-8",
