@@ -491,6 +491,45 @@ impl Browser {
             .unwrap_or_else(|e| panic!("opening {target}: {e}"));
     }
 
+    /// Waits (at most [`WAIT`]) until the current URL is `ok`; returns it.
+    pub async fn wait_for_url(&self, what: &str, ok: impl Fn(&url::Url) -> bool) -> url::Url {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let current = self.client.current_url().await.expect("the current URL");
+            if ok(&current) {
+                return current;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still at {current} after {WAIT:?}, not {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Signs in through the dashboard's form as `email` (with [`PASSWORD`], as [`register`]
+    /// makes it) and waits until the browser has left `/login`.
+    pub async fn sign_in(&self, email: &str) {
+        self.goto("/login").await;
+        self.find("form input[name=email]")
+            .await
+            .send_keys(email)
+            .await
+            .expect("typing the email");
+        self.find("form input[name=password]")
+            .await
+            .send_keys(PASSWORD)
+            .await
+            .expect("typing the password");
+        self.find("form button[type=submit]")
+            .await
+            .click()
+            .await
+            .expect("submitting the form");
+        self.wait_for_url("signed in", |url| url.path() != "/login")
+            .await;
+    }
+
     /// The first element matching `css`, waited for (at most [`WAIT`]).
     pub async fn find(&self, css: &str) -> fantoccini::elements::Element {
         self.client
