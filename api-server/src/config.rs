@@ -61,6 +61,22 @@ pub enum Command {
     /// Re-wrap every data key with `COFFER_MASTER_KEY`; afterwards the keys listed in
     /// `COFFER_PREVIOUS_MASTER_KEYS` can be removed from the configuration.
     RotateMasterKey,
+    /// Administration of accounts.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+/// `coffer-server admin …`
+#[derive(Debug, Clone, Subcommand)]
+pub enum AdminCommand {
+    /// Print a one-time link (valid `COFFER_PASSWORD_RESET_TTL`) with which the account of
+    /// EMAIL sets a new password; an earlier link for it stops working.
+    ResetPassword {
+        /// The account's email address.
+        email: String,
+    },
 }
 
 /// Every setting of coffer-server. Each flag reads the environment variable of the same name.
@@ -193,6 +209,19 @@ pub struct Config {
     /// Lifetime of a refresh token, in seconds.
     #[arg(long = "refresh-token-ttl", env = "COFFER_REFRESH_TOKEN_TTL", value_name = "COFFER_REFRESH_TOKEN_TTL", default_value_t = 7 * 86_400, value_parser = clap::value_parser!(u64).range(60..=90 * 86_400))]
     pub refresh_token_ttl_secs: u64,
+
+    /// How long a password-reset link works, in seconds (5 minutes to 7 days).
+    #[arg(long = "password-reset-ttl", env = "COFFER_PASSWORD_RESET_TTL", value_name = "COFFER_PASSWORD_RESET_TTL", default_value_t = 3_600, value_parser = clap::value_parser!(u64).range(300..=7 * 86_400))]
+    pub password_reset_ttl_secs: u64,
+
+    /// The address users reach this server at (`https://coffer.example.com`, with a path when
+    /// it is served under one), for the links it hands out. Default: from `COFFER_LISTEN`.
+    #[arg(
+        long = "public-url",
+        env = "COFFER_PUBLIC_URL",
+        value_name = "COFFER_PUBLIC_URL"
+    )]
+    pub public_url: Option<String>,
 
     /// Absolute lifetime of a session however often it is refreshed, in seconds.
     #[arg(long = "session-max-lifetime", env = "COFFER_SESSION_MAX_LIFETIME", value_name = "COFFER_SESSION_MAX_LIFETIME", default_value_t = 30 * 86_400, value_parser = clap::value_parser!(u64).range(60..=365 * 86_400))]
@@ -368,6 +397,25 @@ fn parse_duration_secs(text: &str) -> Result<u64, String> {
     Ok(secs)
 }
 
+/// An `http://` or `https://` URL with a host, and no credentials, query or fragment: links
+/// are made by appending paths to it.
+fn check_public_url(text: &str) -> Result<(), String> {
+    let url = url::Url::parse(text).map_err(|e| format!("not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("must start with http:// or https://".into());
+    }
+    if url.host().is_none() {
+        return Err("must name a host".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not hold credentials".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("must not have a query or a fragment".into());
+    }
+    Ok(())
+}
+
 impl Config {
     /// A configuration with every default, as if no variable were set.
     pub fn defaults() -> Self {
@@ -410,6 +458,9 @@ impl Config {
                 "must start with sqlite:, postgres:// or postgresql://",
             ));
         }
+        if let Some(url) = &self.public_url {
+            check_public_url(url).map_err(|e| ConfigError::new("COFFER_PUBLIC_URL", e))?;
+        }
         tracing_subscriber::EnvFilter::try_new(&self.log)
             .map_err(|e| ConfigError::new("COFFER_LOG", format!("invalid filter: {e}")))?;
         Ok(())
@@ -432,6 +483,28 @@ impl Config {
 
     pub fn session_max_lifetime(&self) -> Duration {
         Duration::from_secs(self.session_max_lifetime_secs)
+    }
+
+    pub fn password_reset_ttl(&self) -> Duration {
+        Duration::from_secs(self.password_reset_ttl_secs)
+    }
+
+    /// Where users reach this server, without a trailing `/`: `COFFER_PUBLIC_URL`, else the
+    /// listening address (`localhost` for an unspecified one), `https` when serving TLS.
+    pub fn public_url(&self) -> String {
+        if let Some(url) = &self.public_url {
+            return url.trim_end_matches('/').to_owned();
+        }
+        let scheme = if self.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let port = self.listen.port();
+        match self.listen.ip() {
+            ip if ip.is_unspecified() => format!("{scheme}://localhost:{port}"),
+            _ => format!("{scheme}://{}", self.listen),
+        }
     }
 
     pub fn event_retention(&self) -> Duration {
@@ -526,6 +599,61 @@ mod tests {
         );
         let err = Cli::try_parse_from(["coffer-server", "--trusted-proxies", "17"]).unwrap_err();
         assert!(err.to_string().contains("COFFER_TRUSTED_PROXIES"), "{err}");
+    }
+
+    #[test]
+    fn the_public_url_is_configured_or_made_from_the_listening_address() {
+        let mut c = Config::defaults();
+        assert_eq!(c.public_url(), "http://127.0.0.1:8080");
+        c.listen = "0.0.0.0:8443".parse().unwrap();
+        c.tls_cert = Some("tls.crt".into());
+        assert_eq!(c.public_url(), "https://localhost:8443");
+        c.listen = "[::1]:8443".parse().unwrap();
+        assert_eq!(c.public_url(), "https://[::1]:8443");
+        c.public_url = Some("https://coffer.example.com/vault/".into());
+        c.validate().unwrap();
+        assert_eq!(c.public_url(), "https://coffer.example.com/vault");
+        for bad in [
+            "coffer.example.com",
+            "ftp://coffer.example.com",
+            "https://ann:pw@coffer.example.com",
+            "https://coffer.example.com/?a=b",
+            "https://coffer.example.com/#x",
+        ] {
+            c.public_url = Some(bad.into());
+            assert_eq!(c.validate().unwrap_err().var, "COFFER_PUBLIC_URL", "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_password_reset_link_lives_from_five_minutes_to_seven_days() {
+        assert_eq!(
+            Config::defaults().password_reset_ttl(),
+            Duration::from_secs(3_600)
+        );
+        for bad in ["299", "604801"] {
+            let err =
+                Cli::try_parse_from(["coffer-server", "--password-reset-ttl", bad]).unwrap_err();
+            assert!(
+                err.to_string().contains("COFFER_PASSWORD_RESET_TTL"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn admin_reset_password_takes_an_email() {
+        let cli = Cli::try_parse_from([
+            "coffer-server",
+            "admin",
+            "reset-password",
+            "ann@example.com",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Admin { command: AdminCommand::ResetPassword { email } }) if email == "ann@example.com"
+        ));
     }
 
     #[test]

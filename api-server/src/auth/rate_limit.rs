@@ -29,6 +29,9 @@ pub enum Limit {
     RegisterPerAccount,
     RefreshPerIp,
     RefreshPerAccount,
+    /// Password-reset redemptions from one address (at the login rate): a reset token is a
+    /// credential.
+    PasswordResetPerIp,
     /// Connection checks of dynamic secrets (each one a login attempt on a database) by one
     /// organization: enough to set some up, too few to guess a database's password through
     /// coffer-server.
@@ -45,6 +48,7 @@ impl Limit {
             Self::RegisterPerAccount => "register_per_account",
             Self::RefreshPerIp => "refresh_per_ip",
             Self::RefreshPerAccount => "refresh_per_account",
+            Self::PasswordResetPerIp => "password_reset_per_ip",
             Self::DynamicChecksPerOrg => "dynamic_checks_per_org",
         }
     }
@@ -157,6 +161,7 @@ pub struct RateLimits {
     register_account: DefaultKeyedRateLimiter<String>,
     refresh_ip: DefaultKeyedRateLimiter<String>,
     refresh_account: DefaultKeyedRateLimiter<String>,
+    password_reset_ip: DefaultKeyedRateLimiter<String>,
     dynamic_checks: DefaultKeyedRateLimiter<String>,
     /// Keys refused recently, so that a refusal is audited once per window, not per request.
     refusals: moka::sync::Cache<(Limit, String), ()>,
@@ -181,6 +186,7 @@ impl RateLimits {
             register_account: per_minute(per_account),
             refresh_ip: per_minute(config.refresh_rate_per_ip),
             refresh_account: per_minute((config.refresh_rate_per_ip / 5).max(5)),
+            password_reset_ip: per_minute(config.login_rate_per_ip),
             dynamic_checks: per_minute(config.dynamic_checks_per_minute),
             refusals: moka::sync::Cache::builder()
                 .max_capacity(100_000)
@@ -199,6 +205,7 @@ impl RateLimits {
             Limit::RegisterPerAccount => &self.register_account,
             Limit::RefreshPerIp => &self.refresh_ip,
             Limit::RefreshPerAccount => &self.refresh_account,
+            Limit::PasswordResetPerIp => &self.password_reset_ip,
             Limit::DynamicChecksPerOrg => &self.dynamic_checks,
             Limit::LoginFailuresPerAccountIp => {
                 return self.failures_account_ip.take(key, Instant::now());
@@ -268,6 +275,7 @@ impl RateLimits {
             &self.register_account,
             &self.refresh_ip,
             &self.refresh_account,
+            &self.password_reset_ip,
         ] {
             l.retain_recent();
             l.shrink_to_fit();

@@ -1,5 +1,6 @@
-//! Opaque bearer tokens: refresh tokens and API keys. 256 random bits each; only their SHA-256
-//! is stored (a fast hash suffices for a full-entropy secret and keeps lookups indexable).
+//! Opaque bearer tokens: refresh tokens, API keys, password-reset tokens. 256 random bits each;
+//! only their SHA-256 is stored (a fast hash suffices for a full-entropy secret and keeps lookups
+//! indexable).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -11,6 +12,8 @@ use sha2::{Digest, Sha256};
 pub const API_KEY_PREFIX: &str = "cfr_";
 /// Prefix of refresh tokens.
 pub const REFRESH_TOKEN_PREFIX: &str = "cfrt_";
+/// Prefix of password-reset tokens.
+pub const PASSWORD_RESET_PREFIX: &str = "cfp_";
 
 /// A new random token `prefix` + 43 base64url characters.
 pub fn generate(prefix: &str) -> SecretString {

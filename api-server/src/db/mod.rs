@@ -18,6 +18,7 @@ pub mod dynamic;
 pub mod events;
 pub mod hot;
 pub mod orgs;
+pub mod password_resets;
 pub mod projects;
 pub mod secrets;
 pub mod service_tokens;

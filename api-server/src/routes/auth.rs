@@ -1,4 +1,5 @@
-//! `/api/v1/auth`: registration, login, token refresh, logout, the current user, password change.
+//! `/api/v1/auth`: registration, login, token refresh, logout, the current user, password change
+//! and reset.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -17,7 +18,7 @@ use crate::state::AppState;
 use coffer_client::types::formats;
 pub use coffer_client::types::{LoggedIn, LoginRequest, RefreshRequest, SessionTokens, User};
 
-/// Signing up, in and out, and refreshing: none changes an API key, a service token or anyone's
+/// Signing up, in and out, refreshing, resetting a password: none changes an API key, a service token or anyone's
 /// standing (sessions are remembered apart, see `AppState::sessions`).
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -26,6 +27,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(refresh))
         .routes(routes!(logout))
         .routes(routes!(me))
+        .routes(routes!(reset_password))
 }
 
 /// Changing the password, which revokes the user's API keys (unless asked not to).
@@ -56,6 +58,16 @@ pub struct ChangePasswordRequest {
     #[serde(default = "yes")]
     #[schema(default = true)]
     pub revoke_api_keys: bool,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResetPasswordRequest {
+    /// The token of a password-reset link (`cfp_…`, its last path segment).
+    #[schema(value_type = String, format = Password)]
+    pub token: SecretString,
+    #[schema(value_type = formats::NewPassword)]
+    pub new_password: SecretString,
 }
 
 fn yes() -> bool {
@@ -197,5 +209,25 @@ pub async fn change_password(
         req.revoke_api_keys,
     )
     .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Set a new password with the token of a password-reset link (no authentication: the token is
+/// the credential). The token works once; every session of the account ends.
+#[utoipa::path(
+    post, path = "/password-reset", tag = "auth", request_body = ResetPasswordRequest,
+    responses(
+        (status = 204),
+        (status = 401, description = "the token is unknown, expired, used or replaced (`invalid_reset_token`)", body = ErrorResponse),
+        (status = 422, description = "weak password (the token stays usable)", body = ErrorResponse),
+        (status = 429, body = ErrorResponse),
+    )
+)]
+pub async fn reset_password(
+    State(state): State<AppState>,
+    meta: ClientMeta,
+    Json(req): Json<ResetPasswordRequest>,
+) -> Result<StatusCode, ApiError> {
+    service::password_reset::redeem(&state, &meta, &req.token, &req.new_password).await?;
     Ok(StatusCode::NO_CONTENT)
 }

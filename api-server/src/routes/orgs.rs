@@ -1,4 +1,4 @@
-//! `/api/v1/orgs`: organizations, members, invitations; `/api/v1/invitations/{token}/accept`.
+//! `/api/v1/orgs`: organizations, members (and their password-reset links), invitations; `/api/v1/invitations/{token}/accept`.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -24,6 +24,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_org, update_org, delete_org))
         .routes(routes!(list_members))
         .routes(routes!(update_member, remove_member))
+        .routes(routes!(issue_password_reset))
         .routes(routes!(create_invitation, list_invitations))
         .routes(routes!(revoke_invitation))
 }
@@ -142,6 +143,18 @@ pub struct IssuedInvitation {
     #[serde(flatten)]
     pub invitation: Invitation,
     pub token: Revealed,
+}
+
+/// A one-time password-reset link for a member, shown this once: hand it to them.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IssuedPasswordReset {
+    /// The token (`cfp_…`), also the link's last path segment.
+    pub token: Revealed,
+    /// `<public URL>/reset-password/<token>`: the page where the member sets a new password.
+    pub url: Revealed,
+    /// After this the link no longer works; it also stops working once used or when a new one
+    /// is issued for the member.
+    pub expires_at: Timestamp,
 }
 
 pub(crate) fn parse_user_id(id: &str) -> Result<UserId, ApiError> {
@@ -294,6 +307,37 @@ pub async fn remove_member(
     let user = parse_user_id(&user)?;
     service::orgs::remove_member(&state, &meta, &principal, &org, user).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Issue a one-time link with which a member sets a new password (owners and admins, from a
+/// login session); an earlier link for the member stops working. Not for an owner unless the
+/// caller is one, not for the caller themselves, and not for a member who also belongs to an
+/// organization where the caller is neither an owner nor an admin of a non-owner.
+#[utoipa::path(
+    post, path = "/{org}/members/{user_id}/password-reset", tag = "orgs", security(("bearer" = [])),
+    params(("org" = String, Path), ("user_id" = UserId, Path)),
+    responses(
+        (status = 201, body = IssuedPasswordReset),
+        (status = 403, description = "not an owner or admin, an owner's or the caller's own account, a member of another organization, or not a login session", body = ErrorResponse),
+        (status = 404, body = ErrorResponse),
+    )
+)]
+pub async fn issue_password_reset(
+    State(state): State<AppState>,
+    meta: ClientMeta,
+    principal: Principal,
+    Path((org, user)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<IssuedPasswordReset>), ApiError> {
+    let user = parse_user_id(&user)?;
+    let issued = service::password_reset::issue(&state, &meta, &principal, &org, user).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(IssuedPasswordReset {
+            url: Revealed(issued.link(&state)),
+            token: Revealed(issued.token),
+            expires_at: issued.expires_at,
+        }),
+    ))
 }
 
 /// Invite someone by email; the answer carries the single-use token to give them.

@@ -17,6 +17,8 @@ pub mod action {
     pub const REFRESH_REUSE_DETECTED: &str = "auth.refresh_reuse_detected";
     pub const LOGOUT: &str = "auth.logout";
     pub const PASSWORD_CHANGED: &str = "auth.password_changed";
+    pub const PASSWORD_RESET_ISSUED: &str = "password.reset_issued";
+    pub const PASSWORD_RESET: &str = "password.reset";
     pub const RATE_LIMITED: &str = "auth.rate_limited";
     pub const API_KEY_CREATED: &str = "api_key.created";
     pub const API_KEY_ROTATED: &str = "api_key.rotated";

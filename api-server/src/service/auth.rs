@@ -63,7 +63,7 @@ pub fn normalize_email(email: &str) -> ApiResult<String> {
 
 /// Counts a request against a limit; over it, the refusal is audited (once per key and
 /// window, so a flood does not become a flood of writes) and answered with 429.
-async fn rate_limit(
+pub(crate) async fn rate_limit(
     state: &AppState,
     limit: Limit,
     key: &str,

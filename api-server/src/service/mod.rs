@@ -9,6 +9,7 @@ pub mod dynamic;
 pub mod events;
 pub mod keys;
 pub mod orgs;
+pub mod password_reset;
 pub mod projects;
 pub mod secrets;
 pub mod service_tokens;

@@ -12,6 +12,7 @@ fn body_for(method: &Method, path: &str) -> Option<Value> {
         ("POST", "orgs") => return None,
         ("PATCH", "{org}") => json!({ "name": "Pwned" }),
         ("PATCH", "{user_id}") => json!({ "role": "owner" }),
+        ("POST", "password-reset") => return Some(Value::Null),
         ("POST", "invitations") => json!({ "email": "mallory@example.com", "role": "owner" }),
         ("POST", "teams") => json!({ "slug": "t", "name": "T" }),
         ("PATCH", "{team}") => json!({ "name": "Pwned" }),

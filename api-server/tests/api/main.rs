@@ -24,6 +24,7 @@ mod metrics;
 mod openapi;
 mod org_audit;
 mod orgs;
+mod password_reset;
 mod projects;
 mod read_audit;
 mod references;
