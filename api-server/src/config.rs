@@ -227,6 +227,10 @@ pub struct Config {
     #[arg(long = "session-max-lifetime", env = "COFFER_SESSION_MAX_LIFETIME", value_name = "COFFER_SESSION_MAX_LIFETIME", default_value_t = 30 * 86_400, value_parser = clap::value_parser!(u64).range(60..=365 * 86_400))]
     pub session_max_lifetime_secs: u64,
 
+    /// A dashboard session unused this long ends, in seconds (`15m`, `1h` also read).
+    #[arg(long = "web-idle-timeout", env = "COFFER_WEB_IDLE_TIMEOUT", value_name = "COFFER_WEB_IDLE_TIMEOUT", default_value = "30m", value_parser = parse_duration_secs)]
+    pub web_idle_timeout_secs: u64,
+
     /// How long a verified session may be trusted from memory before it is looked up again, in milliseconds.
     #[arg(long = "session-cache-ttl-ms", env = "COFFER_SESSION_CACHE_TTL_MS", value_name = "COFFER_SESSION_CACHE_TTL_MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub session_cache_ttl_ms: u64,
@@ -483,6 +487,16 @@ impl Config {
 
     pub fn session_max_lifetime(&self) -> Duration {
         Duration::from_secs(self.session_max_lifetime_secs)
+    }
+
+    pub fn web_idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.web_idle_timeout_secs)
+    }
+
+    /// Whether the dashboard's cookies are `Secure` (and `__Host-` prefixed): under TLS, and
+    /// in production, where TLS is terminated in front when not here.
+    pub fn secure_cookies(&self) -> bool {
+        self.tls_cert.is_some() || self.is_production()
     }
 
     pub fn password_reset_ttl(&self) -> Duration {

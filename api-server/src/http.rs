@@ -36,7 +36,9 @@ pub async fn error_envelope(req: Request, next: Next) -> Response {
         .to_owned();
     let mut response = next.run(req).await;
     let status = response.status();
-    if !(status.is_client_error() || status.is_server_error()) {
+    if !(status.is_client_error() || status.is_server_error())
+        || response.extensions().get::<KeepBody>().is_some()
+    {
         return response;
     }
     let body = response
@@ -70,6 +72,11 @@ pub async fn error_envelope(req: Request, next: Next) -> Response {
     let bytes = serde_json::to_vec(&document).unwrap_or_default();
     Response::from_parts(parts, Body::from(bytes))
 }
+
+/// Marks an error response whose body is already what the client should get (a dashboard
+/// page): [`error_envelope`] leaves it alone.
+#[derive(Debug, Clone, Copy)]
+pub struct KeepBody;
 
 /// Set by [`forget_changed_access`] on every request, and raised by [`mark_access_change`]
 /// when the request may change who may do what.

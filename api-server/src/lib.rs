@@ -19,6 +19,7 @@ pub mod secrets;
 pub mod service;
 pub mod state;
 pub mod telemetry;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -41,7 +42,6 @@ pub use state::AppState;
 use crate::config::ConfigError;
 use crate::crypto::Keys;
 use crate::db::Db;
-use crate::error::ApiError;
 
 /// Why coffer-server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -72,12 +72,13 @@ pub enum StartError {
 pub fn app(state: AppState) -> Router {
     let body_limit = usize::try_from(state.config.max_body_bytes).unwrap_or(usize::MAX);
     let timeout = state.config.request_timeout();
-    let mut routes = routes::router();
+    let mut routes = routes::router().merge(web::router(&state));
     if state.config.metrics_listen.is_none() {
         routes = routes.route("/metrics", axum::routing::get(metrics::serve));
     }
     routes
-        .fallback(|| async { ApiError::NotFound { what: "route" } })
+        .fallback(web::fallback)
+        .layer(axum::middleware::from_fn(web::finish))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(RequestBodyLimitLayer::new(body_limit))
         .layer(TimeoutLayer::with_status_code(
@@ -101,11 +102,13 @@ pub fn app(state: AppState) -> Router {
                 .on_response(DefaultOnResponse::new().level(Level::INFO)),
         )
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-        // Responses carry tokens and secret values: no cache may keep them.
-        .layer(SetResponseHeaderLayer::overriding(
+        // Responses carry tokens and secret values: no cache may keep them (the dashboard's
+        // content-hashed assets say otherwise for themselves).
+        .layer(SetResponseHeaderLayer::if_not_present(
             header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),
         ))
+        .layer(axum::middleware::from_fn(web::security_headers))
         .layer(SetSensitiveRequestHeadersLayer::new([
             header::AUTHORIZATION,
             header::COOKIE,

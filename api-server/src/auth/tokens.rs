@@ -14,6 +14,8 @@ pub const API_KEY_PREFIX: &str = "cfr_";
 pub const REFRESH_TOKEN_PREFIX: &str = "cfrt_";
 /// Prefix of password-reset tokens.
 pub const PASSWORD_RESET_PREFIX: &str = "cfp_";
+/// Prefix of the dashboard's session cookies.
+pub const WEB_SESSION_PREFIX: &str = "cfw_";
 
 /// A new random token `prefix` + 43 base64url characters.
 pub fn generate(prefix: &str) -> SecretString {

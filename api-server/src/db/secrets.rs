@@ -676,3 +676,20 @@ pub async fn retire_deks_except<'e>(
     .await?;
     Ok(())
 }
+
+/// The environment's deleted secrets, most recently deleted first: key, last version, when.
+pub async fn deleted<'e>(
+    ex: impl AnyExecutor<'e>,
+    env: EnvironmentId,
+    limit: i64,
+) -> Result<Vec<(String, i64, Timestamp)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT key, current_version, deleted_at FROM secrets \
+         WHERE environment_id = $1 AND deleted_at IS NOT NULL \
+         ORDER BY deleted_at DESC, key LIMIT $2",
+    )
+    .bind(env)
+    .bind(limit)
+    .fetch_all(ex)
+    .await
+}

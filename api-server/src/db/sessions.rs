@@ -154,3 +154,106 @@ pub async fn revoke_other_sessions<'e>(
     .fetch_all(ex)
     .await
 }
+
+/// A dashboard session, as found by its cookie's hash.
+#[derive(Debug, Clone, FromRow)]
+pub struct WebSessionRow {
+    pub id: SessionId,
+    pub user_id: UserId,
+    pub expires_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+    pub last_seen_at: Option<Timestamp>,
+}
+
+/// A session as its owner sees it in their settings.
+#[derive(Debug, Clone, FromRow)]
+pub struct SessionInfo {
+    pub id: SessionId,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub last_seen_at: Option<Timestamp>,
+    pub client_ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub web_token_hash: Option<String>,
+}
+
+/// Makes `id` a dashboard session, reached by the cookie whose hash is `token_hash`.
+pub async fn set_web_token<'e>(
+    ex: impl AnyExecutor<'e>,
+    id: SessionId,
+    token_hash: &str,
+    now: Timestamp,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE sessions SET web_token_hash = $1, last_seen_at = $2 WHERE id = $3")
+        .bind(token_hash)
+        .bind(now)
+        .bind(id)
+        .execute(ex)
+        .await?;
+    Ok(())
+}
+
+pub async fn web_session_by_hash<'e>(
+    ex: impl AnyExecutor<'e>,
+    token_hash: &str,
+) -> Result<Option<WebSessionRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, user_id, expires_at, revoked_at, last_seen_at FROM sessions \
+         WHERE web_token_hash = $1",
+    )
+    .bind(token_hash)
+    .fetch_optional(ex)
+    .await
+}
+
+/// Records that a dashboard session was used at `now`.
+pub async fn touch_web_session<'e>(
+    ex: impl AnyExecutor<'e>,
+    id: SessionId,
+    now: Timestamp,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE sessions SET last_seen_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+        .bind(now)
+        .bind(id)
+        .execute(ex)
+        .await?;
+    Ok(())
+}
+
+/// The active sessions of a user, newest first (at most `limit`).
+pub async fn active_sessions<'e>(
+    ex: impl AnyExecutor<'e>,
+    user_id: UserId,
+    now: Timestamp,
+    limit: i64,
+) -> Result<Vec<SessionInfo>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, created_at, expires_at, last_seen_at, client_ip, user_agent, web_token_hash \
+         FROM sessions WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 \
+         ORDER BY created_at DESC LIMIT $3",
+    )
+    .bind(user_id)
+    .bind(now)
+    .bind(limit)
+    .fetch_all(ex)
+    .await
+}
+
+/// The user's session `id`, if it is theirs and active.
+pub async fn owned_session<'e>(
+    ex: impl AnyExecutor<'e>,
+    user_id: UserId,
+    id: SessionId,
+    now: Timestamp,
+) -> Result<bool, sqlx::Error> {
+    let found: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM sessions WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL \
+         AND expires_at > $3",
+    )
+    .bind(id)
+    .bind(user_id)
+    .bind(now)
+    .fetch_optional(ex)
+    .await?;
+    Ok(found.is_some())
+}

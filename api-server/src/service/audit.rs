@@ -16,6 +16,7 @@ pub mod action {
     pub const REFRESH: &str = "auth.refresh";
     pub const REFRESH_REUSE_DETECTED: &str = "auth.refresh_reuse_detected";
     pub const LOGOUT: &str = "auth.logout";
+    pub const SESSIONS_ENDED: &str = "auth.sessions_ended";
     pub const PASSWORD_CHANGED: &str = "auth.password_changed";
     pub const PASSWORD_RESET_ISSUED: &str = "password.reset_issued";
     pub const PASSWORD_RESET: &str = "password.reset";
@@ -153,6 +154,14 @@ impl AuditEvent {
     pub fn details(mut self, details: serde_json::Value) -> Self {
         self.row.details = Some(details.to_string());
         self
+    }
+
+    /// Details, when there are any.
+    pub fn details_if(self, details: Option<serde_json::Value>) -> Self {
+        match details {
+            Some(details) => self.details(details),
+            None => self,
+        }
     }
 
     /// The row this event is stored as.

@@ -9,7 +9,7 @@ use serde_json::json;
 use crate::auth::Principal;
 use crate::auth::password::check_password_policy;
 use crate::auth::rate_limit::{FailureReservation, Limit};
-use crate::auth::tokens::{self, REFRESH_TOKEN_PREFIX};
+use crate::auth::tokens::{self, REFRESH_TOKEN_PREFIX, WEB_SESSION_PREFIX};
 use crate::db::cache::Change;
 use crate::db::sessions::RefreshTokenRow;
 use crate::db::users::UserRow;
@@ -159,6 +159,85 @@ async fn open_session(
     })
 }
 
+/// How a new session is reached: by tokens (the API) or by a cookie (the dashboard).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SessionKind {
+    Api,
+    Dashboard,
+}
+
+/// What opening a session hands out.
+enum Opened {
+    Tokens(IssuedTokens),
+    Cookie(SecretString),
+}
+
+impl Opened {
+    fn tokens(self) -> ApiResult<IssuedTokens> {
+        match self {
+            Self::Tokens(t) => Ok(t),
+            Self::Cookie(_) => Err(ApiError::internal(anyhow::anyhow!(
+                "a dashboard session where tokens were expected"
+            ))),
+        }
+    }
+
+    fn cookie(self) -> ApiResult<SecretString> {
+        match self {
+            Self::Cookie(c) => Ok(c),
+            Self::Tokens(_) => Err(ApiError::internal(anyhow::anyhow!(
+                "tokens where a dashboard session was expected"
+            ))),
+        }
+    }
+}
+
+/// Opens a session of `kind` inside `tx`.
+async fn open(
+    state: &AppState,
+    tx: &mut Tx,
+    user: UserId,
+    meta: &ClientMeta,
+    now: Timestamp,
+    kind: SessionKind,
+) -> ApiResult<Opened> {
+    match kind {
+        SessionKind::Api => Ok(Opened::Tokens(
+            open_session(state, tx, user, meta, now).await?,
+        )),
+        SessionKind::Dashboard => Ok(Opened::Cookie(
+            open_dashboard_session(state, tx, user, meta, now).await?,
+        )),
+    }
+}
+
+/// Opens a dashboard session for `user` inside `tx`: a session row reached by the returned
+/// cookie value (only its hash is stored), with no refresh token.
+async fn open_dashboard_session(
+    state: &AppState,
+    tx: &mut Tx,
+    user: UserId,
+    meta: &ClientMeta,
+    now: Timestamp,
+) -> ApiResult<SecretString> {
+    let session = SessionId::new();
+    let expires_at = now.plus(state.config.session_max_lifetime());
+    db::sessions::insert_session(
+        &mut **tx,
+        session,
+        user,
+        now,
+        expires_at,
+        meta.ip.as_deref(),
+        meta.user_agent.as_deref(),
+    )
+    .await?;
+    let cookie = tokens::generate(WEB_SESSION_PREFIX);
+    db::sessions::set_web_token(&mut **tx, session, &tokens::hash(cookie.expose_secret()), now)
+        .await?;
+    Ok(cookie)
+}
+
 pub async fn register(
     state: &AppState,
     meta: &ClientMeta,
@@ -166,6 +245,34 @@ pub async fn register(
     password: &SecretString,
     name: &str,
 ) -> ApiResult<LoggedIn> {
+    let (user, opened) = register_as(state, meta, email, password, name, SessionKind::Api).await?;
+    Ok(LoggedIn {
+        user,
+        tokens: opened.tokens()?,
+    })
+}
+
+/// Registers an account from the dashboard: the account and the cookie of its first session.
+pub async fn register_dashboard(
+    state: &AppState,
+    meta: &ClientMeta,
+    email: &str,
+    password: &SecretString,
+    name: &str,
+) -> ApiResult<(UserRow, SecretString)> {
+    let (user, opened) =
+        register_as(state, meta, email, password, name, SessionKind::Dashboard).await?;
+    Ok((user, opened.cookie()?))
+}
+
+async fn register_as(
+    state: &AppState,
+    meta: &ClientMeta,
+    email: &str,
+    password: &SecretString,
+    name: &str,
+    kind: SessionKind,
+) -> ApiResult<(UserRow, Opened)> {
     rate_limit(state, Limit::RegisterPerIp, meta.ip_key(), None, meta).await?;
     let email = normalize_email(email)?;
     rate_limit(state, Limit::RegisterPerAccount, &email, None, meta).await?;
@@ -205,13 +312,22 @@ pub async fn register(
             e.into()
         });
     }
-    let tokens = open_session(state, &mut tx, user.id, meta, now).await?;
+    let opened = open(state, &mut tx, user.id, meta, now, kind).await?;
     AuditEvent::new(action::REGISTER, Outcome::Success, meta)
         .by_user(user.id)
+        .details_if(via(kind))
         .record(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(LoggedIn { user, tokens })
+    Ok((user, opened))
+}
+
+/// Audit details naming the dashboard when a session is opened there.
+fn via(kind: SessionKind) -> Option<serde_json::Value> {
+    match kind {
+        SessionKind::Api => None,
+        SessionKind::Dashboard => Some(json!({ "via": "dashboard" })),
+    }
 }
 
 pub async fn login(
@@ -220,6 +336,31 @@ pub async fn login(
     email: &str,
     password: &SecretString,
 ) -> ApiResult<LoggedIn> {
+    let (user, opened) = login_as(state, meta, email, password, SessionKind::Api).await?;
+    Ok(LoggedIn {
+        user,
+        tokens: opened.tokens()?,
+    })
+}
+
+/// Signs in from the dashboard: the account and the cookie of the new session.
+pub async fn login_dashboard(
+    state: &AppState,
+    meta: &ClientMeta,
+    email: &str,
+    password: &SecretString,
+) -> ApiResult<(UserRow, SecretString)> {
+    let (user, opened) = login_as(state, meta, email, password, SessionKind::Dashboard).await?;
+    Ok((user, opened.cookie()?))
+}
+
+async fn login_as(
+    state: &AppState,
+    meta: &ClientMeta,
+    email: &str,
+    password: &SecretString,
+    kind: SessionKind,
+) -> ApiResult<(UserRow, Opened)> {
     let invalid = || ApiError::unauthorized("invalid_credentials", "invalid email or password");
     rate_limit(state, Limit::LoginPerIp, meta.ip_key(), None, meta).await?;
     // An unparseable email is an unknown account: same answer, same work.
@@ -257,13 +398,108 @@ pub async fn login(
     if let Some(hash) = &new_hash {
         db::users::set_password_hash(&mut *tx, user.id, hash, now).await?;
     }
-    let tokens = open_session(state, &mut tx, user.id, meta, now).await?;
+    let opened = open(state, &mut tx, user.id, meta, now, kind).await?;
     AuditEvent::new(action::LOGIN, Outcome::Success, meta)
         .by_user(user.id)
+        .details_if(via(kind))
         .record(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(LoggedIn { user, tokens })
+    Ok((user, opened))
+}
+
+/// Dashboard sessions are looked up again after this long, and their last use recorded.
+const DASHBOARD_TOUCH_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The user a dashboard session cookie stands for, or `None` when it stands for no active
+/// session. A session idle for longer than `COFFER_WEB_IDLE_TIMEOUT` is ended here.
+pub async fn dashboard_session(state: &AppState, cookie: &str) -> ApiResult<Option<Principal>> {
+    if !cookie.starts_with(WEB_SESSION_PREFIX) || cookie.len() > 128 {
+        return Ok(None);
+    }
+    let hash = tokens::hash(cookie);
+    let Some(row) = db::sessions::web_session_by_hash(state.db.pool(), &hash).await? else {
+        return Ok(None);
+    };
+    let now = Timestamp::now();
+    if row.revoked_at.is_some() || row.expires_at <= now {
+        return Ok(None);
+    }
+    let last_seen = row.last_seen_at.unwrap_or(now);
+    if last_seen.plus(state.config.web_idle_timeout()) <= now {
+        let mut tx = state.db.begin().await?;
+        db::sessions::revoke_session(&mut *tx, row.id, "idle", now).await?;
+        tx.changed(Change::Session(row.id));
+        tx.commit().await?;
+        state.forget_session(row.id);
+        return Ok(None);
+    }
+    if last_seen.plus(DASHBOARD_TOUCH_INTERVAL) <= now {
+        let _turn = state.db.write_turn().await;
+        db::sessions::touch_web_session(state.db.pool(), row.id, now).await?;
+    }
+    Ok(Some(Principal {
+        user_id: row.user_id,
+        credential: crate::auth::Credential::Session(row.id),
+    }))
+}
+
+/// The caller's active sessions, newest first (at most 100).
+pub async fn sessions(
+    state: &AppState,
+    principal: &Principal,
+) -> ApiResult<Vec<db::sessions::SessionInfo>> {
+    Ok(db::sessions::active_sessions(
+        state.db.pool(),
+        principal.user_id,
+        Timestamp::now(),
+        100,
+    )
+    .await?)
+}
+
+/// Ends one of the caller's sessions (`None`: every one but the current).
+pub async fn end_sessions(
+    state: &AppState,
+    meta: &ClientMeta,
+    principal: &Principal,
+    which: Option<SessionId>,
+) -> ApiResult<usize> {
+    let current = principal.require_session("ending sessions")?;
+    let now = Timestamp::now();
+    let mut tx = state.db.begin().await?;
+    let ended = match which {
+        Some(id) => {
+            if !db::sessions::owned_session(&mut *tx, principal.user_id, id, now).await? {
+                return Err(ApiError::not_found("session"));
+            }
+            db::sessions::revoke_session(&mut *tx, id, "ended_by_user", now).await?;
+            vec![id]
+        }
+        None => {
+            db::sessions::revoke_other_sessions(
+                &mut *tx,
+                principal.user_id,
+                Some(current),
+                "ended_by_user",
+                now,
+            )
+            .await?
+        }
+    };
+    for id in &ended {
+        tx.changed(Change::Session(*id));
+    }
+    AuditEvent::new(action::SESSIONS_ENDED, Outcome::Success, meta)
+        .by(principal)
+        .details(json!({ "sessions_ended": ended.len() }))
+        .record(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    for id in &ended {
+        state.forget_session(*id);
+    }
+    Ok(ended.len())
 }
 
 /// Ends a session whose already-used refresh token was presented again: someone else may hold

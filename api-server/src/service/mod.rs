@@ -5,6 +5,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod audit_journal;
 pub mod auth;
+pub mod dashboard;
 pub mod dynamic;
 pub mod events;
 pub mod keys;

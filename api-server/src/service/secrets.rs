@@ -513,6 +513,26 @@ pub(super) async fn current_values(
         .collect())
 }
 
+/// The environment's current secrets' metadata, by key; nothing is decrypted.
+pub(super) async fn metadata(
+    state: &AppState,
+    ctx: &EnvCtx,
+) -> ApiResult<Vec<super::dashboard::SecretMeta>> {
+    let snapshot = snapshot(state, ctx).await?;
+    let mut listed: Vec<_> = snapshot
+        .rows
+        .iter()
+        .map(|r| super::dashboard::SecretMeta {
+            key: r.key.clone(),
+            version: r.version,
+            updated_at: r.updated_at,
+            has_comment: r.comment_ct.is_some(),
+        })
+        .collect();
+    listed.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(listed)
+}
+
 /// Reads referenced places for the resolver, checking the caller may read each environment.
 /// Only the referenced secret is fetched and decrypted, never a whole environment, so what a
 /// resolution loads is bounded by what it substitutes.
@@ -1558,7 +1578,55 @@ pub async fn import(
     body: &str,
 ) -> ApiResult<UpsertReport> {
     let ctx = tenancy::environment(state, principal, at, Action::SecretsWrite).await?;
-    // No body is an empty file, whatever the format (an empty JSON document is not JSON).
+    let inputs = parse_import(state, format, body)?;
+    upsert(
+        state,
+        meta,
+        principal,
+        &ctx,
+        inputs,
+        BulkWrite::replacing(action::IMPORTED),
+    )
+    .await
+}
+
+/// What an import of `body` would do, without doing it: the keys it would create, update and
+/// leave unchanged. The caller must be able to write the environment; its current values are
+/// compared (audited as a comparison), never returned.
+pub async fn import_preview(
+    state: &AppState,
+    meta: &ClientMeta,
+    principal: &Caller,
+    at: EnvPath<'_>,
+    format: Format,
+    body: &str,
+) -> ApiResult<UpsertReport> {
+    let ctx = tenancy::environment(state, principal, at, Action::SecretsWrite).await?;
+    let inputs = parse_import(state, format, body)?;
+    let current = current_values(state, &ctx).await?;
+    let mut report = UpsertReport::default();
+    for input in &inputs {
+        match current.get(&input.key) {
+            None => report.created.push(input.key.clone()),
+            Some(v) if v.value.expose_secret() == input.value.expose_secret() => {
+                report.unchanged.push(input.key.clone());
+            }
+            Some(_) => report.updated.push(input.key.clone()),
+        }
+    }
+    state
+        .audit
+        .record(vec![audit(meta, principal, &ctx, action::COMPARED).details(json!({
+            "keys": current.len(),
+            "view": "import_preview",
+        }))])
+        .await?;
+    Ok(report)
+}
+
+/// The entries of an import file, checked: no body is an empty file whatever the format (an
+/// empty JSON document is not JSON); at most `COFFER_MAX_BULK_ENTRIES`; every key valid.
+fn parse_import(state: &AppState, format: Format, body: &str) -> ApiResult<Vec<SecretInput>> {
     let entries = if body.is_empty() {
         Vec::new()
     } else {
@@ -1583,23 +1651,14 @@ pub async fn import(
             )
         })?;
     }
-    let inputs = entries
+    Ok(entries
         .into_iter()
         .map(|e| SecretInput {
             key: e.key,
             value: e.value,
             comment: None,
         })
-        .collect();
-    upsert(
-        state,
-        meta,
-        principal,
-        &ctx,
-        inputs,
-        BulkWrite::replacing(action::IMPORTED),
-    )
-    .await
+        .collect())
 }
 
 /// At most 64 characters of an invalid key, with control characters left out.

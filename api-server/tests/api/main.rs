@@ -36,5 +36,8 @@ mod sessions;
 mod sharing;
 mod standing;
 mod teams;
+mod web;
+mod web_support;
+mod web_transfer;
 mod webhooks;
 mod write_groups;
