@@ -6,7 +6,7 @@
 #[allow(dead_code)]
 mod harness;
 
-use harness::{Browser, PHONE};
+use harness::{Browser, PHONE, WAIT};
 
 /// The harness itself, on a page of its own under a strict Content-Security-Policy (no
 /// 'unsafe-inline', no 'unsafe-eval'): console errors are read, axe-core runs and finds what is
@@ -56,25 +56,45 @@ async fn the_harness_drives_a_page_under_a_strict_content_security_policy() {
     browser.desktop().await;
 }
 
-/// The shared coffer-server answers the browser: a page, its console, axe-core on it.
+/// The dashboard's sign-in page in the browser: a form, served under a strict
+/// Content-Security-Policy, with no console error and no serious accessibility violation, on a
+/// desktop and on a phone.
 #[tokio::test]
-async fn smoke_health() {
+async fn smoke_login() {
     let Some(browser) = Browser::new().await else {
         return;
     };
-    browser.goto("/health").await;
-    let body = browser.text("body").await;
-    assert!(body.contains(r#""status":"ok""#), "{body}");
-    browser.screenshot("health").await;
-    // a JSON answer has no icon link, so Chromium asks for /favicon.ico, which is not served
-    let errors: Vec<String> = browser
-        .console_errors()
+    let response = reqwest::Client::new()
+        .get(harness::url("/login"))
+        .timeout(WAIT)
+        .send()
         .await
-        .into_iter()
-        .filter(|e| !e.contains("/favicon.ico "))
-        .collect();
-    assert!(errors.is_empty(), "{errors:#?}");
-    // not an HTML page, so not held to the accessibility rules: axe-core only has to run
-    let violations = browser.axe().await;
-    eprintln!("/health: {} axe-core violation(s)", violations.len());
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    let csp = response
+        .headers()
+        .get(reqwest::header::CONTENT_SECURITY_POLICY)
+        .expect("a Content-Security-Policy")
+        .to_str()
+        .unwrap();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    assert!(
+        !csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"),
+        "{csp}"
+    );
+
+    browser.goto("/login").await;
+    browser.find("form input[type=email]").await;
+    browser.find("form input[type=password]").await;
+    browser.find("form button[type=submit]").await;
+    browser.screenshot("login").await;
+    browser.assert_no_console_errors("/login").await;
+    browser.assert_no_serious_axe_violations("/login").await;
+
+    browser.phone().await;
+    browser.screenshot("login-phone").await;
+    browser
+        .assert_no_serious_axe_violations("/login on a phone")
+        .await;
+    browser.assert_no_console_errors("/login on a phone").await;
 }
