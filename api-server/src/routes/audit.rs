@@ -187,7 +187,7 @@ pub async fn list_org_events(
         let frames = service::audit::open_org_feed(
             &state,
             principal,
-            secrecy::SecretString::from(token),
+            service::audit::StreamCredential::Bearer(secrecy::SecretString::from(token)),
             org,
             after,
             |row| serde_json::to_string(&AuditEvent::from(row.clone())).unwrap_or_default(),

@@ -243,6 +243,14 @@ pub async fn list_for_org(
     .await?)
 }
 
+/// What a live stream authenticates with again from time to time (a credential revoked
+/// meanwhile ends it): the API's bearer token, or the dashboard's session cookie.
+#[derive(Debug)]
+pub enum StreamCredential {
+    Bearer(secrecy::SecretString),
+    Dashboard(secrecy::SecretString),
+}
+
 /// How often the live audit stream reads the organization's feed when nothing woke it.
 pub const FEED_POLL_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -251,7 +259,7 @@ pub const FEED_POLL_EVERY: std::time::Duration = std::time::Duration::from_milli
 pub async fn open_org_feed(
     state: &crate::state::AppState,
     principal: Principal,
-    token: secrecy::SecretString,
+    token: StreamCredential,
     org: String,
     after: Option<db::audit::FeedPosition>,
     render: fn(&AuditRow) -> String,
@@ -294,7 +302,7 @@ pub async fn open_org_feed(
 struct OrgFeed {
     state: crate::state::AppState,
     principal: Principal,
-    token: secrecy::SecretString,
+    token: StreamCredential,
     org: String,
     org_id: String,
     cursor: db::audit::FeedPosition,
@@ -332,14 +340,29 @@ impl crate::service::events::Feed for OrgFeed {
 
     async fn recheck(&mut self) -> Result<(), crate::service::events::End> {
         use secrecy::ExposeSecret as _;
-        let caller = crate::auth::Caller::authenticate(
-            &self.state,
-            self.token.expose_secret(),
-            &axum::http::Method::GET,
-        )
-        .await?;
-        let crate::auth::Caller::User(principal) = caller else {
-            return Err(crate::error::ApiError::not_found("organization").into());
+        let principal = match &self.token {
+            StreamCredential::Bearer(token) => {
+                let caller = crate::auth::Caller::authenticate(
+                    &self.state,
+                    token.expose_secret(),
+                    &axum::http::Method::GET,
+                )
+                .await?;
+                let crate::auth::Caller::User(principal) = caller else {
+                    return Err(crate::error::ApiError::not_found("organization").into());
+                };
+                principal
+            }
+            StreamCredential::Dashboard(cookie) => {
+                crate::service::auth::dashboard_session(&self.state, cookie.expose_secret())
+                    .await?
+                    .ok_or_else(|| {
+                        crate::error::ApiError::unauthorized(
+                            "session_ended",
+                            "the session has ended; sign in again",
+                        )
+                    })?
+            }
         };
         if principal.actor() != self.principal.actor() {
             return Err(crate::error::ApiError::unauthorized(

@@ -233,8 +233,13 @@ async fn open_dashboard_session(
     )
     .await?;
     let cookie = tokens::generate(WEB_SESSION_PREFIX);
-    db::sessions::set_web_token(&mut **tx, session, &tokens::hash(cookie.expose_secret()), now)
-        .await?;
+    db::sessions::set_web_token(
+        &mut **tx,
+        session,
+        &tokens::hash(cookie.expose_secret()),
+        now,
+    )
+    .await?;
     Ok(cookie)
 }
 
@@ -449,13 +454,10 @@ pub async fn sessions(
     state: &AppState,
     principal: &Principal,
 ) -> ApiResult<Vec<db::sessions::SessionInfo>> {
-    Ok(db::sessions::active_sessions(
-        state.db.pool(),
-        principal.user_id,
-        Timestamp::now(),
-        100,
+    Ok(
+        db::sessions::active_sessions(state.db.pool(), principal.user_id, Timestamp::now(), 100)
+            .await?,
     )
-    .await?)
 }
 
 /// Ends one of the caller's sessions (`None`: every one but the current).

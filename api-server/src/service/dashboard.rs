@@ -132,10 +132,11 @@ pub async fn grid(
                         None => Cell::Missing,
                         Some(v) => {
                             let value = v.value.expose_secret();
-                            let group = seen.iter().position(|s| *s == value).unwrap_or_else(|| {
-                                seen.push(value);
-                                seen.len() - 1
-                            });
+                            let group =
+                                seen.iter().position(|s| *s == value).unwrap_or_else(|| {
+                                    seen.push(value);
+                                    seen.len() - 1
+                                });
                             Cell::Present {
                                 version: v.version,
                                 group,

@@ -1616,10 +1616,12 @@ pub async fn import_preview(
     }
     state
         .audit
-        .record(vec![audit(meta, principal, &ctx, action::COMPARED).details(json!({
-            "keys": current.len(),
-            "view": "import_preview",
-        }))])
+        .record(vec![
+            audit(meta, principal, &ctx, action::COMPARED).details(json!({
+                "keys": current.len(),
+                "view": "import_preview",
+            })),
+        ])
         .await?;
     Ok(report)
 }

@@ -101,6 +101,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .merge(pages::transfer::routes())
         .merge(pages::members::routes())
         .merge(pages::environments::routes())
+        .merge(pages::audit::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             session::layer,
@@ -177,7 +178,9 @@ impl IntoResponse for WebError {
             }
         };
         let mut response = status.into_response();
-        response.extensions_mut().insert(ErrorPage { status, message });
+        response
+            .extensions_mut()
+            .insert(ErrorPage { status, message });
         response.extensions_mut().insert(KeepBody);
         response
     }
@@ -186,7 +189,9 @@ impl IntoResponse for WebError {
 /// What a user is told of a refusal: the service's message, capitalised.
 fn api_message(e: &ApiError) -> String {
     let text = match e {
-        ApiError::NotFound { what } => format!("This {what} does not exist, or you may not see it."),
+        ApiError::NotFound { what } => {
+            format!("This {what} does not exist, or you may not see it.")
+        }
         ApiError::Internal(_) => "Something went wrong on the server.".to_owned(),
         other => other.to_string(),
     };

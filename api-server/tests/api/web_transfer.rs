@@ -30,14 +30,21 @@ async fn multipart(
         body.push_str("\r\n");
     }
     body.push_str(&format!("--{BOUNDARY}--\r\n"));
-    let cookie: Vec<String> = browser.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let cookie: Vec<String> = browser
+        .cookies
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     let request = Request::builder()
         .method(Method::POST)
         .uri(path)
         .header("cookie", cookie.join("; "))
         .header("hx-request", "true")
         .header("x-csrf-token", &browser.csrf)
-        .header("content-type", format!("multipart/form-data; boundary={BOUNDARY}"))
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
         .body(Body::from(body))
         .expect("request");
     let response = app.send(request).await;
@@ -46,7 +53,10 @@ async fn multipart(
 
 async fn value(app: &TestApp, token: &str, env: &str, key: &str) -> Option<String> {
     let r = app
-        .get(&format!("/api/v1/orgs/acme/projects/web/environments/{env}/secrets/{key}"), Some(token))
+        .get(
+            &format!("/api/v1/orgs/acme/projects/web/environments/{env}/secrets/{key}"),
+            Some(token),
+        )
         .await;
     (r.status == StatusCode::OK).then(|| r.json()["value"].as_str().unwrap_or_default().to_owned())
 }

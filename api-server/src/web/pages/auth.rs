@@ -64,7 +64,13 @@ pub struct LoginForm {
 }
 
 /// A session cookie for `value`, and the page to go to.
-fn signed_in(ctx: &WebContext, state: &AppState, jar: CookieJar, value: SecretString, next: &str) -> Response {
+fn signed_in(
+    ctx: &WebContext,
+    state: &AppState,
+    jar: CookieJar,
+    value: SecretString,
+    next: &str,
+) -> Response {
     use secrecy::ExposeSecret as _;
     let cookie = ctx.cookies.session_cookie(
         value.expose_secret().to_owned(),
@@ -107,7 +113,10 @@ struct SignupPage {
     error: FormError,
 }
 
-pub async fn signup_page(ctx: WebContext, Query(q): Query<NextQuery>) -> Result<Response, WebError> {
+pub async fn signup_page(
+    ctx: WebContext,
+    Query(q): Query<NextQuery>,
+) -> Result<Response, WebError> {
     if ctx.principal.is_some() {
         return Ok(Redirect::to("/").into_response());
     }

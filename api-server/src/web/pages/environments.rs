@@ -84,7 +84,8 @@ async fn environments_page(
     error: FormError,
 ) -> Result<Response, WebError> {
     let (ctx, _) = service::projects::get(state, &who.principal, org, project).await?;
-    let rows = service::projects::environments(state, &who.principal, org, project, 0, PAGE).await?;
+    let rows =
+        service::projects::environments(state, &who.principal, org, project, 0, PAGE).await?;
     let count = rows.len();
     let mut envs = Vec::with_capacity(count);
     for (i, e) in rows.into_iter().enumerate() {
@@ -142,7 +143,15 @@ pub async fn page(
     who: SignedIn,
     Path((org, project)): Path<(String, String)>,
 ) -> Result<Response, WebError> {
-    environments_page(&state, &who, &org, &project, Default::default(), FormError::none()).await
+    environments_page(
+        &state,
+        &who,
+        &org,
+        &project,
+        Default::default(),
+        FormError::none(),
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -160,10 +169,20 @@ pub async fn create(
     Form(form): Form<CreateForm>,
 ) -> Result<Response, WebError> {
     let name = Some(form.name.trim()).filter(|n| !n.is_empty());
-    match service::projects::create_environment(&state, &meta, &who.principal, &org, &project, &form.slug, name)
-        .await
+    match service::projects::create_environment(
+        &state,
+        &meta,
+        &who.principal,
+        &org,
+        &project,
+        &form.slug,
+        name,
+    )
+    .await
     {
-        Ok(_) => Ok(Redirect::to(&format!("/orgs/{org}/projects/{project}/environments")).into_response()),
+        Ok(_) => Ok(
+            Redirect::to(&format!("/orgs/{org}/projects/{project}/environments")).into_response(),
+        ),
         Err(e) => {
             let status = e.status();
             let page = environments_page(

@@ -27,7 +27,10 @@ pub fn routes() -> axum::Router<AppState> {
         .route("/orgs/{org}/members/{user}/remove", post(remove))
         .route("/orgs/{org}/members/{user}/reset-link", post(reset_link))
         .route("/orgs/{org}/invitations", post(invite))
-        .route("/orgs/{org}/invitations/{id}/revoke", post(revoke_invitation))
+        .route(
+            "/orgs/{org}/invitations/{id}/revoke",
+            post(revoke_invitation),
+        )
 }
 
 /// Most members and invitations listed.
@@ -167,8 +170,15 @@ pub async fn change_role(
     Path((org, user)): Path<(String, String)>,
     Form(form): Form<RoleForm>,
 ) -> Result<Response, WebError> {
-    service::orgs::change_role(&state, &meta, &who.principal, &org, user_id(&user)?, role(&form.role)?)
-        .await?;
+    service::orgs::change_role(
+        &state,
+        &meta,
+        &who.principal,
+        &org,
+        user_id(&user)?,
+        role(&form.role)?,
+    )
+    .await?;
     Ok(Redirect::to(&format!("/orgs/{org}/members")).into_response())
 }
 
@@ -208,7 +218,15 @@ pub async fn reset_link(
         url: issued.link(&state).expose_secret().to_owned(),
         expires: when(issued.expires_at),
     };
-    members_page(&state, &who, &org, Some(link), String::new(), FormError::none()).await
+    members_page(
+        &state,
+        &who,
+        &org,
+        Some(link),
+        String::new(),
+        FormError::none(),
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -241,12 +259,27 @@ pub async fn invite(
                 ),
                 expires: when(issued.invitation.expires_at),
             };
-            members_page(&state, &who, &org, Some(link), String::new(), FormError::none()).await
+            members_page(
+                &state,
+                &who,
+                &org,
+                Some(link),
+                String::new(),
+                FormError::none(),
+            )
+            .await
         }
         Err(e) => {
             let status = e.status();
-            let page =
-                members_page(&state, &who, &org, None, form.email, FormError::from_api(&e)).await?;
+            let page = members_page(
+                &state,
+                &who,
+                &org,
+                None,
+                form.email,
+                FormError::from_api(&e),
+            )
+            .await?;
             Ok((status, page).into_response())
         }
     }

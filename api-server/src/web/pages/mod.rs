@@ -1,5 +1,6 @@
 //! The dashboard's pages, grouped as the navigation groups them.
 
+pub mod audit;
 pub mod auth;
 pub mod environments;
 pub mod members;

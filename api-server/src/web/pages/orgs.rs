@@ -30,7 +30,11 @@ async fn home_page(
     error: FormError,
 ) -> Result<Response, WebError> {
     let layout = Layout::signed_in(state, who, None, "Home", "home").await?;
-    let name = layout.user.as_ref().map(|u| u.name.clone()).unwrap_or_default();
+    let name = layout
+        .user
+        .as_ref()
+        .map(|u| u.name.clone())
+        .unwrap_or_default();
     render(&HomePage {
         layout,
         name,
@@ -55,7 +59,14 @@ pub async fn home(State(state): State<AppState>, ctx: WebContext) -> Result<Resp
     if let [only] = orgs.as_slice() {
         return Ok(Redirect::to(&format!("/orgs/{}", only.slug)).into_response());
     }
-    home_page(&state, &who, String::new(), String::new(), FormError::none()).await
+    home_page(
+        &state,
+        &who,
+        String::new(),
+        String::new(),
+        FormError::none(),
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -74,7 +85,8 @@ pub async fn create(
         Ok(ctx) => Ok(Redirect::to(&format!("/orgs/{}", ctx.org.slug)).into_response()),
         Err(e) => {
             let status = e.status();
-            let page = home_page(&state, &who, form.name, form.slug, FormError::from_api(&e)).await?;
+            let page =
+                home_page(&state, &who, form.name, form.slug, FormError::from_api(&e)).await?;
             Ok((status, page).into_response())
         }
     }
@@ -104,7 +116,11 @@ pub async fn invitation_page(
         cookies: ctx.cookies,
     };
     let layout = Layout::signed_in(&state, &who, None, "Invitation", "home").await?;
-    let email = layout.user.as_ref().map(|u| u.email.clone()).unwrap_or_default();
+    let email = layout
+        .user
+        .as_ref()
+        .map(|u| u.email.clone())
+        .unwrap_or_default();
     render(&InvitationPage {
         layout,
         email,
@@ -123,7 +139,11 @@ pub async fn accept_invitation(
         Err(e) => {
             let status = e.status();
             let layout = Layout::signed_in(&state, &who, None, "Invitation", "home").await?;
-            let email = layout.user.as_ref().map(|u| u.email.clone()).unwrap_or_default();
+            let email = layout
+                .user
+                .as_ref()
+                .map(|u| u.email.clone())
+                .unwrap_or_default();
             let page = render(&InvitationPage {
                 layout,
                 email,

@@ -73,7 +73,15 @@ pub async fn list(
     who: SignedIn,
     Path(org): Path<String>,
 ) -> Result<Response, WebError> {
-    page(&state, &who, &org, String::new(), String::new(), FormError::none()).await
+    page(
+        &state,
+        &who,
+        &org,
+        String::new(),
+        String::new(),
+        FormError::none(),
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -89,15 +97,31 @@ pub async fn create(
     Path(org): Path<String>,
     Form(form): Form<CreateForm>,
 ) -> Result<Response, WebError> {
-    match service::projects::create(&state, &meta, &who.principal, &org, &form.name, &form.slug, None)
-        .await
+    match service::projects::create(
+        &state,
+        &meta,
+        &who.principal,
+        &org,
+        &form.name,
+        &form.slug,
+        None,
+    )
+    .await
     {
         Ok((project, _)) => {
             Ok(Redirect::to(&format!("/orgs/{org}/projects/{}", project.slug)).into_response())
         }
         Err(e) => {
             let status = e.status();
-            let page = page(&state, &who, &org, form.name, form.slug, FormError::from_api(&e)).await?;
+            let page = page(
+                &state,
+                &who,
+                &org,
+                form.name,
+                form.slug,
+                FormError::from_api(&e),
+            )
+            .await?;
             Ok((status, page).into_response())
         }
     }

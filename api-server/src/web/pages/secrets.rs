@@ -130,7 +130,8 @@ pub async fn grid(
                 .collect(),
         })
         .collect();
-    let layout = Layout::signed_in(&state, &who, Some(&ctx.org), &ctx.project.name, "projects").await?;
+    let layout =
+        Layout::signed_in(&state, &who, Some(&ctx.org), &ctx.project.name, "projects").await?;
     render(&GridPage {
         layout,
         may_rename: may_in_project(&ctx, Action::ProjectUpdate),
@@ -200,11 +201,7 @@ async fn environment_page(
     new_key: String,
     error: FormError,
 ) -> Result<Response, WebError> {
-    let at = EnvPath {
-        org,
-        project,
-        env,
-    };
+    let at = EnvPath { org, project, env };
     let listing = dashboard::environment(state, &caller(who), at).await?;
     let envs = db::projects::environments(state.db.pool(), listing.ctx.project.project.id)
         .await
@@ -290,11 +287,7 @@ pub async fn add(
     Form(form): Form<AddForm>,
 ) -> Result<Response, WebError> {
     let (org, project, env) = &path;
-    let at = EnvPath {
-        org,
-        project,
-        env,
-    };
+    let at = EnvPath { org, project, env };
     let input = SecretInput {
         key: form.key.trim().to_owned(),
         value: form.value,
@@ -304,7 +297,8 @@ pub async fn add(
         Ok(_) => Ok(Redirect::to(&base_url(org, project, env)).into_response()),
         Err(e) => {
             let status = e.status();
-            let page = environment_page(&state, &who, &path, form.key, FormError::from_api(&e)).await?;
+            let page =
+                environment_page(&state, &who, &path, form.key, FormError::from_api(&e)).await?;
             Ok((status, page).into_response())
         }
     }
@@ -331,11 +325,7 @@ async fn row_fragment(
     who: &SignedIn,
     (org, project, env, key): &KeyPath,
 ) -> Result<Response, WebError> {
-    let at = EnvPath {
-        org,
-        project,
-        env,
-    };
+    let at = EnvPath { org, project, env };
     let listing = dashboard::environment(state, &caller(who), at).await?;
     let found = listing
         .live
@@ -403,15 +393,11 @@ pub async fn save(
     Form(form): Form<SaveForm>,
 ) -> Result<Response, WebError> {
     let (org, project, env, key) = &path;
-    let at = EnvPath {
-        org,
-        project,
-        env,
-    };
+    let at = EnvPath { org, project, env };
     let comment = match form.set_comment {
-        Some(_) => Some(
-            comment_of(form.comment).unwrap_or_else(|| SecretString::from(String::new())),
-        ),
+        Some(_) => {
+            Some(comment_of(form.comment).unwrap_or_else(|| SecretString::from(String::new())))
+        }
         None => None,
     };
     let input = SecretInput {
@@ -630,8 +616,7 @@ pub async fn history(
     };
     let who_calls = caller(&who);
     let ctx = service::tenancy::environment(&state, &who_calls, at, Action::SecretsRead).await?;
-    let rows =
-        service::secrets::versions(&state, &who_calls, at, &key, None, HISTORY_PAGE).await?;
+    let rows = service::secrets::versions(&state, &who_calls, at, &key, None, HISTORY_PAGE).await?;
     let newest = rows.iter().map(|v| v.version).max().unwrap_or(0);
     let mut versions = Vec::with_capacity(rows.len());
     for v in &rows {
@@ -645,7 +630,15 @@ pub async fn history(
     let diff = match q.diff {
         Some(n) if n > 1 => {
             let read = |version| {
-                service::secrets::read_one(&state, &meta, &who_calls, at, &key, Some(version), false)
+                service::secrets::read_one(
+                    &state,
+                    &meta,
+                    &who_calls,
+                    at,
+                    &key,
+                    Some(version),
+                    false,
+                )
             };
             let old = read(n - 1).await?;
             let new = read(n).await?;

@@ -51,7 +51,10 @@ fn client_name(user_agent: Option<&str>) -> String {
     known
         .iter()
         .find(|(needle, _)| ua.contains(needle))
-        .map_or_else(|| ua.chars().take(40).collect(), |(_, name)| (*name).to_owned())
+        .map_or_else(
+            || ua.chars().take(40).collect(),
+            |(_, name)| (*name).to_owned(),
+        )
 }
 
 async fn settings_page(
@@ -146,7 +149,9 @@ pub async fn end_session(
     meta: ClientMeta,
     Path(id): Path<String>,
 ) -> Result<Response, WebError> {
-    let id: SessionId = id.parse().map_err(|_| crate::error::ApiError::not_found("session"))?;
+    let id: SessionId = id
+        .parse()
+        .map_err(|_| crate::error::ApiError::not_found("session"))?;
     service::auth::end_sessions(&state, &meta, &who.principal, Some(id)).await?;
     Ok(Redirect::to("/settings").into_response())
 }
@@ -169,7 +174,9 @@ mod tests {
     fn clients_are_named() {
         assert_eq!(client_name(None), "Unknown client");
         assert_eq!(
-            client_name(Some("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0 Safari/537.36")),
+            client_name(Some(
+                "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0 Safari/537.36"
+            )),
             "Chrome"
         );
         assert_eq!(client_name(Some("coffer-cli/0.1.0")), "Coffer CLI");

@@ -76,7 +76,8 @@ pub async fn import_page(
         project: &project,
         env: &env,
     };
-    let ctx = service::tenancy::environment(&state, &caller(&who), at, Action::SecretsWrite).await?;
+    let ctx =
+        service::tenancy::environment(&state, &caller(&who), at, Action::SecretsWrite).await?;
     let layout = Layout::signed_in(
         &state,
         &who,
@@ -109,7 +110,9 @@ fn format_of(chosen: &str, file_name: Option<&str>, content: &str) -> Result<For
         return Format::from_str(chosen)
             .map_err(|e| ApiError::validation("invalid_format", e.to_string()));
     }
-    let by_name = file_name.and_then(|n| n.rsplit_once('.')).map(|(_, ext)| ext.to_ascii_lowercase());
+    let by_name = file_name
+        .and_then(|n| n.rsplit_once('.'))
+        .map(|(_, ext)| ext.to_ascii_lowercase());
     Ok(match by_name.as_deref() {
         Some("json") => Format::Json,
         Some("yaml" | "yml") => Format::Yaml,
@@ -192,9 +195,21 @@ pub async fn preview(
         project: &project,
         env: &env,
     };
-    let r = service::secrets::import_preview(&state, &meta, &caller(&who), at, form.format, &form.content)
-        .await?;
-    render(&report(false, form.format, r, format!("/orgs/{org}/projects/{project}/envs/{env}")))
+    let r = service::secrets::import_preview(
+        &state,
+        &meta,
+        &caller(&who),
+        at,
+        form.format,
+        &form.content,
+    )
+    .await?;
+    render(&report(
+        false,
+        form.format,
+        r,
+        format!("/orgs/{org}/projects/{project}/envs/{env}"),
+    ))
 }
 
 /// Imports: every key of the file is created or updated, in one transaction.
@@ -213,7 +228,12 @@ pub async fn import(
     };
     let r = service::secrets::import(&state, &meta, &caller(&who), at, form.format, &form.content)
         .await?;
-    render(&report(true, form.format, r, format!("/orgs/{org}/projects/{project}/envs/{env}")))
+    render(&report(
+        true,
+        form.format,
+        r,
+        format!("/orgs/{org}/projects/{project}/envs/{env}"),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -238,12 +258,22 @@ pub async fn export(
         project: &project,
         env: &env,
     };
-    let file = service::secrets::export(&state, &meta, &caller(&who), at, format, form.resolve.is_some())
-        .await?;
+    let file = service::secrets::export(
+        &state,
+        &meta,
+        &caller(&who),
+        at,
+        format,
+        form.resolve.is_some(),
+    )
+    .await?;
     let name = format!("{project}-{env}.{}", format.file_extension());
     let mut response = file.into_response();
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
     if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
         headers.insert(header::CONTENT_DISPOSITION, v);
     }
@@ -450,8 +480,16 @@ pub async fn copy(
                 head: Some(to),
                 copied: None,
             };
-            let page =
-                compare_page(&state, &who, &meta, &org, &project, q, FormError::from_api(&e)).await?;
+            let page = compare_page(
+                &state,
+                &who,
+                &meta,
+                &org,
+                &project,
+                q,
+                FormError::from_api(&e),
+            )
+            .await?;
             Ok((status, page).into_response())
         }
     }
@@ -459,14 +497,21 @@ pub async fn copy(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
     fn formats_are_chosen_or_detected() {
         assert_eq!(format_of("yaml", None, "").unwrap(), Format::Yaml);
-        assert_eq!(format_of("auto", Some("prod.json"), "").unwrap(), Format::Json);
+        assert_eq!(
+            format_of("auto", Some("prod.json"), "").unwrap(),
+            Format::Json
+        );
         assert_eq!(format_of("auto", Some("a.YML"), "").unwrap(), Format::Yaml);
-        assert_eq!(format_of("auto", None, " {\"A\":\"b\"}").unwrap(), Format::Json);
+        assert_eq!(
+            format_of("auto", None, " {\"A\":\"b\"}").unwrap(),
+            Format::Json
+        );
         assert_eq!(format_of("auto", None, "A=b").unwrap(), Format::Dotenv);
         assert!(format_of("toml", None, "").is_err());
     }
