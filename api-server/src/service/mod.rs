@@ -1,6 +1,7 @@
 //! The domain layer: each operation checks what it must, owns its transaction and records its
 //! audit events. Routes call these; these never see HTTP types.
 
+pub mod analytics;
 pub mod api_keys;
 pub mod audit;
 pub mod audit_journal;

@@ -102,6 +102,9 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .merge(pages::members::routes())
         .merge(pages::environments::routes())
         .merge(pages::audit::routes())
+        .merge(pages::webhooks::routes())
+        .merge(pages::dynamic::routes())
+        .merge(pages::analytics::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             session::layer,

@@ -37,6 +37,7 @@ mod sharing;
 mod standing;
 mod teams;
 mod web;
+mod web_ops;
 mod web_manage;
 mod web_support;
 mod web_transfer;

@@ -246,6 +246,29 @@ fn fixture_pages() -> axum::Router {
                 )
             }),
         )
+        // Another origin's page posting a form to coffer-server, as a forged request would.
+        .route(
+            "/cross-site-form",
+            axum::routing::get(|| async {
+                let page = format!(
+                    r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Another site</title></head>
+<body><main><h1>Another site</h1>
+<form method="post" action="{}"><input type="hidden" name="name" value="Forged">
+<input type="hidden" name="slug" value="forged"><button type="submit">Win a prize</button></form>
+</main></body></html>
+"#,
+                    url("/orgs")
+                );
+                (
+                    [
+                        (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                        (header::CONTENT_SECURITY_POLICY, "default-src 'none'"),
+                    ],
+                    page,
+                )
+            }),
+        )
         .route(
             "/fixture.js",
             axum::routing::get(|| async { ([(header::CONTENT_TYPE, "text/javascript")], SCRIPT) }),

@@ -6,6 +6,8 @@
 #[allow(dead_code)]
 mod harness;
 
+mod dashboard;
+
 use harness::{Browser, PHONE, WAIT};
 
 /// The harness itself, on a page of its own under a strict Content-Security-Policy (no

@@ -1,7 +1,9 @@
 //! The dashboard's pages, grouped as the navigation groups them.
 
+pub mod analytics;
 pub mod audit;
 pub mod auth;
+pub mod dynamic;
 pub mod environments;
 pub mod members;
 pub mod orgs;
@@ -9,6 +11,7 @@ pub mod projects;
 pub mod secrets;
 pub mod settings;
 pub mod transfer;
+pub mod webhooks;
 
 use crate::authz::OrgRole;
 use crate::error::ApiError;
