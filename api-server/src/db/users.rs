@@ -82,3 +82,18 @@ pub async fn set_password_hash<'e>(
         .await?;
     Ok(())
 }
+
+pub async fn set_name<'e>(
+    ex: impl AnyExecutor<'e>,
+    id: UserId,
+    name: &str,
+    now: Timestamp,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE users SET name = $1, updated_at = $2 WHERE id = $3")
+        .bind(name)
+        .bind(now)
+        .bind(id)
+        .execute(ex)
+        .await?;
+    Ok(())
+}

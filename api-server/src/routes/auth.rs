@@ -26,7 +26,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(login))
         .routes(routes!(refresh))
         .routes(routes!(logout))
-        .routes(routes!(me))
+        .routes(routes!(me, update_me))
         .routes(routes!(reset_password))
 }
 
@@ -42,6 +42,13 @@ pub struct RegisterRequest {
     pub email: String,
     #[schema(value_type = formats::NewPassword)]
     pub password: SecretString,
+    #[schema(value_type = formats::Name)]
+    pub name: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateProfileRequest {
     #[schema(value_type = formats::Name)]
     pub name: String,
 }
@@ -180,6 +187,24 @@ pub async fn me(
     principal: Principal,
 ) -> Result<Json<User>, ApiError> {
     Ok(Json(service::auth::me(&state, &principal).await?.into()))
+}
+
+/// Change the authenticated user's name.
+#[utoipa::path(
+    patch, path = "/me", tag = "auth", security(("bearer" = [])), request_body = UpdateProfileRequest,
+    responses((status = 200, body = User), (status = 401, body = ErrorResponse), (status = 403, body = ErrorResponse), (status = 422, body = ErrorResponse))
+)]
+pub async fn update_me(
+    State(state): State<AppState>,
+    meta: ClientMeta,
+    principal: Principal,
+    Json(req): Json<UpdateProfileRequest>,
+) -> Result<Json<User>, ApiError> {
+    Ok(Json(
+        service::auth::rename(&state, &meta, &principal, &req.name)
+            .await?
+            .into(),
+    ))
 }
 
 /// Change the password; every other session of the user ends, and (unless

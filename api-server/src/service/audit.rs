@@ -17,6 +17,7 @@ pub mod action {
     pub const REFRESH_REUSE_DETECTED: &str = "auth.refresh_reuse_detected";
     pub const LOGOUT: &str = "auth.logout";
     pub const SESSIONS_ENDED: &str = "auth.sessions_ended";
+    pub const PROFILE_UPDATED: &str = "auth.profile_updated";
     pub const PASSWORD_CHANGED: &str = "auth.password_changed";
     pub const PASSWORD_RESET_ISSUED: &str = "password.reset_issued";
     pub const PASSWORD_RESET: &str = "password.reset";

@@ -622,6 +622,28 @@ pub async fn me(state: &AppState, principal: &Principal) -> ApiResult<UserRow> {
         .ok_or_else(|| ApiError::unauthorized("invalid_token", "the account no longer exists"))
 }
 
+/// Changes the name the user is shown by.
+pub async fn rename(
+    state: &AppState,
+    meta: &ClientMeta,
+    principal: &Principal,
+    name: &str,
+) -> ApiResult<UserRow> {
+    let mut user = me(state, principal).await?;
+    let name = check_name(name)?;
+    let now = Timestamp::now();
+    let mut tx = state.db.begin().await?;
+    db::users::set_name(&mut *tx, user.id, &name, now).await?;
+    AuditEvent::new(action::PROFILE_UPDATED, Outcome::Success, meta)
+        .by(principal)
+        .details(json!({ "fields": ["name"] }))
+        .record(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    user.name = name;
+    Ok(user)
+}
+
 /// Changes the password; every other session of the user ends, and with `revoke_api_keys`
 /// their personal API keys are revoked too, in the same transaction.
 pub async fn change_password(

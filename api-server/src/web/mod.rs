@@ -95,9 +95,14 @@ pub fn router(state: &AppState) -> Router<AppState> {
             post(secrets::rollback),
         )
         .route("/settings", get(settings::page))
+        .route("/settings/profile", post(settings::change_profile))
         .route("/settings/password", post(settings::change_password))
         .route("/settings/sessions/{id}/end", post(settings::end_session))
         .route("/settings/sessions/end-others", post(settings::end_others))
+        .merge(pages::api_keys::routes())
+        .merge(pages::service_tokens::routes())
+        .merge(pages::teams::routes())
+        .merge(pages::access::routes())
         .merge(pages::transfer::routes())
         .merge(pages::members::routes())
         .merge(pages::environments::routes())
@@ -105,6 +110,9 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .merge(pages::webhooks::routes())
         .merge(pages::dynamic::routes())
         .merge(pages::analytics::routes())
+        // A form may change who may do what (members, grants, keys, policies): as the API's
+        // requests do, it makes the server forget what it remembered of access.
+        .route_layer(axum::middleware::from_fn(crate::http::mark_access_change))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             session::layer,

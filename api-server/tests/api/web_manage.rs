@@ -77,8 +77,14 @@ db_test!(
         assert_eq!(app.login("bob@example.com", PASSWORD).await.status, StatusCode::UNAUTHORIZED);
 
         ann.get("/orgs/acme/members").await;
+        let mut bob = Browser::new(&app);
+        bob.get("/login").await;
+        bob.post("/login", &[("email", "bob@example.com"), ("password", "a brand new passphrase for bob")]).await;
+        assert_eq!(bob.get("/orgs/acme/members").await.status, StatusCode::OK);
         let page = ann.post(&format!("/orgs/acme/members/{bob_id}/remove"), &[]).await;
         assert_eq!(page.status, StatusCode::SEE_OTHER);
+        // At once: the form made the server forget what it remembered of Bob's standing.
+        assert_eq!(bob.get("/orgs/acme/members").await.status, StatusCode::NOT_FOUND);
         assert!(!ann.get("/orgs/acme/members").await.body.contains("bob@example.com"));
     }
 );
@@ -189,5 +195,29 @@ db_test!(
         member.sign_in("bob@example.com").await;
         assert_eq!(member.get("/orgs/acme/audit").await.status, StatusCode::FORBIDDEN);
         assert!(!member.get("/orgs/acme").await.body.contains("/orgs/acme/audit"));
+    }
+);
+
+db_test!(
+    async fn the_profile_name_is_changed_from_settings_and_the_api(app) {
+        let api = acme_web(&app).await;
+        let mut ann = Browser::new(&app);
+        ann.sign_in("ann@example.com").await;
+        let page = ann.post("/settings/profile", &[("name", "   ")]).await;
+        assert_eq!(page.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(page.body.contains("profile-name-error"), "{}", page.body);
+        let page = ann.post("/settings/profile", &[("name", "Ann Lovelace")]).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        assert!(page.body.contains("Your name was changed") && page.body.contains("Ann Lovelace"));
+        let me = app
+            .call(Method::PATCH, "/api/v1/auth/me", Some(&api.access), Some(json!({ "name": "Ann B." })))
+            .await;
+        assert_eq!(me.status, StatusCode::OK, "{}", me.text());
+        assert_eq!(me.json()["name"], "Ann B.");
+        let (_, key) = app.api_key(&api, json!({ "name": "ro", "read_only": true })).await;
+        app.call(Method::PATCH, "/api/v1/auth/me", Some(&key), Some(json!({ "name": "X" })))
+            .await
+            .assert_error(StatusCode::FORBIDDEN, "read_only_key");
+        assert_eq!(app.audit_events(&api.access, "auth.profile_updated").await.len(), 2);
     }
 );

@@ -13,7 +13,10 @@ use crate::harness::{self, Browser, PASSWORD, WAIT};
 async fn wait_for_text(browser: &Browser, css: &str, needle: &str) -> String {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        if let Ok(element) = browser.find_all(Locator::Css(css)).await.map(|mut v| v.pop())
+        if let Ok(element) = browser
+            .find_all(Locator::Css(css))
+            .await
+            .map(|mut v| v.pop())
             && let Some(element) = element
             && let Ok(text) = element.text().await
             && text.contains(needle)
@@ -55,9 +58,19 @@ async fn path(browser: &Browser) -> String {
 
 /// Signs up through the form; the browser lands where `/signup` sends it.
 async fn sign_up(browser: &Browser, email: &str) {
-    fill(browser, "form[action='/signup'] input[name=name]", "Ann Example").await;
+    fill(
+        browser,
+        "form[action='/signup'] input[name=name]",
+        "Ann Example",
+    )
+    .await;
     fill(browser, "form[action='/signup'] input[name=email]", email).await;
-    fill(browser, "form[action='/signup'] input[name=password]", PASSWORD).await;
+    fill(
+        browser,
+        "form[action='/signup'] input[name=password]",
+        PASSWORD,
+    )
+    .await;
     click(browser, "form[action='/signup'] button[type=submit]").await;
     browser
         .wait_for_url("signed up", |url| url.path() != "/signup")
@@ -76,7 +89,10 @@ async fn api_login(email: &str) -> String {
         .json()
         .await
         .expect("JSON");
-    response["access_token"].as_str().expect("a token").to_owned()
+    response["access_token"]
+        .as_str()
+        .expect("a token")
+        .to_owned()
 }
 
 async fn api(method: reqwest::Method, path: &str, token: &str, body: Option<Value>) -> Value {
@@ -88,7 +104,11 @@ async fn api(method: reqwest::Method, path: &str, token: &str, body: Option<Valu
         request = request.json(&body);
     }
     let response = request.send().await.expect("answered");
-    assert!(response.status().is_success(), "{path}: {}", response.status());
+    assert!(
+        response.status().is_success(),
+        "{path}: {}",
+        response.status()
+    );
     response.json().await.unwrap_or(Value::Null)
 }
 
@@ -108,7 +128,12 @@ async fn new_team(browser: &Browser) -> (String, String) {
         .wait_for_url("the organization", |u| u.path() == format!("/orgs/{org}"))
         .await;
     check_page(browser, "projects-empty").await;
-    fill(browser, "form[action$='/projects'] input[name=name]", "Web app").await;
+    fill(
+        browser,
+        "form[action$='/projects'] input[name=name]",
+        "Web app",
+    )
+    .await;
     fill(browser, "form[action$='/projects'] input[name=slug]", "web").await;
     click(browser, "form[action$='/projects'] button[type=submit]").await;
     browser
@@ -131,7 +156,12 @@ async fn secrets_are_added_revealed_edited_rolled_back_exported_and_imported() {
         ("API_KEY", "first-key-value"),
     ] {
         fill(&browser, "form[action$='/secrets'] input[name=key]", key).await;
-        fill(&browser, "form[action$='/secrets'] textarea[name=value]", value).await;
+        fill(
+            &browser,
+            "form[action$='/secrets'] textarea[name=value]",
+            value,
+        )
+        .await;
         click(&browser, "form[action$='/secrets'] button[type=submit]").await;
         wait_for_text(&browser, "#secrets-body", key).await;
     }
@@ -139,20 +169,35 @@ async fn secrets_are_added_revealed_edited_rolled_back_exported_and_imported() {
     let html = browser.source().await.expect("the page");
     assert!(!html.contains("first-key-value") && !html.contains("db.internal"));
     click(&browser, "button[aria-label='Reveal API_KEY']").await;
-    wait_for_text(&browser, "tr[data-key=API_KEY] .revealed .value", "first-key-value").await;
+    wait_for_text(
+        &browser,
+        "tr[data-key=API_KEY] .revealed .value",
+        "first-key-value",
+    )
+    .await;
     check_page(&browser, "environment").await;
 
     // Inline edit.
     click(&browser, "button[aria-label='Edit API_KEY']").await;
-    fill(&browser, "tr.editing textarea[name=value]", "second-key-value").await;
+    fill(
+        &browser,
+        "tr.editing textarea[name=value]",
+        "second-key-value",
+    )
+    .await;
     click(&browser, "tr.editing button[type=submit]").await;
     wait_for_text(&browser, "tr[data-key=API_KEY]", "v2").await;
 
     // History, diff, rollback.
-    browser.goto(&format!("{env}/secrets/API_KEY/history")).await;
+    browser
+        .goto(&format!("{env}/secrets/API_KEY/history"))
+        .await;
     click(&browser, "a[href='?diff=2']").await;
     let diff = wait_for_text(&browser, "pre.diff", "second-key-value").await;
-    assert!(diff.contains("- first-key-value") && diff.contains("+ second-key-value"), "{diff}");
+    assert!(
+        diff.contains("- first-key-value") && diff.contains("+ second-key-value"),
+        "{diff}"
+    );
     check_page(&browser, "history").await;
     click(&browser, "form[action$='/rollback'] button[type=submit]").await;
     wait_for_text(&browser, "tbody", "v3").await;
@@ -171,7 +216,10 @@ async fn secrets_are_added_revealed_edited_rolled_back_exported_and_imported() {
         )
         .await;
     let file = file.as_str().unwrap_or_default();
-    assert!(file.contains("API_KEY=") && file.contains("first-key-value"), "{file}");
+    assert!(
+        file.contains("API_KEY=") && file.contains("first-key-value"),
+        "{file}"
+    );
 
     // Import with a preview.
     browser.goto(&format!("{env}/import")).await;
@@ -183,7 +231,10 @@ async fn secrets_are_added_revealed_edited_rolled_back_exported_and_imported() {
     .await;
     click(&browser, "button[hx-post$='/import/preview']").await;
     let preview = wait_for_text(&browser, "#import-result", "Will create").await;
-    assert!(preview.contains("NEW_FLAG") && preview.contains("Will update (1)"), "{preview}");
+    assert!(
+        preview.contains("NEW_FLAG") && preview.contains("Will update (1)"),
+        "{preview}"
+    );
     check_page(&browser, "import-preview").await;
     click(&browser, "button[hx-post$='/import']").await;
     browser.accept_alert().await.expect("the confirmation");
@@ -216,7 +267,12 @@ async fn a_second_member_joins_and_sees_only_what_their_role_allows() {
     // Ann invites Bob from the members page.
     let bob_email = format!("{}@example.com", harness::unique("bob"));
     ann.goto(&format!("/orgs/{org}/members")).await;
-    fill(&ann, "form[action$='/invitations'] input[name=email]", &bob_email).await;
+    fill(
+        &ann,
+        "form[action$='/invitations'] input[name=email]",
+        &bob_email,
+    )
+    .await;
     click(&ann, "form[action$='/invitations'] button[type=submit]").await;
     let link = wait_for_text(&ann, ".issued .value", "/invitations/").await;
     check_page(&ann, "members").await;
@@ -232,8 +288,13 @@ async fn a_second_member_joins_and_sees_only_what_their_role_allows() {
     click(&bob, "main form button[type=submit]").await;
     bob.wait_for_url("the organization", |u| u.path() == format!("/orgs/{org}"))
         .await;
-    let bob_id = api(reqwest::Method::GET, &format!("/api/v1/orgs/{org}/members"), &ann_token, None)
-        .await["items"]
+    let bob_id = api(
+        reqwest::Method::GET,
+        &format!("/api/v1/orgs/{org}/members"),
+        &ann_token,
+        None,
+    )
+    .await["items"]
         .as_array()
         .expect("members")
         .iter()
@@ -260,7 +321,10 @@ async fn a_second_member_joins_and_sees_only_what_their_role_allows() {
     bob.goto(&env).await;
     wait_for_text(&bob, "#secrets-body", "TOKEN").await;
     let html = bob.source().await.expect("the page");
-    assert!(!html.contains("Add a secret") && !html.contains("Edit TOKEN"), "viewer page offers changes");
+    assert!(
+        !html.contains("Add a secret") && !html.contains("Edit TOKEN"),
+        "viewer page offers changes"
+    );
     click(&bob, "button[aria-label='Reveal TOKEN']").await;
     wait_for_text(&bob, ".revealed .value", "development-token").await;
     let refused = bob
@@ -278,7 +342,8 @@ async fn a_second_member_joins_and_sees_only_what_their_role_allows() {
     check_page(&bob, "environment-viewer").await;
 
     // Ann's policy keeps developers out of production; Bob becomes a developer.
-    ann.goto(&format!("/orgs/{org}/projects/web/environments")).await;
+    ann.goto(&format!("/orgs/{org}/projects/web/environments"))
+        .await;
     let form = "form[action$='/environments/production/policies']";
     ann.find(&format!("{form} select[name=developer]"))
         .await
@@ -293,7 +358,8 @@ async fn a_second_member_joins_and_sees_only_what_their_role_allows() {
     bob.goto(&format!("/orgs/{org}/projects/web")).await;
     let header = wait_for_text(&bob, "#grid thead", "Production").await;
     assert!(header.contains("(no access)"), "{header}");
-    bob.goto(&format!("/orgs/{org}/projects/web/envs/production")).await;
+    bob.goto(&format!("/orgs/{org}/projects/web/envs/production"))
+        .await;
     wait_for_text(&bob, "main", "Forbidden").await;
     bob.goto(&env).await;
     bob.find("button[aria-label='Edit TOKEN']").await;
@@ -348,12 +414,77 @@ async fn a_form_posted_from_another_site_is_refused() {
         return;
     };
     let (_, org) = new_team(&browser).await;
-    browser.goto_url(&harness::fixture_url("/cross-site-form")).await;
+    browser
+        .goto_url(&harness::fixture_url("/cross-site-form"))
+        .await;
     click(&browser, "main form button[type=submit]").await;
     wait_for_text(&browser, "main", "did not come from this site").await;
     browser.goto("/").await;
     let html = browser.source().await.expect("the page");
-    assert!(!html.contains("/orgs/forged"), "the forged organization exists");
+    assert!(
+        !html.contains("/orgs/forged"),
+        "the forged organization exists"
+    );
     browser.goto(&format!("/orgs/{org}")).await;
     browser.find("a[href$='/projects/web']").await;
+}
+
+#[tokio::test]
+async fn a_service_token_is_created_shown_once_and_revoked() {
+    let Some(browser) = Browser::new().await else {
+        return;
+    };
+    let (email, org) = new_team(&browser).await;
+    let owner = api_login(&email).await;
+    api(
+        reqwest::Method::PUT,
+        &format!("/api/v1/orgs/{org}/projects/web/environments/development/secrets/DB"),
+        &owner,
+        Some(json!({ "value": "dev-db" })),
+    )
+    .await;
+    browser.goto(&format!("/orgs/{org}/service-tokens")).await;
+    check_page(&browser, "service-tokens-empty").await;
+    let form = format!("form[action='/orgs/{org}/service-tokens']");
+    fill(&browser, &format!("{form} input[name=name]"), "ci").await;
+    click(
+        &browser,
+        &format!("{form} input[name=env][value='web/development']"),
+    )
+    .await;
+    click(&browser, &format!("{form} button[type=submit]")).await;
+    let token = wait_for_text(&browser, ".issued .value", "cfr_").await;
+    let token = token.trim().to_owned();
+    check_page(&browser, "service-token-created").await;
+    let read = |token: String| {
+        let org = org.clone();
+        async move {
+            reqwest::Client::new()
+                .get(harness::url(&format!(
+                    "/api/v1/orgs/{org}/projects/web/environments/development/secrets/DB"
+                )))
+                .bearer_auth(token)
+                .timeout(WAIT)
+                .send()
+                .await
+                .expect("answered")
+                .status()
+        }
+    };
+    assert_eq!(read(token.clone()).await, reqwest::StatusCode::OK);
+
+    // Shown once: the list names the token, never again its value.
+    browser.goto(&format!("/orgs/{org}/service-tokens")).await;
+    let html = browser.source().await.expect("the page");
+    assert!(html.contains("ci") && !html.contains(&token));
+    click(&browser, "button[aria-label='Revoke ci']").await;
+    browser.accept_alert().await.expect("the confirmation");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while read(token.clone()).await != reqwest::StatusCode::UNAUTHORIZED {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the token still works"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -1,6 +1,8 @@
 //! The dashboard's pages, grouped as the navigation groups them.
 
+pub mod access;
 pub mod analytics;
+pub mod api_keys;
 pub mod audit;
 pub mod auth;
 pub mod dynamic;
@@ -9,7 +11,9 @@ pub mod members;
 pub mod orgs;
 pub mod projects;
 pub mod secrets;
+pub mod service_tokens;
 pub mod settings;
+pub mod teams;
 pub mod transfer;
 pub mod webhooks;
 

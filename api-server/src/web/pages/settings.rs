@@ -98,6 +98,38 @@ pub async fn page(State(state): State<AppState>, who: SignedIn) -> Result<Respon
 }
 
 #[derive(Deserialize)]
+pub struct ProfileForm {
+    name: String,
+}
+
+/// Changes the user's name.
+pub async fn change_profile(
+    State(state): State<AppState>,
+    who: SignedIn,
+    meta: ClientMeta,
+    Form(form): Form<ProfileForm>,
+) -> Result<Response, WebError> {
+    match service::auth::rename(&state, &meta, &who.principal, &form.name).await {
+        Ok(_) => {
+            settings_page(
+                &state,
+                &who,
+                Some("Your name was changed."),
+                FormError::none(),
+            )
+            .await
+        }
+        Err(e) => {
+            let status = e.status();
+            let mut error = FormError::from_api(&e);
+            error.field = Some("profile-name");
+            let page = settings_page(&state, &who, None, error).await?;
+            Ok((status, page).into_response())
+        }
+    }
+}
+
+#[derive(Deserialize)]
 pub struct PasswordForm {
     current: SecretString,
     password: SecretString,
