@@ -190,7 +190,9 @@ pub async fn list_org_events(
             service::audit::StreamCredential::Bearer(secrecy::SecretString::from(token)),
             org,
             after,
-            |row| serde_json::to_string(&AuditEvent::from(row.clone())).unwrap_or_default(),
+            service::audit::Render::Plain(|row| {
+                serde_json::to_string(&AuditEvent::from(row.clone())).unwrap_or_default()
+            }),
         )
         .await?;
         return Ok(crate::routes::events::sse(frames));

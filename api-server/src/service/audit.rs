@@ -252,18 +252,30 @@ pub enum StreamCredential {
     Dashboard(secrecy::SecretString),
 }
 
+/// Users' emails by id.
+pub type Emails = std::collections::HashMap<UserId, String>;
+
+/// How a live audit stream writes each event.
+#[derive(Debug, Clone, Copy)]
+pub enum Render {
+    Plain(fn(&AuditRow) -> String),
+    /// Given the emails of the users acting (one lookup per user and batch).
+    WithEmails(fn(&AuditRow, &Emails) -> String),
+}
+
 /// How often the live audit stream reads the organization's feed when nothing woke it.
 pub const FEED_POLL_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// An organization's live audit stream (owners and admins): every event stored after `after`
 /// (or from now), each rendered by `render`, resumable by its SSE id (a [`FeedPosition`]).
+/// [`Render::WithEmails`] is given the emails of the users acting in each batch of events.
 pub async fn open_org_feed(
     state: &crate::state::AppState,
     principal: Principal,
     token: StreamCredential,
     org: String,
     after: Option<db::audit::FeedPosition>,
-    render: fn(&AuditRow) -> String,
+    render: Render,
 ) -> crate::error::ApiResult<tokio::sync::mpsc::Receiver<crate::service::events::Frame>> {
     use crate::authz::Action;
     use crate::service::tenancy;
@@ -307,7 +319,7 @@ struct OrgFeed {
     org: String,
     org_id: String,
     cursor: db::audit::FeedPosition,
-    render: fn(&AuditRow) -> String,
+    render: Render,
     _slot: crate::service::events::Slot,
 }
 
@@ -324,12 +336,26 @@ impl crate::service::events::Feed for OrgFeed {
                 db::audit::feed_after(&mut conn, &self.org_id, self.cursor, PAGE).await?
             };
             let full = rows.len() as i64 == PAGE;
+            let mut emails = Emails::new();
+            if let Render::WithEmails(_) = self.render {
+                for user in rows.iter().filter_map(|r| r.row.user_id) {
+                    if let std::collections::hash_map::Entry::Vacant(slot) = emails.entry(user)
+                        && let Some(found) = db::users::by_id(self.state.db.pool(), user).await?
+                    {
+                        slot.insert(found.email);
+                    }
+                }
+            }
             for row in rows {
                 self.cursor = db::audit::FeedPosition(row.feed_a, row.feed_b);
+                let data = match self.render {
+                    Render::Plain(render) => render(&row.row),
+                    Render::WithEmails(render) => render(&row.row, &emails),
+                };
                 let frame = Frame {
                     id: self.cursor.to_string(),
                     event: "audit",
-                    data: (self.render)(&row.row),
+                    data,
                 };
                 sender.send(frame).await.map_err(|_| End::Done)?;
             }

@@ -183,6 +183,7 @@ db_test!(
             }
         }
         assert!(seen.contains("event: audit") && seen.contains("<tr"), "{seen}");
+        assert!(seen.contains("ann@example.com"), "the actor by email: {seen}");
 
         // Members who are not admins have no audit log.
         let bob = app.register("bob@example.com").await;

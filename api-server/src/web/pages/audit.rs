@@ -1,8 +1,6 @@
 //! An organization's audit log (owners and admins): filters, pages, and a live view fed by
 //! the audit stream (server-sent events) while the page is open.
 
-use std::collections::HashMap;
-
 use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
@@ -15,8 +13,8 @@ use super::{Layout, when};
 use crate::authz::Action;
 use crate::db::audit::AuditRow;
 use crate::error::ApiError;
-use crate::ids::{AuditEventId, Timestamp, UserId};
-use crate::service::audit::{OrgAuditQuery, StreamCredential};
+use crate::ids::{AuditEventId, Timestamp};
+use crate::service::audit::{Emails, OrgAuditQuery, Render, StreamCredential};
 use crate::service::{self, tenancy};
 use crate::state::AppState;
 use crate::web::session::SignedIn;
@@ -56,7 +54,7 @@ fn short(id: &str) -> String {
     format!("…{tail}")
 }
 
-fn view(row: &AuditRow, emails: &HashMap<UserId, String>) -> EventView {
+fn view(row: &AuditRow, emails: &Emails) -> EventView {
     let actor = match (
         row.actor_type.as_str(),
         row.user_id,
@@ -89,9 +87,9 @@ struct RowFragment<'a> {
 }
 
 /// A stream frame: the event as the line the page shows.
-fn render_row(row: &AuditRow) -> String {
+fn render_row(row: &AuditRow, emails: &Emails) -> String {
     RowFragment {
-        e: &view(row, &HashMap::new()),
+        e: &view(row, emails),
     }
     .render()
     .unwrap_or_default()
@@ -182,7 +180,7 @@ pub async fn page(
         service::audit::list_for_org(&state, &who.principal, &org, &query, before, PAGE).await?;
     let more = rows.len() > PAGE as usize;
     rows.truncate(PAGE as usize);
-    let mut emails = HashMap::new();
+    let mut emails = Emails::new();
     for user in rows.iter().filter_map(|r| r.user_id) {
         if let std::collections::hash_map::Entry::Vacant(slot) = emails.entry(user)
             && let Some(u) = crate::db::users::by_id(state.db.pool(), user)
@@ -250,7 +248,7 @@ pub async fn stream(
         StreamCredential::Dashboard(cookie),
         org,
         None,
-        render_row,
+        Render::WithEmails(render_row),
     )
     .await?;
     Ok(crate::routes::events::sse(frames))
