@@ -488,3 +488,58 @@ async fn a_service_token_is_created_shown_once_and_revoked() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The pages the flows above do not open pass the same checks, at a desktop's size and a phone's.
+#[tokio::test]
+async fn every_other_main_page_passes_the_checks() {
+    let Some(browser) = Browser::new().await else {
+        return;
+    };
+    let (email, org) = new_team(&browser).await;
+    let owner = api_login(&email).await;
+    for key in ["A", "B"] {
+        api(
+            reqwest::Method::PUT,
+            &format!("/api/v1/orgs/{org}/projects/web/environments/staging/secrets/{key}"),
+            &owner,
+            Some(json!({ "value": key })),
+        )
+        .await;
+        api(
+            reqwest::Method::GET,
+            &format!("/api/v1/orgs/{org}/projects/web/environments/staging/secrets/{key}"),
+            &owner,
+            None,
+        )
+        .await;
+    }
+    let pages = [
+        ("settings", "/settings".to_owned()),
+        ("api-keys", "/api-keys".to_owned()),
+        ("teams", format!("/orgs/{org}/teams")),
+        ("access", format!("/orgs/{org}/projects/web/access")),
+        ("webhooks", format!("/orgs/{org}/projects/web/webhooks")),
+        (
+            "compare",
+            format!("/orgs/{org}/projects/web/compare?base=staging&head=production"),
+        ),
+        (
+            "dynamic",
+            format!("/orgs/{org}/projects/web/envs/staging/dynamic"),
+        ),
+        ("analytics", format!("/orgs/{org}/analytics")),
+        ("projects", format!("/orgs/{org}")),
+    ];
+    for (name, page) in &pages {
+        browser.goto(page).await;
+        browser.find("main h1").await;
+        check_page(&browser, name).await;
+    }
+    browser.phone().await;
+    for (name, page) in &pages[..3] {
+        browser.goto(page).await;
+        browser.find("main h1").await;
+        check_page(&browser, &format!("{name}-phone")).await;
+    }
+    browser.desktop().await;
+}
