@@ -172,8 +172,33 @@ impl From<sqlx::Error> for ApiError {
                 message: "the database is busy; try again".into(),
                 retry_after: Some(Duration::from_secs(1)),
             },
+            e if database_unreachable(e) => {
+                tracing::warn!(error = %err, "the database cannot be reached");
+                Self::Unavailable {
+                    message: "the database cannot be reached; try again".into(),
+                    retry_after: Some(Duration::from_secs(2)),
+                }
+            }
             _ => Self::Internal(err.into()),
         }
+    }
+}
+
+/// Whether `err` says the database is out of reach for now (down, restarting, refusing
+/// connections, or the connection broke), rather than that this request is wrong.
+pub fn database_unreachable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // PostgreSQL: connection exceptions (08…), shutting down or starting up (57P01–57P03),
+        // too many connections (53300).
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
     }
 }
 
@@ -235,3 +260,24 @@ pub fn code_for_status(status: StatusCode) -> (&'static str, &'static str) {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod unreachable_tests {
+    use super::*;
+
+    #[test]
+    fn a_database_out_of_reach_is_503_with_retry_after_and_a_wrong_query_is_500() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        for err in [
+            sqlx::Error::Io(refused),
+            sqlx::Error::PoolClosed,
+            sqlx::Error::Protocol("unexpected end of stream".into()),
+        ] {
+            let e = ApiError::from(err);
+            assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE, "{e}");
+            assert!(e.retry_after().is_some());
+        }
+        let e = ApiError::from(sqlx::Error::RowNotFound);
+        assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}

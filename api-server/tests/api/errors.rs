@@ -72,3 +72,11 @@ db_test!(async fn an_internal_failure_is_500_without_internals(app) {
     let keys: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_keys").fetch_one(app.state.db.pool()).await.unwrap();
     assert_eq!(keys, 1);
 });
+
+db_test!(async fn a_database_out_of_reach_is_503_with_retry_after_never_500(app) {
+    let ann = crate::helpers::acme_web(&app).await;
+    app.state.db.close().await;
+    let r = app.get("/api/v1/orgs/acme/projects", Some(&ann.access)).await;
+    r.assert_error(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable");
+    assert!(r.headers.contains_key("retry-after"), "{:?}", r.headers);
+});
