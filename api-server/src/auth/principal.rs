@@ -334,3 +334,6 @@ impl Caller {
         Ok(Self::User(principal))
     }
 }
+
+#[cfg(test)]
+mod props;

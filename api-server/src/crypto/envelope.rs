@@ -434,6 +434,12 @@ fn open(key: &[u8; KEY_LEN], sealed: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<
 }
 
 #[cfg(test)]
+mod props;
+
+#[cfg(test)]
+mod wycheproof;
+
+#[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -648,6 +648,9 @@ fn too_deep(root: &Place) -> RefError {
 }
 
 #[cfg(test)]
+mod props;
+
+#[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
