@@ -1,4 +1,5 @@
-//! Access tokens: HS256 JWTs, algorithm pinned; signature, `exp`, `iss` and `aud` checked.
+//! Access tokens: HS256 JWTs, algorithm pinned; signature, `exp`, `nbf` (when present), `iss`
+//! and `aud` checked.
 
 use std::time::Duration;
 
@@ -48,6 +49,8 @@ impl JwtKeys {
         validation.set_audience(&[AUDIENCE]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.leeway = 5;
+        // Not issued with one, but a token that says it is not valid yet is not (RFC 7519).
+        validation.validate_nbf = true;
         Self {
             encoding: EncodingKey::from_secret(bytes),
             decoding: DecodingKey::from_secret(bytes),

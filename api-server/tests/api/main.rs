@@ -6,6 +6,7 @@ mod helpers;
 
 mod access_cache;
 mod api_keys;
+mod at_rest;
 mod audit;
 mod auth;
 mod client_address;
@@ -36,6 +37,7 @@ mod sessions;
 mod sharing;
 mod standing;
 mod teams;
+mod token_abuse;
 mod web;
 mod web_access;
 mod web_manage;
