@@ -277,6 +277,7 @@ pub async fn feed_after(
     conn: &mut sqlx::AnyConnection,
     org_id: &str,
     after: FeedPosition,
+    opened: Option<&str>,
     limit: i64,
 ) -> Result<Vec<FeedRow>, sqlx::Error> {
     let sql = if super::is_postgres(conn) {
@@ -284,12 +285,15 @@ pub async fn feed_after(
             "SELECT {FEED_COLUMNS}, feed_tx AS feed_a, feed_seq AS feed_b FROM audit_events \
              WHERE org_id = $1 AND (feed_tx > $2 OR (feed_tx = $2 AND feed_seq > $3)) \
                AND feed_tx < CAST(CAST(pg_snapshot_xmin(pg_current_snapshot()) AS TEXT) AS BIGINT) \
+               AND (CAST($5 AS TEXT) IS NULL OR NOT pg_visible_in_snapshot( \
+                    CAST(CAST(feed_tx AS TEXT) AS xid8), CAST(CAST($5 AS TEXT) AS pg_snapshot))) \
              ORDER BY feed_tx, feed_seq LIMIT $4"
         )
     } else {
         format!(
             "SELECT {FEED_COLUMNS}, 0 AS feed_a, rowid AS feed_b FROM audit_events \
-             WHERE org_id = $1 AND $2 >= 0 AND rowid > $3 ORDER BY rowid LIMIT $4"
+             WHERE org_id = $1 AND $2 >= 0 AND rowid > $3 AND ($5 IS NULL OR $5 IS NOT NULL) \
+             ORDER BY rowid LIMIT $4"
         )
     };
     sqlx::query_as(&sql)
@@ -297,27 +301,46 @@ pub async fn feed_after(
         .bind(after.0)
         .bind(after.1)
         .bind(limit)
+        .bind(opened)
         .fetch_all(conn)
         .await
 }
 
-/// The position of the organization's last event that can no longer be preceded by another.
-pub async fn feed_head(
+/// Where a stream that starts now starts: after every event of the organization committed
+/// before this moment, and before every one committed after it.
+///
+/// On PostgreSQL, events are ordered by their transaction's id, and a transaction that began
+/// before another may commit after it. So "now" is a snapshot: the stream starts at its oldest
+/// transaction still running (`xmin`) and skips, with the snapshot (returned as text, to give
+/// to [`feed_after`]), the events of every transaction it already saw committed. A long
+/// transaction elsewhere in the cluster then holds the stream back, but never makes it deliver
+/// events of the past. On SQLite, the last row: writers are serialised.
+pub async fn feed_start(
     conn: &mut sqlx::AnyConnection,
     org_id: &str,
-) -> Result<FeedPosition, sqlx::Error> {
-    let sql = if super::is_postgres(conn) {
-        "SELECT feed_tx, feed_seq FROM audit_events WHERE org_id = $1 \
-           AND feed_tx < CAST(CAST(pg_snapshot_xmin(pg_current_snapshot()) AS TEXT) AS BIGINT) \
-         ORDER BY feed_tx DESC, feed_seq DESC LIMIT 1"
-    } else {
-        "SELECT 0, rowid FROM audit_events WHERE org_id = $1 ORDER BY rowid DESC LIMIT 1"
-    };
-    let found: Option<(i64, i64)> = sqlx::query_as(sql)
-        .bind(org_id)
-        .fetch_optional(conn)
-        .await?;
-    Ok(found.map_or(FeedPosition::default(), |(a, b)| FeedPosition(a, b)))
+) -> Result<(FeedPosition, Option<String>), sqlx::Error> {
+    if super::is_postgres(conn) {
+        let snapshot: String = sqlx::query_scalar("SELECT CAST(pg_current_snapshot() AS TEXT)")
+            .fetch_one(conn)
+            .await?;
+        let xmin = snapshot
+            .split(':')
+            .next()
+            .and_then(|x| x.parse::<i64>().ok())
+            .ok_or_else(|| sqlx::Error::Protocol(format!("unexpected snapshot {snapshot}")))?;
+        // Events of the transaction `xmin` itself are after the start: it was still running.
+        return Ok((FeedPosition(xmin, 0), Some(snapshot)));
+    }
+    let found: Option<(i64, i64)> = sqlx::query_as(
+        "SELECT 0, rowid FROM audit_events WHERE org_id = $1 ORDER BY rowid DESC LIMIT 1",
+    )
+    .bind(org_id)
+    .fetch_optional(conn)
+    .await?;
+    Ok((
+        found.map_or(FeedPosition::default(), |(a, b)| FeedPosition(a, b)),
+        None,
+    ))
 }
 
 #[cfg(test)]

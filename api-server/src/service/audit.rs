@@ -287,11 +287,11 @@ pub async fn open_org_feed(
     let wakes = state.db.event_wakes();
     let changes = crate::service::events::Changes::new(state);
     let org_id = ctx.org.id.to_string();
-    let cursor = match after {
-        Some(after) => after,
+    let (cursor, opened) = match after {
+        Some(after) => (after, None),
         None => {
             let mut conn = state.db.pool().acquire().await?;
-            db::audit::feed_head(&mut conn, &org_id).await?
+            db::audit::feed_start(&mut conn, &org_id).await?
         }
     };
     let feed = OrgFeed {
@@ -301,6 +301,7 @@ pub async fn open_org_feed(
         org,
         org_id,
         cursor,
+        opened,
         render,
         _slot: slot,
     };
@@ -319,6 +320,8 @@ struct OrgFeed {
     org: String,
     org_id: String,
     cursor: db::audit::FeedPosition,
+    /// The snapshot a stream that started "now" skips the events of (see `feed_start`).
+    opened: Option<String>,
     render: Render,
     _slot: crate::service::events::Slot,
 }
@@ -333,7 +336,14 @@ impl crate::service::events::Feed for OrgFeed {
         loop {
             let rows = {
                 let mut conn = self.state.db.pool().acquire().await?;
-                db::audit::feed_after(&mut conn, &self.org_id, self.cursor, PAGE).await?
+                db::audit::feed_after(
+                    &mut conn,
+                    &self.org_id,
+                    self.cursor,
+                    self.opened.as_deref(),
+                    PAGE,
+                )
+                .await?
             };
             let full = rows.len() as i64 == PAGE;
             let mut emails = Emails::new();

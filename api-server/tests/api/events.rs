@@ -584,3 +584,31 @@ async fn access_changed_on_one_replica_is_effective_on_the_others_at_once() {
     put(&a, &ann.access, "development", "B", "1").await;
     assert_eq!(stream.next().await.json()["environment"], "development");
 }
+
+/// A stream that starts now delivers nothing of the past, even while an older transaction
+/// elsewhere in the database is still open (on PostgreSQL, events are ordered by transaction
+/// id, and the stream waits for older transactions: it must not take their wait for "now").
+db_test!(async fn a_live_audit_stream_starts_now_even_behind_a_long_transaction(app) {
+    let long = if app.state.db.backend() == coffer_server::db::Backend::Postgres {
+        let mut conn = app.state.db.pool().acquire().await.unwrap().detach();
+        // A transaction with an id: it holds the cluster's xmin back until the connection closes.
+        sqlx::raw_sql("BEGIN; SELECT CAST(pg_current_xact_id() AS TEXT)")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        Some(conn)
+    } else {
+        None
+    };
+    // Events written (and committed) after the long transaction began, before the stream.
+    let ann = acme_web(&app).await;
+    put(&app, &ann.access, "staging", "BEFORE", "1").await;
+    let mut stream = app.stream(AUDIT, &ann.access, None).await;
+    assert_eq!(stream.status, StatusCode::OK);
+    put(&app, &ann.access, "development", "AFTER", "1").await;
+    drop(long);
+    let m = stream.next().await;
+    let e = m.json();
+    assert_eq!(e["action"], "secret.updated", "{e}");
+    assert!(m.data.contains("AFTER"), "the first event is the write after the stream opened: {}", m.data);
+});
