@@ -585,9 +585,9 @@ async fn access_changed_on_one_replica_is_effective_on_the_others_at_once() {
     assert_eq!(stream.next().await.json()["environment"], "development");
 }
 
-/// A stream that starts now delivers nothing of the past, even while an older transaction
-/// elsewhere in the database is still open (on PostgreSQL, events are ordered by transaction
-/// id, and the stream waits for older transactions: it must not take their wait for "now").
+// A stream that starts now delivers nothing of the past, even while an older transaction
+// elsewhere in the database is still open (on PostgreSQL, events are ordered by transaction
+// id, and the stream waits for older transactions: it must not take their wait for "now").
 db_test!(async fn a_live_audit_stream_starts_now_even_behind_a_long_transaction(app) {
     let long = if app.state.db.backend() == coffer_server::db::Backend::Postgres {
         let mut conn = app.state.db.pool().acquire().await.unwrap().detach();
