@@ -244,7 +244,6 @@ async fn secrets_are_added_revealed_edited_rolled_back_exported_and_imported() {
     check_page(&browser, "secrets-grid").await;
     browser.phone().await;
     check_page(&browser, "secrets-grid-phone").await;
-    browser.desktop().await;
 }
 
 #[tokio::test]
@@ -541,5 +540,4 @@ async fn every_other_main_page_passes_the_checks() {
         browser.find("main h1").await;
         check_page(&browser, &format!("{name}-phone")).await;
     }
-    browser.desktop().await;
 }

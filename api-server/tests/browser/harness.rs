@@ -605,12 +605,22 @@ impl Browser {
             (dimension(0), dimension(1))
         };
         let (mut window_width, mut window_height) = (width, height);
-        for _ in 0..3 {
+        for _ in 0..5 {
             self.client
                 .set_window_size(window_width, window_height)
                 .await
                 .expect("the window resizes");
-            let (inner_width, inner_height) = inner().await;
+            // The page learns its new size a moment after the window's: read it once it holds.
+            let mut seen = inner().await;
+            for _ in 0..20 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let now = inner().await;
+                if now == seen {
+                    break;
+                }
+                seen = now;
+            }
+            let (inner_width, inner_height) = seen;
             if (inner_width, inner_height) == (width as i32, height as i32) {
                 return;
             }
