@@ -118,14 +118,14 @@ async fn refused(
     ApiError::RateLimited { retry_after }
 }
 
-/// Opens a session for `user` inside `tx`: the session row, its first refresh token.
-async fn open_session(
+/// The row of a new session of `user`, inside `tx`: its id and when it ends at the latest.
+async fn insert_session(
     state: &AppState,
     tx: &mut Tx,
     user: UserId,
     meta: &ClientMeta,
     now: Timestamp,
-) -> ApiResult<IssuedTokens> {
+) -> ApiResult<(SessionId, Timestamp)> {
     let session = SessionId::new();
     let expires_at = now.plus(state.config.session_max_lifetime());
     db::sessions::insert_session(
@@ -138,6 +138,18 @@ async fn open_session(
         meta.user_agent.as_deref(),
     )
     .await?;
+    Ok((session, expires_at))
+}
+
+/// Opens a session for `user` inside `tx`: the session row, its first refresh token.
+async fn open_session(
+    state: &AppState,
+    tx: &mut Tx,
+    user: UserId,
+    meta: &ClientMeta,
+    now: Timestamp,
+) -> ApiResult<IssuedTokens> {
+    let (session, expires_at) = insert_session(state, tx, user, meta, now).await?;
     let refresh_token = tokens::generate(REFRESH_TOKEN_PREFIX);
     let refresh_expires = now.plus(state.config.refresh_token_ttl()).min(expires_at);
     db::sessions::insert_refresh_token(
@@ -220,18 +232,7 @@ async fn open_dashboard_session(
     meta: &ClientMeta,
     now: Timestamp,
 ) -> ApiResult<SecretString> {
-    let session = SessionId::new();
-    let expires_at = now.plus(state.config.session_max_lifetime());
-    db::sessions::insert_session(
-        &mut **tx,
-        session,
-        user,
-        now,
-        expires_at,
-        meta.ip.as_deref(),
-        meta.user_agent.as_deref(),
-    )
-    .await?;
+    let (session, _) = insert_session(state, tx, user, meta, now).await?;
     let cookie = tokens::generate(WEB_SESSION_PREFIX);
     db::sessions::set_web_token(
         &mut **tx,

@@ -126,6 +126,19 @@ db_test!(
             .post("/orgs/acme/projects/web/environments/production/policies", &[("admin", "default"), ("developer", "none"), ("viewer", "default")])
             .await;
         assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+        // One field per role: a form repeating them is refused before anything is written.
+        let page = ann
+            .post(
+                "/orgs/acme/projects/web/environments/staging/policies",
+                &[("admin", "none"), ("developer", "none"), ("viewer", "none"), ("admin", "none")],
+            )
+            .await;
+        assert_eq!(page.status, StatusCode::UNPROCESSABLE_ENTITY);
+        let staging = app
+            .get("/api/v1/orgs/acme/projects/web/environments/staging", Some(&ann_api.access))
+            .await
+            .json();
+        assert_eq!(staging["policies"], json!({}), "nothing was written: {staging}");
         let mut developer = Browser::new(&app);
         developer.sign_in("dev@example.com").await;
         let grid = developer.get("/orgs/acme/projects/web").await;

@@ -275,7 +275,13 @@ pub async fn policies(
         project: &project,
         env: &env,
     };
-    for (name, value) in fields.iter().filter(|(k, _)| k != "csrf") {
+    let policies: Vec<&(String, String)> = fields.iter().filter(|(k, _)| k != "csrf").collect();
+    if policies.len() > ProjectRole::ALL.len() {
+        return Err(
+            ApiError::validation("too_many_fields", "one policy per project role at most").into(),
+        );
+    }
+    for (name, value) in policies {
         let role = ProjectRole::from_str(name)
             .map_err(|_| ApiError::validation("invalid_role", "unknown project role"))?;
         let access = match value.as_str() {
